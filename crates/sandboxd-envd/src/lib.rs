@@ -1,0 +1,20 @@
+//! The sandboxd agent: an envd-compatible server that runs inside each sandbox as PID 1.
+//!
+//! One module per envd resource: [`process`] (`process.Process` RPCs), [`filesystem`]
+//! (`filesystem.Filesystem` RPCs), [`files`] (`GET/POST /files`), plus [`health`] (`/health`,
+//! `/envs`, `/metrics`). [`connect`] is the Connect-RPC glue, [`auth`] the access-token check,
+//! [`users`] and [`paths`] the user and path rules of `e2b-compat/envd.md` §1.3–1.4.
+
+pub mod auth;
+pub mod connect;
+pub mod files;
+pub mod filesystem;
+pub mod health;
+pub mod paths;
+pub mod process;
+pub mod server;
+pub mod state;
+pub mod users;
+
+pub use server::router;
+pub use state::AgentState;

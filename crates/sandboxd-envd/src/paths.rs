@@ -1,0 +1,85 @@
+//! Path resolution for every path-taking API (`e2b-compat/envd.md` §1.4).
+
+use crate::users::UserInfo;
+
+/// Errors resolving a path.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    #[error("cannot expand user-specific home dir: {0}")]
+    OtherUserHome(String),
+    #[error("path contains a NUL byte")]
+    Nul,
+}
+
+/// Resolve `raw` for `user`: empty → default workdir or home, `~` → home, absolute as is
+/// (not cleaned), relative → `<home>/<raw>` cleaned.
+pub fn resolve(raw: &str, user: &UserInfo, default_workdir: Option<&str>) -> Result<String, PathError> {
+    if raw.contains('\0') {
+        return Err(PathError::Nul);
+    }
+    let mut path = raw.to_string();
+    if path.is_empty() {
+        if let Some(w) = default_workdir.filter(|w| !w.is_empty()) {
+            path = w.to_string();
+        }
+    }
+    if path == "~" {
+        path = user.home.clone();
+    } else if let Some(rest) = path.strip_prefix("~/") {
+        path = format!("{}/{}", user.home, rest);
+    } else if path.starts_with('~') {
+        return Err(PathError::OtherUserHome(path));
+    }
+    if path.starts_with('/') {
+        return Ok(path);
+    }
+    Ok(clean(&format!("{}/{}", user.home, path)))
+}
+
+/// Lexically clean an absolute path like Go's `filepath.Clean` (no `..` above `/`).
+pub fn clean(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for comp in path.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> UserInfo {
+        UserInfo {
+            name: "user".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/user".into(),
+            shell: "/bin/bash".into(),
+            groups: vec![1000],
+        }
+    }
+
+    #[test]
+    fn rules() {
+        let u = user();
+        assert_eq!(resolve("test.txt", &u, None).unwrap(), "/home/user/test.txt");
+        assert_eq!(resolve("", &u, None).unwrap(), "/home/user");
+        assert_eq!(resolve("", &u, Some("/work")).unwrap(), "/work");
+        assert_eq!(resolve("~", &u, None).unwrap(), "/home/user");
+        assert_eq!(resolve("~/a/b", &u, None).unwrap(), "/home/user/a/b");
+        assert_eq!(resolve("/a/../b", &u, None).unwrap(), "/a/../b");
+        assert_eq!(resolve("../../etc/shadow", &u, None).unwrap(), "/etc/shadow");
+        assert!(matches!(
+            resolve("~root/x", &u, None),
+            Err(PathError::OtherUserHome(_))
+        ));
+        assert_eq!(resolve("a\0b", &u, None), Err(PathError::Nul));
+    }
+}

@@ -1,0 +1,92 @@
+//! Configuration the daemon hands to a sandbox's agent (PID 1) at boot and on `/init`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Everything the agent needs to know about its sandbox. Sent as JSON.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AgentConfig {
+    /// The sandbox id (`E2B_SANDBOX_ID`).
+    pub sandbox_id: String,
+    /// The template id (`E2B_TEMPLATE_ID`).
+    pub template_id: String,
+    /// Sandbox-global environment variables from the create request (`envVars`).
+    pub env_vars: BTreeMap<String, String>,
+    /// envd access token of a secure sandbox; `None` means no token is enforced.
+    pub access_token: Option<String>,
+    /// Default user for RPCs without an `Authorization` header (normally `user`).
+    pub default_user: String,
+    /// Default working directory (normally the default user's home).
+    pub default_workdir: Option<String>,
+    /// Hostname inside the sandbox.
+    pub hostname: String,
+    /// Inherited file descriptors of the `cgroup.procs` files of the sandbox's `work` cgroup
+    /// (one per v1 hierarchy, one on v2). Each user process writes `0` to each of them before
+    /// exec, which moves it out of the agent's cgroup. Empty when cgroups are not used.
+    pub work_cgroup_fds: Vec<i32>,
+}
+
+impl AgentConfig {
+    /// A config with the standard template defaults (`user`, `/home/user`).
+    pub fn new(sandbox_id: impl Into<String>, template_id: impl Into<String>) -> Self {
+        Self {
+            sandbox_id: sandbox_id.into(),
+            template_id: template_id.into(),
+            env_vars: BTreeMap::new(),
+            access_token: None,
+            default_user: "user".into(),
+            default_workdir: Some("/home/user".into()),
+            hostname: "sandbox".into(),
+            work_cgroup_fds: Vec::new(),
+        }
+    }
+
+    /// The sandbox-global variables every process sees (`e2b-compat/README.md` §5, step 3).
+    pub fn global_env(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert("E2B_SANDBOX".to_string(), "true".to_string());
+        env.insert("E2B_SANDBOX_ID".to_string(), self.sandbox_id.clone());
+        env.insert("E2B_TEMPLATE_ID".to_string(), self.template_id.clone());
+        for (k, v) in &self.env_vars {
+            env.insert(k.clone(), v.clone());
+        }
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_env_user_vars_win() {
+        let mut c = AgentConfig::new("abc", "base");
+        c.env_vars.insert("E2B_SANDBOX".into(), "x".into());
+        c.env_vars.insert("FOO".into(), "bar".into());
+        let env = c.global_env();
+        assert_eq!(env["E2B_SANDBOX"], "x");
+        assert_eq!(env["FOO"], "bar");
+        assert_eq!(env["E2B_SANDBOX_ID"], "abc");
+    }
+
+    #[test]
+    fn config_roundtrips_json() {
+        let c = AgentConfig::new("abc", "base");
+        let s = serde_json::to_string(&c).unwrap();
+        assert!(s.contains("\"sandboxId\":\"abc\""));
+        let back: AgentConfig = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, c);
+    }
+}
+
+/// File descriptor numbers a sandbox's agent inherits when the runtime boots it as PID 1
+/// (`sandboxd agent --boot`). The runtime places them; the agent takes them over.
+pub mod boot_fds {
+    /// A readable fd holding the JSON [`super::AgentConfig`] (a pipe or memfd), read to EOF.
+    pub const CONFIG: i32 = 3;
+    /// A listening unix socket (`run/agent.sock`): the public envd API and port tunnel.
+    pub const API: i32 = 4;
+    /// A listening unix socket (`run/control.sock`): internal control, never proxied.
+    pub const CONTROL: i32 = 5;
+}

@@ -1,0 +1,19 @@
+//! Wire types shared by the daemon, the in-sandbox agent (envd) and clients (tests, bench, CLI).
+//!
+//! - [`connect`]: Connect-RPC framing, error codes and error bodies (`e2b-compat/connect-protocol.md`).
+//! - [`pj`]: serde helpers for protobuf-JSON encoding rules (int64 as strings, bytes as base64, ...).
+//! - [`process`], [`filesystem`]: the envd message types (`e2b-compat/envd.md` §4, §5).
+//! - [`agent`]: the configuration the daemon hands to each sandbox's agent.
+
+pub mod agent;
+pub mod connect;
+pub mod filesystem;
+pub mod pj;
+pub mod process;
+
+/// The envd version advertised to SDKs (`e2b-compat/README.md` §6).
+pub const ENVD_VERSION: &str = "0.6.13";
+/// The port envd listens on inside a sandbox.
+pub const ENVD_PORT: u16 = 49983;
+/// The port the code interpreter listens on inside a sandbox.
+pub const INTERPRETER_PORT: u16 = 49999;

@@ -1,0 +1,90 @@
+//! The backend trait and the types that cross it.
+
+use crate::RuntimeError;
+use async_trait::async_trait;
+use sandboxd_protocol::agent::AgentConfig;
+use std::path::PathBuf;
+
+/// Resource limits of one sandbox, already resolved (template defaults, request overrides,
+/// daemon maxima).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// CPUs (cgroup CPU quota of `cpu_count` full cores).
+    pub cpu_count: u32,
+    /// Memory in MiB (memory + swap).
+    pub memory_mb: u64,
+    /// Disk in MiB (upper dir quota; enforcement belongs to the lifecycle work).
+    pub disk_mb: u64,
+    /// Maximum number of tasks (processes and threads) of user processes.
+    pub pids: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_mb: 1024,
+            pids: 1024,
+        }
+    }
+}
+
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Sandbox id, `^[a-z0-9]+$`.
+    pub id: String,
+    /// Template id (for example `base`).
+    pub template: String,
+    pub limits: Limits,
+    /// Handed to the agent at boot.
+    pub agent: AgentConfig,
+}
+
+/// How the daemon reaches a sandbox's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEndpoint {
+    /// A unix socket path on the host: HTTP/1.1 to the envd API; `CONNECT 127.0.0.1:<port>`
+    /// opens a tunnel to a port inside the sandbox.
+    Unix(PathBuf),
+}
+
+/// A created, ready sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxHandle {
+    pub id: String,
+    /// Host pid of the agent (PID 1 inside).
+    pub agent_pid: i32,
+    /// Start time of the agent from `/proc/<pid>/stat` (field 22), to detect pid reuse.
+    pub agent_start_time: u64,
+    /// The public envd API and port tunnel.
+    pub api: AgentEndpoint,
+    /// Internal control socket (config updates); never proxied.
+    pub control: AgentEndpoint,
+}
+
+/// A sandbox backend. Implementations must be safe to call from many tasks at once.
+#[async_trait]
+pub trait SandboxBackend: Send + Sync + 'static {
+    /// Short name for logs and `/health` (for example `namespace`).
+    fn name(&self) -> &'static str;
+
+    /// Whether a template exists.
+    fn has_template(&self, template: &str) -> bool;
+
+    /// Create and boot a sandbox; returns once its agent answers `GET /health`.
+    /// On error nothing of the sandbox is left behind.
+    async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError>;
+
+    /// Stop every process of the sandbox and remove everything it had on the host
+    /// (cgroups, upper dirs, sockets). Idempotent: killing an unknown id is `Ok`.
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Whether the sandbox's agent is still alive (checks pid and start time).
+    fn is_alive(&self, handle: &SandboxHandle) -> bool;
+
+    /// Ids of sandboxes this backend finds on the host (dirs, cgroups, processes), for
+    /// reconciliation at daemon start.
+    async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError>;
+}

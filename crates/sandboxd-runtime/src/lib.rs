@@ -1,0 +1,10 @@
+//! Sandbox backends. The daemon drives sandboxes only through [`SandboxBackend`]; the default
+//! implementation is the Linux namespace backend ([`namespace`]). Later backends (OCI runtimes,
+//! microVMs) implement the same trait and run the same agent.
+
+pub mod backend;
+pub mod error;
+pub mod namespace;
+
+pub use backend::{AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec};
+pub use error::RuntimeError;

@@ -1,0 +1,1 @@
+//! The Linux namespace backend (default): see `docs/namespace-backend.md`.

@@ -1,0 +1,1 @@
+//! The sandboxd daemon: control plane, router and sandbox proxy.

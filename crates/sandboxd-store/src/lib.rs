@@ -1,0 +1,1 @@
+//! The sandboxd registry (embedded SQLite): the truth about which sandboxes exist.

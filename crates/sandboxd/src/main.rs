@@ -1,0 +1,41 @@
+//! `sandboxd`: one binary, several roles. `serve` is the daemon; `agent` runs inside sandboxes
+//! as PID 1; `__spawn-helper` is the runtime's single-threaded spawn helper (never run by hand).
+
+mod agent_cmd;
+mod serve_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sandboxd",
+    version,
+    about = "Self-hosted E2B-compatible sandbox server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: control plane, router and sandbox proxy.
+    Serve(serve_cmd::ServeArgs),
+    /// Run the in-sandbox agent (envd API). Started by the runtime; `--listen` for development.
+    Agent(agent_cmd::AgentArgs),
+    /// Internal: the runtime's single-threaded spawn helper.
+    #[command(name = "__spawn-helper", hide = true)]
+    SpawnHelper,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve_cmd::run(args),
+        Command::Agent(args) => agent_cmd::run(args),
+        Command::SpawnHelper => {
+            // Owned by the runtime crate: it must stay single-threaded (no tokio here).
+            anyhow::bail!("spawn helper not implemented yet")
+        }
+    }
+}
