@@ -1,0 +1,151 @@
+"""Fixtures for the Python tests: a real sandboxd daemon and sandboxes made with the official SDK.
+
+Each pytest process (each xdist worker) starts its own `sandboxd serve` on a free loopback port
+with a throwaway data dir, unless SANDBOXD_TEST_URL and SANDBOXD_TEST_KEY point at a running
+daemon. The E2B_* variables are set so the SDKs talk to it, exactly as a user would set them.
+"""
+
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("SANDBOXD_BIN", str(ROOT / "target" / "debug" / "sandboxd"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log_path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sandboxd exited with {proc.returncode}:\n{open(log_path).read()}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status in (200, 204):
+                    return
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"sandboxd did not become healthy:\n{open(log_path).read()}")
+
+
+def _api(url: str, key: str, method: str, path: str):
+    req = urllib.request.Request(url + path, method=method, headers={"X-API-Key": key})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = r.read()
+        return r.status, body
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sandboxd():
+    """The daemon under test: yields (url, api_key)."""
+    ext_url, ext_key = os.environ.get("SANDBOXD_TEST_URL"), os.environ.get("SANDBOXD_TEST_KEY")
+    if ext_url and ext_key:
+        _set_env(ext_url, ext_key)
+        yield ext_url, ext_key
+        return
+    if not os.path.exists(BIN):
+        pytest.exit(f"{BIN} not found: run `cargo build -p sandboxd` first", returncode=2)
+    data_dir = tempfile.mkdtemp(prefix="sandboxd-pytest-")
+    log_path = data_dir + ".log"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    key = "e2b_" + os.urandom(20).hex()
+    env = dict(os.environ, SANDBOXD_API_KEY=key, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        _wait_healthy(url, proc, log_path)
+        _set_env(url, key)
+        yield url, key
+    finally:
+        _kill_all(url, key)
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if os.environ.get("SANDBOXD_KEEP_LOGS") != "1":
+            try:
+                os.unlink(log_path)
+            except OSError:
+                pass
+
+
+def _set_env(url: str, key: str) -> None:
+    os.environ["E2B_API_URL"] = url
+    os.environ["E2B_SANDBOX_URL"] = url
+    os.environ["E2B_API_KEY"] = key
+    os.environ["E2B_DOMAIN"] = url.split("//", 1)[1].replace("127.0.0.1", "localhost")
+    os.environ.pop("E2B_DEBUG", None)
+
+
+def _kill_all(url: str, key: str) -> None:
+    import json
+
+    try:
+        _, body = _api(url, key, "GET", "/v2/sandboxes?state=running,paused&limit=100")
+        for s in json.loads(body):
+            try:
+                _api(url, key, "DELETE", f"/sandboxes/{s['sandboxID']}")
+            except Exception:
+                pass
+    except Exception:
+        pass
+
+
+@pytest.fixture
+def sandbox_test_id():
+    return f"test_{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def template():
+    return "base"
+
+
+@pytest.fixture
+def sandbox(template, sandbox_test_id):
+    from e2b import Sandbox
+
+    sbx = Sandbox.create(template, metadata={"sandbox_test_id": sandbox_test_id})
+    try:
+        yield sbx
+    finally:
+        try:
+            sbx.kill()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+async def async_sandbox(template, sandbox_test_id):
+    from e2b import AsyncSandbox
+
+    sbx = await AsyncSandbox.create(template, metadata={"sandbox_test_id": sandbox_test_id})
+    try:
+        yield sbx
+    finally:
+        try:
+            await sbx.kill()
+        except Exception:
+            pass
