@@ -42,3 +42,8 @@ if [ "$want_tests" = 1 ]; then
     .venv/bin/pip install -q -r tests/python/requirements.txt
   fi
 fi
+
+# Extra set-up of the code-interpreter template (kernels and their packages), if present.
+if [ -x scripts/setup-interpreter.sh ]; then
+  scripts/setup-interpreter.sh
+fi

@@ -2,6 +2,7 @@
 //! as PID 1; `__spawn-helper` is the runtime's single-threaded spawn helper (never run by hand).
 
 mod agent_cmd;
+mod interpreter_cmd;
 mod serve_cmd;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Run the in-sandbox agent (envd API). Started by the runtime; `--listen` for development.
     Agent(agent_cmd::AgentArgs),
+    /// Run the code-interpreter server (port 49999) inside a sandbox; supervised by the agent.
+    Interpreter(interpreter_cmd::InterpreterArgs),
     /// Internal: the runtime's single-threaded spawn helper.
     #[command(name = "__spawn-helper", hide = true)]
     SpawnHelper,
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Agent(args) => agent_cmd::run(args),
+        Command::Interpreter(args) => interpreter_cmd::run(args),
         Command::SpawnHelper => {
             // Owned by the runtime crate: it must stay single-threaded (no tokio here).
             anyhow::bail!("spawn helper not implemented yet")
