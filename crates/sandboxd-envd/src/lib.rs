@@ -7,13 +7,16 @@
 
 pub mod auth;
 pub mod connect;
+pub mod control;
 pub mod files;
 pub mod filesystem;
 pub mod health;
 pub mod paths;
+pub mod pid1;
 pub mod process;
 pub mod server;
 pub mod state;
+pub mod tunnel;
 pub mod users;
 
 pub use server::router;
