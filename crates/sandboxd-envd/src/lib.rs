@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod connect;
+pub mod entry;
 pub mod control;
 pub mod files;
 pub mod filesystem;

@@ -240,6 +240,7 @@ pub struct FilesystemEvent {
 /// `WatchDirResponse`: a oneof, written as its member at the top level.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[allow(clippy::large_enum_variant)] // short-lived wire message
 pub enum WatchDirResponse {
     /// `{"start":{}}`, sent first.
     Start(Empty),
