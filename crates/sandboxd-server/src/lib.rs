@@ -1,1 +1,21 @@
-//! The sandboxd daemon: control plane, router and sandbox proxy.
+//! The sandboxd daemon: control plane, router and sandbox proxy (`docs/control-plane.md`).
+//!
+//! Entry point: [`Server::bind`] with a [`ServerConfig`] and a
+//! [`sandboxd_runtime::SandboxBackend`], then [`Server::run`].
+
+pub mod config;
+pub mod conn;
+pub mod control;
+pub mod error;
+pub mod ids;
+pub mod listing;
+pub mod manager;
+pub mod proxy;
+pub mod routing;
+pub mod sandbox;
+pub mod server;
+pub mod upstream;
+
+pub use config::{DaemonLimits, ServerConfig, TemplateDefaults};
+pub use error::{ApiError, ServerError};
+pub use server::Server;

@@ -1,0 +1,89 @@
+//! Daemon configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Daemon-wide maxima. Requests above them are rejected with a clear 400 (timeouts, limits)
+/// or 429 (concurrency).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonLimits {
+    /// Largest `cpuCount` a sandbox may get.
+    pub max_cpu: u32,
+    /// Largest `memoryMB` a sandbox may get.
+    pub max_memory_mb: u64,
+    /// Largest `diskSizeMB` a sandbox may get.
+    pub max_disk_mb: u64,
+    /// Longest sandbox timeout (create, set_timeout, connect).
+    pub max_timeout: Duration,
+    /// Sandboxes that may exist at once (running, paused and being created).
+    pub max_sandboxes: usize,
+}
+
+impl Default for DaemonLimits {
+    fn default() -> Self {
+        Self {
+            max_cpu: 8,
+            max_memory_mb: 8192,
+            max_disk_mb: 10240,
+            max_timeout: Duration::from_secs(24 * 3600),
+            max_sandboxes: 1000,
+        }
+    }
+}
+
+/// Template defaults when a create request gives no limits (E2B's base template).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateDefaults {
+    pub cpu_count: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub pids: u64,
+}
+
+impl Default for TemplateDefaults {
+    fn default() -> Self {
+        Self {
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_mb: 1024,
+            pids: 1024,
+        }
+    }
+}
+
+/// Everything the [`crate::Server`] needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address of the one listener (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Data directory: registry, API key, sandbox dirs.
+    pub data_dir: PathBuf,
+    /// The API key every control-plane call must carry in `X-API-Key`.
+    pub api_key: String,
+    /// Domain returned to SDKs (`sandbox.get_host(port)` is `<port>-<id>.<domain>`);
+    /// `None` means `localhost:<bound port>`.
+    pub domain: Option<String>,
+    pub limits: DaemonLimits,
+    pub template_defaults: TemplateDefaults,
+    /// Idle timeout of client keep-alive connections (longer than the SDK's 300 s pool).
+    pub keepalive_idle: Duration,
+    /// Largest control-plane request body.
+    pub max_body_bytes: usize,
+}
+
+impl ServerConfig {
+    /// A config with defaults for everything but the listen address, data dir and API key.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf, api_key: String) -> Self {
+        Self {
+            listen,
+            data_dir,
+            api_key,
+            domain: None,
+            limits: DaemonLimits::default(),
+            template_defaults: TemplateDefaults::default(),
+            keepalive_idle: Duration::from_secs(640),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! The control plane: the E2B REST API (`e2b-compat/control-plane.md`).
+//!
+//! Routes match on the raw (still percent-encoded) path, so a template id sent as one encoded
+//! segment (`team%2Fsnap%3Adefault`) stays one segment.
+
+use crate::error::ApiError;
+use crate::ids::{CLIENT_ID, format_time, parse_path_sandbox_id};
+use crate::listing::{ListQuery, page};
+use crate::manager::{CreateParams, Manager};
+use crate::sandbox::{LiveSandbox, SandboxView};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sandboxd_protocol::ENVD_VERSION;
+use sandboxd_store::SandboxState;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Largest number of metadata entries or env vars in a create request.
+const MAX_MAP_ENTRIES: usize = 256;
+
+/// The control-plane router.
+pub fn router(mgr: Arc<Manager>) -> Router {
+    let max_body = mgr.config().max_body_bytes;
+    Router::new()
+        .route("/health", get(health))
+        .route("/sandboxes", post(create_sandbox).get(list_v1))
+        .route("/v2/sandboxes", get(list_v2))
+        .route("/sandboxes/{id}", get(get_sandbox).delete(kill_sandbox))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/connect", post(connect_sandbox))
+        .route("/templates/aliases/{alias}", get(template_alias))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(mgr.clone(), require_api_key))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(mgr)
+}
+
+async fn health() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Every control-plane call but `GET /health` needs the API key (constant-time comparison).
+async fn require_api_key(State(mgr): State<Arc<Manager>>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let Some(given) = req.headers().get("x-api-key") else {
+        return ApiError::Unauthorized("Missing API key: send it in the X-API-Key header".into())
+            .into_response();
+    };
+    let want = mgr.config().api_key.as_bytes();
+    if !bool::from(given.as_bytes().ct_eq(want)) {
+        return ApiError::Unauthorized("Invalid API key".into()).into_response();
+    }
+    next.run(req).await
+}
+
+/// A JSON body parsed with our errors (400 `{"code","message"}`, 413 over the limit).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
+            BytesRejection::FailedToBufferBody(ref inner)
+                if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                ApiError::PayloadTooLarge(0)
+            }
+            other => ApiError::BadRequest(format!("cannot read request body: {other}")),
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::BadRequest("request body is required".into()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+    }
+}
+
+/// A sandbox id from the path (`-<clientID>` stripped, validated).
+pub struct SandboxId(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for SandboxId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::BadRequest("Invalid sandbox ID".into()))?;
+        parse_path_sandbox_id(&raw).map(SandboxId)
+    }
+}
+
+/// `network` of a create request (only what the daemon acts on is typed; the whole object is
+/// stored as sent).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetworkIn {
+    allow_public_traffic: Option<bool>,
+    allow_out: Option<Vec<String>>,
+    deny_out: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewSandbox {
+    #[serde(rename = "templateID")]
+    template_id: String,
+    timeout: Option<i64>,
+    secure: Option<bool>,
+    #[serde(rename = "allow_internet_access")]
+    allow_internet_access: Option<bool>,
+    metadata: Option<BTreeMap<String, String>>,
+    env_vars: Option<BTreeMap<String, String>>,
+    auto_pause: Option<bool>,
+    auto_pause_memory: Option<bool>,
+    auto_resume: Option<serde_json::Value>,
+    network: Option<serde_json::Value>,
+    #[allow(dead_code)]
+    mcp: Option<serde_json::Value>,
+    volume_mounts: Option<Vec<serde_json::Value>>,
+    iam: Option<serde_json::Value>,
+    cpu_count: Option<i64>,
+    #[serde(rename = "memoryMB")]
+    memory_mb: Option<i64>,
+    #[serde(rename = "diskSizeMB")]
+    disk_size_mb: Option<i64>,
+}
+
+fn check_map(name: &str, m: &BTreeMap<String, String>, env: bool) -> Result<(), ApiError> {
+    if m.len() > MAX_MAP_ENTRIES {
+        return Err(ApiError::BadRequest(format!(
+            "{name}: at most {MAX_MAP_ENTRIES} entries"
+        )));
+    }
+    for (k, v) in m {
+        if env && (k.is_empty() || k.contains('=') || k.contains('\0')) {
+            return Err(ApiError::BadRequest(format!(
+                "{name}: invalid variable name {k:?}"
+            )));
+        }
+        if v.contains('\0') || k.contains('\0') {
+            return Err(ApiError::BadRequest(format!("{name}: {k:?} contains a NUL byte")));
+        }
+    }
+    Ok(())
+}
+
+impl NewSandbox {
+    fn into_params(self) -> Result<CreateParams, ApiError> {
+        let metadata = self.metadata.unwrap_or_default();
+        let env_vars = self.env_vars.unwrap_or_default();
+        check_map("metadata", &metadata, false)?;
+        check_map("envVars", &env_vars, true)?;
+        if self.auto_pause_memory.is_some() && self.auto_pause != Some(true) {
+            return Err(ApiError::BadRequest("autoPauseMemory requires autoPause".into()));
+        }
+        if self.auto_pause == Some(true) {
+            return Err(ApiError::BadRequest(
+                "autoPause is not supported by this server yet (sandboxes are killed at their timeout)"
+                    .into(),
+            ));
+        }
+        if self
+            .auto_resume
+            .as_ref()
+            .and_then(|v| v.get("enabled"))
+            .and_then(|v| v.as_bool())
+            == Some(true)
+        {
+            return Err(ApiError::BadRequest(
+                "autoResume is not supported by this server yet".into(),
+            ));
+        }
+        if self.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(ApiError::BadRequest(
+                "volumeMounts are not supported by this server".into(),
+            ));
+        }
+        if self
+            .iam
+            .as_ref()
+            .is_some_and(|v| !v.is_null() && v != &serde_json::json!({}))
+        {
+            return Err(ApiError::BadRequest(
+                "iam tokens are not supported by this server".into(),
+            ));
+        }
+        let secure = self.secure.unwrap_or(false);
+        let mut restrict_public_traffic = false;
+        if let Some(net) = &self.network
+            && !net.is_null()
+        {
+            let parsed: NetworkIn = serde_json::from_value(net.clone())
+                .map_err(|e| ApiError::BadRequest(format!("invalid network: {e}")))?;
+            if parsed.allow_public_traffic == Some(false) {
+                if !secure {
+                    return Err(ApiError::BadRequest(
+                        "You cannot create a sandbox without public access unless you enable secure envd access via 'secure' flag.".into(),
+                    ));
+                }
+                restrict_public_traffic = true;
+            }
+            let _ = (parsed.allow_out, parsed.deny_out);
+        }
+        Ok(CreateParams {
+            template: self.template_id,
+            timeout_secs: self.timeout.unwrap_or(15),
+            secure,
+            allow_internet_access: self.allow_internet_access.unwrap_or(true),
+            metadata,
+            env_vars,
+            network: self.network.filter(|n| !n.is_null()),
+            restrict_public_traffic,
+            cpu_count: self.cpu_count,
+            memory_mb: self.memory_mb,
+            disk_mb: self.disk_size_mb,
+        })
+    }
+}
+
+/// `Sandbox` (create, connect).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SandboxOut {
+    #[serde(rename = "templateID")]
+    template_id: String,
+    #[serde(rename = "sandboxID")]
+    sandbox_id: String,
+    #[serde(rename = "clientID")]
+    client_id: &'static str,
+    envd_version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alias: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    envd_access_token: Option<String>,
+    traffic_access_token: Option<String>,
+    domain: String,
+}
+
+fn sandbox_out(s: &LiveSandbox, domain: &str) -> SandboxOut {
+    SandboxOut {
+        template_id: s.rec.template_id.clone(),
+        sandbox_id: s.rec.id.clone(),
+        client_id: CLIENT_ID,
+        envd_version: ENVD_VERSION,
+        alias: s.rec.alias.clone(),
+        envd_access_token: s.rec.access_token.clone(),
+        traffic_access_token: s.rec.traffic_token.clone(),
+        domain: domain.to_string(),
+    }
+}
+
+/// `SandboxDetail` (GET) and, without the detail-only keys, `ListedSandbox`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetailOut {
+    #[serde(rename = "templateID")]
+    template_id: String,
+    #[serde(rename = "sandboxID")]
+    sandbox_id: String,
+    #[serde(rename = "clientID")]
+    client_id: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alias: Option<String>,
+    started_at: String,
+    end_at: String,
+    envd_version: &'static str,
+    cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    memory_mb: u64,
+    #[serde(rename = "diskSizeMB")]
+    disk_size_mb: u64,
+    state: &'static str,
+    metadata: BTreeMap<String, String>,
+    #[serde(flatten)]
+    detail: Option<DetailOnly>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetailOnly {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    envd_access_token: Option<String>,
+    allow_internet_access: bool,
+    domain: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<serde_json::Value>,
+    lifecycle: serde_json::Value,
+}
+
+fn api_state(s: SandboxState) -> &'static str {
+    match s {
+        SandboxState::Paused => "paused",
+        _ => "running",
+    }
+}
+
+fn detail_out(v: &SandboxView, domain: Option<&str>) -> DetailOut {
+    DetailOut {
+        template_id: v.rec.template_id.clone(),
+        sandbox_id: v.rec.id.clone(),
+        client_id: CLIENT_ID,
+        alias: v.rec.alias.clone(),
+        started_at: format_time(v.rec.started_at),
+        end_at: format_time(v.end_at),
+        envd_version: ENVD_VERSION,
+        cpu_count: v.rec.limits.cpu_count,
+        memory_mb: v.rec.limits.memory_mb,
+        disk_size_mb: v.rec.limits.disk_mb,
+        state: api_state(v.state),
+        metadata: v.rec.metadata.clone(),
+        detail: domain.map(|d| DetailOnly {
+            envd_access_token: v.rec.access_token.clone(),
+            allow_internet_access: v.rec.allow_internet_access,
+            domain: d.to_string(),
+            network: v.rec.network.clone(),
+            lifecycle: serde_json::json!({"autoResume": false, "onTimeout": "kill"}),
+        }),
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => {
+            let mut r = (status, body).into_response();
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => ApiError::Internal(format!("encoding response: {e}")).into_response(),
+    }
+}
+
+async fn create_sandbox(State(mgr): State<Arc<Manager>>, JsonBody(body): JsonBody<NewSandbox>) -> Response {
+    let params = match body.into_params() {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    match mgr.create(params).await {
+        Ok(s) => json(StatusCode::CREATED, &sandbox_out(&s, mgr.domain())),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn get_sandbox(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId) -> Response {
+    match mgr.sandboxes.get(&id) {
+        Some(s) if matches!(s.state(), SandboxState::Running | SandboxState::Paused) => json(
+            StatusCode::OK,
+            &detail_out(&SandboxView::of(&s), Some(mgr.domain())),
+        ),
+        _ => ApiError::SandboxNotFound(id).into_response(),
+    }
+}
+
+async fn kill_sandbox(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId) -> Response {
+    match mgr.kill(&id, "killed by API").await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => ApiError::SandboxNotFound(id).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct TimeoutBody {
+    timeout: i64,
+}
+
+async fn set_timeout(
+    State(mgr): State<Arc<Manager>>,
+    SandboxId(id): SandboxId,
+    JsonBody(body): JsonBody<TimeoutBody>,
+) -> Response {
+    match mgr.set_timeout(&id, body.timeout).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn connect_sandbox(
+    State(mgr): State<Arc<Manager>>,
+    SandboxId(id): SandboxId,
+    JsonBody(body): JsonBody<TimeoutBody>,
+) -> Response {
+    match mgr.connect(&id, body.timeout).await {
+        Ok(s) => json(StatusCode::OK, &sandbox_out(&s, mgr.domain())),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn list_response(mgr: &Manager, q: &ListQuery) -> (Vec<DetailOut>, Option<String>) {
+    let template = match &q.template {
+        None => None,
+        Some(t) if mgr.template_exists(t) => Some(t.clone()),
+        // An unknown template matches nothing (200 []).
+        Some(_) => return (Vec::new(), None),
+    };
+    let (items, token) = page(mgr.views(), q, template.as_deref());
+    (items.iter().map(|v| detail_out(v, None)).collect(), token)
+}
+
+async fn list_v2(State(mgr): State<Arc<Manager>>, uri: Uri) -> Response {
+    let q = match ListQuery::parse_v2(uri.query()) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
+    let (items, token) = list_response(&mgr, &q);
+    let mut resp = json(StatusCode::OK, &items);
+    if let Some(t) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        resp.headers_mut().insert("x-next-token", t);
+    }
+    resp
+}
+
+async fn list_v1(State(mgr): State<Arc<Manager>>, uri: Uri) -> Response {
+    match ListQuery::parse_v1(uri.query()) {
+        Ok(q) => json(StatusCode::OK, &list_response(&mgr, &q).0),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn template_alias(
+    State(mgr): State<Arc<Manager>>,
+    Path(alias): Path<String>,
+    _h: HeaderMap,
+) -> Response {
+    if mgr.template_exists(&alias) {
+        json(
+            StatusCode::OK,
+            &serde_json::json!({"templateID": alias, "public": true}),
+        )
+    } else {
+        ApiError::TemplateNotFound(alias).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<CreateParams, ApiError> {
+        serde_json::from_value::<NewSandbox>(v)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?
+            .into_params()
+    }
+
+    #[test]
+    fn sdk_default_body_parses() {
+        let p = parse(serde_json::json!({"templateID":"base","timeout":60,"secure":true,
+            "allow_internet_access":true,"metadata":{},"envVars":{}}))
+        .unwrap();
+        assert_eq!(p.template, "base");
+        assert_eq!(p.timeout_secs, 60);
+        assert!(p.secure && p.allow_internet_access && !p.restrict_public_traffic);
+    }
+
+    #[test]
+    fn missing_timeout_defaults_to_15_and_sandboxd_fields_parse() {
+        let p = parse(serde_json::json!({"templateID":"base","cpuCount":1,"memoryMB":256,"diskSizeMB":0}))
+            .unwrap();
+        assert_eq!(p.timeout_secs, 15);
+        assert_eq!(
+            (p.cpu_count, p.memory_mb, p.disk_mb),
+            (Some(1), Some(256), Some(0))
+        );
+        assert!(!p.secure);
+    }
+
+    #[test]
+    fn bad_bodies() {
+        for v in [
+            serde_json::json!({"timeout": 5}),
+            serde_json::json!({"templateID": 5}),
+            serde_json::json!({"templateID":"base","timeout":"x"}),
+            serde_json::json!({"templateID":"base","metadata":{"a":1}}),
+            serde_json::json!({"templateID":"base","envVars":{"A=B":"x"}}),
+            serde_json::json!({"templateID":"base","autoPauseMemory":false}),
+            serde_json::json!({"templateID":"base","autoPause":true}),
+            serde_json::json!({"templateID":"base","network":{"allowPublicTraffic":false}}),
+            serde_json::json!({"templateID":"base","network":{"allowOut":"x"}}),
+            serde_json::json!({"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]}),
+        ] {
+            assert_eq!(parse(v.clone()).unwrap_err().status(), 400, "{v}");
+        }
+        let p = parse(serde_json::json!({"templateID":"base","secure":true,
+            "network":{"allowPublicTraffic":false}}))
+        .unwrap();
+        assert!(p.restrict_public_traffic);
+    }
+
+    #[test]
+    fn detail_has_all_required_keys() {
+        use chrono::TimeZone;
+        let t = chrono::Utc.timestamp_micros(1_767_323_045_123_456).unwrap();
+        let rec = sandboxd_store::SandboxRecord {
+            seq: 1,
+            id: "iabc".into(),
+            template_id: "base".into(),
+            alias: Some("base".into()),
+            state: SandboxState::Running,
+            limits: sandboxd_store::StoredLimits {
+                cpu_count: 2,
+                memory_mb: 512,
+                disk_mb: 1024,
+                pids: 1024,
+            },
+            metadata: BTreeMap::new(),
+            env_vars: BTreeMap::new(),
+            access_token: Some("tok".into()),
+            traffic_token: None,
+            allow_internet_access: true,
+            network: None,
+            started_at: t,
+            end_at: t,
+            agent_pid: None,
+            agent_start_time: None,
+        };
+        let v = SandboxView {
+            rec,
+            state: SandboxState::Running,
+            end_at: t,
+        };
+        let d = serde_json::to_value(detail_out(&v, Some("localhost:3000"))).unwrap();
+        for k in [
+            "templateID",
+            "sandboxID",
+            "clientID",
+            "startedAt",
+            "endAt",
+            "envdVersion",
+            "cpuCount",
+            "memoryMB",
+            "diskSizeMB",
+            "state",
+            "envdAccessToken",
+            "domain",
+            "metadata",
+        ] {
+            assert!(d.get(k).is_some(), "missing {k} in {d}");
+        }
+        assert_eq!(d["startedAt"], "2026-01-02T03:04:05.123456Z");
+        assert_eq!(d["state"], "running");
+        let listed = serde_json::to_value(detail_out(&v, None)).unwrap();
+        assert!(listed.get("envdAccessToken").is_none() && listed.get("domain").is_none());
+        assert_eq!(listed["envdVersion"], "0.6.13");
+    }
+}

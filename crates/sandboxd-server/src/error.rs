@@ -1,0 +1,222 @@
+//! Every error the daemon answers with, mapped to a status and a JSON body in one place.
+//!
+//! Control-plane errors are `{"code":<int>,"message":<str>}` (`e2b-compat/control-plane.md`);
+//! sandbox traffic to a sandbox that is not running gets the E2B proxy's 502 body with a
+//! `sandboxId` (`e2b-compat/README.md` §1).
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use sandboxd_runtime::RuntimeError;
+use sandboxd_store::StoreError;
+
+/// Content type of JSON error bodies (what upstream's proxy sends).
+pub const JSON_UTF8: &str = "application/json; charset=utf-8";
+
+/// A request-level error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: malformed JSON, wrong types, out-of-range values.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: missing or wrong API key (control plane) or an invalid file signature.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: missing or wrong traffic access token.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404 with a free message.
+    #[error("{0}")]
+    NotFound(String),
+    /// 404 for a sandbox id that is well formed but unknown (E2B's exact wording).
+    #[error("Sandbox \"{0}\" doesn't exist or you don't have access to it")]
+    SandboxNotFound(String),
+    /// 404 for an unknown template.
+    #[error("template '{0}' not found")]
+    TemplateNotFound(String),
+    /// 405 on a known path.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 409: the sandbox is in the wrong state for this call.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: a control-plane request body over the limit.
+    #[error("request body too large (limit {0} bytes)")]
+    PayloadTooLarge(usize),
+    /// 429: the daemon's concurrent sandbox limit is reached.
+    #[error("{0}")]
+    TooManySandboxes(String),
+    /// 500.
+    #[error("{0}")]
+    Internal(String),
+    /// 503: the daemon is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 502 for sandbox traffic to an unknown, killed, expired or paused sandbox.
+    #[error("The sandbox was not found")]
+    SandboxNotRunning(String),
+    /// 502: the sandbox runs but nothing listens on the port (or the agent is unreachable).
+    #[error("The sandbox is running but port is not open")]
+    PortNotOpen { sandbox_id: String, port: u16 },
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) | ApiError::SandboxNotFound(_) | ApiError::TemplateNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManySandboxes(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::SandboxNotRunning(_) | ApiError::PortNotOpen { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> serde_json::Value {
+        let code = self.status().as_u16();
+        match self {
+            ApiError::SandboxNotRunning(id) => serde_json::json!({
+                "sandboxId": id,
+                "message": self.to_string(),
+                "code": code,
+            }),
+            ApiError::PortNotOpen { sandbox_id, port } => serde_json::json!({
+                "sandboxId": sandbox_id,
+                "message": self.to_string(),
+                "port": port,
+                "code": code,
+            }),
+            _ => serde_json::json!({ "code": code, "message": self.to_string() }),
+        }
+    }
+
+    /// The full response (also usable outside axum handlers).
+    pub fn to_response(&self) -> Response {
+        let mut resp = Response::new(Body::from(self.body().to_string()));
+        *resp.status_mut() = self.status();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+        resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status().is_server_error() && self.status() != StatusCode::BAD_GATEWAY {
+            tracing::error!(error = %self, "request failed");
+        }
+        self.to_response()
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::TemplateNotFound(t) => ApiError::TemplateNotFound(t),
+            RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
+            other => ApiError::Internal(format!("sandbox backend: {other}")),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// Errors that stop the daemon from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl ServerError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ServerError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn parts(e: ApiError) -> (StatusCode, String, serde_json::Value) {
+        let resp = e.to_response();
+        let status = resp.status();
+        let ct = resp.headers()[header::CONTENT_TYPE].to_str().unwrap().to_string();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, ct, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn not_running_has_e2b_proxy_shape() {
+        let (status, ct, body) = parts(ApiError::SandboxNotRunning("iabc".into())).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(ct, "application/json; charset=utf-8");
+        assert_eq!(
+            body,
+            serde_json::json!({"sandboxId":"iabc","message":"The sandbox was not found","code":502})
+        );
+    }
+
+    #[tokio::test]
+    async fn control_errors_have_code_and_message() {
+        let (status, _, body) = parts(ApiError::SandboxNotFound("abc".into())).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            body,
+            serde_json::json!({"code":404,"message":"Sandbox \"abc\" doesn't exist or you don't have access to it"})
+        );
+        let (status, _, body) = parts(ApiError::TooManySandboxes("limit".into())).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["code"], 429);
+        let (_, _, body) = parts(ApiError::PortNotOpen {
+            sandbox_id: "x".into(),
+            port: 8000,
+        })
+        .await;
+        assert_eq!(body["port"], 8000);
+        assert_eq!(body["message"], "The sandbox is running but port is not open");
+    }
+
+    #[test]
+    fn runtime_errors_map_to_statuses() {
+        assert_eq!(
+            ApiError::from(RuntimeError::TemplateNotFound("x".into())).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::from(RuntimeError::InvalidSpec("x".into())).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ApiError::from(RuntimeError::NotReady(5)).status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

@@ -1,0 +1,214 @@
+//! The listener: one TCP socket, HTTP/1.1 and h2c, a routing decision per request.
+
+use crate::config::ServerConfig;
+use crate::conn::{ConnCtl, TrackedStream};
+use crate::error::{ApiError, ServerError};
+use crate::manager::Manager;
+use crate::proxy::{self, SandboxStopped};
+use crate::routing::{self, Route};
+use axum::Router;
+use axum::body::Body;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sandboxd_runtime::SandboxBackend;
+use sandboxd_store::Store;
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// File in the data dir locked while a daemon uses it.
+pub const LOCK_FILE: &str = "sandboxd.lock";
+/// How long open connections may finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Shared {
+    mgr: Arc<Manager>,
+    control: Router,
+    keepalive_idle: Duration,
+}
+
+/// The daemon: bound, cleaned up, ready to [`Server::run`].
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Takes the data dir (lock), opens the registry, binds the listener and cleans up
+    /// sandboxes left by an earlier run. The returned server accepts work once run.
+    pub async fn bind(config: ServerConfig, backend: Arc<dyn SandboxBackend>) -> Result<Self, ServerError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ServerError::io(format!("creating {}", dir.display()), e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| ServerError::io(format!("opening {}", lock_path.display()), e))?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+            |(_, errno)| {
+                ServerError::Config(format!(
+                    "data dir {} is in use by another sandboxd ({errno})",
+                    dir.display()
+                ))
+            },
+        )?;
+        let store = Arc::new(Store::open(dir)?);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServerError::io(format!("binding {}", config.listen), e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| ServerError::io("reading the listen address", e))?;
+        let domain = config
+            .domain
+            .clone()
+            .unwrap_or_else(|| format!("localhost:{}", local_addr.port()));
+        let keepalive_idle = config.keepalive_idle;
+        let mgr = Arc::new(Manager::new(config, domain, backend, store));
+        let cleaned = mgr.cleanup_leftovers().await?;
+        if !cleaned.is_empty() {
+            tracing::info!(count = cleaned.len(), "cleaned up sandboxes of an earlier run");
+        }
+        let control = crate::control::router(mgr.clone());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                mgr,
+                control,
+                keepalive_idle,
+            }),
+            listener,
+            local_addr,
+            _lock: lock,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The domain returned to SDKs.
+    pub fn domain(&self) -> &str {
+        self.shared.mgr.domain()
+    }
+
+    /// The lifecycle manager (tests and embedding).
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.shared.mgr
+    }
+
+    /// Serves until `shutdown` completes, then lets open connections finish for a few
+    /// seconds. Sandboxes keep running.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let reaper = tokio::spawn(self.shared.mgr.clone().run_reaper());
+        let drain = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        tracker.spawn(serve_connection(self.shared.clone(), stream, drain.clone()));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = &mut shutdown => break,
+            }
+        }
+        tracing::info!("shutting down; sandboxes keep running");
+        drop(self.listener);
+        drain.cancel();
+        tracker.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not finish in time");
+        }
+        reaper.abort();
+        Ok(())
+    }
+}
+
+type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, SandboxStopped>> + Send>>;
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, drain: CancellationToken) {
+    let _ = stream.set_nodelay(true);
+    let ctl = ConnCtl::new();
+    let io = TokioIo::new(TrackedStream::new(stream, ctl.clone()));
+    let svc_ctl = ctl.clone();
+    let svc_shared = shared.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let shared = svc_shared.clone();
+        let ctl = svc_ctl.clone();
+        let fut: ResponseFuture = Box::pin(async move { dispatch(&shared, &ctl, req).await });
+        fut
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        // Starts when the connection waits for a request head: the keep-alive idle timeout.
+        .header_read_timeout(shared.keepalive_idle);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(conn = ctl.id, "connection ended: {e}");
+            }
+        }
+        // Aborted (sandbox killed): dropping the connection resets it.
+        _ = ctl.cancelled() => {}
+        _ = drain.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = ctl.cancelled() => {}
+                _ = tokio::time::sleep(DRAIN_TIMEOUT) => {}
+            }
+        }
+    }
+}
+
+async fn dispatch(
+    shared: &Arc<Shared>,
+    ctl: &Arc<ConnCtl>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, SandboxStopped> {
+    match routing::decide(req.method(), req.uri(), req.headers()) {
+        Route::Control => match shared.control.clone().oneshot(req.map(Body::new)).await {
+            Ok(r) => Ok(r),
+            Err(never) => match never {},
+        },
+        Route::Sandbox { id, port } => proxy::forward(&shared.mgr, ctl, &id, port, req).await,
+        Route::SignedFiles => proxy::forward_signed(&shared.mgr, ctl, req).await,
+        Route::Invalid(msg) => Ok(ApiError::BadRequest(msg).to_response()),
+    }
+}

@@ -1,0 +1,213 @@
+//! Connections to a sandbox's agent over its unix socket: a pooled HTTP/1.1 client for the envd
+//! API (port 49983) and `CONNECT` tunnels to any other port inside the sandbox.
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::UnixStream;
+
+/// `sun_path` holds 108 bytes including the NUL; longer paths are reached through an
+/// `O_PATH` fd of their directory (`/proc/self/fd/<fd>/<name>`).
+const MAX_SUN_PATH: usize = 107;
+
+/// Connects to one unix socket path, however long.
+#[derive(Debug, Clone)]
+pub struct UnixConnector {
+    inner: Arc<SocketPath>,
+}
+
+#[derive(Debug)]
+struct SocketPath {
+    /// The path to pass to `connect(2)`.
+    connect_path: PathBuf,
+    /// Keeps the directory fd named in `connect_path` open (long paths only).
+    _dir: Option<OwnedFd>,
+}
+
+impl UnixConnector {
+    /// A connector for `path`. Fails only when a long path's directory cannot be opened.
+    pub fn new(path: &Path) -> io::Result<Self> {
+        let inner = if path.as_os_str().len() <= MAX_SUN_PATH {
+            SocketPath {
+                connect_path: path.to_path_buf(),
+                _dir: None,
+            }
+        } else {
+            let (dir, name) = match (path.parent(), path.file_name()) {
+                (Some(d), Some(n)) => (d, n),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "socket path has no file name",
+                    ));
+                }
+            };
+            let fd = nix::fcntl::open(
+                dir,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(io::Error::from)?;
+            let connect_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+            if connect_path.as_os_str().len() > MAX_SUN_PATH {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "socket file name too long",
+                ));
+            }
+            SocketPath {
+                connect_path,
+                _dir: Some(fd),
+            }
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Opens a new connection.
+    pub async fn connect(&self) -> io::Result<UnixStream> {
+        UnixStream::connect(&self.inner.connect_path).await
+    }
+}
+
+impl tower::Service<http::Uri> for UnixConnector {
+    type Response = TokioIo<UnixStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.connect().await.map(TokioIo::new) })
+    }
+}
+
+/// The pooled HTTP/1.1 client of one sandbox's agent.
+#[derive(Clone, Debug)]
+pub struct AgentClient {
+    connector: UnixConnector,
+    client: Client<UnixConnector, Incoming>,
+}
+
+/// Errors talking to an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("agent connection failed: {0}")]
+    Connect(#[source] io::Error),
+    #[error("agent request failed: {0}")]
+    Http(String),
+}
+
+impl AgentClient {
+    /// A client for the agent socket at `path`.
+    pub fn new(path: &Path) -> io::Result<Self> {
+        let connector = UnixConnector::new(path)?;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .set_host(false)
+            .build(connector.clone());
+        Ok(Self { connector, client })
+    }
+
+    /// Sends a request to the envd API. The URI must be absolute (`http://agent/<path>`).
+    pub async fn send(&self, req: Request<Incoming>) -> Result<http::Response<Incoming>, UpstreamError> {
+        self.client.request(req).await.map_err(|e| {
+            // Unwrap the connect error so callers can tell "agent gone" from other failures.
+            let msg = e.to_string();
+            if e.is_connect() {
+                UpstreamError::Connect(io::Error::new(io::ErrorKind::ConnectionRefused, msg))
+            } else {
+                UpstreamError::Http(format!("{msg}: {:?}", std::error::Error::source(&e)))
+            }
+        })
+    }
+
+    /// Opens a tunnel to `127.0.0.1:<port>` inside the sandbox: `CONNECT` on a new agent
+    /// connection. `Ok(Ok(stream))` is the raw byte stream to the port; `Ok(Err(response))` is
+    /// the agent's refusal (for example 502 "port is not open"), to pass through.
+    pub async fn tunnel(
+        &self,
+        port: u16,
+    ) -> Result<Result<hyper::upgrade::Upgraded, http::Response<Incoming>>, UpstreamError> {
+        let stream = self.connector.connect().await.map_err(UpstreamError::Connect)?;
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .title_case_headers(true)
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Http(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!("tunnel connection ended: {e}");
+            }
+        });
+        let target = format!("127.0.0.1:{port}");
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(&target)
+            .header(header::HOST, &target)
+            .body(Empty::new())
+            .map_err(|e| UpstreamError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Http(e.to_string()))?;
+        if resp.status() != StatusCode::OK {
+            return Ok(Err(resp));
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| UpstreamError::Http(format!("tunnel upgrade: {e}")))?;
+        Ok(Ok(upgraded))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn long_socket_paths_connect_through_proc_fd() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("x".repeat(60)).join("y".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        let sock = deep.join("agent.sock");
+        assert!(sock.as_os_str().len() > MAX_SUN_PATH);
+        // Bind through the same trick (bind would fail with the long path too).
+        let short = UnixConnector::new(&sock).unwrap();
+        let listener = tokio::net::UnixListener::bind(&short.inner.connect_path).unwrap();
+        assert!(sock.exists());
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"hi").await.unwrap();
+        });
+        let mut c = short.connect().await.unwrap();
+        let mut buf = [0u8; 2];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hi");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn missing_socket_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = UnixConnector::new(&dir.path().join("none.sock")).unwrap();
+        assert!(c.connect().await.is_err());
+    }
+}
