@@ -1,0 +1,110 @@
+"""IPython extension that `sandboxd interpreter` loads into every Python context.
+
+It adds the display formats of the E2B code-interpreter API:
+
+* ``e2b/data``: a pandas DataFrame as ``{column: [values...]}`` (timestamps as ISO strings,
+  NaN and infinities as null);
+* ``e2b/chart``: a matplotlib Figure as a chart dict, made by the ``e2b_charts`` package;
+* ``application/json``: lists and dicts (numpy scalars and arrays converted).
+
+The formatters are registered by type *name*, so pandas and matplotlib are only imported when
+user code imports them: the kernel starts as fast as a plain ipykernel.
+"""
+
+import json
+import math
+
+from IPython.core.formatters import BaseFormatter, JSONFormatter, catch_format_error
+from traitlets import ObjectName, Unicode
+
+
+def _plain(value):
+    """Converts numpy scalars/arrays to Python values; NaN and infinities become None."""
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - numpy ships with pandas/matplotlib
+        numpy = None
+    if numpy is not None:
+        if isinstance(value, numpy.ndarray):
+            return [_plain(v) for v in value.tolist()]
+        if isinstance(value, numpy.generic):
+            value = value.item()
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "isoformat"):
+        try:
+            return value.isoformat()
+        except Exception:  # noqa: BLE001
+            return str(value)
+    return value
+
+
+def _dataframe_data(df):
+    return _plain(df.to_dict(orient="list"))
+
+
+def _figure_chart(fig):
+    try:
+        from e2b_charts import chart_figure_to_dict
+    except ImportError:
+        return None
+    try:
+        chart = chart_figure_to_dict(fig)
+    except Exception:  # noqa: BLE001 - an odd figure must not break its PNG
+        return None
+    if not chart:
+        return None
+    try:
+        # Enum members and numpy values become plain JSON values.
+        return json.loads(json.dumps(chart, default=_json_default))
+    except (TypeError, ValueError):
+        return None
+
+
+def _json_default(obj):
+    value = getattr(obj, "value", None)
+    if value is not None and isinstance(value, (str, int, float)):
+        return value
+    plain = _plain(obj)
+    if plain is obj:
+        raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+    return plain
+
+
+class E2BDataFormatter(BaseFormatter):
+    format_type = Unicode("e2b/data")
+    print_method = ObjectName("_repr_e2b_data_")
+    _return_type = (dict, str)
+
+
+class E2BChartFormatter(BaseFormatter):
+    format_type = Unicode("e2b/chart")
+    print_method = ObjectName("_repr_e2b_chart_")
+    _return_type = (dict, str)
+
+
+class E2BJSONFormatter(JSONFormatter):
+    @catch_format_error
+    def __call__(self, obj):
+        if isinstance(obj, (list, dict)):
+            try:
+                text = json.dumps(obj, default=_json_default, allow_nan=False)
+                return json.loads(text), {"expanded": True}
+            except (TypeError, ValueError):
+                pass
+        return super().__call__(obj)
+
+
+def load_ipython_extension(ip):
+    formatters = ip.display_formatter.formatters
+    data = E2BDataFormatter(parent=ip.display_formatter)
+    data.for_type_by_name("pandas.core.frame", "DataFrame", _dataframe_data)
+    formatters["e2b/data"] = data
+    chart = E2BChartFormatter(parent=ip.display_formatter)
+    chart.for_type_by_name("matplotlib.figure", "Figure", _figure_chart)
+    formatters["e2b/chart"] = chart
+    formatters["application/json"] = E2BJSONFormatter(parent=ip.display_formatter)
