@@ -228,3 +228,6 @@ async fn watch_dir(state: Arc<AgentState>, headers: HeaderMap, body: Body) -> Re
     });
     resp
 }
+
+#[cfg(test)]
+mod http_tests;
