@@ -87,11 +87,38 @@ pub enum ReapMode {
     Registered,
 }
 
-/// A started child: its pid and a receiver for its exit status.
+/// A started child: its pid, a pidfd (opened before the child could be reaped, so signals sent
+/// through it can never hit a reused pid) and a receiver for its exit status.
 #[derive(Debug)]
 pub struct Spawned {
     pub pid: u32,
+    pub pidfd: Option<OwnedFd>,
     pub exit: oneshot::Receiver<ExitStatus>,
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: `fd` is a fresh descriptor returned by the kernel.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Send `signal` to the process of `pidfd` (`ESRCH` once it has been reaped).
+pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own; a null siginfo is allowed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 struct Table {
@@ -161,6 +188,7 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Spawned> {
     let child = cmd.spawn()?;
     let pid = child.id();
     drop(child);
+    let pidfd = pidfd_open(pid);
     let (tx, rx) = oneshot::channel();
     match r.mode {
         ReapMode::All => {
@@ -186,7 +214,7 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Spawned> {
         }
     }
     drop(table);
-    Ok(Spawned { pid, exit: rx })
+    Ok(Spawned { pid, pidfd, exit: rx })
 }
 
 fn wait_pid(pid: i32) -> ExitStatus {
@@ -426,6 +454,7 @@ mod tests {
         assert!(s.pid > 0);
         assert_eq!(s.exit.await.unwrap(), ExitStatus::Exited(7));
         let s = spawn(Command::new("/bin/sh").args(["-c", "kill -9 $$"])).unwrap();
+        assert!(s.pidfd.is_some());
         assert_eq!(
             s.exit.await.unwrap(),
             ExitStatus::Signaled {
