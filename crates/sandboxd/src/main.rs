@@ -39,7 +39,8 @@ fn main() -> anyhow::Result<()> {
         Command::Interpreter(args) => interpreter_cmd::run(args),
         Command::SpawnHelper => {
             // Owned by the runtime crate: it must stay single-threaded (no tokio here).
-            anyhow::bail!("spawn helper not implemented yet")
+            sandboxd_runtime::namespace::helper::run_spawn_helper()?;
+            Ok(())
         }
     }
 }

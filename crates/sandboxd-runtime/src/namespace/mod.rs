@@ -1,1 +1,821 @@
 //! The Linux namespace backend (default): see `docs/namespace-backend.md`.
+//!
+//! Each sandbox is a tree of processes in its own user, pid, mount, net, uts, ipc and cgroup
+//! namespaces, cloned by a single-threaded spawn helper ([`helper`]), with an overlay root over
+//! a read-only template and an overlay `/usr` over the host's idmapped `/usr`. The agent
+//! (`sandboxd agent --boot`) is its PID 1.
+
+pub mod cgroup;
+pub mod child;
+pub mod helper;
+pub mod idmap;
+pub mod seccomp;
+pub mod sys;
+pub mod template;
+
+use crate::RuntimeError;
+use crate::backend::{AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec};
+use async_trait::async_trait;
+use cgroup::{CgroupLayout, Cgroups};
+pub use child::ExecTarget;
+use helper::{HelperInit, HelperReply, SpawnRequest};
+pub use idmap::IdMap;
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+pub use sys::connect_unix;
+
+/// How to build a [`NamespaceBackend`].
+#[derive(Debug, Clone)]
+pub struct NamespaceConfig {
+    /// Data directory (`<data>/sandboxes`, `<data>/templates`, ...). Must be on a filesystem
+    /// with user xattrs (ext4, xfs), since overlay upper dirs live there.
+    pub data_dir: PathBuf,
+    /// The sandboxd executable: runs the spawn helper and, inside sandboxes, the agent.
+    pub exe: PathBuf,
+    /// Host uid/gid range of sandboxes (default: 0..65535 inside = 100000..165535 on the host).
+    pub idmap: IdMap,
+    /// Name of sandboxd's cgroup in each hierarchy (default `sandboxd`).
+    pub cgroup_root: String,
+    /// The host `/usr` exposed (idmapped, read-only, under an overlay) as the sandbox's `/usr`.
+    pub host_usr: PathBuf,
+    /// The host root whose `/etc` seeds the generated `base` template.
+    pub host_root: PathBuf,
+    /// How long `create` waits for the agent to answer `GET /health`.
+    pub ready_timeout: Duration,
+    /// Mount a read-only `/sys`.
+    pub mount_sys: bool,
+}
+
+impl NamespaceConfig {
+    /// Defaults for everything but the data dir and the executable.
+    pub fn new(data_dir: impl Into<PathBuf>, exe: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            exe: exe.into(),
+            idmap: IdMap::default(),
+            cgroup_root: "sandboxd".into(),
+            host_usr: PathBuf::from("/usr"),
+            host_root: PathBuf::from("/"),
+            ready_timeout: Duration::from_secs(10),
+            mount_sys: true,
+        }
+    }
+}
+
+/// Whether `id` is a valid sandbox id (`^[a-z0-9]+$`, at most 64 characters).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+fn valid_template(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 63
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !h.starts_with('-')
+}
+
+fn step(step: &'static str, message: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Step {
+        step,
+        message: message.to_string(),
+    }
+}
+
+/// A spawned sandbox init (the agent, or a debug program).
+#[derive(Debug)]
+pub struct Spawned {
+    /// Host pid.
+    pub pid: i32,
+    /// Start time from `/proc/<pid>/stat`.
+    pub start_time: u64,
+    /// pidfd of the init: readable once it exited.
+    pub pidfd: OwnedFd,
+}
+
+struct AgentRecord {
+    pidfd: Arc<OwnedFd>,
+}
+
+struct HelperClient {
+    child: std::process::Child,
+    sock: OwnedFd,
+}
+
+impl HelperClient {
+    fn start(exe: &Path, init: &HelperInit) -> Result<Self, RuntimeError> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| step("helper start", format!("socketpair: {e}")))?;
+        let theirs_raw = theirs.as_raw_fd();
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg(helper::HELPER_SUBCOMMAND)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        // SAFETY: dup2 is async-signal-safe; it only places the helper's socket at fd 3
+        // (clearing close-on-exec) in the forked child.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(theirs_raw, helper::HELPER_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| {
+            step(
+                "helper start",
+                format!("running {} {}: {e}", exe.display(), helper::HELPER_SUBCOMMAND),
+            )
+        })?;
+        drop(theirs);
+        let mut me = Self { child, sock: ours };
+        let data = serde_json::to_vec(init).map_err(|e| step("helper start", e))?;
+        sys::send_msg(me.sock.as_raw_fd(), &data, &[]).map_err(|e| step("helper start", e))?;
+        match me.recv().map_err(|e| step("helper start", e))? {
+            (HelperReply::Ready, _) => Ok(me),
+            (HelperReply::Failed { step: s, message }, _) => {
+                Err(step("helper start", format!("{s}: {message}")))
+            }
+            (other, _) => Err(step("helper start", format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn recv(&mut self) -> std::io::Result<(HelperReply, Vec<OwnedFd>)> {
+        let (data, fds) = sys::recv_msg(self.sock.as_raw_fd())?
+            .ok_or_else(|| std::io::Error::new(ErrorKind::UnexpectedEof, "spawn helper exited"))?;
+        let r = serde_json::from_slice(&data).map_err(std::io::Error::other)?;
+        Ok((r, fds))
+    }
+
+    fn call(&mut self, req: &SpawnRequest, fds: &[RawFd]) -> std::io::Result<(HelperReply, Vec<OwnedFd>)> {
+        let data = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+        sys::send_msg(self.sock.as_raw_fd(), &data, fds)?;
+        self.recv()
+    }
+}
+
+impl Drop for HelperClient {
+    fn drop(&mut self) {
+        // Closing our end makes the helper exit; sandboxes are unaffected.
+        // SAFETY: shutting down a socket we own.
+        unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Inner {
+    cfg: NamespaceConfig,
+    cgroups: Cgroups,
+    init: HelperInit,
+    helper: Mutex<Option<HelperClient>>,
+    agents: Mutex<HashMap<String, AgentRecord>>,
+}
+
+/// The namespace backend. Cheap to share (`Arc` inside).
+#[derive(Clone)]
+pub struct NamespaceBackend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NamespaceBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamespaceBackend")
+            .field("data_dir", &self.inner.cfg.data_dir)
+            .finish()
+    }
+}
+
+fn mkdir_owned(p: &Path, mode: u32, owner: Option<u32>) -> Result<(), RuntimeError> {
+    match std::fs::create_dir(p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(step("sandbox dirs", format!("creating {}: {e}", p.display()))),
+    }
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| step("sandbox dirs", format!("chmod {}: {e}", p.display())))?;
+    if let Some(id) = owner {
+        std::os::unix::fs::lchown(p, Some(id), Some(id))
+            .map_err(|e| step("sandbox dirs", format!("chown {}: {e}", p.display())))?;
+    }
+    Ok(())
+}
+
+fn write_owned(p: &Path, content: &str, mode: u32, owner: Option<u32>) -> Result<(), RuntimeError> {
+    std::fs::write(p, content).map_err(|e| step("sandbox dirs", format!("writing {}: {e}", p.display())))?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| step("sandbox dirs", format!("chmod {}: {e}", p.display())))?;
+    if let Some(id) = owner {
+        std::os::unix::fs::lchown(p, Some(id), Some(id))
+            .map_err(|e| step("sandbox dirs", format!("chown {}: {e}", p.display())))?;
+    }
+    Ok(())
+}
+
+fn set_opaque(p: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|e| step("sandbox dirs", e))?;
+    // SAFETY: valid C strings and a 1-byte value buffer.
+    let rc = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            c"user.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(step(
+            "sandbox dirs",
+            format!(
+                "setting user.overlay.opaque on {}: {} (the data dir needs a filesystem with user xattrs)",
+                p.display(),
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Last `max` bytes of a file, for error messages.
+fn tail(p: &Path, max: usize) -> String {
+    match std::fs::read(p) {
+        Ok(b) => {
+            let s = &b[b.len().saturating_sub(max)..];
+            String::from_utf8_lossy(s).trim().to_string()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+impl NamespaceBackend {
+    /// Prepare the data dir, generate the `base` template if needed, set up cgroups and
+    /// start the spawn helper. Blocking (tens of milliseconds; the first template generation
+    /// longer); must run as root on the host.
+    pub fn new(cfg: NamespaceConfig) -> Result<Self, RuntimeError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(RuntimeError::Unsupported(
+                "the namespace backend must run as root".into(),
+            ));
+        }
+        let cgroups = Cgroups::init(CgroupLayout::detect()?, &cfg.cgroup_root)?;
+        Self::with_cgroups(cfg, cgroups)
+    }
+
+    /// Like [`new`](Self::new) with an explicit cgroup setup.
+    pub fn with_cgroups(cfg: NamespaceConfig, cgroups: Cgroups) -> Result<Self, RuntimeError> {
+        if !cfg.data_dir.is_absolute() || !cfg.exe.is_absolute() {
+            return Err(RuntimeError::InvalidSpec(
+                "data_dir and exe must be absolute paths".into(),
+            ));
+        }
+        let d = &cfg.data_dir;
+        std::fs::create_dir_all(d).map_err(|e| step("data dir", format!("creating {}: {e}", d.display())))?;
+        for (sub, mode) in [
+            ("sandboxes", 0o711),
+            ("templates", 0o755),
+            (".helper", 0o711),
+            (".trash", 0o700),
+        ] {
+            mkdir_owned(&d.join(sub), mode, None)?;
+        }
+        mkdir_owned(&d.join(".helper/usr"), 0o755, None)?;
+        mkdir_owned(&d.join(".helper/templates"), 0o755, None)?;
+        // leftovers of interrupted destroys
+        if let Ok(rd) = std::fs::read_dir(d.join(".trash")) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        template::ensure_base(
+            &d.join("templates"),
+            &template::SkeletonSource {
+                host_root: cfg.host_root.clone(),
+                chown: true,
+            },
+        )?;
+        let init = HelperInit {
+            usr_source: cfg.host_usr.clone(),
+            templates_source: d.join("templates"),
+            usr_stage: d.join(".helper/usr"),
+            templates_stage: d.join(".helper/templates"),
+            uid_base: cfg.idmap.base,
+            uid_count: cfg.idmap.count,
+        };
+        let helper = HelperClient::start(&cfg.exe, &init)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cfg,
+                cgroups,
+                init,
+                helper: Mutex::new(Some(helper)),
+                agents: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The backend's configuration.
+    pub fn config(&self) -> &NamespaceConfig {
+        &self.inner.cfg
+    }
+
+    /// cgroup version in use (`v1` or `v2`).
+    pub fn cgroup_version(&self) -> &'static str {
+        self.inner.cgroups.layout().version()
+    }
+
+    /// `<data>/sandboxes/<id>`.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.inner.cfg.data_dir.join("sandboxes").join(id)
+    }
+
+    /// The upper dir of the sandbox's root overlay (`/` inside, including `/home/user` and
+    /// `/tmp`) and of its `/usr` overlay.
+    pub fn upper_dirs(&self, id: &str) -> (PathBuf, PathBuf) {
+        let s = self.sandbox_dir(id);
+        (s.join("upper/root"), s.join("upper/usr"))
+    }
+
+    /// Create a sandbox like [`SandboxBackend::create`] but exec `target` as its init and do
+    /// not wait for readiness. For tests and debugging (for example a shell script that
+    /// writes results into its upper dir). The caller destroys the sandbox.
+    pub async fn spawn_init(&self, spec: SandboxSpec, target: ExecTarget) -> Result<Spawned, RuntimeError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.spawn_blocking(spec, target))
+            .await
+            .map_err(|e| step("spawn", e))?
+    }
+
+    /// Kill a sandbox's processes and remove it (blocking version of `destroy`).
+    pub fn destroy_blocking(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.destroy(id)
+    }
+}
+
+impl Inner {
+    fn validate(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        if !valid_id(&spec.id) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "bad sandbox id '{}': must match ^[a-z0-9]+$",
+                spec.id
+            )));
+        }
+        if !self.has_template(&spec.template) {
+            return Err(RuntimeError::TemplateNotFound(spec.template.clone()));
+        }
+        let Limits {
+            cpu_count,
+            memory_mb,
+            pids,
+            ..
+        } = spec.limits;
+        if cpu_count == 0 || cpu_count > 1024 {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "cpu_count {cpu_count} out of range 1..=1024"
+            )));
+        }
+        if !(16..=(1 << 30)).contains(&memory_mb) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "memory_mb {memory_mb} out of range 16.."
+            )));
+        }
+        if !(16..=4_194_304).contains(&pids) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "pids limit {pids} out of range 16..=4194304"
+            )));
+        }
+        if !spec.agent.hostname.is_empty() && !valid_hostname(&spec.agent.hostname) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "bad hostname '{}'",
+                spec.agent.hostname
+            )));
+        }
+        Ok(())
+    }
+
+    fn has_template(&self, name: &str) -> bool {
+        valid_template(name)
+            && self
+                .cfg
+                .data_dir
+                .join("templates")
+                .join(name)
+                .join("rootfs")
+                .is_dir()
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("sandboxes").join(id)
+    }
+
+    /// Step 1: the sandbox's directories and generated files.
+    fn prepare_dir(&self, id: &str, hostname: &str) -> Result<PathBuf, RuntimeError> {
+        let sbx = self.sandbox_dir(id);
+        match std::fs::create_dir(&sbx) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::InvalidSpec(format!(
+                    "sandbox {id} already exists on this host"
+                )));
+            }
+            Err(e) => return Err(step("sandbox dirs", format!("creating {}: {e}", sbx.display()))),
+        }
+        let root = Some(self.cfg.idmap.root());
+        mkdir_owned(&sbx, 0o711, None)?;
+        mkdir_owned(&sbx.join("upper"), 0o711, None)?;
+        mkdir_owned(&sbx.join("work"), 0o711, None)?;
+        for d in ["upper/root", "upper/usr", "work/root", "work/usr"] {
+            mkdir_owned(&sbx.join(d), 0o755, root)?;
+        }
+        mkdir_owned(&sbx.join("run"), 0o700, root)?;
+        mkdir_owned(&sbx.join("rootfs"), 0o755, None)?;
+        // /usr/local: an opaque (empty, writable) directory hides the host's.
+        let local = sbx.join("upper/usr/local");
+        mkdir_owned(&local, 0o755, root)?;
+        set_opaque(&local)?;
+        for d in ["bin", "etc", "games", "include", "lib", "sbin", "share", "src"] {
+            mkdir_owned(&local.join(d), 0o755, root)?;
+        }
+        let etc = sbx.join("upper/root/etc");
+        mkdir_owned(&etc, 0o755, root)?;
+        write_owned(&etc.join("hostname"), &format!("{hostname}\n"), 0o644, root)?;
+        write_owned(&etc.join("hosts"), &template::hosts_file(hostname), 0o644, root)?;
+        write_owned(&etc.join("resolv.conf"), template::RESOLV_CONF, 0o644, root)?;
+        write_owned(
+            &sbx.join("boot_id"),
+            &format!("{}\n", sys::random_uuid()),
+            0o444,
+            None,
+        )?;
+        Ok(sbx)
+    }
+
+    fn spawn_blocking(&self, mut spec: SandboxSpec, target: ExecTarget) -> Result<Spawned, RuntimeError> {
+        self.validate(&spec)?;
+        let id = spec.id.clone();
+        if spec.agent.hostname.is_empty() {
+            spec.agent.hostname = "sandbox".into();
+        }
+        if spec.agent.sandbox_id.is_empty() {
+            spec.agent.sandbox_id = id.clone();
+        }
+        if spec.agent.template_id.is_empty() {
+            spec.agent.template_id = spec.template.clone();
+        }
+        let sbx = self.prepare_dir(&id, &spec.agent.hostname)?;
+        let r = self.spawn_prepared(&sbx, spec, target);
+        if r.is_err() {
+            let _ = self.cgroups.remove(&id);
+            let _ = remove_tree(&sbx, &self.cfg.data_dir.join(".trash"));
+        }
+        r
+    }
+
+    fn spawn_prepared(
+        &self,
+        sbx: &Path,
+        mut spec: SandboxSpec,
+        target: ExecTarget,
+    ) -> Result<Spawned, RuntimeError> {
+        let id = spec.id.clone();
+        let files = self.cgroups.create(&id, &spec.limits)?;
+        let open_w = |p: &Path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .map(OwnedFd::from)
+                .map_err(|e| step("cgroup", format!("opening {}: {e}", p.display())))
+        };
+        let agent_fds: Vec<OwnedFd> = files
+            .agent_procs
+            .iter()
+            .map(|p| open_w(p))
+            .collect::<Result<_, _>>()?;
+        let work_fds: Vec<OwnedFd> = files
+            .work_procs
+            .iter()
+            .map(|p| open_w(p))
+            .collect::<Result<_, _>>()?;
+        spec.agent.work_cgroup_fds = (0..work_fds.len()).map(|i| 6 + i as i32).collect();
+        let json = serde_json::to_vec(&spec.agent).map_err(|e| step("config", e))?;
+        let config = sys::memfd_with(c"sandboxd-agent-config", &json).map_err(|e| step("config", e))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(sbx.join("agent.log"))
+            .map(OwnedFd::from)
+            .map_err(|e| step("sandbox dirs", format!("agent.log: {e}")))?;
+        let req = SpawnRequest {
+            id: id.clone(),
+            sandbox_dir: sbx.to_path_buf(),
+            template: spec.template.clone(),
+            hostname: spec.agent.hostname.clone(),
+            mount_sys: self.cfg.mount_sys,
+            exec: target,
+            agent_procs: agent_fds.len(),
+            work_procs: work_fds.len(),
+            timeout_ms: 10_000,
+        };
+        let mut fds: Vec<RawFd> = vec![config.as_raw_fd(), log.as_raw_fd()];
+        fds.extend(agent_fds.iter().map(|f| f.as_raw_fd()));
+        fds.extend(work_fds.iter().map(|f| f.as_raw_fd()));
+        let (reply, mut got) = {
+            let mut guard = self
+                .helper
+                .lock()
+                .map_err(|_| step("spawn", "helper lock poisoned"))?;
+            if guard.is_none() {
+                *guard = Some(HelperClient::start(&self.cfg.exe, &self.init)?);
+            }
+            let Some(client) = guard.as_mut() else {
+                return Err(step("spawn", "no spawn helper"));
+            };
+            match client.call(&req, &fds) {
+                Ok(r) => r,
+                Err(e) => {
+                    // the helper died or the channel broke: restart it next time
+                    *guard = None;
+                    return Err(step("spawn", format!("spawn helper: {e}")));
+                }
+            }
+        };
+        match reply {
+            HelperReply::Spawned { pid, start_time } => {
+                let pidfd = got.pop().ok_or_else(|| step("spawn", "helper sent no pidfd"))?;
+                Ok(Spawned {
+                    pid,
+                    start_time,
+                    pidfd,
+                })
+            }
+            HelperReply::Failed { step: s, message } => {
+                let log = tail(&sbx.join("agent.log"), 2000);
+                let message = if log.is_empty() {
+                    message
+                } else {
+                    format!("{message}; agent log: {log}")
+                };
+                Err(RuntimeError::Step {
+                    step: helper::static_step(&s),
+                    message,
+                })
+            }
+            HelperReply::Ready => Err(step("spawn", "unexpected reply from helper")),
+        }
+    }
+
+    /// Kill everything of sandbox `id` and remove its cgroups and directory.
+    fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        if !valid_id(id) {
+            return Err(RuntimeError::InvalidSpec(format!("bad sandbox id '{id}'")));
+        }
+        let rec = self.agents.lock().ok().and_then(|mut m| m.remove(id));
+        if let Some(rec) = &rec {
+            let _ = sys::pidfd_send_signal(&rec.pidfd, libc::SIGKILL);
+            self.cgroups.thaw(id);
+            sys::pidfd_wait_exit(&rec.pidfd, 5000);
+        }
+        // Anything left (a sandbox of an earlier daemon, or a half-dead one): kill by cgroup.
+        let mut delay = 2;
+        for _ in 0..40 {
+            let pids = self.cgroups.pids(id);
+            if pids.is_empty() {
+                break;
+            }
+            if !self.cgroups.kill_v2(id) {
+                for p in pids {
+                    if let Ok(fd) = sys::pidfd_open(p) {
+                        let _ = sys::pidfd_send_signal(&fd, libc::SIGKILL);
+                    }
+                }
+            }
+            self.cgroups.thaw(id);
+            std::thread::sleep(Duration::from_millis(delay));
+            delay = (delay * 2).min(100);
+        }
+        let mut cg = self.cgroups.remove(id);
+        for _ in 0..20 {
+            if cg.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            cg = self.cgroups.remove(id);
+        }
+        let dir = remove_tree(&self.sandbox_dir(id), &self.cfg.data_dir.join(".trash"));
+        cg?;
+        dir
+    }
+}
+
+/// Remove a sandbox directory: rename it into the trash (so the id is free at once), then
+/// delete it.
+fn remove_tree(dir: &Path, trash: &Path) -> Result<(), RuntimeError> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let t = trash.join(format!("{name}-{nanos}"));
+    match std::fs::rename(dir, &t) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(step(
+                "cleanup",
+                format!("moving {} to the trash: {e}", dir.display()),
+            ));
+        }
+    }
+    std::fs::remove_dir_all(&t).map_err(|e| step("cleanup", format!("removing {}: {e}", t.display())))
+}
+
+/// Send `GET /health` over a unix socket and return the HTTP status code.
+pub async fn agent_health(sock: &Path) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let std_stream = connect_unix(sock)?;
+    std_stream.set_nonblocking(true)?;
+    let mut s = tokio::net::UnixStream::from_std(std_stream)?;
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.windows(2).any(|w| w == b"\r\n") || buf.len() > 4096 {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let code = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(ErrorKind::InvalidData, format!("bad HTTP answer: {:.80}", line))
+        })?;
+    Ok(code)
+}
+
+/// Wait until the pidfd is readable (the process exited).
+async fn wait_exit(pidfd: Arc<OwnedFd>) {
+    let Ok(dup) = pidfd.try_clone() else {
+        return std::future::pending().await;
+    };
+    // SAFETY: `dup` is an OwnedFd moved into the AsyncFd, so it stays open and refers to the
+    // same pidfd for as long as the registration exists.
+    match unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) } {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for NamespaceBackend {
+    fn name(&self) -> &'static str {
+        "namespace"
+    }
+
+    fn has_template(&self, template: &str) -> bool {
+        self.inner.has_template(template)
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        let id = spec.id.clone();
+        let spawned = self.spawn_init(spec, ExecTarget::Agent).await?;
+        let sbx = self.sandbox_dir(&id);
+        let api = sbx.join("run/agent.sock");
+        let pidfd = Arc::new(spawned.pidfd);
+        let timeout = self.inner.cfg.ready_timeout;
+        let ready = async {
+            let mut delay = Duration::from_millis(1);
+            loop {
+                match agent_health(&api).await {
+                    Ok(204) => return Ok(()),
+                    Ok(code) => return Err(format!("GET /health answered {code}")),
+                    // the agent closed the connection before answering; retry shortly
+                    Err(_) => {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_millis(50));
+                    }
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            r = ready => r.map_err(|m| step("agent health", m)),
+            _ = wait_exit(pidfd.clone()) => Err(step(
+                "agent",
+                format!("agent exited during boot; log: {}", tail(&sbx.join("agent.log"), 2000)),
+            )),
+            _ = tokio::time::sleep(timeout) => Err(RuntimeError::NotReady(timeout.as_millis() as u64)),
+        };
+        if let Ok(mut m) = self.inner.agents.lock() {
+            m.insert(id.clone(), AgentRecord { pidfd: pidfd.clone() });
+        }
+        if let Err(e) = outcome {
+            let _ = self.destroy(&id).await;
+            return Err(e);
+        }
+        Ok(SandboxHandle {
+            id,
+            agent_pid: spawned.pid,
+            agent_start_time: spawned.start_time,
+            api: AgentEndpoint::Unix(api),
+            control: AgentEndpoint::Unix(sbx.join("run/control.sock")),
+        })
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        let inner = self.inner.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || inner.destroy(&id))
+            .await
+            .map_err(|e| step("destroy", e))?
+    }
+
+    fn is_alive(&self, handle: &SandboxHandle) -> bool {
+        sys::is_alive(handle.agent_pid, handle.agent_start_time)
+    }
+
+    async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut ids: std::collections::BTreeSet<String> = inner.cgroups.list().into_iter().collect();
+            let dir = inner.cfg.data_dir.join("sandboxes");
+            for e in std::fs::read_dir(&dir)?.flatten() {
+                if let Some(n) = e.file_name().to_str() {
+                    ids.insert(n.to_string());
+                }
+            }
+            Ok(ids.into_iter().filter(|i| valid_id(i)).collect())
+        })
+        .await
+        .map_err(|e| step("list", e))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_names() {
+        assert!(valid_id("abc123"));
+        assert!(!valid_id(""));
+        assert!(!valid_id("ABC"));
+        assert!(!valid_id("a-b"));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id(&"a".repeat(65)));
+        assert!(valid_template("base"));
+        assert!(valid_template("code-interpreter-v1"));
+        assert!(!valid_template(".stale-base-1"));
+        assert!(!valid_template("a/b"));
+        assert!(valid_hostname("sandbox"));
+        assert!(!valid_hostname("-x"));
+        assert!(!valid_hostname("a b"));
+        assert!(!valid_hostname(&"h".repeat(64)));
+    }
+
+    #[test]
+    fn static_steps() {
+        assert_eq!(helper::static_step("mount usr overlay"), "mount usr overlay");
+        assert_eq!(helper::static_step("???"), "spawn");
+    }
+}

@@ -1,0 +1,438 @@
+//! The code that runs in a freshly cloned sandbox init (PID 1 of the new pid namespace, in the
+//! new user, mount, net, uts and ipc namespaces) until it execs the agent.
+//!
+//! It runs in a copy of the single-threaded spawn helper, so allocating is safe. Every step
+//! reports failure as `step\0message` on the error pipe and exits; a successful `execveat`
+//! closes the (close-on-exec) pipe, which the helper reads as success.
+
+use super::seccomp::SeccompProgram;
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::RawFd;
+
+/// What the init execs at the end.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ExecTarget {
+    /// The sandboxd binary (opened by the helper before any pivot): `sandboxd agent --boot`.
+    Agent,
+    /// Debug/test path: a program inside the sandbox with these arguments (argv\[0\] included).
+    Program { path: String, argv: Vec<String> },
+}
+
+/// Everything the child needs, prepared by the helper before `clone`.
+pub struct ChildCtx<'a> {
+    pub go_rd: RawFd,
+    pub err_wr: RawFd,
+    pub sandbox_dir: CString,
+    pub template_lower: CString,
+    pub usr_lower: CString,
+    pub hostname: CString,
+    pub mount_sys: bool,
+    pub exe_fd: RawFd,
+    pub config_fd: RawFd,
+    pub log_fd: RawFd,
+    pub work_fds: Vec<RawFd>,
+    pub exec: &'a ExecTarget,
+    pub seccomp: &'a SeccompProgram,
+}
+
+/// The agent's environment.
+pub const AGENT_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+type StepResult<T> = Result<T, (&'static str, io::Error)>;
+
+fn os(step: &'static str) -> impl FnOnce(io::Error) -> (&'static str, io::Error) {
+    move |e| (step, e)
+}
+
+fn last(step: &'static str) -> (&'static str, io::Error) {
+    (step, io::Error::last_os_error())
+}
+
+fn cstr(s: String) -> CString {
+    // Paths built here never contain NUL (they come from validated ids and fd numbers).
+    CString::new(s).unwrap_or_default()
+}
+
+fn mount(
+    src: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let p = |c: Option<&CStr>| c.map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: all pointers are valid NUL-terminated strings or null, as mount(2) allows.
+    let rc = unsafe { libc::mount(p(src), target.as_ptr(), p(fstype), flags, p(data).cast()) };
+    if rc != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn open_path(p: &CStr, flags: libc::c_int) -> io::Result<RawFd> {
+    // SAFETY: valid C string.
+    let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(fd)
+    }
+}
+
+fn touch(p: &CStr) -> io::Result<()> {
+    let fd = open_path(p, libc::O_CREAT | libc::O_WRONLY)?;
+    // SAFETY: we own fd.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+fn mkdir(p: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: valid C string.
+    if unsafe { libc::mkdir(p.as_ptr(), mode) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn symlink(target: &CStr, link: &CStr) -> io::Result<()> {
+    // SAFETY: valid C strings.
+    if unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn bind_socket(path: &CStr) -> io::Result<RawFd> {
+    // SAFETY: plain syscalls on a fresh fd we own; the address is fully initialised.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.to_bytes();
+        if bytes.len() >= addr.sun_path.len() {
+            libc::close(fd);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "socket path too long",
+            ));
+        }
+        for (i, b) in bytes.iter().enumerate() {
+            addr.sun_path[i] = *b as libc::c_char;
+        }
+        let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+        if libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 || libc::listen(fd, 1024) != 0
+        {
+            let e = io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+}
+
+/// Entry point of the cloned child. Never returns.
+pub fn run(ctx: &ChildCtx<'_>) -> ! {
+    let err = match setup_and_exec(ctx) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let msg = format!("{}\0{}", err.0, err.1);
+    // SAFETY: writing a buffer we own to our pipe, then exiting without running destructors
+    // (this is a forked copy of the helper).
+    unsafe {
+        libc::write(ctx.err_wr, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
+    // 1. Wait until the helper wrote our uid/gid maps and placed us in our cgroups.
+    let mut b = [0u8; 1];
+    // SAFETY: reading one byte into a local buffer.
+    let n = unsafe { libc::read(ctx.go_rd, b.as_mut_ptr().cast(), 1) };
+    if n != 1 {
+        // the helper gave up on us
+        // SAFETY: exiting the forked child.
+        unsafe { libc::_exit(126) };
+    }
+    // SAFETY: detach from the daemon's session so terminal signals never reach sandboxes.
+    unsafe { libc::setsid() };
+
+    // 2. Open the directories we need while we still have host uid 0 (owner access to
+    //    root-owned parents, whatever their mode); afterwards everything is reached via these fds.
+    let dflags = libc::O_PATH | libc::O_DIRECTORY;
+    let sbx = open_path(&ctx.sandbox_dir, dflags).map_err(os("open sandbox dir"))?;
+    let tpl = open_path(&ctx.template_lower, dflags).map_err(os("open template"))?;
+    let usr = open_path(&ctx.usr_lower, dflags).map_err(os("open usr"))?;
+
+    // 3. Become root of the sandbox (host uid = map base).
+    // SAFETY: plain credential syscalls on our own process.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            return Err(last("setgroups"));
+        }
+        if libc::setresgid(0, 0, 0) != 0 {
+            return Err(last("setresgid"));
+        }
+        if libc::setresuid(0, 0, 0) != 0 {
+            return Err(last("setresuid"));
+        }
+    }
+
+    // 4. Mounts.
+    mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(os("make mounts private"))?;
+    // SAFETY: unshare with a namespace flag only affects this process.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(last("cgroup namespace"));
+    }
+    let fdp = |fd: RawFd, rest: &str| cstr(format!("/proc/self/fd/{fd}{rest}"));
+    let rootfs = fdp(sbx, "/rootfs");
+    let opts = cstr(format!(
+        "lowerdir=/proc/self/fd/{tpl},upperdir=/proc/self/fd/{sbx}/upper/root,workdir=/proc/self/fd/{sbx}/work/root,userxattr"
+    ));
+    mount(
+        Some(c"overlay"),
+        &rootfs,
+        Some(c"overlay"),
+        libc::MS_NODEV,
+        Some(&opts),
+    )
+    .map_err(os("mount root overlay"))?;
+    let opts = cstr(format!(
+        "lowerdir=/proc/self/fd/{usr},upperdir=/proc/self/fd/{sbx}/upper/usr,workdir=/proc/self/fd/{sbx}/work/usr,userxattr"
+    ));
+    mount(
+        Some(c"overlay"),
+        &fdp(sbx, "/rootfs/usr"),
+        Some(c"overlay"),
+        libc::MS_NODEV,
+        Some(&opts),
+    )
+    .map_err(os("mount usr overlay"))?;
+    // SAFETY: valid C string.
+    if unsafe { libc::chdir(rootfs.as_ptr()) } != 0 {
+        return Err(last("chdir rootfs"));
+    }
+
+    // /dev: a small tmpfs with bind-mounted host device nodes and a private devpts.
+    mount(
+        Some(c"tmpfs"),
+        c"dev",
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some(c"mode=755,size=64k"),
+    )
+    .map_err(os("mount /dev"))?;
+    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = cstr(format!("dev/{dev}"));
+        touch(&target).map_err(os("create /dev node"))?;
+        mount(
+            Some(&cstr(format!("/dev/{dev}"))),
+            &target,
+            None,
+            libc::MS_BIND,
+            None,
+        )
+        .map_err(os("bind /dev node"))?;
+    }
+    mkdir(c"dev/pts", 0o755).map_err(os("mkdir /dev/pts"))?;
+    mount(
+        Some(c"devpts"),
+        c"dev/pts",
+        Some(c"devpts"),
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        Some(c"newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .map_err(os("mount devpts"))?;
+    symlink(c"pts/ptmx", c"dev/ptmx").map_err(os("link /dev/ptmx"))?;
+    mkdir(c"dev/shm", 0o1777).map_err(os("mkdir /dev/shm"))?;
+    mount(
+        Some(c"shm"),
+        c"dev/shm",
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(c"mode=1777"),
+    )
+    .map_err(os("mount /dev/shm"))?;
+    for (link, target) in [
+        (c"dev/fd", c"/proc/self/fd"),
+        (c"dev/stdin", c"/proc/self/fd/0"),
+        (c"dev/stdout", c"/proc/self/fd/1"),
+        (c"dev/stderr", c"/proc/self/fd/2"),
+    ] {
+        symlink(target, link).map_err(os("link /dev entries"))?;
+    }
+
+    // /proc of the new pid namespace, with this boot's boot_id.
+    let pflags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount(Some(c"proc"), c"proc", Some(c"proc"), pflags, None).map_err(os("mount /proc"))?;
+    let boot_id = c"proc/sys/kernel/random/boot_id";
+    mount(Some(&fdp(sbx, "/boot_id")), boot_id, None, libc::MS_BIND, None).map_err(os("bind boot_id"))?;
+    mount(
+        None,
+        boot_id,
+        None,
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | pflags,
+        None,
+    )
+    .map_err(os("remount boot_id"))?;
+    if ctx.mount_sys {
+        mount(
+            Some(c"sysfs"),
+            c"sys",
+            Some(c"sysfs"),
+            libc::MS_RDONLY | pflags,
+            None,
+        )
+        .map_err(os("mount /sys"))?;
+    }
+
+    // 5. Sockets in the run dir, bound while the host path is still reachable.
+    let api = bind_socket(&fdp(sbx, "/run/agent.sock")).map_err(os("bind agent.sock"))?;
+    let control = bind_socket(&fdp(sbx, "/run/control.sock")).map_err(os("bind control.sock"))?;
+
+    // 6. pivot_root into the overlay and drop the old root.
+    // SAFETY: path syscalls with valid C strings; "." is the new root (our cwd).
+    unsafe {
+        if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0 {
+            return Err(last("pivot_root"));
+        }
+        if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0 {
+            return Err(last("detach old root"));
+        }
+        if libc::chdir(c"/".as_ptr()) != 0 {
+            return Err(last("chdir /"));
+        }
+        libc::close(sbx);
+        libc::close(tpl);
+        libc::close(usr);
+    }
+
+    // 7. Hostname.
+    let h = ctx.hostname.to_bytes();
+    // SAFETY: valid buffer and length.
+    if unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) } != 0 {
+        return Err(last("sethostname"));
+    }
+
+    // 8. File descriptors: 0 /dev/null, 1+2 agent log, 3 config, 4 agent.sock, 5 control.sock,
+    //    6.. work cgroup.procs; then (close-on-exec) the exe fd and the error pipe.
+    let null = open_path(c"/dev/null", libc::O_RDWR).map_err(os("open /dev/null"))?;
+    let n_work = ctx.work_fds.len();
+    let mut plan: Vec<(RawFd, RawFd, bool)> = vec![
+        (null, 0, false),
+        (ctx.log_fd, 1, false),
+        (ctx.log_fd, 2, false),
+        (ctx.config_fd, 3, false),
+        (api, 4, false),
+        (control, 5, false),
+    ];
+    for (i, fd) in ctx.work_fds.iter().enumerate() {
+        plan.push((*fd, 6 + i as RawFd, false));
+    }
+    let exe_target = 6 + n_work as RawFd;
+    let err_target = exe_target + 1;
+    plan.push((ctx.exe_fd, exe_target, true));
+    plan.push((ctx.err_wr, err_target, true));
+    // First move every source above all targets, then into place.
+    let high: Vec<RawFd> = plan
+        .iter()
+        .map(|(src, _, _)| {
+            // SAFETY: duplicating an fd we hold.
+            let r = unsafe { libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, 256) };
+            if r < 0 { Err(last("arrange fds")) } else { Ok(r) }
+        })
+        .collect::<Result<_, _>>()?;
+    for ((_, target, cloexec), h) in plan.iter().zip(&high) {
+        let flags = if *cloexec { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: dup3 onto a target number; closes whatever was there.
+        if unsafe { libc::dup3(*h, *target, flags) } < 0 {
+            return Err(last("arrange fds"));
+        }
+    }
+    // SAFETY: closes every fd above the ones we keep (including the high copies).
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            (err_target + 1) as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+    // From here errors must go to the moved pipe.
+    let report_fd = err_target;
+
+    // 9. Signals: default dispositions and an empty mask for the agent.
+    // SAFETY: resetting our own signal state.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+
+    // 10. seccomp (no no_new_privs), then exec.
+    let fail = |step: &'static str, e: io::Error| -> ! {
+        let msg = format!("{step}\0{e}");
+        // SAFETY: reporting on our pipe and exiting the forked child.
+        unsafe {
+            libc::write(report_fd, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        }
+    };
+    if let Err(e) = ctx.seccomp.install() {
+        fail("seccomp", e);
+    }
+    let env = [cstr(AGENT_PATH_ENV.to_string())];
+    let envp: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    match ctx.exec {
+        ExecTarget::Agent => {
+            let argv = [c"sandboxd", c"agent", c"--boot"];
+            let argvp: Vec<*const libc::c_char> = argv
+                .iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect();
+            // SAFETY: argv/envp are NULL-terminated arrays of valid C strings.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    exe_target,
+                    c"".as_ptr(),
+                    argvp.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            fail("exec agent", io::Error::last_os_error());
+        }
+        ExecTarget::Program { path, argv } => {
+            let path = cstr(path.clone());
+            let argv: Vec<CString> = argv.iter().map(|a| cstr(a.clone())).collect();
+            let argvp: Vec<*const libc::c_char> = argv
+                .iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect();
+            // SAFETY: as above.
+            unsafe { libc::execve(path.as_ptr(), argvp.as_ptr(), envp.as_ptr()) };
+            fail("exec program", io::Error::last_os_error());
+        }
+    }
+}

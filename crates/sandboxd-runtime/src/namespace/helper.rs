@@ -1,0 +1,507 @@
+//! The spawn helper: a long-lived, single-threaded process (`sandboxd __spawn-helper`) that
+//! clones sandboxes on request of the (multithreaded) daemon over a `SOCK_SEQPACKET` pair.
+//!
+//! At start it moves into a private mount namespace (a slave of the host's) and mounts the
+//! host `/usr` and the templates directory there, idmapped host 0 → sandbox 0 and read-only,
+//! once for all sandboxes. Every sandbox's mount namespace is a copy of the helper's, so
+//! those staging mounts are the overlay lower layers without per-sandbox `open_tree` calls.
+
+use super::child::{ChildCtx, ExecTarget};
+use super::seccomp::SeccompProgram;
+use super::sys::{self, cvt};
+use crate::RuntimeError;
+use serde::{Deserialize, Serialize};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The fd number on which the helper finds its end of the socket pair.
+pub const HELPER_FD: RawFd = 3;
+/// Subcommand that runs the helper.
+pub const HELPER_SUBCOMMAND: &str = "__spawn-helper";
+
+/// First message from the backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelperInit {
+    pub usr_source: PathBuf,
+    pub templates_source: PathBuf,
+    pub usr_stage: PathBuf,
+    pub templates_stage: PathBuf,
+    pub uid_base: u32,
+    pub uid_count: u32,
+}
+
+/// A request to clone one sandbox. Fds sent with it, in order: the config (memfd), the
+/// agent log, `agent_procs` agent `cgroup.procs` files, `work_procs` work `cgroup.procs` files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    pub id: String,
+    pub sandbox_dir: PathBuf,
+    pub template: String,
+    pub hostname: String,
+    pub mount_sys: bool,
+    pub exec: ExecTarget,
+    pub agent_procs: usize,
+    pub work_procs: usize,
+    pub timeout_ms: u64,
+}
+
+/// The helper's answer. `Spawned` carries the init's pidfd.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum HelperReply {
+    Ready,
+    Spawned { pid: i32, start_time: u64 },
+    Failed { step: String, message: String },
+}
+
+/// Map a step name from the helper to the static names [`RuntimeError::Step`] uses.
+pub fn static_step(s: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "helper init",
+        "request",
+        "clone",
+        "uid map",
+        "gid map",
+        "cgroup attach",
+        "oom_score_adj",
+        "open sandbox dir",
+        "open template",
+        "open usr",
+        "setgroups",
+        "setresgid",
+        "setresuid",
+        "make mounts private",
+        "cgroup namespace",
+        "mount root overlay",
+        "mount usr overlay",
+        "chdir rootfs",
+        "mount /dev",
+        "create /dev node",
+        "bind /dev node",
+        "mkdir /dev/pts",
+        "mount devpts",
+        "link /dev/ptmx",
+        "mkdir /dev/shm",
+        "mount /dev/shm",
+        "link /dev entries",
+        "mount /proc",
+        "bind boot_id",
+        "remount boot_id",
+        "mount /sys",
+        "bind agent.sock",
+        "bind control.sock",
+        "pivot_root",
+        "detach old root",
+        "chdir /",
+        "sethostname",
+        "open /dev/null",
+        "arrange fds",
+        "seccomp",
+        "exec agent",
+        "exec program",
+        "spawn timeout",
+    ];
+    KNOWN.iter().find(|k| **k == s).copied().unwrap_or("spawn")
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
+/// Mount `src` at `target` (in the caller's mount namespace) idmapped through `userns`, and
+/// read-only: `open_tree(OPEN_TREE_CLONE)` + `mount_setattr(MOUNT_ATTR_IDMAP)` + `move_mount`.
+pub fn idmapped_bind(src: &Path, target: &Path, userns: &OwnedFd) -> io::Result<()> {
+    let (src, target) = (cpath(src)?, cpath(target)?);
+    // SAFETY: valid C string; result is a new fd we own.
+    let tree = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    })?;
+    // SAFETY: fresh fd from the kernel.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: valid fd, empty path with AT_EMPTY_PATH, attr struct of the size we pass.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    // SAFETY: valid fd and C strings.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
+
+/// Raw `clone` with fork semantics (no new stack). Returns 0 in the child.
+///
+/// # Safety
+/// Only for single-threaded callers; the child must only exec or `_exit`.
+unsafe fn raw_clone(flags: libc::c_int, pidfd: Option<&mut libc::c_int>) -> io::Result<i32> {
+    let ptid = pidfd.map_or(std::ptr::null_mut(), |p| p as *mut libc::c_int);
+    // SAFETY: fork-like clone: null stack means the child continues on a copy of ours; the
+    // caller guarantees single-threadedness.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            ptid,
+            0usize,
+            0usize,
+        )
+    };
+    cvt(rc).map(|r| r as i32)
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    Ok((r, w))
+}
+
+fn write_proc(pid: i32, file: &str, content: &str) -> io::Result<()> {
+    std::fs::write(format!("/proc/{pid}/{file}"), content)
+}
+
+/// A user namespace with the sandbox mapping, for idmapped mounts.
+fn mapping_userns(map: &str) -> io::Result<OwnedFd> {
+    let (r, w) = pipe()?;
+    // SAFETY: the helper is single-threaded; the child only reads and exits.
+    let pid = unsafe { raw_clone(libc::CLONE_NEWUSER, None)? };
+    if pid == 0 {
+        let mut b = [0u8; 1];
+        // SAFETY: block until the parent closes the pipe, then exit.
+        unsafe {
+            libc::close(w.as_raw_fd());
+            libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(r);
+    let res = (|| {
+        write_proc(pid, "uid_map", map)?;
+        write_proc(pid, "gid_map", map)?;
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/user"))?;
+        Ok(OwnedFd::from(f))
+    })();
+    drop(w);
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    res
+}
+
+struct Helper {
+    init: HelperInit,
+    map_line: String,
+    exe: OwnedFd,
+    seccomp: SeccompProgram,
+}
+
+fn fail(step: &str, e: impl std::fmt::Display) -> HelperReply {
+    HelperReply::Failed {
+        step: step.to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl Helper {
+    fn setup(init: HelperInit) -> Result<Self, HelperReply> {
+        let map_line = format!("0 {} {}\n", init.uid_base, init.uid_count);
+        // SAFETY: single-threaded process; affects only us.
+        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+            return Err(fail(
+                "helper init",
+                format!("unshare(CLONE_NEWNS): {}", io::Error::last_os_error()),
+            ));
+        }
+        // SAFETY: valid C strings / null.
+        if unsafe {
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return Err(fail(
+                "helper init",
+                format!("make / a slave: {}", io::Error::last_os_error()),
+            ));
+        }
+        let userns = mapping_userns(&map_line)
+            .map_err(|e| fail("helper init", format!("mapping user namespace: {e}")))?;
+        for (src, stage) in [
+            (&init.usr_source, &init.usr_stage),
+            (&init.templates_source, &init.templates_stage),
+        ] {
+            idmapped_bind(src, stage, &userns).map_err(|e| {
+                fail(
+                    "helper init",
+                    format!("idmapped mount of {} on {}: {e}", src.display(), stage.display()),
+                )
+            })?;
+        }
+        let exe = nix::fcntl::open(
+            "/proc/self/exe",
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| fail("helper init", format!("open /proc/self/exe: {e}")))?;
+        let seccomp = SeccompProgram::build().map_err(|e| fail("helper init", e))?;
+        // Children are reaped automatically; the daemon watches them through pidfds.
+        // SAFETY: installing SIG_DFL with SA_NOCLDWAIT for SIGCHLD.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = libc::SIG_DFL;
+            sa.sa_flags = libc::SA_NOCLDWAIT;
+            libc::sigaction(libc::SIGCHLD, &sa, std::ptr::null_mut());
+        }
+        Ok(Self {
+            init,
+            map_line,
+            exe,
+            seccomp,
+        })
+    }
+
+    fn spawn(&self, req: &SpawnRequest, fds: &[OwnedFd]) -> Result<(OwnedFd, i32, u64), HelperReply> {
+        let want = 2 + req.agent_procs + req.work_procs;
+        if fds.len() != want || req.work_procs > 32 {
+            return Err(fail("request", format!("expected {want} fds, got {}", fds.len())));
+        }
+        if req.template.is_empty() || req.template.contains('/') || req.template.starts_with('.') {
+            return Err(fail("request", "bad template name"));
+        }
+        let bad = |e: io::Error| fail("request", e);
+        let ctx_paths = (
+            cpath(&req.sandbox_dir).map_err(bad)?,
+            cpath(&self.init.templates_stage.join(&req.template).join("rootfs")).map_err(bad)?,
+            cpath(&self.init.usr_stage).map_err(bad)?,
+            CString::new(req.hostname.as_bytes()).map_err(|_| fail("request", "NUL in hostname"))?,
+        );
+        let (go_rd, go_wr) = pipe().map_err(|e| fail("clone", e))?;
+        let (err_rd, err_wr) = pipe().map_err(|e| fail("clone", e))?;
+        let ctx = ChildCtx {
+            go_rd: go_rd.as_raw_fd(),
+            err_wr: err_wr.as_raw_fd(),
+            sandbox_dir: ctx_paths.0,
+            template_lower: ctx_paths.1,
+            usr_lower: ctx_paths.2,
+            hostname: ctx_paths.3,
+            mount_sys: req.mount_sys,
+            exe_fd: self.exe.as_raw_fd(),
+            config_fd: fds[0].as_raw_fd(),
+            log_fd: fds[1].as_raw_fd(),
+            work_fds: fds[2 + req.agent_procs..].iter().map(|f| f.as_raw_fd()).collect(),
+            exec: &req.exec,
+            seccomp: &self.seccomp,
+        };
+        let flags = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_PIDFD;
+        let mut pidfd: libc::c_int = -1;
+        // SAFETY: the helper is single-threaded; the child runs `child::run`, which only
+        // execs or `_exit`s.
+        let pid = unsafe { raw_clone(flags, Some(&mut pidfd)) }.map_err(|e| fail("clone", e))?;
+        if pid == 0 {
+            super::child::run(&ctx);
+        }
+        // SAFETY: CLONE_PIDFD stored a new fd we own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        drop(go_rd);
+        drop(err_wr);
+        let kill = |reply: HelperReply| {
+            let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+            reply
+        };
+        if let Err(r) = self.prepare_child(pid, &fds[2..2 + req.agent_procs]) {
+            return Err(kill(r));
+        }
+        // SAFETY: writing one byte to our pipe.
+        if unsafe { libc::write(go_wr.as_raw_fd(), b"g".as_ptr().cast(), 1) } != 1 {
+            return Err(kill(fail("clone", io::Error::last_os_error())));
+        }
+        drop(go_wr);
+        match read_until_eof(&err_rd, req.timeout_ms) {
+            Ok(buf) if buf.is_empty() => {}
+            Ok(buf) => {
+                let text = String::from_utf8_lossy(&buf);
+                let (step, msg) = text.split_once('\0').unwrap_or(("spawn", &text));
+                return Err(kill(fail(step, msg)));
+            }
+            Err(e) => return Err(kill(fail("spawn timeout", e))),
+        }
+        let start =
+            sys::proc_stat(pid).map_err(|e| kill(fail("clone", format!("reading /proc/{pid}/stat: {e}"))))?;
+        Ok((pidfd, pid, start.start_time))
+    }
+
+    /// Host-side setup of the new init before it proceeds: id maps, cgroups, OOM protection.
+    fn prepare_child(&self, pid: i32, agent_procs: &[OwnedFd]) -> Result<(), HelperReply> {
+        write_proc(pid, "uid_map", &self.map_line).map_err(|e| fail("uid map", e))?;
+        write_proc(pid, "gid_map", &self.map_line).map_err(|e| fail("gid map", e))?;
+        for f in agent_procs {
+            let s = pid.to_string();
+            // SAFETY: writing a buffer we own to an fd we hold.
+            if unsafe { libc::write(f.as_raw_fd(), s.as_ptr().cast(), s.len()) } < 0 {
+                return Err(fail("cgroup attach", io::Error::last_os_error()));
+            }
+        }
+        // The legacy file sets the score to -1000 without lowering the floor that children
+        // inherit, so processes the agent starts can reset it but never lower it again.
+        write_proc(pid, "oom_adj", "-17").map_err(|e| fail("oom_score_adj", e))?;
+        Ok(())
+    }
+}
+
+/// Read a pipe until EOF, with an overall timeout.
+fn read_until_eof(fd: &OwnedFd, timeout_ms: u64) -> io::Result<Vec<u8>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "sandbox init did not exec in time",
+            ));
+        }
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if rc == 0 {
+            continue;
+        }
+        // SAFETY: reading into a local buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+        if out.len() > 64 * 1024 {
+            return Ok(out);
+        }
+    }
+}
+
+fn reply(sock: RawFd, r: &HelperReply, fds: &[RawFd]) -> io::Result<()> {
+    let data = serde_json::to_vec(r).map_err(io::Error::other)?;
+    sys::send_msg(sock, &data, fds)
+}
+
+/// Entry point of `sandboxd __spawn-helper`. Must be called from a single-threaded process
+/// (no async runtime). Returns when the daemon closes its end of the socket.
+pub fn run_spawn_helper() -> Result<(), RuntimeError> {
+    let sock = HELPER_FD;
+    let mut st: libc::stat = unsafe {
+        // SAFETY: zeroed stat is a valid out-buffer.
+        std::mem::zeroed()
+    };
+    // SAFETY: fstat into a local buffer.
+    if unsafe { libc::fstat(sock, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(RuntimeError::Unsupported(
+            "__spawn-helper is started by the namespace backend, not by hand (fd 3 is not its socket)".into(),
+        ));
+    }
+    let first = sys::recv_msg(sock)?.ok_or_else(|| RuntimeError::Step {
+        step: "helper init",
+        message: "daemon closed the socket".into(),
+    })?;
+    let init: HelperInit = serde_json::from_slice(&first.0).map_err(|e| RuntimeError::Step {
+        step: "helper init",
+        message: e.to_string(),
+    })?;
+    let helper = match Helper::setup(init) {
+        Ok(h) => {
+            reply(sock, &HelperReply::Ready, &[])?;
+            h
+        }
+        Err(r) => {
+            reply(sock, &r, &[])?;
+            return Ok(());
+        }
+    };
+    while let Some((data, fds)) = sys::recv_msg(sock)? {
+        let req: SpawnRequest = match serde_json::from_slice(&data) {
+            Ok(r) => r,
+            Err(e) => {
+                reply(sock, &fail("request", e), &[])?;
+                continue;
+            }
+        };
+        match helper.spawn(&req, &fds) {
+            Ok((pidfd, pid, start_time)) => {
+                reply(
+                    sock,
+                    &HelperReply::Spawned { pid, start_time },
+                    &[pidfd.as_raw_fd()],
+                )?;
+            }
+            Err(r) => reply(sock, &r, &[])?,
+        }
+    }
+    Ok(())
+}
