@@ -393,6 +393,17 @@ impl Kernel {
         }
     }
 
+    /// After an interrupt, how long to wait for the execution to end before the kernel is
+    /// restarted so that its context stays usable. SIGINT stops ipykernel, bash_kernel and
+    /// IRkernel at once; Deno does not stop pending promises on `interrupt_request` (and dies
+    /// on SIGINT), so it gets only a short grace.
+    pub fn interrupt_grace(&self) -> Duration {
+        match self.interrupt_mode {
+            InterruptMode::Signal => Duration::from_secs(10),
+            InterruptMode::Message => Duration::from_secs(2),
+        }
+    }
+
     /// A receiver that changes when the process exits.
     pub fn exit_watch(&self) -> watch::Receiver<Exit> {
         self.exit_rx.clone()

@@ -43,7 +43,8 @@ impl Language {
     pub fn from_normalized(name: &str) -> Option<Language> {
         Some(match name {
             "python" => Language::Python,
-            "javascript" => Language::Javascript,
+            // Upstream's JavaScript contexts are Deno kernels and it accepts the kernel's name too.
+            "javascript" | "deno" => Language::Javascript,
             "typescript" => Language::Typescript,
             "r" => Language::R,
             "java" => Language::Java,
@@ -180,6 +181,7 @@ mod tests {
         assert_eq!(normalize(Some("Python")), "python");
         assert_eq!(normalize(Some("cobol")), "cobol");
         assert_eq!(Language::from_normalized("cobol"), None);
+        assert_eq!(Language::from_normalized("deno"), Some(Language::Javascript));
         for name in SUPPORTED {
             assert_eq!(Language::from_normalized(name).map(|l| l.as_str()), Some(*name));
         }

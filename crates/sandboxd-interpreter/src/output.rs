@@ -31,6 +31,8 @@ pub struct ExecutionState {
     pub input_accepted: bool,
     /// An error line was already sent.
     pub errored: bool,
+    /// Remove ANSI colour codes from `text/plain` results (Deno colours them always).
+    pub strip_ansi: bool,
 }
 
 /// Result of mapping one message.
@@ -80,10 +82,11 @@ pub fn map_message(msg: &KernelMessage, state: &mut ExecutionState) -> Mapped {
                 .push(json!({"type": kind, "text": text, "timestamp": timestamp}));
         }
         (Channel::IoPub, "display_data") => {
-            out.lines.push(result_line(c.get("data"), false));
+            out.lines
+                .push(result_line(c.get("data"), false, state.strip_ansi));
         }
         (Channel::IoPub, "execute_result") => {
-            out.lines.push(result_line(c.get("data"), true));
+            out.lines.push(result_line(c.get("data"), true, state.strip_ansi));
         }
         (Channel::IoPub, "error") => {
             if !state.errored {
@@ -146,7 +149,7 @@ const FIELDS: &[(&str, &str)] = &[
 
 /// Builds a `result` line from a Jupyter MIME bundle: known types move to named fields, the
 /// rest goes to `extra`; null values are left out.
-pub fn result_line(data: Option<&Value>, is_main_result: bool) -> Value {
+pub fn result_line(data: Option<&Value>, is_main_result: bool, strip_ansi: bool) -> Value {
     let mut bundle: Map<String, Value> = match data {
         Some(Value::Object(m)) => m.clone(),
         _ => Map::new(),
@@ -155,6 +158,7 @@ pub fn result_line(data: Option<&Value>, is_main_result: bool) -> Value {
     line.insert("type".into(), Value::String("result".into()));
     if let Some(text) = bundle.remove("text/plain") {
         let text = match text {
+            Value::String(s) if strip_ansi => Value::String(strip_quotes(&strip_ansi_codes(&s)).to_string()),
             Value::String(s) => Value::String(strip_quotes(&s).to_string()),
             // Some kernels send multi-line text as a list of lines.
             Value::Array(parts) => Value::String(parts.iter().filter_map(Value::as_str).collect()),
@@ -174,6 +178,29 @@ pub fn result_line(data: Option<&Value>, is_main_result: bool) -> Value {
     line.insert("is_main_result".into(), Value::Bool(is_main_result));
     line.insert("extra".into(), Value::Object(bundle));
     Value::Object(line)
+}
+
+/// Removes ANSI CSI sequences (`ESC [ ... final-byte`), such as colours.
+pub fn strip_ansi_codes(s: &str) -> String {
+    if !s.contains('\u{1b}') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            // Parameters and intermediates, then one final byte in 0x40..=0x7e.
+            for c in chars.by_ref() {
+                if ('\u{40}'..='\u{7e}').contains(&c) {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Strips one pair of surrounding `'…'` or `"…"` quotes.
@@ -301,7 +328,7 @@ mod tests {
             "e2b/chart": {"type": "line"},
             "application/vnd.custom": "x",
         });
-        let line = result_line(Some(&data), true);
+        let line = result_line(Some(&data), true, false);
         assert_eq!(
             line,
             json!({
@@ -345,8 +372,26 @@ mod tests {
     }
 
     #[test]
+    fn deno_colours_are_removed_before_quotes() {
+        let line = result_line(
+            Some(&json!({"text/plain": "\u{1b}[32m\"/home/user\"\u{1b}[39m"})),
+            true,
+            true,
+        );
+        assert_eq!(line["text"], "/home/user");
+        assert_eq!(strip_ansi_codes("\u{1b}[1;33m42\u{1b}[0m x"), "42 x");
+        assert_eq!(strip_ansi_codes("plain"), "plain");
+        let kept = result_line(Some(&json!({"text/plain": "\u{1b}[32mx\u{1b}[39m"})), true, false);
+        assert_eq!(kept["text"], "\u{1b}[32mx\u{1b}[39m");
+    }
+
+    #[test]
     fn null_fields_are_left_out() {
-        let line = result_line(Some(&json!({"text/plain": null, "text/html": null})), false);
+        let line = result_line(
+            Some(&json!({"text/plain": null, "text/html": null})),
+            false,
+            false,
+        );
         assert_eq!(
             line,
             json!({"type": "result", "is_main_result": false, "extra": {}})

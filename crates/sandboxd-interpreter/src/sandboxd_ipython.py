@@ -13,6 +13,7 @@ user code imports them: the kernel starts as fast as a plain ipykernel.
 
 import json
 import math
+import sys
 
 from IPython.core.formatters import BaseFormatter, JSONFormatter, catch_format_error
 from traitlets import ObjectName, Unicode
@@ -86,6 +87,15 @@ class E2BChartFormatter(BaseFormatter):
     print_method = ObjectName("_repr_e2b_chart_")
     _return_type = (dict, str)
 
+    @catch_format_error
+    def __call__(self, obj):
+        # matplotlib's inline backend pops Figure from every formatter when it configures
+        # itself, so a registration by type would not survive: check the type here.
+        figure = sys.modules.get("matplotlib.figure")
+        if figure is not None and isinstance(obj, figure.Figure):
+            return _figure_chart(obj)
+        return super().__call__(obj)
+
 
 class E2BJSONFormatter(JSONFormatter):
     @catch_format_error
@@ -104,7 +114,5 @@ def load_ipython_extension(ip):
     data = E2BDataFormatter(parent=ip.display_formatter)
     data.for_type_by_name("pandas.core.frame", "DataFrame", _dataframe_data)
     formatters["e2b/data"] = data
-    chart = E2BChartFormatter(parent=ip.display_formatter)
-    chart.for_type_by_name("matplotlib.figure", "Figure", _figure_chart)
-    formatters["e2b/chart"] = chart
+    formatters["e2b/chart"] = E2BChartFormatter(parent=ip.display_formatter)
     formatters["application/json"] = E2BJSONFormatter(parent=ip.display_formatter)

@@ -26,9 +26,6 @@ use crate::output::{self, ExecutionState};
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
 /// A keepalive line after this much silence (it is also how a gone client is noticed).
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
-/// After the client went away and the kernel was interrupted, how long to wait for it to finish
-/// before the kernel is restarted so that the context stays usable.
-pub const INTERRUPT_GRACE: Duration = Duration::from_secs(10);
 /// Bound on a setup cell (env vars).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -324,7 +321,10 @@ async fn run_cell(st: &AppState, ctx: &Context, kernel: &Arc<Kernel>, code: Stri
             .await;
         return;
     }
-    let mut state = ExecutionState::default();
+    let mut state = ExecutionState {
+        strip_ansi: matches!(ctx.language, Language::Javascript | Language::Typescript),
+        ..ExecutionState::default()
+    };
     let mut interrupted: Option<tokio::time::Instant> = None;
     let keepalive = tokio::time::sleep(KEEPALIVE);
     tokio::pin!(keepalive);
@@ -332,7 +332,7 @@ async fn run_cell(st: &AppState, ctx: &Context, kernel: &Arc<Kernel>, code: Stri
         if sink.gone && interrupted.is_none() {
             debug!(context = %ctx.id, "client went away: interrupting");
             kernel.interrupt().await;
-            interrupted = Some(tokio::time::Instant::now() + INTERRUPT_GRACE);
+            interrupted = Some(tokio::time::Instant::now() + kernel.interrupt_grace());
         }
         let grace = async {
             match interrupted {
