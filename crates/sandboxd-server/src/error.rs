@@ -123,6 +123,7 @@ impl From<RuntimeError> for ApiError {
         match e {
             RuntimeError::TemplateNotFound(t) => ApiError::TemplateNotFound(t),
             RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
+            RuntimeError::Unsupported(m) => ApiError::Unavailable(m),
             other => ApiError::Internal(format!("sandbox backend: {other}")),
         }
     }
@@ -213,6 +214,10 @@ mod tests {
         assert_eq!(
             ApiError::from(RuntimeError::InvalidSpec("x".into())).status(),
             StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ApiError::from(RuntimeError::Unsupported("not root".into())).status(),
+            StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
             ApiError::from(RuntimeError::NotReady(5)).status(),

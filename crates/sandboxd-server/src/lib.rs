@@ -14,8 +14,13 @@ pub mod proxy;
 pub mod routing;
 pub mod sandbox;
 pub mod server;
+pub mod unavailable;
 pub mod upstream;
 
 pub use config::{DaemonLimits, ServerConfig, TemplateDefaults};
 pub use error::{ApiError, ServerError};
 pub use server::Server;
+pub use unavailable::UnavailableBackend;
+
+#[cfg(test)]
+mod fake_backend_tests;

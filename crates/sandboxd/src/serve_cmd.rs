@@ -1,18 +1,216 @@
 //! `sandboxd serve`: the daemon.
+//!
+//! Prints exactly three lines to stdout once it accepts work (logs go to stderr):
+//! `export E2B_API_URL=http://<addr>`, `export E2B_SANDBOX_URL=http://<addr>`,
+//! `export E2B_API_KEY=<key>`.
 
+use anyhow::Context;
+use sandboxd_runtime::SandboxBackend;
+use sandboxd_server::{DaemonLimits, Server, ServerConfig, UnavailableBackend};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// File in the data dir holding the generated API key (mode 0600).
+const API_KEY_FILE: &str = "api-key";
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on (HTTP/1.1 and h2c). Port 0 picks a free port (printed).
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
     /// Data directory (default /var/lib/sandboxd as root, else $XDG_DATA_HOME/sandboxd).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Domain returned to SDKs for `get_host()` (default localhost:<port>).
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Largest cpuCount a sandbox may get.
+    #[arg(long, default_value_t = DaemonLimits::default().max_cpu)]
+    pub max_cpu: u32,
+    /// Largest memoryMB a sandbox may get.
+    #[arg(long, default_value_t = DaemonLimits::default().max_memory_mb)]
+    pub max_memory_mb: u64,
+    /// Largest diskSizeMB a sandbox may get.
+    #[arg(long, default_value_t = DaemonLimits::default().max_disk_mb)]
+    pub max_disk_mb: u64,
+    /// Longest sandbox timeout, in seconds.
+    #[arg(long, default_value_t = DaemonLimits::default().max_timeout.as_secs())]
+    pub max_timeout: u64,
+    /// Sandboxes that may exist at once.
+    #[arg(long, default_value_t = DaemonLimits::default().max_sandboxes)]
+    pub max_sandboxes: usize,
 }
 
-pub fn run(_args: ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("serve is not implemented yet")
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/sandboxd"));
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("sandboxd"));
+    }
+    let home = std::env::var_os("HOME").context("neither XDG_DATA_HOME nor HOME is set: pass --data-dir")?;
+    Ok(PathBuf::from(home).join(".local/share/sandboxd"))
+}
+
+/// Whether a key passes the SDK's client-side check (`\Ae2b_[0-9a-f]+\Z`).
+fn sdk_accepts_key(key: &str) -> bool {
+    key.strip_prefix("e2b_").is_some_and(|h| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The API key: `SANDBOXD_API_KEY`, else the one stored in the data dir, else a new one
+/// (stored with mode 0600).
+fn api_key(data_dir: &Path, from_env: Option<String>) -> anyhow::Result<String> {
+    if let Some(k) = from_env
+        && !k.trim().is_empty()
+    {
+        let k = k.trim().to_string();
+        if !sdk_accepts_key(&k) {
+            tracing::warn!(
+                "SANDBOXD_API_KEY does not match e2b_<hex>: E2B SDKs reject it unless E2B_VALIDATE_API_KEY=false"
+            );
+        }
+        return Ok(k);
+    }
+    let path = data_dir.join(API_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(k) if !k.trim().is_empty() => return Ok(k.trim().to_string()),
+        Ok(_) => anyhow::bail!("{} is empty: delete it to generate a new key", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let key = sandboxd_server::ids::new_api_key();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(format!("{key}\n").as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!("generated a new API key in {}", path.display());
+    Ok(key)
+}
+
+/// The namespace backend, or (when it cannot run here, for example without root) a backend
+/// that answers every create with 503 and the reason.
+fn backend(data_dir: &Path) -> anyhow::Result<Arc<dyn SandboxBackend>> {
+    let exe = std::env::current_exe().context("locating the sandboxd executable")?;
+    let cfg = sandboxd_runtime::namespace::NamespaceConfig::new(data_dir, exe);
+    match sandboxd_runtime::namespace::NamespaceBackend::new(cfg) {
+        Ok(b) => Ok(Arc::new(b)),
+        Err(sandboxd_runtime::RuntimeError::Unsupported(reason)) => {
+            tracing::warn!("sandbox backend unavailable: {reason}; serving the API without sandboxes");
+            Ok(Arc::new(UnavailableBackend::new(reason)))
+        }
+        Err(e) => Err(e).context("starting the namespace backend"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => default_data_dir()?,
+    };
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
+    let key = api_key(&data_dir, std::env::var("SANDBOXD_API_KEY").ok())?;
+    if args.max_timeout == 0 || args.max_sandboxes == 0 || args.max_cpu == 0 {
+        anyhow::bail!("--max-timeout, --max-sandboxes and --max-cpu must be greater than 0");
+    }
+    let mut config = ServerConfig::new(args.listen, data_dir.clone(), key.clone());
+    config.domain = args.domain;
+    config.limits = DaemonLimits {
+        max_cpu: args.max_cpu,
+        max_memory_mb: args.max_memory_mb,
+        max_disk_mb: args.max_disk_mb,
+        max_timeout: Duration::from_secs(args.max_timeout),
+        max_sandboxes: args.max_sandboxes,
+    };
+    if !args.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} (not loopback) without TLS: the API key and sandbox traffic travel in clear text",
+            args.listen
+        );
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let dir = data_dir.clone();
+        let backend = tokio::task::spawn_blocking(move || backend(&dir))
+            .await
+            .context("backend start-up task")??;
+        tracing::info!(backend = backend.name(), data_dir = %data_dir.display(), "starting");
+        let server = Server::bind(config, backend).await?;
+        let addr = server.local_addr();
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "export E2B_API_URL=http://{addr}")?;
+            writeln!(out, "export E2B_SANDBOX_URL=http://{addr}")?;
+            writeln!(out, "export E2B_API_KEY={key}")?;
+            out.flush()?;
+        }
+        tracing::info!(%addr, domain = server.domain(), "sandboxd is serving");
+        server.run(shutdown_signal()).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_format_check() {
+        assert!(sdk_accepts_key("e2b_0123abcd"));
+        assert!(!sdk_accepts_key("e2b_"));
+        assert!(!sdk_accepts_key("e2b_ABCD"));
+        assert!(!sdk_accepts_key("key"));
+    }
+
+    #[test]
+    fn generated_key_is_stored_0600_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = api_key(dir.path(), None).unwrap();
+        assert!(sdk_accepts_key(&k1) && k1.len() == 44, "{k1}");
+        let meta = std::fs::metadata(dir.path().join(API_KEY_FILE)).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(api_key(dir.path(), None).unwrap(), k1);
+        assert_eq!(api_key(dir.path(), Some(" e2b_ab ".into())).unwrap(), "e2b_ab");
+        assert_eq!(api_key(dir.path(), Some(String::new())).unwrap(), k1);
+    }
 }
