@@ -233,6 +233,7 @@ struct Helper {
     map_line: String,
     exe: OwnedFd,
     seccomp: SeccompProgram,
+    oom_warned: std::cell::Cell<bool>,
 }
 
 fn fail(step: &str, e: impl std::fmt::Display) -> HelperReply {
@@ -301,6 +302,7 @@ impl Helper {
             map_line,
             exe,
             seccomp,
+            oom_warned: std::cell::Cell::new(false),
         })
     }
 
@@ -393,7 +395,13 @@ impl Helper {
         }
         // The legacy file sets the score to -1000 without lowering the floor that children
         // inherit, so processes the agent starts can reset it but never lower it again.
-        write_proc(pid, "oom_adj", "-17").map_err(|e| fail("oom_score_adj", e))?;
+        // Best effort: it needs CAP_SYS_RESOURCE, which some hosts (containers) drop; the
+        // agent is still outside the `work` cgroup whose limits trigger OOM kills.
+        if let Err(e) = write_proc(pid, "oom_adj", "-17") {
+            if !self.oom_warned.replace(true) {
+                eprintln!("sandboxd spawn helper: cannot protect agents from the OOM killer (oom_adj: {e})");
+            }
+        }
         Ok(())
     }
 }
