@@ -456,16 +456,39 @@ async fn download_inner(
 
 type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
 
+/// How long a failed upload keeps reading (and discarding) the rest of the request body before
+/// it answers, so that a client still sending gets the error instead of a broken pipe.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Read the raw request body on its own task and hand the chunks over a small channel. When the
+/// receiver is dropped (the upload failed), the task reads and discards the rest of the body.
+fn pump_body(body: Body) -> (ByteStream, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
+    let task = tokio::spawn(async move {
+        let mut frames = body.into_data_stream();
+        let mut forward = true;
+        while let Some(item) = frames.next().await {
+            let item = item.map_err(|e| io::Error::other(format!("reading request body: {e}")));
+            let failed = item.is_err();
+            if forward && tx.send(item).await.is_err() {
+                forward = false;
+            }
+            if failed {
+                break;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+    (Box::pin(stream), task)
+}
+
 /// The request body as a stream of decoded bytes (gunzipped for `Content-Encoding: gzip`).
-fn body_stream(headers: &HeaderMap, body: Body) -> Result<ByteStream, FilesError> {
-    let raw = body
-        .into_data_stream()
-        .map_err(|e| io::Error::other(format!("reading request body: {e}")));
+fn body_stream(headers: &HeaderMap, raw: ByteStream) -> Result<ByteStream, FilesError> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     match encoding.as_deref() {
-        None | Some("") | Some("identity") => Ok(Box::pin(raw)),
+        None | Some("") | Some("identity") => Ok(raw),
         Some("gzip") | Some("x-gzip") => {
             let mut dec = GzipDecoder::new(StreamReader::new(raw));
             dec.multiple_members(true);
@@ -488,7 +511,16 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match upload_inner(&state, raw.as_deref(), &headers, body).await {
+    let (stream, pump) = pump_body(body);
+    let result = upload_inner(&state, raw.as_deref(), &headers, stream).await;
+    if result.is_err() {
+        // The body stream is gone: let the pump discard the rest, for a bounded time.
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(DRAIN_LIMIT, pump).await.is_err() {
+            abort.abort();
+        }
+    }
+    match result {
         Ok(entries) => {
             let body = serde_json::to_vec(&entries).unwrap_or_else(|_| b"[]".to_vec());
             let mut r = Response::new(Body::from(body));
@@ -504,7 +536,7 @@ async fn upload_inner(
     state: &Arc<AgentState>,
     raw: Option<&str>,
     headers: &HeaderMap,
-    body: Body,
+    body: ByteStream,
 ) -> Result<Vec<UploadedEntry>, FilesError> {
     let req = prepare(state, headers, raw, "write")?;
     let metadata = parse_metadata(headers)?;
