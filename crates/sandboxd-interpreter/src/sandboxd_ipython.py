@@ -109,7 +109,37 @@ class E2BJSONFormatter(JSONFormatter):
         return super().__call__(obj)
 
 
+# Largest stdout/stderr chunk the kernel buffers before it publishes a stream message. ipykernel
+# only flushes on a 0.2 s timer, so a fast producer would otherwise make one message of many
+# megabytes, which every hop (ZeroMQ, the server, the HTTP client) holds whole in memory.
+STREAM_CHUNK = 256 * 1024
+
+
+def _bound_stream_messages():
+    try:
+        from ipykernel.iostream import OutStream
+    except ImportError:  # pragma: no cover
+        return
+    if getattr(OutStream, "_sandboxd_bounded", False):
+        return
+    original = OutStream.write
+
+    def write(self, string):
+        n = original(self, string)
+        try:
+            buffer = getattr(self, "_buffer", None)
+            if buffer is not None and buffer.tell() >= STREAM_CHUNK:
+                self.flush()
+        except Exception:  # noqa: BLE001 - never break printing
+            pass
+        return n
+
+    OutStream.write = write
+    OutStream._sandboxd_bounded = True
+
+
 def load_ipython_extension(ip):
+    _bound_stream_messages()
     formatters = ip.display_formatter.formatters
     data = E2BDataFormatter(parent=ip.display_formatter)
     data.for_type_by_name("pandas.core.frame", "DataFrame", _dataframe_data)

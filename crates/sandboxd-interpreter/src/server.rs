@@ -213,7 +213,7 @@ async fn execute(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Byte
         .get("x-access-token")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
     tokio::spawn(run_execution(st.clone(), ctx, req.code, env_vars, token, tx));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
@@ -314,7 +314,7 @@ async fn prepare(
 }
 
 async fn run_cell(st: &AppState, ctx: &Context, kernel: &Arc<Kernel>, code: String, sink: &mut Sink) {
-    let (ktx, mut krx) = mpsc::channel(64);
+    let (ktx, mut krx) = mpsc::channel(8);
     let mut exit_rx = kernel.exit_watch();
     if let Err(e) = kernel.execute(code, false, ktx).await {
         sink.send(&output::error_line("KernelError", &e.to_string(), ""))
