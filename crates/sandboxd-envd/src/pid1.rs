@@ -138,36 +138,28 @@ static REAPER: OnceLock<Reaper> = OnceLock::new();
 /// Choose the reap mode. Call once at startup, before the first [`spawn`]; returns `false` if
 /// the reaper was already initialised (with whatever mode it has).
 pub fn init_reaper(mode: ReapMode) -> bool {
-    let mut created = false;
-    REAPER.get_or_init(|| {
-        created = true;
-        new_reaper(mode)
-    });
+    let created = REAPER.set(new_reaper(mode)).is_ok();
+    if created && mode == ReapMode::All {
+        let started = std::thread::Builder::new()
+            .name("reaper".into())
+            .stack_size(64 << 10)
+            .spawn(|| reaper().reap_all_loop());
+        if let Err(e) = started {
+            tracing::error!("cannot start the reaper thread: {e}");
+        }
+    }
     created
 }
 
 fn new_reaper(mode: ReapMode) -> Reaper {
-    let r = Reaper {
+    Reaper {
         mode,
         table: Mutex::new(Table {
             waiting: HashMap::new(),
             generation: 0,
         }),
         spawned: Condvar::new(),
-    };
-    if mode == ReapMode::All {
-        let started = std::thread::Builder::new()
-            .name("reaper".into())
-            .stack_size(64 << 10)
-            .spawn(|| match REAPER.get() {
-                Some(r) => r.reap_all_loop(),
-                None => tracing::error!("reaper thread started without a reaper"),
-            });
-        if let Err(e) = started {
-            tracing::error!("cannot start the reaper thread: {e}");
-        }
     }
-    r
 }
 
 fn reaper() -> &'static Reaper {
