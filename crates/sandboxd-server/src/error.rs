@@ -80,28 +80,50 @@ impl ApiError {
         }
     }
 
-    /// The JSON body of this error.
-    pub fn body(&self) -> serde_json::Value {
-        let code = self.status().as_u16();
-        match self {
-            ApiError::SandboxNotRunning(id) => serde_json::json!({
-                "sandboxId": id,
-                "message": self.to_string(),
-                "code": code,
-            }),
-            ApiError::PortNotOpen { sandbox_id, port } => serde_json::json!({
-                "sandboxId": sandbox_id,
-                "message": self.to_string(),
-                "port": port,
-                "code": code,
-            }),
-            _ => serde_json::json!({ "code": code, "message": self.to_string() }),
+    /// The JSON body of this error (keys in upstream's order).
+    pub fn body(&self) -> String {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct NotRunning<'a> {
+            sandbox_id: &'a str,
+            message: String,
+            code: u16,
         }
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct PortClosed<'a> {
+            sandbox_id: &'a str,
+            message: String,
+            port: u16,
+            code: u16,
+        }
+        #[derive(serde::Serialize)]
+        struct Plain {
+            code: u16,
+            message: String,
+        }
+        let code = self.status().as_u16();
+        let message = self.to_string();
+        let encoded = match self {
+            ApiError::SandboxNotRunning(id) => serde_json::to_string(&NotRunning {
+                sandbox_id: id,
+                message,
+                code,
+            }),
+            ApiError::PortNotOpen { sandbox_id, port } => serde_json::to_string(&PortClosed {
+                sandbox_id,
+                message,
+                port: *port,
+                code,
+            }),
+            _ => serde_json::to_string(&Plain { code, message }),
+        };
+        encoded.unwrap_or_else(|_| format!("{{\"code\":{code},\"message\":\"error\"}}"))
     }
 
     /// The full response (also usable outside axum handlers).
     pub fn to_response(&self) -> Response {
-        let mut resp = Response::new(Body::from(self.body().to_string()));
+        let mut resp = Response::new(Body::from(self.body()));
         *resp.status_mut() = self.status();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
@@ -179,6 +201,10 @@ mod tests {
         let (status, ct, body) = parts(ApiError::SandboxNotRunning("iabc".into())).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert_eq!(ct, "application/json; charset=utf-8");
+        assert_eq!(
+            ApiError::SandboxNotRunning("iabc".into()).body(),
+            r#"{"sandboxId":"iabc","message":"The sandbox was not found","code":502}"#
+        );
         assert_eq!(
             body,
             serde_json::json!({"sandboxId":"iabc","message":"The sandbox was not found","code":502})
