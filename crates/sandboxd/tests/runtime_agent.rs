@@ -1,0 +1,288 @@
+//! Namespace backend with the real agent: create returns once `GET /health` answers 204;
+//! commands run through `process.Process/Start` over `run/agent.sock`.
+
+mod runtime_support;
+
+use runtime_support::*;
+use sandboxd_runtime::{AgentEndpoint, Limits, SandboxBackend};
+use std::time::{Duration, Instant};
+
+fn api(h: &sandboxd_runtime::SandboxHandle) -> std::path::PathBuf {
+    let AgentEndpoint::Unix(p) = &h.api;
+    p.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_run_destroy() {
+    if !require_root() {
+        return;
+    }
+    let tb = backend();
+    let id = new_id();
+    let h = tb
+        .backend
+        .create(spec(&id, Limits::default()))
+        .await
+        .expect("create");
+    assert!(tb.backend.is_alive(&h));
+    let (code, _) = http_unix(&api(&h), "GET", "/health", &[], b"").await;
+    assert_eq!(code, 204);
+    let out = run(
+        &api(&h),
+        "user",
+        "echo hi; id -u; cat /proc/1/cmdline | tr '\\0' ' '; echo",
+    )
+    .await;
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, "hi\n1000\nsandboxd agent --boot \n", "{out:?}");
+    assert!(tb.backend.list_host_sandboxes().await.unwrap().contains(&id));
+
+    tb.backend.destroy(&h.id).await.unwrap();
+    assert!(!tb.backend.is_alive(&h));
+    assert!(!tb.backend.sandbox_dir(&id).exists());
+    assert!(!tb.backend.list_host_sandboxes().await.unwrap().contains(&id));
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup/memory/sandboxd-test")
+            .join(&id)
+            .exists()
+    );
+    tb.backend.destroy(&h.id).await.expect("destroy is idempotent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn isolation_from_inside() {
+    if !require_root() {
+        return;
+    }
+    let tb = backend();
+    let id = new_id();
+    let h = tb
+        .backend
+        .create(spec(&id, Limits::default()))
+        .await
+        .expect("create");
+    let sock = api(&h);
+
+    // only its own processes
+    let out = run(&sock, "user", "ls /proc | grep -c '^[0-9][0-9]*$'").await;
+    let n: u32 = out.stdout.trim().parse().unwrap_or(999);
+    assert!(n <= 6, "sees {n} processes: {out:?}");
+
+    // a host file outside the template is not visible
+    let secret = tb.dir.path().join("secret.txt");
+    std::fs::write(&secret, "TOPSECRET").unwrap();
+    let out = run(&sock, "root", &format!("cat {} /proc/1/root{} 2>&1; grep -r TOPSECRET / --exclude-dir=proc --exclude-dir=sys -l 2>/dev/null | head -3", secret.display(), secret.display())).await;
+    assert!(!out.stdout.contains("TOPSECRET"), "{out:?}");
+    assert!(out.stdout.contains("No such file"), "{out:?}");
+
+    // root inside cannot change host files: writes land in the upper dirs
+    let host_env = std::fs::read("/usr/bin/env").unwrap();
+    let host_passwd = std::fs::read("/etc/passwd").unwrap();
+    let out = run(
+        &sock,
+        "root",
+        "echo pwned > /usr/bin/env; echo pwned >> /etc/passwd; echo 1 > /proc/sys/kernel/sysrq; echo done",
+    )
+    .await;
+    assert!(out.stdout.contains("done"), "{out:?}");
+    assert_eq!(std::fs::read("/usr/bin/env").unwrap(), host_env);
+    assert_eq!(std::fs::read("/etc/passwd").unwrap(), host_passwd);
+    let out = run(
+        &sock,
+        "root",
+        "mount -t tmpfs x /mnt 2>&1; unshare -U true 2>&1; echo end",
+    )
+    .await;
+    assert!(
+        out.stdout.contains("permission denied") || out.stdout.contains("Operation not permitted"),
+        "{out:?}"
+    );
+
+    // no network beyond loopback
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let out = run(
+        &sock,
+        "user",
+        &format!(
+            "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; \
+         (echo > /dev/tcp/127.0.0.1/{port}) 2>&1 | tail -1; (echo > /dev/tcp/10.0.2.2/80) 2>&1 | tail -1; \
+         (echo > /dev/tcp/1.1.1.1/53) 2>&1 | tail -1"
+        ),
+    )
+    .await;
+    assert!(out.stdout.starts_with("lo\n"), "{out:?}");
+    assert!(out.stdout.contains("Connection refused"), "{out:?}");
+    assert!(out.stdout.contains("Network is unreachable"), "{out:?}");
+    listener.set_nonblocking(true).unwrap();
+    assert!(
+        listener.accept().is_err(),
+        "the host listener got a connection from the sandbox"
+    );
+
+    // sudo works for user
+    let out = run(&sock, "user", "sudo -n echo ok; sudo -n id -u").await;
+    assert_eq!(out.stdout, "ok\n0\n", "{out:?}");
+
+    // /usr/local of the host is not visible
+    let out = run(&sock, "user", "ls -A /usr/local/bin | wc -l; ls /usr/local").await;
+    assert!(out.stdout.starts_with("0\n"), "{out:?}");
+
+    tb.backend.destroy(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_limit_kills_only_the_offender() {
+    if !require_root() {
+        return;
+    }
+    let tb = backend();
+    let small = Limits {
+        memory_mb: 64,
+        ..Limits::default()
+    };
+    let (a, b) = (new_id(), new_id());
+    let ha = tb.backend.create(spec(&a, small)).await.expect("create a");
+    let hb = tb
+        .backend
+        .create(spec(&b, Limits::default()))
+        .await
+        .expect("create b");
+    let out = run(
+        &api(&ha),
+        "user",
+        "python3 -c 'x = bytearray(200 * 1024 * 1024); print(len(x))'",
+    )
+    .await;
+    assert_ne!(
+        out.exit_code,
+        Some(0),
+        "allocation over the limit must die: {out:?}"
+    );
+    assert!(!out.stdout.contains("209715200"), "{out:?}");
+    // both agents keep serving
+    let out = run(&api(&ha), "user", "echo alive").await;
+    assert_eq!(out.stdout, "alive\n", "{out:?}");
+    let out = run(
+        &api(&hb),
+        "user",
+        "python3 -c 'x = bytearray(100 * 1024 * 1024); print(len(x))'",
+    )
+    .await;
+    assert_eq!(out.stdout, "104857600\n", "{out:?}");
+    tb.backend.destroy(&a).await.unwrap();
+    tb.backend.destroy(&b).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fork_bomb_stops_at_pids_limit() {
+    if !require_root() {
+        return;
+    }
+    let tb = backend();
+    let id = new_id();
+    let limits = Limits {
+        pids: 64,
+        ..Limits::default()
+    };
+    let h = tb.backend.create(spec(&id, limits)).await.expect("create");
+    let script = "python3 -c '
+import os, time
+n = 0
+try:
+    while n < 1000:
+        if os.fork() == 0:
+            time.sleep(2)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print(n, e.errno)
+'";
+    let out = run(&api(&h), "user", script).await;
+    let mut it = out.stdout.split_whitespace();
+    let n: u32 = it.next().and_then(|x| x.parse().ok()).unwrap_or(9999);
+    assert!(n < 64, "forked {n} times: {out:?}");
+    assert_eq!(it.next(), Some("11"), "EAGAIN: {out:?}");
+    let (code, _) = http_unix(&api(&h), "GET", "/health", &[], b"").await;
+    assert_eq!(code, 204, "the agent is outside the pids limit");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let out = run(&api(&h), "user", "echo recovered").await;
+    assert_eq!(out.stdout, "recovered\n", "{out:?}");
+    tb.backend.destroy(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_specs_fail_cleanly() {
+    if !require_root() {
+        return;
+    }
+    let tb = backend();
+    let bad_id = spec("Bad/Id", Limits::default());
+    assert!(tb.backend.create(bad_id).await.is_err());
+    let mut s = spec(&new_id(), Limits::default());
+    s.template = "nope".into();
+    assert!(matches!(
+        tb.backend.create(s).await,
+        Err(sandboxd_runtime::RuntimeError::TemplateNotFound(_))
+    ));
+    let id = new_id();
+    let s = spec(
+        &id,
+        Limits {
+            memory_mb: 1,
+            ..Limits::default()
+        },
+    );
+    assert!(tb.backend.create(s).await.is_err());
+    assert!(!tb.backend.sandbox_dir(&id).exists());
+    assert!(tb.backend.destroy("../etc").await.is_err());
+    tb.backend
+        .destroy("neverexisted")
+        .await
+        .expect("unknown id is fine");
+    // a duplicate id is refused without harming the first sandbox
+    let id = new_id();
+    let h = tb.backend.create(spec(&id, Limits::default())).await.unwrap();
+    assert!(tb.backend.create(spec(&id, Limits::default())).await.is_err());
+    assert!(tb.backend.is_alive(&h));
+    let out = run(&api(&h), "user", "echo still").await;
+    assert_eq!(out.stdout, "still\n");
+    tb.backend.destroy(&id).await.unwrap();
+    assert!(
+        tb.backend.list_host_sandboxes().await.unwrap().is_empty(),
+        "nothing left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_latency() {
+    if !require_root() {
+        return;
+    }
+    let tb = backend();
+    // warm up (page cache, first helper request)
+    let id = new_id();
+    tb.backend.create(spec(&id, Limits::default())).await.unwrap();
+    tb.backend.destroy(&id).await.unwrap();
+    let mut times = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let id = new_id();
+        let t = Instant::now();
+        tb.backend.create(spec(&id, Limits::default())).await.unwrap();
+        times.push(t.elapsed());
+        ids.push(id);
+    }
+    let mut dtimes = Vec::new();
+    for id in ids {
+        let t = Instant::now();
+        tb.backend.destroy(&id).await.unwrap();
+        dtimes.push(t.elapsed());
+    }
+    times.sort();
+    dtimes.sort();
+    eprintln!(
+        "create latency over 20: min {:?} p50 {:?} p90 {:?} max {:?}; destroy p50 {:?} max {:?}",
+        times[0], times[10], times[18], times[19], dtimes[10], dtimes[19]
+    );
+}
