@@ -120,6 +120,31 @@ struct PreExec {
     groups: Vec<libc::gid_t>,
     cwd: CString,
     pty: bool,
+    /// False when the agent already has exactly these credentials (nothing to drop).
+    change_credentials: bool,
+}
+
+/// Whether the calling process's uid, gid and groups differ from the wanted ones.
+fn credentials_differ(uid: u32, gid: u32, groups: &[u32]) -> bool {
+    // SAFETY: plain getters.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid != uid || egid != gid {
+        return true;
+    }
+    let mut current = vec![0 as libc::gid_t; 1024];
+    // SAFETY: the buffer holds `current.len()` entries.
+    let n = unsafe { libc::getgroups(current.len() as libc::c_int, current.as_mut_ptr()) };
+    if n < 0 {
+        return true;
+    }
+    current.truncate(n as usize);
+    let mut current: Vec<u32> = current.into_iter().filter(|g| *g != egid).collect();
+    let mut wanted: Vec<u32> = groups.iter().copied().filter(|g| *g != gid).collect();
+    current.sort_unstable();
+    current.dedup();
+    wanted.sort_unstable();
+    wanted.dedup();
+    current != wanted
 }
 
 impl PreExec {
@@ -155,7 +180,7 @@ impl PreExec {
         }
         // SAFETY: plain credential syscalls on prepared values.
         unsafe {
-            if libc::geteuid() != self.uid || libc::getegid() != self.gid || libc::geteuid() == 0 {
+            if self.change_credentials {
                 if libc::setgroups(self.groups.len(), self.groups.as_ptr()) == -1 {
                     return Err(io::Error::last_os_error());
                 }
@@ -220,6 +245,7 @@ pub fn start(spec: &SpawnSpec) -> io::Result<Started> {
         groups: spec.groups.clone(),
         cwd,
         pty: spec.pty.is_some(),
+        change_credentials: credentials_differ(spec.uid, spec.gid, &spec.groups),
     };
     // SAFETY: `PreExec::run` only makes async-signal-safe syscalls on data prepared above.
     unsafe {
