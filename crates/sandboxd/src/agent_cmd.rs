@@ -6,6 +6,7 @@
 //! the development mode: `--listen ADDR --config FILE` on the host, for local testing.
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use sandboxd_envd::pid1;
 use sandboxd_protocol::agent::{AgentConfig, boot_fds};
 use std::net::SocketAddr;
@@ -72,7 +73,12 @@ fn boot() -> anyhow::Result<()> {
         let local = SocketAddr::from(([127, 0, 0, 1], sandboxd_protocol::ENVD_PORT));
         match tokio::net::TcpListener::bind(local).await {
             Ok(l) => {
-                tokio::spawn(sandboxd_envd::tunnel::serve(l, app, state.clone(), false));
+                tokio::spawn(sandboxd_envd::tunnel::serve(
+                    l.tap_io(nodelay),
+                    app,
+                    state.clone(),
+                    false,
+                ));
             }
             Err(e) => tracing::warn!("cannot listen on {local}: {e}"),
         }
@@ -101,7 +107,18 @@ fn dev(args: AgentArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listening on {addr}"))?;
         tracing::info!(%addr, "agent listening (development mode)");
-        sandboxd_envd::tunnel::serve(listener, sandboxd_envd::router(state.clone()), state, true).await;
+        sandboxd_envd::tunnel::serve(
+            listener.tap_io(nodelay),
+            sandboxd_envd::router(state.clone()),
+            state,
+            true,
+        )
+        .await;
         Ok(())
     })
+}
+
+/// Stream messages are small writes: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
+fn nodelay(s: &mut tokio::net::TcpStream) {
+    let _ = s.set_nodelay(true);
 }
