@@ -415,7 +415,10 @@ async fn download_inner(
     let size = md.len();
     let resp = match encoding {
         DownloadEncoding::Gzip => {
-            let enc = GzipEncoder::new(BufReader::with_capacity(READ_CHUNK, file));
+            let enc = GzipEncoder::with_quality(
+                BufReader::with_capacity(READ_CHUNK, file),
+                async_compression::Level::Fastest,
+            );
             builder
                 .header(header::CONTENT_ENCODING, "gzip")
                 .body(Body::from_stream(ReaderStream::with_capacity(enc, READ_CHUNK)))
@@ -500,6 +503,40 @@ fn body_stream(headers: &HeaderMap, raw: ByteStream) -> Result<ByteStream, Files
     }
 }
 
+/// A stream that yields at most [`Throttled::MAX_STREAK`] ready items per poll. `multer` reads
+/// its input until it is pending, so without this a fast client could make it buffer without
+/// bound; with it, memory stays at a few chunks.
+struct Throttled<S> {
+    inner: S,
+    streak: usize,
+}
+
+impl<S> Throttled<S> {
+    const MAX_STREAK: usize = 4;
+}
+
+impl<S: Stream + Unpin> Stream for Throttled<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.streak >= Self::MAX_STREAK {
+            self.streak = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let r = Pin::new(&mut self.inner).poll_next(cx);
+        match &r {
+            Poll::Ready(Some(_)) => self.streak += 1,
+            _ => self.streak = 0,
+        }
+        r
+    }
+}
+
 fn read_error(e: io::Error) -> FilesError {
     FilesError::bad_request(format!("error reading request body: {e}"))
 }
@@ -573,7 +610,13 @@ async fn upload_inner(
             let boundary = multer::parse_boundary(&content_type)
                 .map_err(|e| FilesError::bad_request(format!("invalid multipart content type: {e}")))?;
             let stream = body_stream(headers, body)?;
-            let mut multipart = multer::Multipart::new(stream, boundary);
+            let mut multipart = multer::Multipart::new(
+                Throttled {
+                    inner: stream,
+                    streak: 0,
+                },
+                boundary,
+            );
             loop {
                 let field = match multipart.next_field().await {
                     Ok(Some(f)) => f,

@@ -848,3 +848,36 @@ async fn files_are_chowned_to_the_user() {
         assert_eq!((md.uid(), md.gid()), (nobody.uid, nobody.gid), "{path}");
     }
 }
+
+#[tokio::test]
+async fn no_space_is_507() {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    let dir = tempfile::tempdir().unwrap();
+    // Needs root (or CAP_SYS_ADMIN) to mount a small tmpfs; skip quietly otherwise.
+    if mount(
+        Some("tmpfs"),
+        dir.path(),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=256k"),
+    )
+    .is_err()
+    {
+        return;
+    }
+    let (_s, app) = agent(None);
+    let p = format!("{}/big", dir.path().display());
+    let req = Request::post(format!("/files?path={p}"))
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(vec![7u8; 1 << 20]))
+        .unwrap();
+    let resp = send(&app, req).await;
+    let status = resp.status();
+    let v = json_of(resp).await;
+    let _ = umount2(dir.path(), MntFlags::MNT_DETACH);
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(
+        v,
+        json!({"code": 507, "message": "not enough disk space available"})
+    );
+}
