@@ -79,6 +79,19 @@ echo mount=$(mount -t tmpfs none /mnt 2>&1 | head -c 60)
 echo sys=$(test -d /sys/kernel && echo yes || echo no)
 echo cgroupns=$(cat /proc/self/cgroup | head -1)
 echo oom=$(cat /proc/self/oom_score_adj)
+echo hostpaths=$(grep -c -e /var/tmp -e /work/main -e sbxrt /proc/self/mountinfo)
+echo syscalls=$(python3 -c '
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+out = []
+for name, nr, args in [("keyctl", 250, (0, 0)), ("bpf", 321, (0, 0, 0)), ("io_uring_setup", 425, (1, 0)),
+                       ("perf_event_open", 298, (0, 0, 0, 0, 0)), ("setns", 308, (0, 0)), ("clone3", 435, (0, 0)),
+                       ("unshare_user", 272, (0x10000000,)), ("pivot_root", 155, (0, 0)), ("open_tree", 428, (0, 0, 0)),
+                       ("init_module", 175, (0, 0, 0)), ("x32_getpid", 0x40000000 + 39, ())]:
+    r = libc.syscall(nr, *args)
+    out.append("%s:%s" % (name, os.strerror(ctypes.get_errno()) if r < 0 else "ok"))
+print(" ".join(out), "getpid:%d" % libc.syscall(39))
+')
 "#,
         secret = secret.display()
     );
@@ -131,6 +144,31 @@ echo oom=$(cat /proc/self/oom_score_adj)
         line(&out, "oom"),
         if has_cap_sys_resource() { "-1000" } else { "0" }
     );
+    assert_eq!(
+        line(&out, "hostpaths"),
+        "0",
+        "no host path in the sandbox's mount table"
+    );
+    let sc = line(&out, "syscalls");
+    for denied in [
+        "keyctl",
+        "bpf",
+        "io_uring_setup",
+        "perf_event_open",
+        "setns",
+        "unshare_user",
+        "pivot_root",
+        "open_tree",
+        "init_module",
+        "x32_getpid",
+    ] {
+        assert!(
+            sc.contains(&format!("{denied}:Operation not permitted")),
+            "{denied} must be EPERM: {sc}"
+        );
+    }
+    assert!(sc.contains("clone3:Function not implemented"), "{sc}");
+    assert!(sc.contains("getpid:"), "{sc}");
     // the write went to the upper dir, not the host
     assert!(!std::path::Path::new("/usr/share/sbx-test").exists());
     let (_, upper_usr) = tb.backend.upper_dirs(&id);

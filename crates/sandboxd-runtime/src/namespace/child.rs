@@ -274,8 +274,24 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     // /proc of the new pid namespace, with this boot's boot_id.
     let pflags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount(Some(c"proc"), c"proc", Some(c"proc"), pflags, None).map_err(os("mount /proc"))?;
+    // The boot_id file is copied onto a scratch tmpfs first so that the sandbox's mount table
+    // names no host path.
     let boot_id = c"proc/sys/kernel/random/boot_id";
-    mount(Some(&fdp(sbx, "/boot_id")), boot_id, None, libc::MS_BIND, None).map_err(os("bind boot_id"))?;
+    let id = std::fs::read(format!("/proc/self/fd/{sbx}/boot_id")).map_err(os("bind boot_id"))?;
+    mount(
+        Some(c"tmpfs"),
+        c"tmp",
+        Some(c"tmpfs"),
+        pflags,
+        Some(c"size=4k,mode=755"),
+    )
+    .map_err(os("bind boot_id"))?;
+    std::fs::write("tmp/boot_id", &id[..id.len().min(64)]).map_err(os("bind boot_id"))?;
+    mount(Some(c"tmp/boot_id"), boot_id, None, libc::MS_BIND, None).map_err(os("bind boot_id"))?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c"tmp".as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(last("bind boot_id"));
+    }
     mount(
         None,
         boot_id,

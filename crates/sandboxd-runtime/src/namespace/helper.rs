@@ -397,10 +397,10 @@ impl Helper {
         // inherit, so processes the agent starts can reset it but never lower it again.
         // Best effort: it needs CAP_SYS_RESOURCE, which some hosts (containers) drop; the
         // agent is still outside the `work` cgroup whose limits trigger OOM kills.
-        if let Err(e) = write_proc(pid, "oom_adj", "-17") {
-            if !self.oom_warned.replace(true) {
-                eprintln!("sandboxd spawn helper: cannot protect agents from the OOM killer (oom_adj: {e})");
-            }
+        if let Err(e) = write_proc(pid, "oom_adj", "-17")
+            && !self.oom_warned.replace(true)
+        {
+            eprintln!("sandboxd spawn helper: cannot protect agents from the OOM killer (oom_adj: {e})");
         }
         Ok(())
     }

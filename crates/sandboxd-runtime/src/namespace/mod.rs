@@ -490,8 +490,14 @@ impl Inner {
         if spec.agent.template_id.is_empty() {
             spec.agent.template_id = spec.template.clone();
         }
+        let t0 = std::time::Instant::now();
         let sbx = self.prepare_dir(&id, &spec.agent.hostname)?;
+        let t1 = std::time::Instant::now();
         let r = self.spawn_prepared(&sbx, spec, target);
+        tracing::debug!(sandbox = %id, dirs_us = (t1 - t0).as_micros() as u64, spawn_us = t1.elapsed().as_micros() as u64, "sandbox spawned");
+        if std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some() {
+            eprintln!("timing {id}: dirs {:?} spawn {:?}", t1 - t0, t1.elapsed());
+        }
         if r.is_err() {
             let _ = self.cgroups.remove(&id);
             let _ = remove_tree(&sbx, &self.cfg.data_dir.join(".trash"));
@@ -506,7 +512,11 @@ impl Inner {
         target: ExecTarget,
     ) -> Result<Spawned, RuntimeError> {
         let id = spec.id.clone();
+        let tc = std::time::Instant::now();
         let files = self.cgroups.create(&id, &spec.limits)?;
+        if std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some() {
+            eprintln!("timing {id}: cgroups {:?}", tc.elapsed());
+        }
         let open_w = |p: &Path| {
             std::fs::OpenOptions::new()
                 .write(true)
@@ -719,7 +729,9 @@ impl SandboxBackend for NamespaceBackend {
 
     async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         let id = spec.id.clone();
+        let t0 = std::time::Instant::now();
         let spawned = self.spawn_init(spec, ExecTarget::Agent).await?;
+        let t1 = std::time::Instant::now();
         let sbx = self.sandbox_dir(&id);
         let api = sbx.join("run/agent.sock");
         let pidfd = Arc::new(spawned.pidfd);
@@ -752,6 +764,10 @@ impl SandboxBackend for NamespaceBackend {
         if let Err(e) = outcome {
             let _ = self.destroy(&id).await;
             return Err(e);
+        }
+        tracing::debug!(sandbox = %id, spawn_us = (t1 - t0).as_micros() as u64, ready_us = t1.elapsed().as_micros() as u64, "sandbox ready");
+        if std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some() {
+            eprintln!("timing {id}: total spawn {:?} ready {:?}", t1 - t0, t1.elapsed());
         }
         Ok(SandboxHandle {
             id,
