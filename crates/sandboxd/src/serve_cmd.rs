@@ -100,11 +100,27 @@ fn api_key(data_dir: &Path, from_env: Option<String>) -> anyhow::Result<String> 
     Ok(key)
 }
 
+/// The cgroup root of a daemon: `sandboxd` for the default data dir, else `sandboxd-<hash of
+/// the data dir>`, so that daemons on different data dirs (tests, several users) never see,
+/// or clean up, each other's sandboxes. The hash (FNV-1a) is stable across versions.
+fn cgroup_root_for(data_dir: &Path) -> String {
+    if data_dir == Path::new("/var/lib/sandboxd") {
+        return "sandboxd".into();
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data_dir.as_os_str().as_encoded_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("sandboxd-{:012x}", h & 0xffff_ffff_ffff)
+}
+
 /// The namespace backend, or (when it cannot run here, for example without root) a backend
 /// that answers every create with 503 and the reason.
 fn backend(data_dir: &Path) -> anyhow::Result<Arc<dyn SandboxBackend>> {
     let exe = std::env::current_exe().context("locating the sandboxd executable")?;
-    let cfg = sandboxd_runtime::namespace::NamespaceConfig::new(data_dir, exe);
+    let mut cfg = sandboxd_runtime::namespace::NamespaceConfig::new(data_dir, exe);
+    cfg.cgroup_root = cgroup_root_for(data_dir);
     match sandboxd_runtime::namespace::NamespaceBackend::new(cfg) {
         Ok(b) => Ok(Arc::new(b)),
         Err(sandboxd_runtime::RuntimeError::Unsupported(reason)) => {
@@ -192,6 +208,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_roots_differ_per_data_dir() {
+        assert_eq!(cgroup_root_for(Path::new("/var/lib/sandboxd")), "sandboxd");
+        let a = cgroup_root_for(Path::new("/tmp/a"));
+        assert_eq!(a, cgroup_root_for(Path::new("/tmp/a")));
+        assert_ne!(a, cgroup_root_for(Path::new("/tmp/b")));
+        assert!(
+            a.starts_with("sandboxd-") && a.len() == "sandboxd-".len() + 12,
+            "{a}"
+        );
+    }
 
     #[test]
     fn key_format_check() {
