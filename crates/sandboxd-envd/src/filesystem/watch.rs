@@ -148,6 +148,7 @@ struct WatchState {
 
 struct Watcher {
     inotify: Inotify,
+    limits: WatchLimits,
     state: Mutex<WatchState>,
 }
 
@@ -199,10 +200,13 @@ impl Watcher {
         rel: &str,
         follow: bool,
     ) -> Result<WatchDescriptor, ConnectError> {
-        if st.wds.len() >= MAX_WATCHES {
+        if st.wds.len() >= self.limits.max_watches && !st.wds.values().any(|i| i.path == dir) {
             return Err(ConnectError::new(
                 Code::ResourceExhausted,
-                format!("too many watched directories in this sandbox (limit {MAX_WATCHES})"),
+                format!(
+                    "too many watched directories in this sandbox (limit {})",
+                    self.limits.max_watches
+                ),
             ));
         }
         let mut mask = watch_mask() | AddWatchFlags::IN_ONLYDIR;
@@ -454,6 +458,25 @@ pub struct WatchOptions {
 #[derive(Default)]
 pub struct WatcherTable {
     watcher: Mutex<Option<Arc<Watcher>>>,
+    limits: WatchLimits,
+}
+
+/// Per-agent caps on watches (inotify watches are a per-host-uid resource).
+#[derive(Debug, Clone, Copy)]
+pub struct WatchLimits {
+    /// Most watched directories.
+    pub max_watches: usize,
+    /// Most subscribers (streams plus polling watchers).
+    pub max_subscribers: usize,
+}
+
+impl Default for WatchLimits {
+    fn default() -> Self {
+        Self {
+            max_watches: MAX_WATCHES,
+            max_subscribers: MAX_SUBSCRIBERS,
+        }
+    }
 }
 
 /// A streaming subscription; unsubscribes when dropped.
@@ -470,6 +493,14 @@ impl Drop for StreamGuard {
 }
 
 impl WatcherTable {
+    /// A table with other limits than the defaults.
+    pub fn with_limits(limits: WatchLimits) -> Self {
+        Self {
+            watcher: Mutex::new(None),
+            limits,
+        }
+    }
+
     fn get(&self) -> Result<Arc<Watcher>, ConnectError> {
         let mut slot = match self.watcher.lock() {
             Ok(g) => g,
@@ -486,6 +517,7 @@ impl WatcherTable {
         })?;
         let w = Arc::new(Watcher {
             inotify,
+            limits: self.limits,
             state: Mutex::new(WatchState::default()),
         });
         // SAFETY: the fd belongs to the `Inotify` inside the `Arc<Watcher>` that `WatcherFd`
@@ -524,15 +556,27 @@ impl WatcherTable {
         let mut st = lock(&w.state);
         // Events queued before this watch existed must not reach it.
         let _ = w.drain_locked(&mut st);
-        if st.subs.len() >= MAX_SUBSCRIBERS {
+        if st.subs.len() >= w.limits.max_subscribers {
             return Err(ConnectError::new(
                 Code::ResourceExhausted,
-                format!("too many directory watchers in this sandbox (limit {MAX_SUBSCRIBERS})"),
+                format!(
+                    "too many directory watchers in this sandbox (limit {})",
+                    w.limits.max_subscribers
+                ),
             ));
         }
         let sub_id = st.next_sub;
         st.next_sub += 1;
         let root = Path::new(&opts.root);
+        if st.wds.len() >= w.limits.max_watches && !st.wds.values().any(|i| i.path == root) {
+            return Err(ConnectError::new(
+                Code::ResourceExhausted,
+                format!(
+                    "too many watched directories in this sandbox (limit {})",
+                    w.limits.max_watches
+                ),
+            ));
+        }
         let mask = watch_mask() | AddWatchFlags::IN_ONLYDIR;
         let root_wd = w
             .inotify
@@ -806,6 +850,38 @@ mod tests {
             ("b".into(), EventType::Create)
         );
         table.remove_polling(&id).unwrap();
+        assert_eq!(table.watch_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn limits_are_enforced_and_released() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            std::fs::create_dir(dir.path().join(format!("d{i}"))).unwrap();
+        }
+        let table = WatcherTable::with_limits(WatchLimits {
+            max_watches: 4,
+            max_subscribers: 2,
+        });
+        // Root + 5 subdirectories exceed 4 watches: refused, and nothing is left behind.
+        let e = table.create_polling(&opts(dir.path(), true)).unwrap_err();
+        assert_eq!(e.code, Code::ResourceExhausted);
+        assert_eq!(table.watch_count(), 0);
+        let a = table.create_polling(&opts(dir.path(), false)).unwrap();
+        // The same directory again shares the watch.
+        let b = table.create_polling(&opts(dir.path(), false)).unwrap();
+        assert_eq!(table.watch_count(), 1);
+        let e = table
+            .create_polling(&opts(&dir.path().join("d0"), false))
+            .unwrap_err();
+        assert_eq!(e.code, Code::ResourceExhausted);
+        table.remove_polling(&a).unwrap();
+        let c = table
+            .create_polling(&opts(&dir.path().join("d0"), false))
+            .unwrap();
+        assert_eq!(table.watch_count(), 2);
+        table.remove_polling(&b).unwrap();
+        table.remove_polling(&c).unwrap();
         assert_eq!(table.watch_count(), 0);
     }
 
