@@ -145,7 +145,7 @@ pub async fn read_stream_request<T: DeserializeOwned>(
     let data = read_body_limited(body, MAX_STREAM_MESSAGE + 5).await?;
     let mut dec = EnvelopeDecoder::new(MAX_STREAM_MESSAGE);
     dec.push(&data);
-    match dec.next() {
+    match dec.next_envelope() {
         Ok(Some(env)) => decode_json(&env.payload),
         Ok(None) => Err(ConnectError::invalid_argument("missing request message")),
         Err(e) => Err(ConnectError::invalid_argument(e.to_string())),
@@ -212,9 +212,8 @@ impl StreamSender {
 
     /// Resolves when the client goes away.
     pub async fn closed(&self) {
-        match &self.tx {
-            Some(t) => t.closed().await,
-            None => {}
+        if let Some(t) = &self.tx {
+            t.closed().await
         }
     }
 

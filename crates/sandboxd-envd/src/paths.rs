@@ -18,10 +18,10 @@ pub fn resolve(raw: &str, user: &UserInfo, default_workdir: Option<&str>) -> Res
         return Err(PathError::Nul);
     }
     let mut path = raw.to_string();
-    if path.is_empty() {
-        if let Some(w) = default_workdir.filter(|w| !w.is_empty()) {
-            path = w.to_string();
-        }
+    if path.is_empty()
+        && let Some(w) = default_workdir.filter(|w| !w.is_empty())
+    {
+        path = w.to_string();
     }
     if path == "~" {
         path = user.home.clone();

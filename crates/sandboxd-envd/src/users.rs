@@ -71,12 +71,12 @@ pub fn parse_user(passwd: &str, group: &str, name: &str) -> Option<UserInfo> {
     let mut groups = vec![gid];
     for gl in group.lines() {
         let g: Vec<&str> = gl.split(':').collect();
-        if g.len() >= 4 && g[3].split(',').any(|m| m == name) {
-            if let Ok(id) = g[2].parse::<u32>() {
-                if !groups.contains(&id) {
-                    groups.push(id);
-                }
-            }
+        if g.len() >= 4
+            && g[3].split(',').any(|m| m == name)
+            && let Ok(id) = g[2].parse::<u32>()
+            && !groups.contains(&id)
+        {
+            groups.push(id);
         }
     }
     Some(UserInfo {

@@ -210,7 +210,7 @@ impl EnvelopeDecoder {
     }
 
     /// Decode the next complete envelope, if one is buffered.
-    pub fn next(&mut self) -> Result<Option<Envelope>, FrameError> {
+    pub fn next_envelope(&mut self) -> Result<Option<Envelope>, FrameError> {
         if self.buf.len() < 5 {
             return Ok(None);
         }
@@ -264,15 +264,15 @@ mod tests {
         let mut d = EnvelopeDecoder::new(16);
         let a = encode_envelope(0, b"{\"a\":1}");
         d.push(&a[..3]);
-        assert_eq!(d.next(), Ok(None));
+        assert_eq!(d.next_envelope(), Ok(None));
         d.push(&a[3..]);
-        let env = d.next().unwrap().unwrap();
+        let env = d.next_envelope().unwrap().unwrap();
         assert_eq!(&env.payload[..], b"{\"a\":1}");
         d.push(&encode_envelope(0, &[b'x'; 17]));
-        assert_eq!(d.next(), Err(FrameError::TooLarge(17, 16)));
+        assert_eq!(d.next_envelope(), Err(FrameError::TooLarge(17, 16)));
         let mut d = EnvelopeDecoder::new(16);
         d.push(&encode_envelope(FLAG_COMPRESSED, b"{}"));
-        assert_eq!(d.next(), Err(FrameError::Compressed));
+        assert_eq!(d.next_envelope(), Err(FrameError::Compressed));
     }
 
     #[test]

@@ -736,7 +736,7 @@ fn stream_req(method: &str, msg: &Value, extra: &[(&str, &str)]) -> Request<Body
 async fn next_envelopes(body: &mut Body, dec: &mut EnvelopeDecoder, n: usize) -> Vec<(u8, Value)> {
     let mut out = Vec::new();
     while out.len() < n {
-        while let Ok(Some(env)) = dec.next() {
+        while let Ok(Some(env)) = dec.next_envelope() {
             out.push((env.flags, serde_json::from_slice(&env.payload).unwrap()));
         }
         if out.len() >= n {

@@ -420,7 +420,7 @@ async fn stream_input_inner(state: &AgentState, headers: &HeaderMap, body: Body)
     loop {
         loop {
             let env = dec
-                .next()
+                .next_envelope()
                 .map_err(|e| ConnectError::invalid_argument(e.to_string()))?;
             let Some(env) = env else { break };
             if env.is_end_stream() {

@@ -30,7 +30,7 @@ impl Stream {
     /// Next envelope as (is_end_stream, json), or None at the end of the body.
     async fn next(&mut self) -> Option<(bool, Value)> {
         loop {
-            if let Some(env) = self.dec.next().unwrap() {
+            if let Some(env) = self.dec.next_envelope().unwrap() {
                 return Some((env.is_end_stream(), serde_json::from_slice(&env.payload).unwrap()));
             }
             match self.body.frame().await {
