@@ -60,10 +60,10 @@ tmp="$(mktemp -d "$DIR/.new.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
 # Python packages for the kernels (Debian's python3 runs them; pip's --target skips PEP 668).
-/usr/bin/python3 -m pip install -q --disable-pip-version-check --no-warn-script-location \
+/usr/bin/python3 -m pip install -q --root-user-action=ignore --disable-pip-version-check --no-warn-script-location \
   --no-compile --target "$tmp/python" --no-deps "${PY_PKGS[@]}"
 # pydantic's own dependencies (binary pydantic-core wheel for this Python).
-/usr/bin/python3 -m pip install -q --disable-pip-version-check --no-warn-script-location \
+/usr/bin/python3 -m pip install -q --root-user-action=ignore --disable-pip-version-check --no-warn-script-location \
   --no-compile --target "$tmp/python-deps" "pydantic>=2.9,<3"
 cp -a "$tmp/python-deps/." "$tmp/python/"
 rm -rf "$tmp/python-deps" "$tmp/python/bin"

@@ -511,6 +511,7 @@ async fn read_loop<S: SocketRecv + Send>(
         let Some((parent, msg)) = parse_raw(&raw.jparts, channel) else {
             continue;
         };
+        tracing::trace!(%language, ?channel, msg_type = %msg.msg_type, %parent, "kernel message");
         let tx = match routes.lock() {
             Ok(r) => match &*r {
                 Some(route) if route.msg_id == parent => Some(route.tx.clone()),

@@ -88,11 +88,9 @@ pub fn map_message(msg: &KernelMessage, state: &mut ExecutionState) -> Mapped {
         (Channel::IoPub, "execute_result") => {
             out.lines.push(result_line(c.get("data"), true, state.strip_ansi));
         }
-        (Channel::IoPub, "error") => {
-            if !state.errored {
-                state.errored = true;
-                out.lines.push(error_from_content(c));
-            }
+        (Channel::IoPub, "error") if !state.errored => {
+            state.errored = true;
+            out.lines.push(error_from_content(c));
         }
         (Channel::IoPub, "status") => match c.get("execution_state").and_then(Value::as_str) {
             Some("busy") => state.input_accepted = true,

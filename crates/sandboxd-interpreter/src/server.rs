@@ -321,8 +321,9 @@ async fn run_cell(st: &AppState, ctx: &Context, kernel: &Arc<Kernel>, code: Stri
             .await;
         return;
     }
+    let deno = matches!(ctx.language, Language::Javascript | Language::Typescript);
     let mut state = ExecutionState {
-        strip_ansi: matches!(ctx.language, Language::Javascript | Language::Typescript),
+        strip_ansi: deno,
         ..ExecutionState::default()
     };
     let mut interrupted: Option<tokio::time::Instant> = None;
@@ -349,6 +350,9 @@ async fn run_cell(st: &AppState, ctx: &Context, kernel: &Arc<Kernel>, code: Stri
                 }
                 keepalive.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
                 if mapped.end {
+                    if deno {
+                        linger(&mut krx, &mut state, sink).await;
+                    }
                     break;
                 }
             }
@@ -382,4 +386,20 @@ async fn run_cell(st: &AppState, ctx: &Context, kernel: &Arc<Kernel>, code: Stri
         }
     }
     kernel.clear_route();
+}
+
+/// Deno's kernel sometimes publishes `idle` just before the last outputs of a cell (seen with the
+/// first cell after a start): take what arrives right after the end, until a short quiet gap.
+async fn linger(
+    krx: &mut mpsc::Receiver<crate::output::KernelMessage>,
+    state: &mut ExecutionState,
+    sink: &mut Sink,
+) {
+    const QUIET: Duration = Duration::from_millis(50);
+    while let Ok(Some(m)) = tokio::time::timeout(QUIET, krx.recv()).await {
+        let mapped = output::map_message(&m, state);
+        for l in &mapped.lines {
+            sink.send(l).await;
+        }
+    }
 }

@@ -186,8 +186,8 @@ impl Launcher {
                     interrupt_mode: InterruptMode::Signal,
                 }
             }
-            Language::R => self.from_kernelspec(language, &["ir"], Transport::IPC)?,
-            Language::Java => self.from_kernelspec(language, &["java"], Transport::TCP)?,
+            Language::R => self.kernelspec_command(language, &["ir"], Transport::IPC)?,
+            Language::Java => self.kernelspec_command(language, &["java"], Transport::TCP)?,
         };
         cmd.env.extend(self.common_env());
         Ok(cmd)
@@ -256,7 +256,7 @@ impl Launcher {
         dirs.iter().any(|d| d.join(module).join("__init__.py").exists())
     }
 
-    fn from_kernelspec(
+    fn kernelspec_command(
         &self,
         language: Language,
         names: &[&str],
