@@ -2,6 +2,7 @@
 //! as PID 1; `__spawn-helper` is the runtime's single-threaded spawn helper (never run by hand).
 
 mod agent_cmd;
+mod bench_cmd;
 mod interpreter_cmd;
 mod serve_cmd;
 
@@ -24,6 +25,8 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Run the in-sandbox agent (envd API). Started by the runtime; `--listen` for development.
     Agent(agent_cmd::AgentArgs),
+    /// Benchmark a sandboxd daemon it starts itself (create, exec, files, density, baselines).
+    Bench(bench_cmd::BenchArgs),
     /// Run the code-interpreter server (port 49999) inside a sandbox; supervised by the agent.
     Interpreter(interpreter_cmd::InterpreterArgs),
     /// Internal: the runtime's single-threaded spawn helper.
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve_cmd::run(args),
         Command::Agent(args) => agent_cmd::run(args),
         Command::Interpreter(args) => interpreter_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
         Command::SpawnHelper => {
             // Owned by the runtime crate: it must stay single-threaded (no tokio here).
             sandboxd_runtime::namespace::helper::run_spawn_helper()?;
