@@ -36,6 +36,27 @@ async fn create_run_destroy() {
     assert_eq!(out.exit_code, Some(0), "{out:?}");
     assert_eq!(out.stdout, "hi\n1000\nsandboxd agent --boot \n", "{out:?}");
     assert!(tb.backend.list_host_sandboxes().await.unwrap().contains(&id));
+    // the agent sits in <id>/agent of every hierarchy; its children in <id>/work
+    for hier in ["memory", "pids", "cpu", "freezer"] {
+        let g = std::path::Path::new("/sys/fs/cgroup")
+            .join(hier)
+            .join(&tb.backend.config().cgroup_root)
+            .join(&id);
+        if g.is_dir() {
+            let procs = std::fs::read_to_string(g.join("agent/cgroup.procs")).unwrap();
+            assert_eq!(procs.trim(), h.agent_pid.to_string(), "{hier}: {procs}");
+        }
+    }
+    let out = run(
+        &api(&h),
+        "user",
+        "cat /proc/self/cgroup | grep -E ':(memory|pids):'",
+    )
+    .await;
+    assert!(
+        out.stdout.contains("memory:/../work") || out.stdout.contains("memory:/work"),
+        "{out:?}"
+    );
 
     tb.backend.destroy(&h.id).await.unwrap();
     assert!(!tb.backend.is_alive(&h));

@@ -31,9 +31,19 @@ pub struct ChildCtx<'a> {
     pub exe_fd: RawFd,
     pub config_fd: RawFd,
     pub log_fd: RawFd,
+    /// Files that move the writer into the agent cgroup (one per hierarchy).
+    pub agent_fds: Vec<RawFd>,
     pub work_fds: Vec<RawFd>,
     pub exec: &'a ExecTarget,
     pub seccomp: &'a SeccompProgram,
+    /// Print per-step timings to stderr (`SANDBOXD_RUNTIME_TIMING`).
+    pub timing: Option<std::time::Instant>,
+}
+
+fn mark(ctx: &ChildCtx<'_>, what: &str) {
+    if let Some(t) = ctx.timing {
+        eprintln!("sandbox init: {what} at {:?}", t.elapsed());
+    }
 }
 
 /// The agent's environment.
@@ -163,6 +173,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         // SAFETY: exiting the forked child.
         unsafe { libc::_exit(126) };
     }
+    mark(ctx, "go");
     // SAFETY: detach from the daemon's session so terminal signals never reach sandboxes.
     unsafe { libc::setsid() };
 
@@ -173,6 +184,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     let tpl = open_path(&ctx.template_lower, dflags).map_err(os("open template"))?;
     let usr = open_path(&ctx.usr_lower, dflags).map_err(os("open usr"))?;
 
+    mark(ctx, "opened dirs");
     // 3. Become root of the sandbox (host uid = map base).
     // SAFETY: plain credential syscalls on our own process.
     unsafe {
@@ -187,12 +199,22 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         }
     }
 
-    // 4. Mounts.
-    mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(os("make mounts private"))?;
+    mark(ctx, "credentials");
+    // 4. cgroups: move ourselves into the agent group (fds opened by the host), then make it
+    //    the root of a new cgroup namespace.
+    for fd in &ctx.agent_fds {
+        // SAFETY: writing a 1-byte buffer to an fd we hold.
+        if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(last("cgroup attach"));
+        }
+    }
+    mark(ctx, "cgroups");
     // SAFETY: unshare with a namespace flag only affects this process.
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
         return Err(last("cgroup namespace"));
     }
+    // 5. Mounts.
+    mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(os("make mounts private"))?;
     let fdp = |fd: RawFd, rest: &str| cstr(format!("/proc/self/fd/{fd}{rest}"));
     let rootfs = fdp(sbx, "/rootfs");
     let opts = cstr(format!(
@@ -217,6 +239,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         Some(&opts),
     )
     .map_err(os("mount usr overlay"))?;
+    mark(ctx, "overlays");
     // SAFETY: valid C string.
     if unsafe { libc::chdir(rootfs.as_ptr()) } != 0 {
         return Err(last("chdir rootfs"));
@@ -271,6 +294,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         symlink(target, link).map_err(os("link /dev entries"))?;
     }
 
+    mark(ctx, "dev");
     // /proc of the new pid namespace, with this boot's boot_id.
     let pflags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount(Some(c"proc"), c"proc", Some(c"proc"), pflags, None).map_err(os("mount /proc"))?;
@@ -311,11 +335,13 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         .map_err(os("mount /sys"))?;
     }
 
-    // 5. Sockets in the run dir, bound while the host path is still reachable.
+    mark(ctx, "proc sys");
+    // 6. Sockets in the run dir, bound while the host path is still reachable.
     let api = bind_socket(&fdp(sbx, "/run/agent.sock")).map_err(os("bind agent.sock"))?;
     let control = bind_socket(&fdp(sbx, "/run/control.sock")).map_err(os("bind control.sock"))?;
 
-    // 6. pivot_root into the overlay and drop the old root.
+    mark(ctx, "sockets");
+    // 7. pivot_root into the overlay and drop the old root.
     // SAFETY: path syscalls with valid C strings; "." is the new root (our cwd).
     unsafe {
         if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0 {
@@ -332,14 +358,15 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         libc::close(usr);
     }
 
-    // 7. Hostname.
+    mark(ctx, "pivot");
+    // 8. Hostname.
     let h = ctx.hostname.to_bytes();
     // SAFETY: valid buffer and length.
     if unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) } != 0 {
         return Err(last("sethostname"));
     }
 
-    // 8. File descriptors: 0 /dev/null, 1+2 agent log, 3 config, 4 agent.sock, 5 control.sock,
+    // 9. File descriptors: 0 /dev/null, 1+2 agent log, 3 config, 4 agent.sock, 5 control.sock,
     //    6.. work cgroup.procs; then (close-on-exec) the exe fd and the error pipe.
     let null = open_path(c"/dev/null", libc::O_RDWR).map_err(os("open /dev/null"))?;
     let n_work = ctx.work_fds.len();
@@ -386,7 +413,8 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     // From here errors must go to the moved pipe.
     let report_fd = err_target;
 
-    // 9. Signals: default dispositions and an empty mask for the agent.
+    mark(ctx, "fds");
+    // 10. Signals: default dispositions and an empty mask for the agent.
     // SAFETY: resetting our own signal state.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -399,7 +427,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         }
     }
 
-    // 10. seccomp (no no_new_privs), then exec.
+    // 11. seccomp (no no_new_privs), then exec.
     let fail = |step: &'static str, e: io::Error| -> ! {
         let msg = format!("{step}\0{e}");
         // SAFETY: reporting on our pipe and exiting the forked child.

@@ -34,7 +34,8 @@ pub struct HelperInit {
 }
 
 /// A request to clone one sandbox. Fds sent with it, in order: the config (memfd), the
-/// agent log, `agent_procs` agent `cgroup.procs` files, `work_procs` work `cgroup.procs` files.
+/// agent log, `agent_procs` files that move the init into the agent group, `work_procs` files
+/// that move a process into the work group (see `cgroup::SandboxCgroupFiles`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnRequest {
     pub id: String,
@@ -234,6 +235,7 @@ struct Helper {
     exe: OwnedFd,
     seccomp: SeccompProgram,
     oom_warned: std::cell::Cell<bool>,
+    timing: bool,
 }
 
 fn fail(step: &str, e: impl std::fmt::Display) -> HelperReply {
@@ -303,6 +305,7 @@ impl Helper {
             exe,
             seccomp,
             oom_warned: std::cell::Cell::new(false),
+            timing: std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some(),
         })
     }
 
@@ -334,9 +337,14 @@ impl Helper {
             exe_fd: self.exe.as_raw_fd(),
             config_fd: fds[0].as_raw_fd(),
             log_fd: fds[1].as_raw_fd(),
+            agent_fds: fds[2..2 + req.agent_procs]
+                .iter()
+                .map(|f| f.as_raw_fd())
+                .collect(),
             work_fds: fds[2 + req.agent_procs..].iter().map(|f| f.as_raw_fd()).collect(),
             exec: &req.exec,
             seccomp: &self.seccomp,
+            timing: self.timing.then(std::time::Instant::now),
         };
         let flags = libc::CLONE_NEWUSER
             | libc::CLONE_NEWPID
@@ -360,7 +368,10 @@ impl Helper {
             let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
             reply
         };
-        if let Err(r) = self.prepare_child(pid, &fds[2..2 + req.agent_procs]) {
+        if let Some(t) = ctx.timing {
+            eprintln!("spawn helper: {}: cloned at {:?}", req.id, t.elapsed());
+        }
+        if let Err(r) = self.prepare_child(pid, ctx.timing) {
             return Err(kill(r));
         }
         // SAFETY: writing one byte to our pipe.
@@ -368,7 +379,16 @@ impl Helper {
             return Err(kill(fail("clone", io::Error::last_os_error())));
         }
         drop(go_wr);
-        match read_until_eof(&err_rd, req.timeout_ms) {
+        let t_go = ctx.timing.map(|t| t.elapsed());
+        let r = read_until_eof(&err_rd, req.timeout_ms);
+        if let (Some(t), Some(go)) = (ctx.timing, t_go) {
+            eprintln!(
+                "spawn helper: {}: go sent at {go:?}, exec done at {:?}",
+                req.id,
+                t.elapsed()
+            );
+        }
+        match r {
             Ok(buf) if buf.is_empty() => {}
             Ok(buf) => {
                 let text = String::from_utf8_lossy(&buf);
@@ -382,16 +402,13 @@ impl Helper {
         Ok((pidfd, pid, start.start_time))
     }
 
-    /// Host-side setup of the new init before it proceeds: id maps, cgroups, OOM protection.
-    fn prepare_child(&self, pid: i32, agent_procs: &[OwnedFd]) -> Result<(), HelperReply> {
+    /// Host-side setup of the new init before it proceeds: id maps and OOM protection (the
+    /// init moves itself into its cgroups).
+    fn prepare_child(&self, pid: i32, timing: Option<std::time::Instant>) -> Result<(), HelperReply> {
         write_proc(pid, "uid_map", &self.map_line).map_err(|e| fail("uid map", e))?;
         write_proc(pid, "gid_map", &self.map_line).map_err(|e| fail("gid map", e))?;
-        for f in agent_procs {
-            let s = pid.to_string();
-            // SAFETY: writing a buffer we own to an fd we hold.
-            if unsafe { libc::write(f.as_raw_fd(), s.as_ptr().cast(), s.len()) } < 0 {
-                return Err(fail("cgroup attach", io::Error::last_os_error()));
-            }
+        if let Some(t) = timing {
+            eprintln!("spawn helper: maps written at {:?}", t.elapsed());
         }
         // The legacy file sets the score to -1000 without lowering the floor that children
         // inherit, so processes the agent starts can reset it but never lower it again.
