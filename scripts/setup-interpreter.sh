@@ -11,7 +11,8 @@
 #     deno/     the npm package `deno` (its Jupyter kernel serves javascript and typescript)
 #     bin/deno  symlink to the deno binary
 #     .stamp    versions installed; a second run with the same versions does nothing
-# Options: --force reinstalls the layer.
+# Options: --force reinstalls the layer; --with-r also installs Debian's IRkernel (r-cran-irkernel,
+# ~35 MB download) so that `language="r"` works.
 set -euo pipefail
 
 DIR="${SANDBOXD_INTERPRETER_DIR:-/opt/sandboxd/interpreter}"
@@ -23,9 +24,17 @@ PY_PKGS=(e2b-charts==1.0.0 "pydantic>=2.9,<3" bash_kernel==0.10.0 filetype)
 STAMP_WANT="deno=${DENO_VERSION} py=${PY_PKGS[*]} layout=1"
 
 force=0
-[ "${1:-}" = "--force" ] && force=1
+with_r=0
+for arg in "$@"; do
+  case "$arg" in
+    --force) force=1 ;;
+    --with-r) with_r=1 ;;
+    *) echo "setup-interpreter: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 apt_pkgs=(python3 python3-ipykernel python3-matplotlib python3-pandas python3-pip)
+[ "$with_r" = 1 ] && apt_pkgs+=(r-cran-irkernel)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -126,3 +126,9 @@ def test_optional_kernels_work_or_say_they_are_missing(sbx, language):
         assert f"The {language} kernel is not installed" in str(e)
         return
     assert "Hello, World!" in "".join(execution.logs.stdout)
+    if language == "r":
+        ctx = sbx.create_code_context(language="r", cwd="/tmp")
+        assert ctx.language == "r"
+        assert sbx.run_code("getwd()", context=ctx).results[0].text == '[1] "/tmp"'
+        err = sbx.run_code('stop("bad")', context=ctx).error
+        assert err is not None and "bad" in err.value
