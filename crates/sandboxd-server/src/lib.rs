@@ -3,9 +3,9 @@
 //! Entry point: [`Server::bind`] with a [`ServerConfig`] and a
 //! [`sandboxd_runtime::SandboxBackend`], then [`Server::run`].
 
+pub mod api;
 pub mod config;
 pub mod conn;
-pub mod control;
 pub mod error;
 pub mod ids;
 pub mod listing;

@@ -89,7 +89,7 @@ impl Server {
         if !cleaned.is_empty() {
             tracing::info!(count = cleaned.len(), "cleaned up sandboxes of an earlier run");
         }
-        let control = crate::control::router(mgr.clone());
+        let control = crate::api::router(mgr.clone());
         Ok(Self {
             shared: Arc::new(Shared {
                 mgr,

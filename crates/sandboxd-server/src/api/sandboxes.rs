@@ -1,124 +1,28 @@
-//! The control plane: the E2B REST API (`e2b-compat/control-plane.md`).
-//!
-//! Routes match on the raw (still percent-encoded) path, so a template id sent as one encoded
-//! segment (`team%2Fsnap%3Adefault`) stays one segment.
+//! `/sandboxes…` and `/v2/sandboxes…`: create, get, list, kill, timeout, connect.
 
+use super::{JsonBody, SandboxId, json};
 use crate::error::ApiError;
-use crate::ids::{CLIENT_ID, format_time, parse_path_sandbox_id};
+use crate::ids::{CLIENT_ID, format_time};
 use crate::listing::{ListQuery, page};
 use crate::manager::{CreateParams, Manager};
 use crate::sandbox::{LiveSandbox, SandboxView};
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use sandboxd_protocol::ENVD_VERSION;
 use sandboxd_store::SandboxState;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 /// Largest number of metadata entries or env vars in a create request.
 const MAX_MAP_ENTRIES: usize = 256;
-
-/// The control-plane router.
-pub fn router(mgr: Arc<Manager>) -> Router {
-    let max_body = mgr.config().max_body_bytes;
-    Router::new()
-        .route("/health", get(health))
-        .route("/sandboxes", post(create_sandbox).get(list_v1))
-        .route("/v2/sandboxes", get(list_v2))
-        .route("/sandboxes/{id}", get(get_sandbox).delete(kill_sandbox))
-        .route("/sandboxes/{id}/timeout", post(set_timeout))
-        .route("/sandboxes/{id}/connect", post(connect_sandbox))
-        .route("/templates/aliases/{alias}", get(template_alias))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(mgr.clone(), require_api_key))
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(mgr)
-}
-
-async fn health() -> StatusCode {
-    StatusCode::NO_CONTENT
-}
-
-async fn not_found(uri: Uri) -> ApiError {
-    ApiError::NotFound(format!("no route for {}", uri.path()))
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
-}
-
-/// Every control-plane call but `GET /health` needs the API key (constant-time comparison).
-async fn require_api_key(State(mgr): State<Arc<Manager>>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/health" {
-        return next.run(req).await;
-    }
-    let Some(given) = req.headers().get("x-api-key") else {
-        return ApiError::Unauthorized("Missing API key: send it in the X-API-Key header".into())
-            .into_response();
-    };
-    let want = mgr.config().api_key.as_bytes();
-    if !bool::from(given.as_bytes().ct_eq(want)) {
-        return ApiError::Unauthorized("Invalid API key".into()).into_response();
-    }
-    next.run(req).await
-}
-
-/// A JSON body parsed with our errors (400 `{"code","message"}`, 413 over the limit).
-pub struct JsonBody<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
-            BytesRejection::FailedToBufferBody(ref inner)
-                if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                ApiError::PayloadTooLarge(0)
-            }
-            other => ApiError::BadRequest(format!("cannot read request body: {other}")),
-        })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::BadRequest("request body is required".into()));
-        }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
-    }
-}
-
-/// A sandbox id from the path (`-<clientID>` stripped, validated).
-pub struct SandboxId(pub String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for SandboxId {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut http::request::Parts,
-        state: &S,
-    ) -> Result<Self, Self::Rejection> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::BadRequest("Invalid sandbox ID".into()))?;
-        parse_path_sandbox_id(&raw).map(SandboxId)
-    }
-}
 
 /// `network` of a create request (only what the daemon acts on is typed; the whole object is
 /// stored as sent).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct NetworkIn {
+pub(super) struct NetworkIn {
     allow_public_traffic: Option<bool>,
     allow_out: Option<Vec<String>>,
     deny_out: Option<Vec<String>>,
@@ -126,7 +30,7 @@ struct NetworkIn {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct NewSandbox {
+pub(super) struct NewSandbox {
     #[serde(rename = "templateID")]
     template_id: String,
     timeout: Option<i64>,
@@ -343,21 +247,11 @@ fn detail_out(v: &SandboxView, domain: Option<&str>) -> DetailOut {
     }
 }
 
-fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
-    match serde_json::to_vec(v) {
-        Ok(body) => {
-            let mut r = (status, body).into_response();
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
-        }
-        Err(e) => ApiError::Internal(format!("encoding response: {e}")).into_response(),
-    }
-}
-
-async fn create_sandbox(State(mgr): State<Arc<Manager>>, JsonBody(body): JsonBody<NewSandbox>) -> Response {
+/// `POST /sandboxes`.
+pub(super) async fn create(
+    State(mgr): State<Arc<Manager>>,
+    JsonBody(body): JsonBody<NewSandbox>,
+) -> Response {
     let params = match body.into_params() {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -368,7 +262,8 @@ async fn create_sandbox(State(mgr): State<Arc<Manager>>, JsonBody(body): JsonBod
     }
 }
 
-async fn get_sandbox(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId) -> Response {
+/// `GET /sandboxes/{id}`.
+pub(super) async fn get(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId) -> Response {
     match mgr.sandboxes.get(&id) {
         Some(s) if matches!(s.state(), SandboxState::Running | SandboxState::Paused) => json(
             StatusCode::OK,
@@ -378,7 +273,8 @@ async fn get_sandbox(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId) 
     }
 }
 
-async fn kill_sandbox(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId) -> Response {
+/// `DELETE /sandboxes/{id}`.
+pub(super) async fn kill(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId) -> Response {
     match mgr.kill(&id, "killed by API").await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => ApiError::SandboxNotFound(id).into_response(),
@@ -387,11 +283,12 @@ async fn kill_sandbox(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId)
 }
 
 #[derive(Debug, Deserialize)]
-struct TimeoutBody {
+pub(super) struct TimeoutBody {
     timeout: i64,
 }
 
-async fn set_timeout(
+/// `POST /sandboxes/{id}/timeout`.
+pub(super) async fn set_timeout(
     State(mgr): State<Arc<Manager>>,
     SandboxId(id): SandboxId,
     JsonBody(body): JsonBody<TimeoutBody>,
@@ -402,7 +299,8 @@ async fn set_timeout(
     }
 }
 
-async fn connect_sandbox(
+/// `POST /sandboxes/{id}/connect`.
+pub(super) async fn connect(
     State(mgr): State<Arc<Manager>>,
     SandboxId(id): SandboxId,
     JsonBody(body): JsonBody<TimeoutBody>,
@@ -424,7 +322,8 @@ fn list_response(mgr: &Manager, q: &ListQuery) -> (Vec<DetailOut>, Option<String
     (items.iter().map(|v| detail_out(v, None)).collect(), token)
 }
 
-async fn list_v2(State(mgr): State<Arc<Manager>>, uri: Uri) -> Response {
+/// `GET /v2/sandboxes`.
+pub(super) async fn list_v2(State(mgr): State<Arc<Manager>>, uri: Uri) -> Response {
     let q = match ListQuery::parse_v2(uri.query()) {
         Ok(q) => q,
         Err(e) => return e.into_response(),
@@ -437,25 +336,11 @@ async fn list_v2(State(mgr): State<Arc<Manager>>, uri: Uri) -> Response {
     resp
 }
 
-async fn list_v1(State(mgr): State<Arc<Manager>>, uri: Uri) -> Response {
+/// `GET /sandboxes` (v1: running only).
+pub(super) async fn list_v1(State(mgr): State<Arc<Manager>>, uri: Uri) -> Response {
     match ListQuery::parse_v1(uri.query()) {
         Ok(q) => json(StatusCode::OK, &list_response(&mgr, &q).0),
         Err(e) => e.into_response(),
-    }
-}
-
-async fn template_alias(
-    State(mgr): State<Arc<Manager>>,
-    Path(alias): Path<String>,
-    _h: HeaderMap,
-) -> Response {
-    if mgr.template_exists(&alias) {
-        json(
-            StatusCode::OK,
-            &serde_json::json!({"templateID": alias, "public": true}),
-        )
-    } else {
-        ApiError::TemplateNotFound(alias).into_response()
     }
 }
 
