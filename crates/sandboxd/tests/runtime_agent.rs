@@ -157,7 +157,8 @@ async fn memory_limit_kills_only_the_offender() {
     if !require_root() {
         return;
     }
-    let tb = backend();
+    // pooled slots carry default limits: this checks that claiming one applies the request's
+    let tb = backend_pooled();
     let small = Limits {
         memory_mb: 64,
         ..Limits::default()
@@ -280,7 +281,7 @@ async fn create_latency() {
     if !require_root() {
         return;
     }
-    let tb = backend();
+    let tb = backend_pooled();
     // warm up (page cache, first helper request)
     let id = new_id();
     tb.backend.create(spec(&id, Limits::default())).await.unwrap();
@@ -306,4 +307,82 @@ async fn create_latency() {
         "create latency over 20: min {:?} p50 {:?} p90 {:?} max {:?}; destroy p50 {:?} max {:?}",
         times[0], times[10], times[18], times[19], dtimes[10], dtimes[19]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pooled_create_with_own_hostname() {
+    if !require_root() {
+        return;
+    }
+    let tb = backend_pooled();
+    let id = new_id();
+    let mut s = spec(&id, Limits::default());
+    s.agent.hostname = "myhost".into();
+    let h = tb.backend.create(s).await.expect("create");
+    let out = run(
+        &api(&h),
+        "user",
+        "hostname; cat /etc/hostname; grep -c myhost /etc/hosts",
+    )
+    .await;
+    assert_eq!(out.stdout, "myhost\nmyhost\n1\n", "{out:?}");
+    assert!(
+        !tb.backend
+            .list_host_sandboxes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.starts_with('.'))
+    );
+    tb.backend.destroy(&id).await.unwrap();
+    // the pool refills
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tb.backend.pool_ready() < tb.backend.config().pool_size {
+        assert!(Instant::now() < deadline, "pool did not refill");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxes_outlive_the_daemon_and_helper() {
+    if !require_root() {
+        return;
+    }
+    let tb = backend();
+    let id = new_id();
+    let h = tb
+        .backend
+        .create(spec(&id, Limits::default()))
+        .await
+        .expect("create");
+
+    // the helper dies: running sandboxes keep serving, the next create restarts it
+    let helper = tb.backend.helper_pid().expect("helper running") as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(tb.backend.is_alive(&h));
+    assert_eq!(run(&api(&h), "user", "echo up").await.stdout, "up\n");
+    let id2 = new_id();
+    let h2 = tb
+        .backend
+        .create(spec(&id2, Limits::default()))
+        .await
+        .expect("create after helper death");
+    assert_ne!(tb.backend.helper_pid(), Some(helper as u32));
+
+    // a second backend on the same data dir (a restarted daemon) finds and destroys them
+    let mut cfg = tb.backend.config().clone();
+    cfg.pool_size = 0;
+    let again = sandboxd_runtime::namespace::NamespaceBackend::new(cfg).expect("second backend");
+    let found = again.list_host_sandboxes().await.unwrap();
+    assert!(found.contains(&id) && found.contains(&id2), "{found:?}");
+    assert!(again.is_alive(&h) && again.is_alive(&h2));
+    again.destroy(&id).await.unwrap();
+    again.destroy(&id2).await.unwrap();
+    assert!(!tb.backend.is_alive(&h) && !tb.backend.is_alive(&h2));
+    assert!(again.list_host_sandboxes().await.unwrap().is_empty());
 }

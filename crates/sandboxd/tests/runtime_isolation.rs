@@ -50,7 +50,8 @@ async fn init_sees_its_own_world() {
     if !require_root() {
         return;
     }
-    let tb = backend();
+    // no pool: the fresh path (dirs and cgroups made during create)
+    let tb = backend_with(|c| c.pool_size = 0);
     let secret = tb.dir.path().join("host-secret.txt");
     std::fs::write(&secret, "TOPSECRET").unwrap();
     let script = format!(

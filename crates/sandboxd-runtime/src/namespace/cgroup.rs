@@ -303,8 +303,6 @@ impl Cgroups {
             created.push(d.to_path_buf());
             Ok(())
         };
-        let quota = (limits.cpu_count as u64).saturating_mul(CPU_PERIOD_US);
-        let memory = limits.memory_mb.saturating_mul(1 << 20);
         match &self.layout {
             CgroupLayout::V1(hs) => {
                 for h in hs {
@@ -319,22 +317,6 @@ impl Cgroups {
                         copy_cpuset(&sb, &agent)?;
                         copy_cpuset(&sb, &work)?;
                     }
-                    if h.has("cpu") {
-                        write_file(&work.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                        write_file(&work.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                    }
-                    if h.has("memory") {
-                        write_file(&work.join("memory.limit_in_bytes"), &memory.to_string())?;
-                        if self.swap_files {
-                            // memory+swap equal to memory: no swap.
-                            write_file(&work.join("memory.memsw.limit_in_bytes"), &memory.to_string())?;
-                        } else {
-                            write_file(&work.join("memory.swappiness"), "0")?;
-                        }
-                    }
-                    if h.has("pids") {
-                        write_file(&work.join("pids.max"), &limits.pids.to_string())?;
-                    }
                 }
             }
             CgroupLayout::V2(m) => {
@@ -348,15 +330,51 @@ impl Cgroups {
                         .collect::<Vec<_>>();
                     write_file(&sb.join("cgroup.subtree_control"), &enable.join(" "))?;
                 }
-                let (agent, work) = (sb.join("agent"), sb.join("work"));
-                mk(&agent)?;
-                mk(&work)?;
+                mk(&sb.join("agent"))?;
+                mk(&sb.join("work"))?;
+            }
+        }
+        self.apply_limits(id, limits)?;
+        Ok(self.files(id))
+    }
+
+    /// Write the limits of the sandbox's `work` group (also to change them later).
+    pub fn apply_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        let quota = (limits.cpu_count as u64).saturating_mul(CPU_PERIOD_US);
+        let memory = limits.memory_mb.saturating_mul(1 << 20).to_string();
+        match &self.layout {
+            CgroupLayout::V1(hs) => {
+                for h in hs {
+                    let work = h.mount.join(&self.root_name).join(id).join("work");
+                    if h.has("cpu") {
+                        write_file(&work.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                        write_file(&work.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                    }
+                    if h.has("memory") {
+                        if self.swap_files {
+                            // memory+swap must never be below memory: lift it, set memory,
+                            // then set memory+swap equal to memory (no swap).
+                            write_file(&work.join("memory.memsw.limit_in_bytes"), "-1")?;
+                            write_file(&work.join("memory.limit_in_bytes"), &memory)?;
+                            write_file(&work.join("memory.memsw.limit_in_bytes"), &memory)?;
+                        } else {
+                            write_file(&work.join("memory.limit_in_bytes"), &memory)?;
+                            write_file(&work.join("memory.swappiness"), "0")?;
+                        }
+                    }
+                    if h.has("pids") {
+                        write_file(&work.join("pids.max"), &limits.pids.to_string())?;
+                    }
+                }
+            }
+            CgroupLayout::V2(m) => {
+                let work = m.join(&self.root_name).join(id).join("work");
                 let has = |c: &str| self.v2_controllers.iter().any(|x| x == c);
                 if has("cpu") {
                     write_file(&work.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                 }
                 if has("memory") {
-                    write_file(&work.join("memory.max"), &memory.to_string())?;
+                    write_file(&work.join("memory.max"), &memory)?;
                     if self.swap_files {
                         write_file(&work.join("memory.swap.max"), "0")?;
                     }
@@ -366,7 +384,31 @@ impl Cgroups {
                 }
             }
         }
-        Ok(self.files(id))
+        Ok(())
+    }
+
+    /// Whether groups can be renamed (v1 only; cgroup v2 refuses `rename(2)`), which lets the
+    /// backend prepare groups ahead of time under a pool name.
+    pub fn supports_rename(&self) -> bool {
+        matches!(self.layout, CgroupLayout::V1(_))
+    }
+
+    /// Rename the groups of `from` to `to` in every hierarchy. Fails without changes if `to`
+    /// exists anywhere; a failure midway renames the moved ones back.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), RuntimeError> {
+        let roots = self.roots();
+        if let Some(r) = roots.iter().find(|r| r.join(to).exists()) {
+            return Err(step(format!("{} already exists", r.join(to).display())));
+        }
+        for (i, r) in roots.iter().enumerate() {
+            if let Err(e) = std::fs::rename(r.join(from), r.join(to)) {
+                for r in &roots[..i] {
+                    let _ = std::fs::rename(r.join(to), r.join(from));
+                }
+                return Err(step(format!("renaming {} to {to}: {e}", r.join(from).display())));
+            }
+        }
+        Ok(())
     }
 
     /// Pids of every process in the sandbox's groups (union over hierarchies).
@@ -578,6 +620,7 @@ mod tests {
             "+cpu +memory +pids +io"
         );
 
+        assert!(!cg.supports_rename());
         let files = cg.create("abc", &limits()).unwrap();
         let w = m.join("sandboxd/abc/work");
         assert_eq!(
@@ -686,6 +729,32 @@ mod tests {
         for c in ["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer"] {
             assert!(!m.join(c).join("sandboxd/s1").exists(), "{c}");
         }
+    }
+
+    #[test]
+    fn v1_rename_and_new_limits() {
+        let t = tempfile::tempdir().unwrap();
+        let m = t.path();
+        let cg = Cgroups::init(fake_v1(m, true), "sandboxd").unwrap();
+        assert!(cg.supports_rename());
+        cg.create(".pool-1", &Limits::default()).unwrap();
+        cg.create("taken", &limits()).unwrap();
+        assert!(
+            cg.rename(".pool-1", "taken").is_err(),
+            "never replaces an existing group"
+        );
+        assert!(m.join("memory/sandboxd/.pool-1").is_dir());
+        cg.rename(".pool-1", "s3").unwrap();
+        assert!(!m.join("memory/sandboxd/.pool-1").exists());
+        cg.apply_limits("s3", &limits()).unwrap();
+        let w = |c: &str, f: &str| read(&m.join(c).join("sandboxd/s3/work").join(f));
+        assert_eq!(w("memory", "memory.limit_in_bytes"), (256u64 << 20).to_string());
+        assert_eq!(
+            w("memory", "memory.memsw.limit_in_bytes"),
+            (256u64 << 20).to_string()
+        );
+        assert_eq!(w("pids", "pids.max"), "100");
+        assert_eq!(cg.files("s3").work_procs[0], m.join("cpu/sandboxd/s3/work/tasks"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 pub use sys::connect_unix;
 
@@ -50,6 +50,9 @@ pub struct NamespaceConfig {
     pub ready_timeout: Duration,
     /// Mount a read-only `/sys`.
     pub mount_sys: bool,
+    /// Sandbox directories (and, on cgroup v1, cgroups) prepared ahead of time by a
+    /// background thread, so `create` only renames them. 0 disables the pool.
+    pub pool_size: usize,
 }
 
 impl NamespaceConfig {
@@ -64,6 +67,7 @@ impl NamespaceConfig {
             host_root: PathBuf::from("/"),
             ready_timeout: Duration::from_secs(10),
             mount_sys: true,
+            pool_size: 4,
         }
     }
 }
@@ -197,7 +201,22 @@ struct Inner {
     init: HelperInit,
     helper: Mutex<Option<HelperClient>>,
     agents: Mutex<HashMap<String, AgentRecord>>,
+    pool: Mutex<PoolState>,
+    pool_cv: Condvar,
 }
+
+/// Prepared sandbox slots (`<data>/sandboxes/.pool-*`, plus same-named cgroups on v1).
+#[derive(Default)]
+struct PoolState {
+    slots: Vec<String>,
+    next: u64,
+    stopped: bool,
+}
+
+/// Name prefix of prepared slots; never a valid sandbox id.
+const POOL_PREFIX: &str = ".pool-";
+/// Hostname the pooled slots' `/etc` files are written for.
+const DEFAULT_HOSTNAME: &str = "sandbox";
 
 /// The namespace backend. Cheap to share (`Arc` inside).
 #[derive(Clone)]
@@ -291,14 +310,18 @@ impl NamespaceBackend {
     }
 
     /// Like [`new`](Self::new) with an explicit cgroup setup.
-    pub fn with_cgroups(cfg: NamespaceConfig, cgroups: Cgroups) -> Result<Self, RuntimeError> {
-        if !cfg.data_dir.is_absolute() || !cfg.exe.is_absolute() {
-            return Err(RuntimeError::InvalidSpec(
-                "data_dir and exe must be absolute paths".into(),
-            ));
-        }
+    pub fn with_cgroups(mut cfg: NamespaceConfig, cgroups: Cgroups) -> Result<Self, RuntimeError> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| step("data dir", format!("creating {}: {e}", cfg.data_dir.display())))?;
+        cfg.data_dir = std::fs::canonicalize(&cfg.data_dir)
+            .map_err(|e| step("data dir", format!("resolving {}: {e}", cfg.data_dir.display())))?;
+        cfg.exe = std::fs::canonicalize(&cfg.exe).map_err(|e| {
+            step(
+                "helper start",
+                format!("resolving the executable {}: {e}", cfg.exe.display()),
+            )
+        })?;
         let d = &cfg.data_dir;
-        std::fs::create_dir_all(d).map_err(|e| step("data dir", format!("creating {}: {e}", d.display())))?;
         for (sub, mode) in [
             ("sandboxes", 0o711),
             ("templates", 0o755),
@@ -330,16 +353,54 @@ impl NamespaceBackend {
             uid_base: cfg.idmap.base,
             uid_count: cfg.idmap.count,
         };
+        // slots of an earlier run are discarded (they may be half made)
+        if let Ok(rd) = std::fs::read_dir(d.join("sandboxes")) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(POOL_PREFIX) {
+                    let _ = cgroups.remove(&name);
+                    let _ = remove_tree(&e.path(), &d.join(".trash"));
+                }
+            }
+        }
+        for name in cgroups.list().into_iter().filter(|n| n.starts_with(POOL_PREFIX)) {
+            let _ = cgroups.remove(&name);
+        }
         let helper = HelperClient::start(&cfg.exe, &init)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                cfg,
-                cgroups,
-                init,
-                helper: Mutex::new(Some(helper)),
-                agents: Mutex::new(HashMap::new()),
-            }),
-        })
+        let pool_size = cfg.pool_size;
+        let inner = Arc::new(Inner {
+            cfg,
+            cgroups,
+            init,
+            helper: Mutex::new(Some(helper)),
+            agents: Mutex::new(HashMap::new()),
+            pool: Mutex::new(PoolState::default()),
+            pool_cv: Condvar::new(),
+        });
+        if pool_size > 0 {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("sandboxd-pool".into())
+                .spawn(move || pool_filler(weak, pool_size))
+                .map_err(|e| step("pool", e))?;
+        }
+        Ok(Self { inner })
+    }
+
+    /// Stop refilling the pool of prepared slots and remove the prepared ones (for a clean
+    /// shutdown or tests; `create` keeps working without the pool).
+    pub fn drain_pool(&self) {
+        self.inner.drain_pool();
+    }
+
+    /// Pid of the spawn helper process, if running.
+    pub fn helper_pid(&self) -> Option<u32> {
+        self.inner.helper.lock().ok()?.as_ref().map(|h| h.child.id())
+    }
+
+    /// Number of prepared slots ready right now.
+    pub fn pool_ready(&self) -> usize {
+        self.inner.pool.lock().map(|p| p.slots.len()).unwrap_or(0)
     }
 
     /// The backend's configuration.
@@ -436,7 +497,7 @@ impl Inner {
         self.cfg.data_dir.join("sandboxes").join(id)
     }
 
-    /// Step 1: the sandbox's directories and generated files.
+    /// Step 1: the sandbox's directories and generated files (`id` may be a pool slot name).
     fn prepare_dir(&self, id: &str, hostname: &str) -> Result<PathBuf, RuntimeError> {
         let sbx = self.sandbox_dir(id);
         match std::fs::create_dir(&sbx) {
@@ -466,8 +527,7 @@ impl Inner {
         }
         let etc = sbx.join("upper/root/etc");
         mkdir_owned(&etc, 0o755, root)?;
-        write_owned(&etc.join("hostname"), &format!("{hostname}\n"), 0o644, root)?;
-        write_owned(&etc.join("hosts"), &template::hosts_file(hostname), 0o644, root)?;
+        self.write_host_files(&sbx, hostname)?;
         write_owned(&etc.join("resolv.conf"), template::RESOLV_CONF, 0o644, root)?;
         write_owned(
             &sbx.join("boot_id"),
@@ -476,6 +536,103 @@ impl Inner {
             None,
         )?;
         Ok(sbx)
+    }
+
+    fn write_host_files(&self, sbx: &Path, hostname: &str) -> Result<(), RuntimeError> {
+        let root = Some(self.cfg.idmap.root());
+        let etc = sbx.join("upper/root/etc");
+        write_owned(&etc.join("hostname"), &format!("{hostname}\n"), 0o644, root)?;
+        write_owned(&etc.join("hosts"), &template::hosts_file(hostname), 0o644, root)
+    }
+
+    /// Make one pool slot: directories and (v1) cgroups with default limits.
+    fn make_slot(&self) -> Result<String, RuntimeError> {
+        let name = {
+            let mut p = self.pool.lock().map_err(|_| step("pool", "lock poisoned"))?;
+            p.next += 1;
+            format!("{POOL_PREFIX}{}-{}", std::process::id(), p.next)
+        };
+        let sbx = self.prepare_dir(&name, DEFAULT_HOSTNAME)?;
+        if self.cgroups.supports_rename()
+            && let Err(e) = self.cgroups.create(&name, &Limits::default())
+        {
+            let _ = remove_tree(&sbx, &self.cfg.data_dir.join(".trash"));
+            return Err(e);
+        }
+        Ok(name)
+    }
+
+    /// Take a prepared slot for sandbox `id`: rename its directory (and cgroups), write the
+    /// limits and hostname. `Ok(None)` when no slot is ready.
+    fn claim_slot(
+        &self,
+        id: &str,
+        hostname: &str,
+        limits: &Limits,
+    ) -> Result<Option<(PathBuf, bool)>, RuntimeError> {
+        let slot = match self.pool.lock() {
+            Ok(mut p) => p.slots.pop(),
+            Err(_) => None,
+        };
+        let Some(slot) = slot else { return Ok(None) };
+        self.pool_cv.notify_one();
+        let sbx = self.sandbox_dir(id);
+        let from = self.sandbox_dir(&slot);
+        let give_back = |slot: String| {
+            if let Ok(mut p) = self.pool.lock() {
+                p.slots.push(slot);
+            }
+        };
+        if let Err(e) = rename_noreplace(&from, &sbx) {
+            give_back(slot);
+            return Err(
+                if e.kind() == ErrorKind::AlreadyExists || e.raw_os_error() == Some(libc::ENOTEMPTY) {
+                    RuntimeError::InvalidSpec(format!("sandbox {id} already exists on this host"))
+                } else {
+                    step(
+                        "sandbox dirs",
+                        format!("renaming {} to {}: {e}", from.display(), sbx.display()),
+                    )
+                },
+            );
+        }
+        let pooled_cgroups = self.cgroups.supports_rename();
+        if pooled_cgroups && let Err(e) = self.cgroups.rename(&slot, id) {
+            if rename_noreplace(&sbx, &from).is_ok() {
+                give_back(slot);
+            }
+            return Err(e);
+        }
+        let finish = || -> Result<(), RuntimeError> {
+            if pooled_cgroups {
+                self.cgroups.apply_limits(id, limits)?;
+            }
+            if hostname != DEFAULT_HOSTNAME {
+                self.write_host_files(&sbx, hostname)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = finish() {
+            let _ = self.cgroups.remove(id);
+            let _ = remove_tree(&sbx, &self.cfg.data_dir.join(".trash"));
+            return Err(e);
+        }
+        Ok(Some((sbx, pooled_cgroups)))
+    }
+
+    fn drain_pool(&self) {
+        let slots = match self.pool.lock() {
+            Ok(mut p) => {
+                p.stopped = true;
+                std::mem::take(&mut p.slots)
+            }
+            Err(_) => return,
+        };
+        self.pool_cv.notify_all();
+        for s in slots {
+            let _ = self.cgroups.remove(&s);
+            let _ = remove_tree(&self.sandbox_dir(&s), &self.cfg.data_dir.join(".trash"));
+        }
     }
 
     fn spawn_blocking(&self, mut spec: SandboxSpec, target: ExecTarget) -> Result<Spawned, RuntimeError> {
@@ -491,9 +648,12 @@ impl Inner {
             spec.agent.template_id = spec.template.clone();
         }
         let t0 = std::time::Instant::now();
-        let sbx = self.prepare_dir(&id, &spec.agent.hostname)?;
+        let (sbx, have_cgroups) = match self.claim_slot(&id, &spec.agent.hostname, &spec.limits)? {
+            Some(r) => r,
+            None => (self.prepare_dir(&id, &spec.agent.hostname)?, false),
+        };
         let t1 = std::time::Instant::now();
-        let r = self.spawn_prepared(&sbx, spec, target);
+        let r = self.spawn_prepared(&sbx, spec, target, have_cgroups);
         tracing::debug!(sandbox = %id, dirs_us = (t1 - t0).as_micros() as u64, spawn_us = t1.elapsed().as_micros() as u64, "sandbox spawned");
         if std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some() {
             eprintln!("timing {id}: dirs {:?} spawn {:?}", t1 - t0, t1.elapsed());
@@ -510,10 +670,15 @@ impl Inner {
         sbx: &Path,
         mut spec: SandboxSpec,
         target: ExecTarget,
+        have_cgroups: bool,
     ) -> Result<Spawned, RuntimeError> {
         let id = spec.id.clone();
         let tc = std::time::Instant::now();
-        let files = self.cgroups.create(&id, &spec.limits)?;
+        let files = if have_cgroups {
+            self.cgroups.files(&id)
+        } else {
+            self.cgroups.create(&id, &spec.limits)?
+        };
         if std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some() {
             eprintln!("timing {id}: cgroups {:?}", tc.elapsed());
         }
@@ -571,10 +736,20 @@ impl Inner {
             };
             match client.call(&req, &fds) {
                 Ok(r) => r,
-                Err(e) => {
-                    // the helper died or the channel broke: restart it next time
+                Err(first) => {
+                    // The helper died (a half-started init exits on its own once the helper's
+                    // end of its pipe closes): start a new one and retry once.
+                    tracing::warn!("spawn helper failed ({first}); restarting it");
                     *guard = None;
-                    return Err(step("spawn", format!("spawn helper: {e}")));
+                    let mut client = HelperClient::start(&self.cfg.exe, &self.init)?;
+                    let r = client.call(&req, &fds).map_err(|e| {
+                        step(
+                            "spawn",
+                            format!("spawn helper: {e} (after restart; first: {first})"),
+                        )
+                    })?;
+                    *guard = Some(client);
+                    r
                 }
             }
         };
@@ -644,6 +819,74 @@ impl Inner {
         cg?;
         dir
     }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.drain_pool();
+    }
+}
+
+/// Keep `size` prepared slots; exits once the backend is gone or the pool is drained.
+fn pool_filler(weak: Weak<Inner>, size: usize) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let need = match inner.pool.lock() {
+            Ok(p) if p.stopped => return,
+            Ok(p) if p.slots.len() >= size => {
+                let _ = inner.pool_cv.wait_timeout(p, Duration::from_millis(500));
+                false
+            }
+            Ok(_) => true,
+            Err(_) => return,
+        };
+        if !need {
+            continue;
+        }
+        match inner.make_slot() {
+            Ok(name) => {
+                let mut keep = Some(name);
+                if let Ok(mut p) = inner.pool.lock()
+                    && !p.stopped
+                {
+                    p.slots.extend(keep.take());
+                }
+                if let Some(name) = keep {
+                    // drained meanwhile
+                    let _ = inner.cgroups.remove(&name);
+                    let _ = remove_tree(&inner.sandbox_dir(&name), &inner.cfg.data_dir.join(".trash"));
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("preparing a sandbox slot failed: {e}");
+                drop(inner);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// `renameat2(RENAME_NOREPLACE)`.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let inval = |_| std::io::Error::from(ErrorKind::InvalidInput);
+    let f = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(inval)?;
+    let t = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(inval)?;
+    // SAFETY: valid C strings.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Remove a sandbox directory: rename it into the trash (so the id is free at once), then

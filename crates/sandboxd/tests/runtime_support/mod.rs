@@ -28,6 +28,7 @@ pub struct TestBackend {
 
 impl Drop for TestBackend {
     fn drop(&mut self) {
+        self.backend.drain_pool();
         // remove this backend's (empty) cgroup root in every hierarchy
         let root = self.backend.config().cgroup_root.clone();
         if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
@@ -40,16 +41,31 @@ impl Drop for TestBackend {
 }
 
 pub fn backend() -> TestBackend {
+    backend_with(|_| {})
+}
+
+/// A backend with the pool of prepared slots full (so creates take the pooled path).
+pub fn backend_pooled() -> TestBackend {
+    let tb = backend();
+    let size = tb.backend.config().pool_size;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tb.backend.pool_ready() < size {
+        assert!(std::time::Instant::now() < deadline, "pool did not fill");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    tb
+}
+
+pub fn backend_with(adjust: impl FnOnce(&mut NamespaceConfig)) -> TestBackend {
     let dir = tempfile::Builder::new()
         .prefix("sbxrt")
         .tempdir_in("/var/tmp")
         .unwrap();
     let mut cfg = NamespaceConfig::new(dir.path(), PathBuf::from(env!("CARGO_BIN_EXE_sandboxd")));
     // a cgroup root per backend, so tests running in parallel do not see each other
-    cfg.cgroup_root = format!(
-        "sandboxd-test/{}",
-        dir.path().file_name().unwrap().to_string_lossy().to_lowercase()
-    );
+    let name = dir.path().file_name().unwrap().to_string_lossy().to_lowercase();
+    cfg.cgroup_root = format!("sandboxd-test/{name}");
+    adjust(&mut cfg);
     let backend = NamespaceBackend::new(cfg).expect("namespace backend starts");
     TestBackend { backend, dir }
 }
