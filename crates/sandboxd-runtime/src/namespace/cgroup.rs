@@ -472,6 +472,26 @@ impl Cgroups {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Remove `<root>` (and its parents below the mount, for nested root names) in every
+    /// hierarchy where it has no sandbox groups left. Best effort.
+    pub fn remove_root_if_empty(&self) {
+        let mounts: Vec<PathBuf> = match &self.layout {
+            CgroupLayout::V1(hs) => hs.iter().map(|h| h.mount.clone()).collect(),
+            CgroupLayout::V2(m) => vec![m.clone()],
+        };
+        for m in mounts {
+            let mut dir = m.join(&self.root_name);
+            while dir != m && dir.starts_with(&m) {
+                if rmdir_cgroup(&dir).is_err() {
+                    break;
+                }
+                if !dir.pop() {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Ids of sandbox groups that exist under the root in any hierarchy.
     pub fn list(&self) -> Vec<String> {
         let mut ids = BTreeSet::new();
@@ -652,10 +672,17 @@ mod tests {
         assert!(cg.kill_v2("abc"));
         assert_eq!(read(&m.join("sandboxd/abc/cgroup.kill")), "1");
 
+        cg.create("keep", &limits()).unwrap();
         cg.remove("abc").unwrap();
         assert!(!m.join("sandboxd/abc").exists());
-        assert!(cg.list().is_empty());
+        assert_eq!(cg.list(), vec!["keep".to_string()]);
         cg.remove("abc").unwrap(); // idempotent
+        cg.remove_root_if_empty();
+        assert!(m.join("sandboxd").is_dir(), "kept while a sandbox group exists");
+        cg.remove("keep").unwrap();
+        cg.remove_root_if_empty();
+        assert!(!m.join("sandboxd").exists());
+        assert!(m.exists(), "never the mount itself");
     }
 
     #[test]

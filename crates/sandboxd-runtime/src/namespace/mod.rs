@@ -824,11 +824,19 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.drain_pool();
+        // an empty cgroup root is removed (it stays while sandboxes run)
+        self.cgroups.remove_root_if_empty();
     }
 }
 
 /// Keep `size` prepared slots; exits once the backend is gone or the pool is drained.
 fn pool_filler(weak: Weak<Inner>, size: usize) {
+    // Background work: yield the CPU to creates in progress (nice applies per thread).
+    // SAFETY: plain syscalls on the calling thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let need = match inner.pool.lock() {

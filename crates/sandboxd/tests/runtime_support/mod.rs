@@ -28,6 +28,15 @@ pub struct TestBackend {
 
 impl Drop for TestBackend {
     fn drop(&mut self) {
+        // a failed test may leave sandboxes running: destroy whatever this backend created
+        if let Ok(rd) = std::fs::read_dir(self.dir.path().join("sandboxes")) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if sandboxd_runtime::namespace::valid_id(&id) {
+                    let _ = self.backend.destroy_blocking(&id);
+                }
+            }
+        }
         self.backend.drain_pool();
         // remove this backend's (empty) cgroup root in every hierarchy
         let root = self.backend.config().cgroup_root.clone();
