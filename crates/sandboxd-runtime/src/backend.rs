@@ -64,6 +64,30 @@ pub struct SandboxHandle {
     pub control: AgentEndpoint,
 }
 
+/// One reading of a sandbox's resource use (`stats`). Counters are cumulative; the daemon turns
+/// them into rates. A `None` total means "unknown here": the daemon uses the sandbox's limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxStats {
+    /// CPU time used by all of the sandbox's processes (agent and user processes) so far, in ns.
+    pub cpu_usage_ns: u64,
+    /// CPUs the sandbox may use (its quota, rounded up).
+    pub cpu_count: Option<u32>,
+    /// Memory in use, page cache excluded, in bytes.
+    pub mem_used: u64,
+    /// Memory limit in bytes.
+    pub mem_total: Option<u64>,
+    /// Page cache charged to the sandbox, in bytes.
+    pub mem_cache: u64,
+    /// Bytes the sandbox's writable layers use on disk.
+    pub disk_used: u64,
+    /// Disk limit in bytes (the quota's size when one is enforced).
+    pub disk_total: Option<u64>,
+    /// Processes the kernel's OOM killer killed in the sandbox so far (`None`: not available).
+    pub oom_kills: Option<u64>,
+    /// Whether the sandbox is frozen (paused): the daemon never samples or contacts it then.
+    pub frozen: bool,
+}
+
 /// A sandbox backend. Implementations must be safe to call from many tasks at once.
 #[async_trait]
 pub trait SandboxBackend: Send + Sync + 'static {
@@ -87,4 +111,14 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// Ids of sandboxes this backend finds on the host (dirs, cgroups, processes), for
     /// reconciliation at daemon start.
     async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError>;
+
+    /// Current resource use of a sandbox (for metrics). Reads host-side counters only and
+    /// never contacts the sandbox, so it is safe on a frozen one.
+    async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported(format!(
+            "the {} backend does not report resource usage",
+            self.name()
+        )))
+    }
 }

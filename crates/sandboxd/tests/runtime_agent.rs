@@ -258,6 +258,25 @@ async fn bad_specs_fail_cleanly() {
     assert!(tb.backend.create(s).await.is_err());
     assert!(!tb.backend.sandbox_dir(&id).exists());
     assert!(tb.backend.destroy("../etc").await.is_err());
+    // a failure inside the sandbox init is reported with its step and leaves nothing behind
+    let id = new_id();
+    let err = tb
+        .backend
+        .spawn_init(
+            spec(&id, Limits::default()),
+            sandboxd_runtime::namespace::ExecTarget::Program {
+                path: "/nonexistent".into(),
+                argv: vec!["x".into()],
+            },
+        )
+        .await
+        .expect_err("exec of a missing program fails");
+    assert!(
+        matches!(&err, sandboxd_runtime::RuntimeError::Step { step: "exec program", message } if message.contains("No such file")),
+        "{err:?}"
+    );
+    assert!(!tb.backend.sandbox_dir(&id).exists());
+    assert!(!tb.backend.list_host_sandboxes().await.unwrap().contains(&id));
     tb.backend
         .destroy("neverexisted")
         .await

@@ -80,6 +80,7 @@ echo mount=$(mount -t tmpfs none /mnt 2>&1 | head -c 60)
 echo sys=$(test -d /sys/kernel && echo yes || echo no)
 echo cgroupns=$(cat /proc/self/cgroup | head -1)
 echo oom=$(cat /proc/self/oom_score_adj)
+echo core=$(ulimit -c):$(ulimit -Hc)
 echo hostpaths=$(grep -c -e /var/tmp -e /work/main -e sbxrt /proc/self/mountinfo)
 echo syscalls=$(python3 -c '
 import ctypes, os

@@ -366,6 +366,26 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         return Err(last("sethostname"));
     }
 
+    // rlimits: no core dumps (a host core_pattern pipe would run a host helper for sandbox
+    // crashes; the hard limit 0 cannot be raised from inside), open files up to the hard limit.
+    // SAFETY: setrlimit/getrlimit on our own process with valid structs.
+    unsafe {
+        let zero = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::setrlimit(libc::RLIMIT_CORE, &zero) != 0 {
+            return Err(last("rlimits"));
+        }
+        let mut nofile = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) == 0 {
+            nofile.rlim_cur = nofile.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &nofile);
+        }
+    }
     // 9. File descriptors: 0 /dev/null, 1+2 agent log, 3 config, 4 agent.sock, 5 control.sock,
     //    6.. work cgroup.procs; then (close-on-exec) the exe fd and the error pipe.
     let null = open_path(c"/dev/null", libc::O_RDWR).map_err(os("open /dev/null"))?;

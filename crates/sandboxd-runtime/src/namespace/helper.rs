@@ -97,6 +97,7 @@ pub fn static_step(s: &str) -> &'static str {
         "detach old root",
         "chdir /",
         "sethostname",
+        "rlimits",
         "open /dev/null",
         "arrange fds",
         "seccomp",
