@@ -153,7 +153,10 @@ pub async fn open_stream(
     msg: &serde_json::Value,
 ) -> Result<ConnectStream, BenchError> {
     let req = envd(Method::POST, &format!("/{method}"), sbx)
-        .header(header::CONTENT_TYPE, sandboxd_protocol::connect::CONTENT_TYPE_STREAM_JSON)
+        .header(
+            header::CONTENT_TYPE,
+            sandboxd_protocol::connect::CONTENT_TYPE_STREAM_JSON,
+        )
         .header("Connect-Protocol-Version", "1")
         .header("Connect-Timeout-Ms", "60000")
         .header("Keepalive-Ping-Interval", "50")
@@ -205,7 +208,9 @@ pub async fn run_process(
             });
         }
     }
-    Err(BenchError::Http("process stream ended without an end event".into()))
+    Err(BenchError::Http(
+        "process stream ended without an end event".into(),
+    ))
 }
 
 /// `StartRequest` of a command run directly (no shell), stdin closed.

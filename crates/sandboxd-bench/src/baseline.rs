@@ -39,10 +39,17 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// fork + execv + waitpid of `argv`; returns the wall time and whether it exited 0.
-pub fn fork_exec(argv: &[CString]) -> std::io::Result<(Duration, bool)> {
+/// fork + exec + waitpid of `argv` (with `env` as the whole environment when given, else the
+/// bench's own); returns the wall time and whether it exited 0.
+pub fn fork_exec(argv: &[CString], env: Option<&[CString]>) -> std::io::Result<(Duration, bool)> {
+    if argv.is_empty() {
+        return Err(std::io::Error::other("empty argv"));
+    }
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     ptrs.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.unwrap_or(&[]).iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let with_env = env.is_some();
     let t0 = Instant::now();
     // SAFETY: the child only calls async-signal-safe functions (execv, _exit) on memory
     // prepared before the fork.
@@ -51,9 +58,13 @@ pub fn fork_exec(argv: &[CString]) -> std::io::Result<(Duration, bool)> {
         return Err(std::io::Error::last_os_error());
     }
     if pid == 0 {
-        // SAFETY: argv is a NULL-terminated array of valid C strings.
+        // SAFETY: argv and envp are NULL-terminated arrays of valid C strings.
         unsafe {
-            libc::execv(ptrs[0], ptrs.as_ptr());
+            if with_env {
+                libc::execve(ptrs[0], ptrs.as_ptr(), envp.as_ptr());
+            } else {
+                libc::execv(ptrs[0], ptrs.as_ptr());
+            }
             libc::_exit(127);
         }
     }
@@ -74,18 +85,28 @@ pub fn fork_exec(argv: &[CString]) -> std::io::Result<(Duration, bool)> {
 }
 
 fn cstrings(argv: &[&str]) -> Vec<CString> {
-    argv.iter()
-        .filter_map(|a| CString::new(*a).ok())
-        .collect()
+    argv.iter().filter_map(|a| CString::new(*a).ok()).collect()
 }
 
 /// Runs `argv` `runs` times (after `warmup` untimed runs) and summarises.
 pub fn measure_command(name: &str, argv: &[&str], warmup: usize, runs: usize) -> Baseline {
+    measure_command_env(name, argv, None, warmup, runs)
+}
+
+/// [`measure_command`] with `env` as the whole environment.
+pub fn measure_command_env(
+    name: &str,
+    argv: &[&str],
+    env: Option<&[&str]>,
+    warmup: usize,
+    runs: usize,
+) -> Baseline {
     let c = cstrings(argv);
+    let env = env.map(cstrings);
     let command = argv.join(" ");
     let mut samples = Vec::with_capacity(runs);
     for i in 0..warmup + runs {
-        match fork_exec(&c) {
+        match fork_exec(&c, env.as_deref()) {
             Ok((d, true)) => {
                 if i >= warmup {
                     samples.push(d);
@@ -236,6 +257,17 @@ mod tests {
         assert!(f.skip_reason.unwrap().contains("failed"));
         let missing = measure_command("missing", &["/nonexistent/bin"], 0, 1);
         assert!(!missing.available);
+        // The given environment is the whole environment.
+        let env = measure_command_env(
+            "env",
+            &["/bin/sh", "-c", "test \"$X\" = 1 && test -z \"$HOME\""],
+            Some(&["X=1"]),
+            0,
+            2,
+        );
+        assert!(env.available, "{:?}", env.skip_reason);
+        let no = measure_command_env("env", &["/bin/sh", "-c", "test \"$X\" = 1"], Some(&[]), 0, 1);
+        assert!(!no.available);
     }
 
     #[test]

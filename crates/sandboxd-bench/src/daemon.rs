@@ -66,7 +66,12 @@ pub async fn serve_help(exe: &Path) -> String {
 
 impl Daemon {
     /// Starts `exe serve` with its data dir and log under `work` (which must exist).
-    pub async fn start(exe: &Path, work: &Path, name: &str, extra_args: &[String]) -> Result<Daemon, BenchError> {
+    pub async fn start(
+        exe: &Path,
+        work: &Path,
+        name: &str,
+        extra_args: &[String],
+    ) -> Result<Daemon, BenchError> {
         let data_dir = work.join(name);
         let log = work.join(format!("{name}.stderr.log"));
         let key = new_key();
@@ -84,7 +89,10 @@ impl Daemon {
             .args(&serve_args)
             .env("SANDBOXD_API_KEY", &key)
             .env("SANDBOXD_RUNTIME_TIMING", "1")
-            .env("RUST_LOG", std::env::var("SANDBOXD_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("SANDBOXD_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -108,7 +116,9 @@ impl Daemon {
             }
             lines
         };
-        let lines = tokio::time::timeout(Duration::from_secs(60), read).await.unwrap_or_default();
+        let lines = tokio::time::timeout(Duration::from_secs(60), read)
+            .await
+            .unwrap_or_default();
         // Keep draining stdout so the daemon never blocks on a full pipe.
         tokio::spawn(async move {
             let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
@@ -117,7 +127,14 @@ impl Daemon {
             let _ = child.start_kill();
             let _ = child.wait().await;
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: String = tail.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+            let tail: String = tail
+                .chars()
+                .rev()
+                .take(2000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
             return Err(BenchError::Daemon(format!(
                 "the daemon did not print its address (got {lines:?}); its log ends with: {tail}"
             )));
@@ -173,7 +190,9 @@ impl Daemon {
             _ => {
                 let _ = self.child.start_kill();
                 let _ = self.child.wait().await;
-                Err(BenchError::Daemon("the daemon did not stop within 10 s of SIGTERM".into()))
+                Err(BenchError::Daemon(
+                    "the daemon did not stop within 10 s of SIGTERM".into(),
+                ))
             }
         }
     }

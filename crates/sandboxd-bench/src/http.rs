@@ -41,7 +41,10 @@ pub struct RepeatBody {
 impl RepeatBody {
     /// `len` bytes, sent as slices of `chunk` (which must not be empty unless `len` is 0).
     pub fn new(chunk: Bytes, len: u64) -> Self {
-        Self { chunk, remaining: len }
+        Self {
+            chunk,
+            remaining: len,
+        }
     }
 }
 
@@ -57,7 +60,9 @@ impl Body for RepeatBody {
             return Poll::Ready(None);
         }
         if self.chunk.is_empty() {
-            return Poll::Ready(Some(Err(std::io::Error::other("empty chunk for a non-empty body"))));
+            return Poll::Ready(Some(Err(std::io::Error::other(
+                "empty chunk for a non-empty body",
+            ))));
         }
         let n = (self.chunk.len() as u64).min(self.remaining) as usize;
         self.remaining -= n as u64;

@@ -27,7 +27,12 @@ impl Build {
     /// This executable's build.
     pub fn current() -> Build {
         Build {
-            profile: if cfg!(debug_assertions) { "debug" } else { "release" }.into(),
+            profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+            .into(),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }
@@ -82,7 +87,10 @@ mod tests {
         assert_eq!(first_value(cpu, "model name").as_deref(), Some("AMD EPYC 7B13"));
         assert_eq!(first_value(cpu, "nothing"), None);
         let os = "NAME=\"Debian GNU/Linux\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n";
-        assert_eq!(os_pretty_name(os).as_deref(), Some("Debian GNU/Linux 12 (bookworm)"));
+        assert_eq!(
+            os_pretty_name(os).as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
     }
 
     #[test]

@@ -210,7 +210,8 @@ mod tests {
         assert_eq!(kb_field(status, "Threads"), Some(3));
         assert_eq!(kb_field(status, "Vm"), None);
         assert_eq!(kb_field(status, "Missing"), None);
-        let rollup = "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  3000 kB\nPss:  1200 kB\nPss_Anon: 800 kB\n";
+        let rollup =
+            "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  3000 kB\nPss:  1200 kB\nPss_Anon: 800 kB\n";
         assert_eq!(kb_field(rollup, "Pss"), Some(1200 * 1024));
         assert_eq!(kb_field(rollup, "Rss"), Some(3000 * 1024));
     }

@@ -53,6 +53,8 @@ pub struct Concurrent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateSection {
     pub sequential: Summary,
+    /// `DELETE /sandboxes/{id}` of the sequential creates (untimed in `sequential`).
+    pub kill: Summary,
     pub concurrency: Vec<Concurrent>,
     /// Per-step medians of the sequential creates (runtime timing output).
     pub breakdown: Breakdown,
@@ -105,7 +107,7 @@ pub struct DensitySection {
     pub host_used_per_sandbox_mib: f64,
     /// Growth of unreclaimable slab per sandbox, MiB (kernel objects not charged to a cgroup).
     pub slab_unreclaimable_per_sandbox_mib: f64,
-    /// cgroup charge p50 + daemon share + uncharged slab: the per-sandbox estimate, MiB.
+    /// cgroup charge p50 + daemon RSS growth per sandbox: the per-sandbox estimate, MiB.
     pub estimate_per_sandbox_mib: f64,
     pub budget_gib: f64,
     /// `budget / estimate`.
@@ -213,7 +215,7 @@ pub fn fmt_num(v: f64) -> String {
 }
 
 fn mib(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else {
         format!("{} MiB", fmt_num(bytes as f64 / (1u64 << 20) as f64))
@@ -282,7 +284,10 @@ impl Report {
                 Some(s) => rows.push(Row::summary(format!("baseline: {}", base.name), s)),
                 None => rows.push(Row::value(
                     format!("baseline: {}", base.name),
-                    format!("skipped: {}", base.skip_reason.as_deref().unwrap_or("unavailable")),
+                    format!(
+                        "skipped: {}",
+                        base.skip_reason.as_deref().unwrap_or("unavailable")
+                    ),
                     "",
                 )),
             }
@@ -293,6 +298,7 @@ impl Report {
                     .vs(bwrap, "bwrap")
                     .budget("p50 10, p99 30 ms"),
             );
+            rows.push(Row::summary("kill (DELETE /sandboxes/{id}), sequential", &c.kill));
             for l in &c.concurrency {
                 rows.push(
                     Row::summary(
@@ -350,7 +356,10 @@ impl Report {
         }
         if let Some(d) = &self.density {
             let n = d.sandboxes;
-            rows.push(Row::summary(format!("idle sandbox: cgroup charge ({n} sandboxes)"), &d.cgroup_charge));
+            rows.push(Row::summary(
+                format!("idle sandbox: cgroup charge ({n} sandboxes)"),
+                &d.cgroup_charge,
+            ));
             rows.push(Row::summary("idle sandbox: agent RSS", &d.agent_rss));
             rows.push(Row::summary("idle sandbox: agent PSS", &d.agent_pss));
             rows.push(Row::value(
@@ -365,7 +374,7 @@ impl Report {
             ));
             rows.push(
                 Row::value(
-                    "idle sandbox: host memory (cgroup p50 + daemon + slab)",
+                    "idle sandbox: host memory (cgroup p50 + daemon share)",
                     fmt_num(d.estimate_per_sandbox_mib),
                     "MiB",
                 )
@@ -423,8 +432,11 @@ impl Report {
         }
         if let Some(l) = &self.listdir {
             rows.push(
-                Row::summary(format!("ListDir of {} entries", fmt_num(l.entries as f64)), &l.latency)
-                    .vs(b.host_listdir.as_ref(), "host readdir+lstat"),
+                Row::summary(
+                    format!("ListDir of {} entries", fmt_num(l.entries as f64)),
+                    &l.latency,
+                )
+                .vs(b.host_listdir.as_ref(), "host readdir+lstat"),
             );
             rows.push(Row::summary("ListDir throughput", &l.entries_per_s));
         }
@@ -577,6 +589,7 @@ pub(crate) mod tests {
             },
             create: Some(CreateSection {
                 sequential: s(8.0, "ms"),
+                kill: s(3.0, "ms"),
                 concurrency: vec![Concurrent {
                     concurrency: 4,
                     latency: s(20.0, "ms"),
@@ -623,7 +636,10 @@ pub(crate) mod tests {
         assert!(md.contains("2 CPUs"));
         assert!(md.contains("| create → ready, sequential | 3 | 8.00 | 12.0 | 12.0 | ms | 2.00× bwrap | p50 10, p99 30 ms |"), "{md}");
         assert!(md.contains("4 concurrent (180 creates/s)"));
-        assert!(md.contains("| create → ready, warm pool |  | n/a: `sandboxd serve` has no pool option | | "), "{md}");
+        assert!(
+            md.contains("| create → ready, warm pool |  | n/a: `sandboxd serve` has no pool option | | "),
+            "{md}"
+        );
         assert!(md.contains("3.00× fork+exec"), "{md}");
         assert!(md.contains("1.67× host bash"), "{md}");
         assert!(md.contains("| /files upload 1.00 MiB | 3 | 1,000 |"), "{md}");
@@ -659,7 +675,15 @@ pub(crate) mod tests {
         let back: Report = serde_json::from_str(&j).unwrap();
         assert_eq!(back, r);
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
-        for k in ["machine", "build", "baselines", "create", "create_warm_pool", "exec", "errors"] {
+        for k in [
+            "machine",
+            "build",
+            "baselines",
+            "create",
+            "create_warm_pool",
+            "exec",
+            "errors",
+        ] {
             assert!(v.get(k).is_some(), "{k}");
         }
     }

@@ -145,10 +145,13 @@ pub async fn create(ctx: &Ctx) -> Result<CreateSection, BenchError> {
     }
     let log_from = ctx.daemon.log_len();
     let mut seq = Vec::with_capacity(ctx.cfg.runs.create);
+    let mut kills = Vec::with_capacity(ctx.cfg.runs.create);
     for _ in 0..ctx.cfg.runs.create {
         let (s, d) = ctx.create(&mut conn, None).await?;
         seq.push(d);
+        let t0 = Instant::now();
         ctx.kill(&mut conn, &s.id).await?;
+        kills.push(t0.elapsed());
     }
     let log = ctx.daemon.log_slice(log_from, ctx.daemon.log_len());
     let breakdown = crate::timing::parse(&log);
@@ -213,6 +216,7 @@ pub async fn create(ctx: &Ctx) -> Result<CreateSection, BenchError> {
     }
     Ok(CreateSection {
         sequential,
+        kill: summary_ms(&kills, "kill")?,
         concurrency,
         breakdown,
         outside_backend_p50_ms,
@@ -250,23 +254,24 @@ pub async fn exec(ctx: &Ctx, sbx: &Sandbox) -> Result<ExecSection, BenchError> {
     let mut conn = ctx.conn().await?;
     let direct = start_direct("/bin/true", &[]);
     let sdk = start_sdk("echo hi");
-    let mut run = async |req: &serde_json::Value, n: usize, want: &[u8]| -> Result<Vec<Duration>, BenchError> {
-        let mut v = Vec::with_capacity(n);
-        for i in 0..n + 5 {
-            let r = within(REQUEST_LIMIT, "Process.Start", run_process(&mut conn, sbx, req)).await?;
-            if r.exit_code != 0 || r.stdout != want {
-                return Err(BenchError::Check(format!(
-                    "{req}: exit code {}, stdout {:?}",
-                    r.exit_code,
-                    String::from_utf8_lossy(&r.stdout)
-                )));
+    let mut run =
+        async |req: &serde_json::Value, n: usize, want: &[u8]| -> Result<Vec<Duration>, BenchError> {
+            let mut v = Vec::with_capacity(n);
+            for i in 0..n + 5 {
+                let r = within(REQUEST_LIMIT, "Process.Start", run_process(&mut conn, sbx, req)).await?;
+                if r.exit_code != 0 || r.stdout != want {
+                    return Err(BenchError::Check(format!(
+                        "{req}: exit code {}, stdout {:?}",
+                        r.exit_code,
+                        String::from_utf8_lossy(&r.stdout)
+                    )));
+                }
+                if i >= 5 {
+                    v.push(r.until_end);
+                }
             }
-            if i >= 5 {
-                v.push(r.until_end);
-            }
-        }
-        Ok(v)
-    };
+            Ok(v)
+        };
     let t = run(&direct, ctx.cfg.runs.exec, b"").await?;
     let b = run(&sdk, ctx.cfg.runs.exec, b"hi\n").await?;
     Ok(ExecSection {
@@ -286,7 +291,10 @@ pub async fn listdir(ctx: &Ctx, sbx: &Sandbox) -> Result<ListDirSection, BenchEr
     );
     let r = within(REQUEST_LIMIT, "making files", run_process(&mut conn, sbx, &make)).await?;
     if r.exit_code != 0 {
-        return Err(BenchError::Check(format!("making {n} files exited {}", r.exit_code)));
+        return Err(BenchError::Check(format!(
+            "making {n} files exited {}",
+            r.exit_code
+        )));
     }
     let req = serde_json::json!({"path": dir, "depth": 1});
     let mut lat = Vec::new();
@@ -300,9 +308,15 @@ pub async fn listdir(ctx: &Ctx, sbx: &Sandbox) -> Result<ListDirSection, BenchEr
         )
         .await?;
         let took = t0.elapsed();
-        let got = v.get("entries").and_then(|e| e.as_array()).map(|a| a.len()).unwrap_or(0);
+        let got = v
+            .get("entries")
+            .and_then(|e| e.as_array())
+            .map(|a| a.len())
+            .unwrap_or(0);
         if got != n {
-            return Err(BenchError::Check(format!("ListDir returned {got} of {n} entries")));
+            return Err(BenchError::Check(format!(
+                "ListDir returned {got} of {n} entries"
+            )));
         }
         if i > 0 {
             lat.push(took);
@@ -445,7 +459,11 @@ impl RssSampler {
                 if let Some(m) = procfs::proc_mem(daemon) {
                     d.fetch_max(m.rss, Ordering::Relaxed);
                 }
-                let sum: u64 = agents.iter().filter_map(|p| procfs::proc_mem(*p)).map(|m| m.rss).sum();
+                let sum: u64 = agents
+                    .iter()
+                    .filter_map(|p| procfs::proc_mem(*p))
+                    .map(|m| m.rss)
+                    .sum();
                 a.fetch_max(sum, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -499,7 +517,12 @@ async fn files_in(
     sizes: &[(u64, usize)],
 ) -> Result<FilesSection, BenchError> {
     let agents = ctx.agent_pids(&sbx.id);
-    let rss = |p: &[i32]| p.iter().filter_map(|p| procfs::proc_mem(*p)).map(|m| m.rss).sum::<u64>();
+    let rss = |p: &[i32]| {
+        p.iter()
+            .filter_map(|p| procfs::proc_mem(*p))
+            .map(|m| m.rss)
+            .sum::<u64>()
+    };
     let mut transfers = Vec::new();
     for &(size, runs) in sizes {
         let path = format!("/home/user/bench-{size}.bin");
@@ -767,7 +790,10 @@ async fn finish_daemon(ctx: Ctx, keep: bool) -> Vec<String> {
     }
     if let (Some(cg), Some(root)) = (cgroups, root) {
         for left in cg.remove_root(&root) {
-            errors.push(format!("clean-up: cgroup {} could not be removed", left.display()));
+            errors.push(format!(
+                "clean-up: cgroup {} could not be removed",
+                left.display()
+            ));
         }
     }
     if !keep && let Err(e) = remove_data_dir(&data_dir) {
@@ -822,16 +848,29 @@ pub async fn run(cfg: Config) -> Report {
         ));
         cfg.big_file = fit.max(1 << 20);
     }
-    let sizes = [(1u64 << 20, cfg.runs.files_small), (cfg.big_file, cfg.runs.files_big)];
+    let sizes = [
+        (1u64 << 20, cfg.runs.files_small),
+        (cfg.big_file, cfg.runs.files_big),
+    ];
 
     let b = cfg.runs.baseline;
     let (scr, ld, big) = (scratch.clone(), cfg.listdir_entries, cfg.big_file);
     let baselines = tokio::task::spawn_blocking(move || {
         let bwrap = baseline::bwrap(3, b);
         let fork_exec = baseline::measure_command("fork+exec /bin/true", &["/bin/true"], 3, b);
-        let host_bash = baseline::measure_command(
-            "host bash -l -c 'echo hi' (fork+exec)",
+        // A clean login environment like a sandbox user's (an empty home, no host dotfiles).
+        let home = scr.join("host-home");
+        let _ = std::fs::create_dir_all(&home);
+        let home_env = format!("HOME={}", home.display());
+        let host_bash = baseline::measure_command_env(
+            "host bash -l -c 'echo hi' (fork+exec, empty HOME)",
             &["/bin/bash", "-l", "-c", "echo hi >/dev/null"],
+            Some(&[
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                &home_env,
+                "USER=user",
+                "LOGNAME=user",
+            ]),
             3,
             b,
         );
@@ -931,7 +970,9 @@ pub async fn run(cfg: Config) -> Report {
     if cfg.keep {
         report.notes.push(format!("kept {}", scratch.display()));
     } else if let Err(e) = remove_data_dir(&scratch) {
-        report.errors.push(format!("clean-up: removing {}: {e}", scratch.display()));
+        report
+            .errors
+            .push(format!("clean-up: removing {}: {e}", scratch.display()));
     }
     report.duration_s = t0.elapsed().as_secs_f64();
     report
@@ -1020,7 +1061,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = make_scratch(tmp.path()).unwrap();
         assert!(d.is_dir());
-        assert!(d.file_name().unwrap().to_str().unwrap().starts_with("sandboxd-bench-"));
+        assert!(
+            d.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("sandboxd-bench-")
+        );
         remove_data_dir(&d).unwrap();
         remove_data_dir(&d).unwrap();
         assert!(free_bytes(tmp.path()).unwrap() > 0);

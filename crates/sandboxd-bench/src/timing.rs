@@ -64,7 +64,11 @@ struct PerSandbox {
     ready: Option<f64>,
 }
 
-fn touch<'a>(by_id: &'a mut HashMap<String, PerSandbox>, order: &mut Vec<String>, id: &str) -> &'a mut PerSandbox {
+fn touch<'a>(
+    by_id: &'a mut HashMap<String, PerSandbox>,
+    order: &mut Vec<String>,
+    id: &str,
+) -> &'a mut PerSandbox {
     if !by_id.contains_key(id) {
         order.push(id.to_string());
     }
@@ -83,7 +87,9 @@ pub fn parse(log: &str) -> Breakdown {
     let mut cur: Option<String> = None;
     for line in log.lines() {
         if let Some(rest) = line.strip_prefix("timing ") {
-            let Some((id, what)) = rest.split_once(": ") else { continue };
+            let Some((id, what)) = rest.split_once(": ") else {
+                continue;
+            };
             let w: Vec<&str> = what.split_whitespace().collect();
             let s = touch(&mut by_id, &mut order, id);
             match w.as_slice() {
@@ -107,7 +113,9 @@ pub fn parse(log: &str) -> Breakdown {
                 }
                 continue;
             }
-            let Some((id, what)) = rest.split_once(": ") else { continue };
+            let Some((id, what)) = rest.split_once(": ") else {
+                continue;
+            };
             let s = touch(&mut by_id, &mut order, id);
             if let Some(t) = what.strip_prefix("cloned at ") {
                 cur = Some(id.to_string());
@@ -117,7 +125,8 @@ pub fn parse(log: &str) -> Breakdown {
             } else if let Some((_, e)) = what.split_once("exec done at ")
                 && let Some(t) = parse_duration_ms(e)
             {
-                s.marks.push(("init: exec of the agent (until exec succeeded)".into(), t));
+                s.marks
+                    .push(("init: exec of the agent (until exec succeeded)".into(), t));
             }
         } else if let Some(rest) = line.strip_prefix("sandbox init: ")
             && let Some((label, t)) = rest.rsplit_once(" at ")
@@ -134,7 +143,9 @@ pub fn parse(log: &str) -> Breakdown {
     let mut creates = 0;
     for id in &order {
         let Some(s) = by_id.get_mut(id) else { continue };
-        let (Some(total), Some(ready)) = (s.total_spawn, s.ready) else { continue };
+        let (Some(total), Some(ready)) = (s.total_spawn, s.ready) else {
+            continue;
+        };
         creates += 1;
         backend.push(total + ready);
         s.marks.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -147,10 +158,16 @@ pub fn parse(log: &str) -> Breakdown {
         }
         let helper_end = s.marks.last().map(|m| m.1);
         if let Some(v) = s.dirs {
-            simple.entry("daemon: sandbox dirs, hosts/hostname/boot_id files").or_default().push(v);
+            simple
+                .entry("daemon: sandbox dirs, hosts/hostname/boot_id files")
+                .or_default()
+                .push(v);
         }
         if let Some(v) = s.cgroups {
-            simple.entry("daemon: create cgroups, write limits").or_default().push(v);
+            simple
+                .entry("daemon: create cgroups, write limits")
+                .or_default()
+                .push(v);
         }
         if let (Some(sp), Some(cg), Some(he)) = (s.spawn, s.cgroups, helper_end) {
             simple
@@ -164,7 +181,10 @@ pub fn parse(log: &str) -> Breakdown {
                 .or_default()
                 .push((ts - d - sp).max(0.0));
         }
-        simple.entry("agent: boot until it answers on its socket").or_default().push(ready);
+        simple
+            .entry("agent: boot until it answers on its socket")
+            .or_default()
+            .push(ready);
     }
 
     let mut steps: Vec<(f64, Step)> = Vec::new();
@@ -182,7 +202,11 @@ pub fn parse(log: &str) -> Breakdown {
             ));
         }
     };
-    push_simple("daemon: sandbox dirs, hosts/hostname/boot_id files", -3.0, &mut steps);
+    push_simple(
+        "daemon: sandbox dirs, hosts/hostname/boot_id files",
+        -3.0,
+        &mut steps,
+    );
     push_simple("daemon: create cgroups, write limits", -2.0, &mut steps);
     for (label, (d, t)) in deltas.iter_mut() {
         if let (Some(m), Some(pos)) = (median(d), median(t)) {
@@ -196,9 +220,17 @@ pub fn parse(log: &str) -> Breakdown {
             ));
         }
     }
-    push_simple("daemon: helper round trip, fds, config memfd (rest of spawn)", 1e9, &mut steps);
+    push_simple(
+        "daemon: helper round trip, fds, config memfd (rest of spawn)",
+        1e9,
+        &mut steps,
+    );
     push_simple("daemon: blocking-task hop around spawn", 1e9 + 1.0, &mut steps);
-    push_simple("agent: boot until it answers on its socket", 1e9 + 2.0, &mut steps);
+    push_simple(
+        "agent: boot until it answers on its socket",
+        1e9 + 2.0,
+        &mut steps,
+    );
     steps.sort_by(|a, b| a.0.total_cmp(&b.0));
     Breakdown {
         creates,
@@ -272,12 +304,19 @@ timing iccc: cgroups 3ms
         assert!((get("daemon: helper round trip, fds, config memfd (rest of spawn)") - 1.0).abs() < 1e-9);
         assert_eq!(b.backend_total_p50_ms, Some(12.0));
         // In order of occurrence: dirs and cgroups first, agent boot last.
-        assert_eq!(b.steps[0].step, "daemon: sandbox dirs, hosts/hostname/boot_id files");
+        assert_eq!(
+            b.steps[0].step,
+            "daemon: sandbox dirs, hosts/hostname/boot_id files"
+        );
         assert_eq!(
             b.steps.last().unwrap().step,
             "agent: boot until it answers on its socket"
         );
-        let clone = b.steps.iter().position(|s| s.step.starts_with("helper: clone")).unwrap();
+        let clone = b
+            .steps
+            .iter()
+            .position(|s| s.step.starts_with("helper: clone"))
+            .unwrap();
         let pivot = b.steps.iter().position(|s| s.step == "init: pivot").unwrap();
         assert!(clone < pivot);
     }

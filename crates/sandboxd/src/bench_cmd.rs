@@ -63,7 +63,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
         .init();
     let exe = std::env::current_exe().context("locating the sandboxd executable")?;
-    let mut cfg = if args.quick { Config::quick(exe) } else { Config::full(exe) };
+    let mut cfg = if args.quick {
+        Config::quick(exe)
+    } else {
+        Config::full(exe)
+    };
     if let Some(d) = args.work_dir {
         cfg.work_dir = d;
     }
