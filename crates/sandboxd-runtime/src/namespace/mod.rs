@@ -10,6 +10,7 @@ pub mod child;
 pub mod helper;
 pub mod idmap;
 pub mod seccomp;
+pub mod stats;
 pub mod sys;
 pub mod template;
 
@@ -1039,6 +1040,14 @@ impl SandboxBackend for NamespaceBackend {
 
     fn is_alive(&self, handle: &SandboxHandle) -> bool {
         sys::is_alive(handle.agent_pid, handle.agent_start_time)
+    }
+
+    async fn stats(&self, id: &str) -> Result<crate::SandboxStats, RuntimeError> {
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || me.stats_blocking(&id))
+            .await
+            .map_err(|e| step("stats", e))?
     }
 
     async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
