@@ -62,10 +62,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     };
     prepare_runtime_dir(&runtime_dir)?;
     let ext_dir = runtime_dir.join("python");
-    std::fs::create_dir_all(&ext_dir)?;
-    std::fs::write(ext_dir.join("sandboxd_ipython.py"), IPYTHON_EXTENSION)?;
-    set_mode(&ext_dir, 0o755)?;
-    set_mode(&ext_dir.join("sandboxd_ipython.py"), 0o644)?;
+    spawn::write_extension(&ext_dir)?;
 
     let mut kernelspec_dirs = config.kernelspec_dirs.clone();
     kernelspec_dirs.push(config.layer.join("kernels"));
@@ -116,10 +113,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     );
     let app = server::router(state.clone());
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    // Each kernel removes its own directory; the rest stays for the next run (which cleans up
+    // at start), so that an instance shutting down never deletes files of its successor.
     for ctx in state.registry.list() {
         ctx.stop().await;
     }
-    let _ = std::fs::remove_dir_all(&runtime_dir);
     result.map_err(Error::Io)
 }
 
@@ -152,7 +150,7 @@ fn prepare_runtime_dir(dir: &std::path::Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn set_mode(p: &std::path::Path, mode: u32) -> Result<(), Error> {
+pub(crate) fn set_mode(p: &std::path::Path, mode: u32) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
     Ok(())

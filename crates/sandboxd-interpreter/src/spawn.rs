@@ -78,6 +78,12 @@ impl KernelCommand {
         let conn = conn_file.to_string_lossy();
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(self.args.iter().map(|a| a.replace("{connection_file}", &conn)));
+        // Our own settings (an envd access token among them) are not the user's business.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("SANDBOXD_") {
+                cmd.env_remove(&k);
+            }
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -106,6 +112,21 @@ impl KernelCommand {
     }
 }
 
+/// File name of our IPython extension module.
+pub const EXTENSION_FILE: &str = "sandboxd_ipython.py";
+
+/// Writes the IPython extension into `dir` (readable by the kernels' user).
+pub fn write_extension(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let file = dir.join(EXTENSION_FILE);
+    let tmp = dir.join(format!(".{EXTENSION_FILE}.tmp"));
+    std::fs::write(&tmp, crate::IPYTHON_EXTENSION)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(tmp, file)
+}
+
 /// Finds kernels and builds their command lines.
 #[derive(Debug, Clone)]
 pub struct Launcher {
@@ -123,21 +144,16 @@ impl Launcher {
     /// The command for `language`, or a clear error when its kernel is not installed.
     pub fn command_for(&self, language: Language) -> Result<KernelCommand, Error> {
         let mut cmd = match language {
-            Language::Python => KernelCommand {
-                program: self.python()?,
-                args: vec![
-                    "-m".into(),
-                    "ipykernel_launcher".into(),
-                    "-f".into(),
-                    "{connection_file}".into(),
-                    "--IPKernelApp.extra_extensions=sandboxd_ipython".into(),
-                    "--InteractiveShell.colors=NoColor".into(),
-                    "--HistoryManager.enabled=False".into(),
-                ],
-                env: vec![],
-                transport: Transport::IPC,
-                interrupt_mode: InterruptMode::Signal,
-            },
+            Language::Python => {
+                // Rewritten if something removed it since start.
+                if !self.ext_dir.join(EXTENSION_FILE).exists() {
+                    write_extension(&self.ext_dir).map_err(|e| Error::KernelStart {
+                        language: language.to_string(),
+                        reason: format!("writing {}: {e}", self.ext_dir.display()),
+                    })?;
+                }
+                self.python_command()?
+            }
             Language::Javascript | Language::Typescript => {
                 let deno = self.find_program("deno").ok_or_else(|| Error::NotInstalled {
                     language: language.to_string(),
@@ -191,6 +207,24 @@ impl Launcher {
         };
         cmd.env.extend(self.common_env());
         Ok(cmd)
+    }
+
+    fn python_command(&self) -> Result<KernelCommand, Error> {
+        Ok(KernelCommand {
+            program: self.python()?,
+            args: vec![
+                "-m".into(),
+                "ipykernel_launcher".into(),
+                "-f".into(),
+                "{connection_file}".into(),
+                "--IPKernelApp.extra_extensions=sandboxd_ipython".into(),
+                "--InteractiveShell.colors=NoColor".into(),
+                "--HistoryManager.enabled=False".into(),
+            ],
+            env: vec![],
+            transport: Transport::IPC,
+            interrupt_mode: InterruptMode::Signal,
+        })
     }
 
     fn common_env(&self) -> Vec<(String, String)> {

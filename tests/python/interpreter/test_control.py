@@ -52,11 +52,11 @@ def test_crashed_kernel_reports_and_comes_back(sbx):
     ctx = sbx.create_code_context()
     sbx.run_code("lost = 1", context=ctx)
     execution = sbx.run_code("import os\nos._exit(3)", context=ctx)
-    assert execution.error is not None
-    assert execution.error.name == "ContextRestarting"
-    assert "exited with status 3" in execution.error.traceback
+    assert execution.error is not None, execution
+    assert execution.error.name == "ContextRestarting", execution.error
+    assert "exited with status 3" in execution.error.traceback, execution.error
     after = sbx.run_code("lost", context=ctx)
-    assert after.error.name == "NameError"
+    assert after.error is not None and after.error.name == "NameError", after
     assert sbx.run_code("1 + 1", context=ctx).text == "2"
 
 
