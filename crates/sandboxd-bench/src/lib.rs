@@ -79,7 +79,21 @@ pub struct Config {
     pub pool_size: usize,
     /// Keep the throwaway directory (daemon log) for inspection.
     pub keep: bool,
+    /// Measure only these sections (see [`SECTIONS`]); `None`: all.
+    pub only: Option<Vec<String>>,
     pub runs: Runs,
+}
+
+/// Section names for [`Config::only`].
+pub const SECTIONS: &[&str] = &[
+    "create", "exec", "listdir", "watch", "files", "cycle", "density", "pool",
+];
+
+impl Config {
+    /// Whether a section is measured.
+    pub fn wants(&self, section: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.iter().any(|s| s == section))
+    }
 }
 
 impl Config {
@@ -100,6 +114,7 @@ impl Config {
             pool_args: None,
             pool_size: 8,
             keep: false,
+            only: None,
             runs: Runs {
                 baseline: 200,
                 create: 200,
@@ -167,6 +182,12 @@ mod tests {
         assert_eq!(f.cycle_seconds, 30.0);
         assert!(q.runs.create < f.runs.create);
         assert_eq!(f.concurrency, vec![4, 16, 64]);
+        assert!(f.wants("files"));
+        let o = Config {
+            only: Some(vec!["create".into()]),
+            ..f
+        };
+        assert!(o.wants("create") && !o.wants("files"));
     }
 
     #[test]

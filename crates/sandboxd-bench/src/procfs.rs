@@ -45,6 +45,32 @@ pub fn meminfo(key: &str) -> Option<u64> {
     kb_field(&std::fs::read_to_string("/proc/meminfo").ok()?, key)
 }
 
+/// Busy and total CPU time of the host in clock ticks, from the `cpu` line of `/proc/stat`
+/// text (busy = everything but idle and iowait).
+pub fn parse_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 5 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v[3] + v[4];
+    Some((total - idle, total))
+}
+
+/// Host CPU time spent busy since boot, in milliseconds.
+pub fn host_cpu_busy_ms() -> Option<f64> {
+    let (busy, _) = parse_cpu_ticks(&std::fs::read_to_string("/proc/stat").ok()?)?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| busy as f64 * 1000.0 / hz as f64)
+}
+
 /// Pids listed in a `cgroup.procs` file's text.
 pub fn parse_pids(text: &str) -> Vec<i32> {
     text.split_whitespace().filter_map(|t| t.parse().ok()).collect()
@@ -214,6 +240,14 @@ mod tests {
             "55d0-7ffd ---p 00000000 00:00 0 [rollup]\nRss:  3000 kB\nPss:  1200 kB\nPss_Anon: 800 kB\n";
         assert_eq!(kb_field(rollup, "Pss"), Some(1200 * 1024));
         assert_eq!(kb_field(rollup, "Rss"), Some(3000 * 1024));
+    }
+
+    #[test]
+    fn cpu_ticks() {
+        let stat = "cpu  100 5 50 1000 20 3 2 0 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
+        assert_eq!(parse_cpu_ticks(stat), Some((160, 1180)));
+        assert_eq!(parse_cpu_ticks("cpu0 1 2 3 4 5\n"), None);
+        assert!(host_cpu_busy_ms().unwrap() > 0.0);
     }
 
     #[test]

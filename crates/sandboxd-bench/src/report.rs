@@ -47,12 +47,16 @@ pub struct Concurrent {
     pub concurrency: usize,
     pub latency: Summary,
     pub creates_per_s: f64,
+    /// Host CPU time (all processes) per create during this level, ms; noisy on a shared host.
+    pub host_cpu_ms_per_create: Option<f64>,
 }
 
 /// `POST /sandboxes` until the 201 response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateSection {
     pub sequential: Summary,
+    /// Host CPU time (all processes) per sequential create + kill, ms.
+    pub host_cpu_ms_per_create_and_kill: Option<f64>,
     /// `DELETE /sandboxes/{id}` of the sequential creates (untimed in `sequential`).
     pub kill: Summary,
     pub concurrency: Vec<Concurrent>,
@@ -293,8 +297,12 @@ impl Report {
             }
         }
         if let Some(c) = &self.create {
+            let cpu = c
+                .host_cpu_ms_per_create_and_kill
+                .map(|c| format!(" (host CPU {} ms per create + kill)", fmt_num(c)))
+                .unwrap_or_default();
             rows.push(
-                Row::summary("create → ready, sequential", &c.sequential)
+                Row::summary(format!("create → ready, sequential{cpu}"), &c.sequential)
                     .vs(bwrap, "bwrap")
                     .budget("p50 10, p99 30 ms"),
             );
@@ -303,9 +311,12 @@ impl Report {
                 rows.push(
                     Row::summary(
                         format!(
-                            "create → ready, {} concurrent ({} creates/s)",
+                            "create → ready, {} concurrent ({} creates/s{})",
                             l.concurrency,
-                            fmt_num(l.creates_per_s)
+                            fmt_num(l.creates_per_s),
+                            l.host_cpu_ms_per_create
+                                .map(|c| format!(", host CPU {} ms/create", fmt_num(c)))
+                                .unwrap_or_default()
                         ),
                         &l.latency,
                     )
@@ -590,10 +601,12 @@ pub(crate) mod tests {
             create: Some(CreateSection {
                 sequential: s(8.0, "ms"),
                 kill: s(3.0, "ms"),
+                host_cpu_ms_per_create_and_kill: None,
                 concurrency: vec![Concurrent {
                     concurrency: 4,
                     latency: s(20.0, "ms"),
                     creates_per_s: 180.0,
+                    host_cpu_ms_per_create: Some(11.0),
                 }],
                 breakdown: Breakdown::default(),
                 outside_backend_p50_ms: None,
@@ -635,7 +648,10 @@ pub(crate) mod tests {
         assert!(md.contains("quick mode, release build"), "{md}");
         assert!(md.contains("2 CPUs"));
         assert!(md.contains("| create → ready, sequential | 3 | 8.00 | 12.0 | 12.0 | ms | 2.00× bwrap | p50 10, p99 30 ms |"), "{md}");
-        assert!(md.contains("4 concurrent (180 creates/s)"));
+        assert!(
+            md.contains("4 concurrent (180 creates/s, host CPU 11.0 ms/create)"),
+            "{md}"
+        );
         assert!(
             md.contains("| create → ready, warm pool |  | n/a: `sandboxd serve` has no pool option | | "),
             "{md}"

@@ -144,6 +144,7 @@ pub async fn create(ctx: &Ctx) -> Result<CreateSection, BenchError> {
         ctx.kill(&mut conn, &s.id).await?;
     }
     let log_from = ctx.daemon.log_len();
+    let cpu0 = procfs::host_cpu_busy_ms();
     let mut seq = Vec::with_capacity(ctx.cfg.runs.create);
     let mut kills = Vec::with_capacity(ctx.cfg.runs.create);
     for _ in 0..ctx.cfg.runs.create {
@@ -153,6 +154,8 @@ pub async fn create(ctx: &Ctx) -> Result<CreateSection, BenchError> {
         ctx.kill(&mut conn, &s.id).await?;
         kills.push(t0.elapsed());
     }
+    let n = ctx.cfg.runs.create.max(1) as f64;
+    let host_cpu_ms_per_create_and_kill = cpu0.zip(procfs::host_cpu_busy_ms()).map(|(a, b)| (b - a) / n);
     let log = ctx.daemon.log_slice(log_from, ctx.daemon.log_len());
     let breakdown = crate::timing::parse(&log);
     let sequential = summary_ms(&seq, "sequential create")?;
@@ -170,14 +173,19 @@ pub async fn create(ctx: &Ctx) -> Result<CreateSection, BenchError> {
         }
         let mut lat = Vec::with_capacity(rounds * c);
         let mut busy = Duration::ZERO;
+        let mut cpu = Some(0.0);
         for _ in 0..rounds {
             let t0 = Instant::now();
+            let c0 = procfs::host_cpu_busy_ms();
             let results = futures_join(conns.drain(..).map(|mut conn| async move {
                 let r = ctx.create(&mut conn, None).await;
                 (conn, r)
             }))
             .await;
             busy += t0.elapsed();
+            cpu = cpu
+                .zip(c0.zip(procfs::host_cpu_busy_ms()))
+                .map(|(acc, (a, b))| acc + b - a);
             let mut made = Vec::new();
             let mut first_err = None;
             for (conn, r) in results {
@@ -212,10 +220,12 @@ pub async fn create(ctx: &Ctx) -> Result<CreateSection, BenchError> {
             concurrency: c,
             latency: summary_ms(&lat, "concurrent create")?,
             creates_per_s: lat.len() as f64 / busy.as_secs_f64().max(1e-9),
+            host_cpu_ms_per_create: cpu.map(|c| c / lat.len().max(1) as f64),
         });
     }
     Ok(CreateSection {
         sequential,
+        host_cpu_ms_per_create_and_kill,
         kill: summary_ms(&kills, "kill")?,
         concurrency,
         breakdown,
@@ -958,11 +968,13 @@ pub async fn run(cfg: Config) -> Report {
             }
             let cleanup = finish_daemon(ctx, cfg.keep).await;
             report.errors.extend(cleanup);
-            match warm_pool(&cfg, &scratch).await {
-                Ok(p) => report.create_warm_pool = p,
-                Err(e) => {
-                    report.create_warm_pool.reason = Some(format!("failed: {e}"));
-                    report.errors.push(format!("warm pool: {e}"));
+            if cfg.wants("pool") {
+                match warm_pool(&cfg, &scratch).await {
+                    Ok(p) => report.create_warm_pool = p,
+                    Err(e) => {
+                        report.create_warm_pool.reason = Some(format!("failed: {e}"));
+                        report.errors.push(format!("warm pool: {e}"));
+                    }
                 }
             }
         }
@@ -979,48 +991,65 @@ pub async fn run(cfg: Config) -> Report {
 }
 
 async fn measure_all(ctx: &Ctx, sizes: &[(u64, usize)], report: &mut Report) {
-    match create(ctx).await {
-        Ok(c) => report.create = Some(c),
-        Err(e) => report.errors.push(format!("create: {e}")),
-    }
-    let warm = async {
-        let mut conn = ctx.conn().await?;
-        Ok::<_, BenchError>(ctx.create(&mut conn, None).await?.0)
-    }
-    .await;
-    match warm {
-        Ok(sbx) => {
-            match exec(ctx, &sbx).await {
-                Ok(e) => report.exec = Some(e),
-                Err(e) => report.errors.push(format!("exec: {e}")),
-            }
-            match listdir(ctx, &sbx).await {
-                Ok(l) => report.listdir = Some(l),
-                Err(e) => report.errors.push(format!("listdir: {e}")),
-            }
-            match watch(ctx, &sbx).await {
-                Ok(w) => report.watch = Some(w),
-                Err(e) => report.errors.push(format!("watch: {e}")),
-            }
-            if let Ok(mut conn) = ctx.conn().await
-                && let Err(e) = ctx.kill(&mut conn, &sbx.id).await
-            {
-                report.errors.push(format!("kill: {e}"));
-            }
+    let want = |s: &str| ctx.cfg.wants(s);
+    if want("create") {
+        match create(ctx).await {
+            Ok(c) => report.create = Some(c),
+            Err(e) => report.errors.push(format!("create: {e}")),
         }
-        Err(e) => report.errors.push(format!("create of the warm sandbox: {e}")),
     }
-    match files(ctx, sizes).await {
-        Ok(f) => report.files = Some(f),
-        Err(e) => report.errors.push(format!("files: {e}")),
+    if want("exec") || want("listdir") || want("watch") {
+        let warm = async {
+            let mut conn = ctx.conn().await?;
+            Ok::<_, BenchError>(ctx.create(&mut conn, None).await?.0)
+        }
+        .await;
+        match warm {
+            Ok(sbx) => {
+                if want("exec") {
+                    match exec(ctx, &sbx).await {
+                        Ok(e) => report.exec = Some(e),
+                        Err(e) => report.errors.push(format!("exec: {e}")),
+                    }
+                }
+                if want("listdir") {
+                    match listdir(ctx, &sbx).await {
+                        Ok(l) => report.listdir = Some(l),
+                        Err(e) => report.errors.push(format!("listdir: {e}")),
+                    }
+                }
+                if want("watch") {
+                    match watch(ctx, &sbx).await {
+                        Ok(w) => report.watch = Some(w),
+                        Err(e) => report.errors.push(format!("watch: {e}")),
+                    }
+                }
+                if let Ok(mut conn) = ctx.conn().await
+                    && let Err(e) = ctx.kill(&mut conn, &sbx.id).await
+                {
+                    report.errors.push(format!("kill: {e}"));
+                }
+            }
+            Err(e) => report.errors.push(format!("create of the warm sandbox: {e}")),
+        }
     }
-    match cycle(ctx).await {
-        Ok(c) => report.cycle = Some(c),
-        Err(e) => report.errors.push(format!("cycle: {e}")),
+    if want("files") {
+        match files(ctx, sizes).await {
+            Ok(f) => report.files = Some(f),
+            Err(e) => report.errors.push(format!("files: {e}")),
+        }
     }
-    match density(ctx).await {
-        Ok(d) => report.density = Some(d),
-        Err(e) => report.errors.push(format!("density: {e}")),
+    if want("cycle") {
+        match cycle(ctx).await {
+            Ok(c) => report.cycle = Some(c),
+            Err(e) => report.errors.push(format!("cycle: {e}")),
+        }
+    }
+    if want("density") {
+        match density(ctx).await {
+            Ok(d) => report.density = Some(d),
+            Err(e) => report.errors.push(format!("density: {e}")),
+        }
     }
 }
 

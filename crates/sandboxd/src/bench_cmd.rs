@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// Keep the throwaway directory (daemon log) for inspection.
     #[arg(long)]
     pub keep: bool,
+    /// Measure only these sections (comma-separated): create, exec, listdir, watch, files,
+    /// cycle, density, pool. Baselines always run.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Option<Vec<String>>,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -106,6 +110,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|s| s.split_whitespace().map(str::to_string).collect());
     cfg.pool_size = args.pool_size.max(1);
     cfg.keep = args.keep;
+    if let Some(only) = &args.only {
+        for s in only {
+            anyhow::ensure!(
+                sandboxd_bench::SECTIONS.contains(&s.as_str()),
+                "--only: unknown section {s:?} (known: {})",
+                sandboxd_bench::SECTIONS.join(", ")
+            );
+        }
+    }
+    cfg.only = args.only;
     anyhow::ensure!(
         nix::unistd::geteuid().is_root(),
         "sandboxd bench starts namespace sandboxes and reads their cgroups: run it as root"

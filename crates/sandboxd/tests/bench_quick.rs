@@ -194,4 +194,10 @@ fn bench_rejects_bad_flags() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--density"));
+    let out = Command::new(env!("CARGO_BIN_EXE_sandboxd"))
+        .args(["bench", "--quick", "--only", "create,nonsense"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown section \"nonsense\""));
 }
