@@ -314,6 +314,21 @@ async fn create_latency() {
         times.push(t.elapsed());
         ids.push(id);
     }
+    // idle footprint: memory charged to each sandbox's cgroup (agent + page cache + kernel)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mem = std::path::Path::new("/sys/fs/cgroup/memory").join(&tb.backend.config().cgroup_root);
+    let usage: Vec<u64> = ids
+        .iter()
+        .filter_map(|id| std::fs::read_to_string(mem.join(id).join("memory.usage_in_bytes")).ok())
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    if !usage.is_empty() {
+        eprintln!(
+            "idle sandbox memory (cgroup v1 usage): avg {} KiB, max {} KiB",
+            usage.iter().sum::<u64>() / usage.len() as u64 / 1024,
+            usage.iter().max().unwrap() / 1024
+        );
+    }
     let mut dtimes = Vec::new();
     for id in ids {
         let t = Instant::now();
@@ -404,4 +419,56 @@ async fn sandboxes_outlive_the_daemon_and_helper() {
     again.destroy(&id2).await.unwrap();
     assert!(!tb.backend.is_alive(&h) && !tb.backend.is_alive(&h2));
     assert!(again.list_host_sandboxes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates() {
+    if !require_root() {
+        return;
+    }
+    let tb = backend_pooled();
+    let ids: Vec<String> = (0..8).map(|_| new_id()).collect();
+    let t = Instant::now();
+    let handles = futures_join_all(
+        ids.iter()
+            .map(|id| tb.backend.create(spec(id, Limits::default()))),
+    )
+    .await;
+    eprintln!("8 concurrent creates: {:?}", t.elapsed());
+    let handles: Vec<_> = handles.into_iter().map(|h| h.expect("create")).collect();
+    for h in &handles {
+        let out = run(&api(h), "user", "echo $E2B_SANDBOX_ID").await;
+        assert_eq!(out.stdout.trim(), h.id, "{out:?}");
+    }
+    for id in &ids {
+        tb.backend.destroy(id).await.unwrap();
+    }
+    assert!(tb.backend.list_host_sandboxes().await.unwrap().is_empty());
+}
+
+/// Await all futures concurrently (no extra dependency).
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
 }

@@ -365,8 +365,10 @@ impl Helper {
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         drop(go_rd);
         drop(err_wr);
+        // On failure the init is killed and gone (out of its cgroups) before we answer.
         let kill = |reply: HelperReply| {
             let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+            sys::pidfd_wait_exit(&pidfd, 2000);
             reply
         };
         if let Some(t) = ctx.timing {

@@ -204,6 +204,7 @@ struct Inner {
     agents: Mutex<HashMap<String, AgentRecord>>,
     pool: Mutex<PoolState>,
     pool_cv: Condvar,
+    trash_tx: Mutex<Option<std::sync::mpsc::Sender<PathBuf>>>,
 }
 
 /// Prepared sandbox slots (`<data>/sandboxes/.pool-*`, plus same-named cgroups on v1).
@@ -377,6 +378,7 @@ impl NamespaceBackend {
             agents: Mutex::new(HashMap::new()),
             pool: Mutex::new(PoolState::default()),
             pool_cv: Condvar::new(),
+            trash_tx: Mutex::new(None),
         });
         if pool_size > 0 {
             let weak = Arc::downgrade(&inner);
@@ -621,6 +623,39 @@ impl Inner {
         Ok(Some((sbx, pooled_cgroups)))
     }
 
+    /// Delete a trashed directory on the background deleter thread (started on first use).
+    fn delete_later(&self, path: PathBuf) {
+        let Ok(mut tx) = self.trash_tx.lock() else {
+            let _ = std::fs::remove_dir_all(&path);
+            return;
+        };
+        if tx.is_none() {
+            let (s, r) = std::sync::mpsc::channel::<PathBuf>();
+            let spawned = std::thread::Builder::new()
+                .name("sandboxd-trash".into())
+                .spawn(move || {
+                    for p in r {
+                        if let Err(e) = std::fs::remove_dir_all(&p) {
+                            tracing::warn!("removing {}: {e}", p.display());
+                        }
+                    }
+                });
+            if spawned.is_ok() {
+                *tx = Some(s);
+            }
+        }
+        match tx.as_ref() {
+            Some(s) => {
+                if let Err(e) = s.send(path) {
+                    let _ = std::fs::remove_dir_all(e.0);
+                }
+            }
+            None => {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+    }
+
     fn drain_pool(&self) {
         let slots = match self.pool.lock() {
             Ok(mut p) => {
@@ -660,7 +695,8 @@ impl Inner {
             eprintln!("timing {id}: dirs {:?} spawn {:?}", t1 - t0, t1.elapsed());
         }
         if r.is_err() {
-            let _ = self.cgroups.remove(&id);
+            // kill anything left, remove the cgroups (with retries) and the directory
+            let _ = self.destroy(&id);
             let _ = remove_tree(&sbx, &self.cfg.data_dir.join(".trash"));
         }
         r
@@ -784,11 +820,16 @@ impl Inner {
         if !valid_id(id) {
             return Err(RuntimeError::InvalidSpec(format!("bad sandbox id '{id}'")));
         }
+        let t0 = std::time::Instant::now();
+        let timing = std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some();
         let rec = self.agents.lock().ok().and_then(|mut m| m.remove(id));
         if let Some(rec) = &rec {
             let _ = sys::pidfd_send_signal(&rec.pidfd, libc::SIGKILL);
             self.cgroups.thaw(id);
             sys::pidfd_wait_exit(&rec.pidfd, 5000);
+        }
+        if timing {
+            eprintln!("timing destroy {id}: agent gone at {:?}", t0.elapsed());
         }
         // Anything left (a sandbox of an earlier daemon, or a half-dead one): kill by cgroup.
         let mut delay = 2;
@@ -816,7 +857,19 @@ impl Inner {
             std::thread::sleep(Duration::from_millis(10));
             cg = self.cgroups.remove(id);
         }
-        let dir = remove_tree(&self.sandbox_dir(id), &self.cfg.data_dir.join(".trash"));
+        if timing {
+            eprintln!("timing destroy {id}: cgroups removed at {:?}", t0.elapsed());
+        }
+        // The id is free once the directory is in the trash; deleting the files (large upper
+        // dirs take a while) happens on a background thread.
+        let dir = move_to_trash(&self.sandbox_dir(id), &self.cfg.data_dir.join(".trash")).map(|t| {
+            if let Some(t) = t {
+                self.delete_later(t);
+            }
+        });
+        if timing {
+            eprintln!("timing destroy {id}: dir removed at {:?}", t0.elapsed());
+        }
         cg?;
         dir
     }
@@ -898,9 +951,9 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Remove a sandbox directory: rename it into the trash (so the id is free at once), then
-/// delete it.
-fn remove_tree(dir: &Path, trash: &Path) -> Result<(), RuntimeError> {
+/// Rename a sandbox directory into the trash, so its id is free at once. Returns the new
+/// path, or `None` if there was nothing to move.
+fn move_to_trash(dir: &Path, trash: &Path) -> Result<Option<PathBuf>, RuntimeError> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -911,16 +964,23 @@ fn remove_tree(dir: &Path, trash: &Path) -> Result<(), RuntimeError> {
         .unwrap_or(0);
     let t = trash.join(format!("{name}-{nanos}"));
     match std::fs::rename(dir, &t) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(step(
-                "cleanup",
-                format!("moving {} to the trash: {e}", dir.display()),
-            ));
-        }
+        Ok(()) => Ok(Some(t)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(step(
+            "cleanup",
+            format!("moving {} to the trash: {e}", dir.display()),
+        )),
     }
-    std::fs::remove_dir_all(&t).map_err(|e| step("cleanup", format!("removing {}: {e}", t.display())))
+}
+
+/// Remove a sandbox directory now (through the trash).
+fn remove_tree(dir: &Path, trash: &Path) -> Result<(), RuntimeError> {
+    match move_to_trash(dir, trash)? {
+        Some(t) => {
+            std::fs::remove_dir_all(&t).map_err(|e| step("cleanup", format!("removing {}: {e}", t.display())))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Send `GET /health` over a unix socket and return the HTTP status code.
