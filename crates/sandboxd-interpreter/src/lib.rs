@@ -115,9 +115,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     // Each kernel removes its own directory; the rest stays for the next run (which cleans up
     // at start), so that an instance shutting down never deletes files of its successor.
-    for ctx in state.registry.list() {
-        ctx.stop().await;
-    }
+    let contexts = state.registry.list();
+    futures::future::join_all(contexts.iter().map(|ctx| ctx.stop())).await;
     result.map_err(Error::Io)
 }
 

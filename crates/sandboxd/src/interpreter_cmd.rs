@@ -43,7 +43,7 @@ pub fn run(args: InterpreterArgs) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zeromq=error")),
         )
         .with_writer(std::io::stderr)
         .try_init();
