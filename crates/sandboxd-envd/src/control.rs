@@ -24,6 +24,8 @@ pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
         .route("/config", post(set_config))
+        .route("/logs", get(crate::log::get_logs))
+        .route("/logs/oom", post(crate::log::post_oom))
         .with_state(state)
 }
 

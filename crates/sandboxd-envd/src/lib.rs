@@ -12,6 +12,7 @@ pub mod control;
 pub mod files;
 pub mod filesystem;
 pub mod health;
+pub mod log;
 pub mod paths;
 pub mod pid1;
 pub mod process;

@@ -170,9 +170,13 @@ fn start_process(
         stdin: req.stdin.unwrap_or(true),
         cgroup_fds: cfg.work_cgroup_fds.clone(),
     };
-    let started = spawn::start(&spec)
-        .map_err(|e| ConnectError::internal(format!("error starting process '{}': {e}", config.cmd)))?;
+    let cmdline = crate::log::command_line(&config.cmd, &config.args);
+    let started = spawn::start(&spec).map_err(|e| {
+        state.processes.log.process_start_failed(&cmdline, &user.name, &e.to_string());
+        ConnectError::internal(format!("error starting process '{}': {e}", config.cmd))
+    })?;
     tracing::debug!(pid = started.pid, cmd = %config.cmd, "process started");
+    state.processes.log.process_started(started.pid, &cmdline, &user.name, req.tag.as_deref(), spec.pty.is_some());
     let info = ProcessInfo {
         config,
         pid: started.pid,
@@ -361,6 +365,7 @@ async fn send_signal(state: Arc<AgentState>, headers: HeaderMap, body: Body) -> 
         .processes
         .find_running(&sel)
         .ok_or_else(|| not_found(&sel))?;
+    state.processes.log.signal_requested(proc.pid, signal);
     match proc.signal(signal) {
         Ok(()) => unary_ok(&Empty {}),
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(not_found(&sel).into()),

@@ -143,6 +143,8 @@ impl Proc {
 #[derive(Default)]
 pub struct ProcessTable {
     procs: Arc<Mutex<HashMap<u32, Arc<Proc>>>>,
+    /// The sandbox's structured log (process starts and exits are recorded here).
+    pub log: crate::log::SandboxLog,
 }
 
 impl ProcessTable {
@@ -222,8 +224,13 @@ impl ProcessTable {
         self.insert(proc.clone());
         let table = self.procs.clone();
         let p = proc.clone();
+        let log = self.log.clone();
+        let t0 = Instant::now();
         tokio::spawn(async move {
             let status = drive(&p, output, started.exit, kill_at).await;
+            let at_deadline = kill_at.is_some_and(|t| Instant::now() >= t);
+            let cmdline = crate::log::command_line(&p.info.config.cmd, &p.info.config.args);
+            log.process_exited(p.pid, &cmdline, status, at_deadline, t0.elapsed());
             p.finish(end_event(status)).await;
             tokio::time::sleep(EXIT_CACHE).await;
             let mut procs = lock(&table);
