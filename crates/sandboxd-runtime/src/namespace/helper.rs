@@ -1,10 +1,11 @@
 //! The spawn helper: a long-lived, single-threaded process (`sandboxd __spawn-helper`) that
 //! clones sandboxes on request of the (multithreaded) daemon over a `SOCK_SEQPACKET` pair.
 //!
-//! At start it moves into a private mount namespace (a slave of the host's) and mounts the
-//! host `/usr` and the templates directory there, idmapped host 0 → sandbox 0 and read-only,
-//! once for all sandboxes. Every sandbox's mount namespace is a copy of the helper's, so
-//! those staging mounts are the overlay lower layers without per-sandbox `open_tree` calls.
+//! At start it mounts the host `/usr` and the templates directory under
+//! `<data>/.helper/<its pid>/`, idmapped host 0 → sandbox 0 and read-only, once for all
+//! sandboxes. Every sandbox's mount namespace is a copy of the host's, so those staging mounts
+//! are the overlay lower layers without per-sandbox `open_tree` calls. It removes them when
+//! the daemon closes the socket; a later helper removes those of dead helpers.
 
 use super::child::{ChildCtx, ExecTarget};
 use super::seccomp::SeccompProgram;
@@ -27,8 +28,8 @@ pub const HELPER_SUBCOMMAND: &str = "__spawn-helper";
 pub struct HelperInit {
     pub usr_source: PathBuf,
     pub templates_source: PathBuf,
-    pub usr_stage: PathBuf,
-    pub templates_stage: PathBuf,
+    /// `<data>/.helper`: the helper mounts its staging views under `<stage_dir>/<its pid>/`.
+    pub stage_dir: PathBuf,
     pub uid_base: u32,
     pub uid_count: u32,
 }
@@ -173,6 +174,39 @@ pub fn idmapped_bind(src: &Path, target: &Path, userns: &OwnedFd) -> io::Result<
     Ok(())
 }
 
+/// Unmount and remove a helper's staging directory (`<stage_dir>/<pid>`).
+fn unstage(own: &Path) {
+    for d in ["usr", "templates"] {
+        let p = own.join(d);
+        if let Ok(c) = cpath(&p) {
+            // SAFETY: valid C string; lazily detaches whatever is mounted there.
+            while unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {}
+        }
+        let _ = std::fs::remove_dir(&p);
+    }
+    let _ = std::fs::remove_dir(own);
+}
+
+/// Remove the staging directories of helpers that are gone (a crashed daemon's).
+fn clean_stale_stages(stage_dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(stage_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let alive = name.parse::<i32>().ok().is_some_and(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok()
+                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    c.windows(HELPER_SUBCOMMAND.len())
+                        .any(|w| w == HELPER_SUBCOMMAND.as_bytes())
+                })
+        });
+        if !alive {
+            unstage(&e.path());
+        }
+    }
+}
+
 /// Raw `clone` with fork semantics (no new stack). Returns 0 in the child.
 ///
 /// # Safety
@@ -231,7 +265,9 @@ fn mapping_userns(map: &str) -> io::Result<OwnedFd> {
 }
 
 struct Helper {
-    init: HelperInit,
+    usr_stage: PathBuf,
+    templates_stage: PathBuf,
+    own_stage: PathBuf,
     map_line: String,
     exe: OwnedFd,
     seccomp: SeccompProgram,
@@ -249,41 +285,29 @@ fn fail(step: &str, e: impl std::fmt::Display) -> HelperReply {
 impl Helper {
     fn setup(init: HelperInit) -> Result<Self, HelperReply> {
         let map_line = format!("0 {} {}\n", init.uid_base, init.uid_count);
-        // SAFETY: single-threaded process; affects only us.
-        if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
-            return Err(fail(
-                "helper init",
-                format!("unshare(CLONE_NEWNS): {}", io::Error::last_os_error()),
-            ));
-        }
-        // SAFETY: valid C strings / null.
-        if unsafe {
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_SLAVE,
-                std::ptr::null(),
-            )
-        } != 0
-        {
-            return Err(fail(
-                "helper init",
-                format!("make / a slave: {}", io::Error::last_os_error()),
-            ));
+        // The staging views are mounted in the host's mount namespace (every sandbox's mount
+        // namespace is a copy of it taken at clone time, so mounts the daemon makes later, such
+        // as disk-quota filesystems, are visible too), under a directory of this helper's own.
+        clean_stale_stages(&init.stage_dir);
+        let own = init.stage_dir.join(std::process::id().to_string());
+        let (usr_stage, templates_stage) = (own.join("usr"), own.join("templates"));
+        for d in [&own, &usr_stage, &templates_stage] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| fail("helper init", format!("creating {}: {e}", d.display())))?;
         }
         let userns = mapping_userns(&map_line)
             .map_err(|e| fail("helper init", format!("mapping user namespace: {e}")))?;
         for (src, stage) in [
-            (&init.usr_source, &init.usr_stage),
-            (&init.templates_source, &init.templates_stage),
+            (&init.usr_source, &usr_stage),
+            (&init.templates_source, &templates_stage),
         ] {
-            idmapped_bind(src, stage, &userns).map_err(|e| {
-                fail(
+            if let Err(e) = idmapped_bind(src, stage, &userns) {
+                unstage(&own);
+                return Err(fail(
                     "helper init",
                     format!("idmapped mount of {} on {}: {e}", src.display(), stage.display()),
-                )
-            })?;
+                ));
+            }
         }
         let exe = nix::fcntl::open(
             "/proc/self/exe",
@@ -301,7 +325,9 @@ impl Helper {
             libc::sigaction(libc::SIGCHLD, &sa, std::ptr::null_mut());
         }
         Ok(Self {
-            init,
+            usr_stage,
+            templates_stage,
+            own_stage: own,
             map_line,
             exe,
             seccomp,
@@ -321,8 +347,8 @@ impl Helper {
         let bad = |e: io::Error| fail("request", e);
         let ctx_paths = (
             cpath(&req.sandbox_dir).map_err(bad)?,
-            cpath(&self.init.templates_stage.join(&req.template).join("rootfs")).map_err(bad)?,
-            cpath(&self.init.usr_stage).map_err(bad)?,
+            cpath(&self.templates_stage.join(&req.template).join("rootfs")).map_err(bad)?,
+            cpath(&self.usr_stage).map_err(bad)?,
             CString::new(req.hostname.as_bytes()).map_err(|_| fail("request", "NUL in hostname"))?,
         );
         let (go_rd, go_wr) = pipe().map_err(|e| fail("clone", e))?;
@@ -512,6 +538,12 @@ pub fn run_spawn_helper() -> Result<(), RuntimeError> {
             return Ok(());
         }
     };
+    let r = serve(sock, &helper);
+    unstage(&helper.own_stage);
+    r
+}
+
+fn serve(sock: RawFd, helper: &Helper) -> Result<(), RuntimeError> {
     while let Some((data, fds)) = sys::recv_msg(sock)? {
         let req: SpawnRequest = match serde_json::from_slice(&data) {
             Ok(r) => r,

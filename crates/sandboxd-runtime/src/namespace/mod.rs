@@ -332,8 +332,6 @@ impl NamespaceBackend {
         ] {
             mkdir_owned(&d.join(sub), mode, None)?;
         }
-        mkdir_owned(&d.join(".helper/usr"), 0o755, None)?;
-        mkdir_owned(&d.join(".helper/templates"), 0o755, None)?;
         // leftovers of interrupted destroys
         if let Ok(rd) = std::fs::read_dir(d.join(".trash")) {
             for e in rd.flatten() {
@@ -350,8 +348,7 @@ impl NamespaceBackend {
         let init = HelperInit {
             usr_source: cfg.host_usr.clone(),
             templates_source: d.join("templates"),
-            usr_stage: d.join(".helper/usr"),
-            templates_stage: d.join(".helper/templates"),
+            stage_dir: d.join(".helper"),
             uid_base: cfg.idmap.base,
             uid_count: cfg.idmap.count,
         };
@@ -394,6 +391,14 @@ impl NamespaceBackend {
     /// shutdown or tests; `create` keeps working without the pool).
     pub fn drain_pool(&self) {
         self.inner.drain_pool();
+    }
+
+    /// Stop the spawn helper (it unmounts its staging views) and drain the slot pool.
+    /// Running sandboxes are not affected; a later `create` starts a new helper.
+    pub fn shutdown(&self) {
+        self.inner.drain_pool();
+        let helper = self.inner.helper.lock().ok().and_then(|mut h| h.take());
+        drop(helper);
     }
 
     /// Pid of the spawn helper process, if running.

@@ -37,7 +37,7 @@ impl Drop for TestBackend {
                 }
             }
         }
-        self.backend.drain_pool();
+        self.backend.shutdown();
         // remove this backend's (empty) cgroup root in every hierarchy
         let root = self.backend.config().cgroup_root.clone();
         if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
