@@ -10,6 +10,8 @@ pub mod error;
 pub mod ids;
 pub mod listing;
 pub mod manager;
+pub mod metrics;
+pub mod prometheus;
 pub mod proxy;
 pub mod routing;
 pub mod sandbox;

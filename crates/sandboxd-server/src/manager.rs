@@ -54,6 +54,8 @@ pub struct Manager {
     /// Sandboxes being created (counted against the concurrency limit).
     creating: Mutex<usize>,
     reaper_wake: Notify,
+    /// Metrics histories and daemon counters (`metrics.rs`, `prometheus.rs`).
+    pub observability: crate::metrics::Observability,
 }
 
 impl std::fmt::Debug for Manager {
@@ -159,6 +161,7 @@ impl Manager {
             sandboxes: SandboxMap::default(),
             creating: Mutex::new(0),
             reaper_wake: Notify::new(),
+            observability: crate::metrics::Observability::default(),
         }
     }
 
@@ -227,8 +230,9 @@ impl Manager {
         )?;
         let (template_id, alias) = self.resolve_template(&params.template)?;
         let this = self.clone();
+        let t0 = std::time::Instant::now();
         // Own task: a client that hangs up must not abandon a half-created sandbox.
-        match tokio::spawn(async move {
+        let r = match tokio::spawn(async move {
             this.create_inner(params, timeout, limits, template_id, alias)
                 .await
         })
@@ -236,7 +240,9 @@ impl Manager {
         {
             Ok(r) => r,
             Err(e) => Err(ApiError::Internal(format!("create task failed: {e}"))),
-        }
+        };
+        self.observability.counters.create_done(r.is_ok(), t0.elapsed());
+        r
     }
 
     async fn create_inner(
@@ -340,6 +346,7 @@ impl Manager {
         let Some(s) = self.sandboxes.remove(id) else {
             return Ok(false);
         };
+        self.observability.counters.killed(reason);
         let resets = s.stop(SandboxState::Killing);
         tracing::info!(sandbox = %id, reason, resets, "killing sandbox");
         let this = self.clone();

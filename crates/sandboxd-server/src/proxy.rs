@@ -106,6 +106,7 @@ pub async fn forward(
     port: u16,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, SandboxStopped> {
+    mgr.observability.counters.proxied();
     let Some(sandbox) = mgr.sandboxes.get(id) else {
         return Ok(ApiError::SandboxNotRunning(id.to_string()).to_response());
     };
@@ -118,6 +119,7 @@ pub async fn forward_signed(
     conn: &Arc<ConnCtl>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, SandboxStopped> {
+    mgr.observability.counters.proxied();
     let Some(signed) = SignedFileRequest::from_request(req.method(), req.uri()) else {
         return Ok(crate::routing::no_signature_match().to_response());
     };

@@ -121,6 +121,7 @@ impl Server {
     /// seconds. Sandboxes keep running.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let reaper = tokio::spawn(self.shared.mgr.clone().run_reaper());
+        let sampler = tokio::spawn(crate::metrics::run_sampler(self.shared.mgr.clone()));
         let drain = CancellationToken::new();
         let tracker = TaskTracker::new();
         tokio::pin!(shutdown);
@@ -150,6 +151,7 @@ impl Server {
             tracing::warn!("some connections did not finish in time");
         }
         reaper.abort();
+        sampler.abort();
         Ok(())
     }
 }

@@ -5,6 +5,8 @@
 //! segment (`team%2Fsnap%3Adefault`) stays one segment. Errors become responses in one place:
 //! [`crate::error::ApiError`].
 
+pub mod logs;
+pub mod metrics;
 pub mod sandboxes;
 pub mod templates;
 
@@ -35,6 +37,11 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/templates/aliases/{alias}", get(templates::alias))
+        .route("/metrics", get(metrics::prometheus))
+        .route("/sandboxes/metrics", get(metrics::latest_many))
+        .route("/sandboxes/{id}/metrics", get(metrics::history))
+        .route("/sandboxes/{id}/logs", get(logs::logs_v1))
+        .route("/v2/sandboxes/{id}/logs", get(logs::logs_v2))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(mgr.clone(), require_api_key))
