@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod child;
 pub mod helper;
 pub mod idmap;
+pub mod quota;
 pub mod seccomp;
 pub mod stats;
 pub mod sys;
