@@ -394,12 +394,14 @@ impl NamespaceBackend {
         self.inner.drain_pool();
     }
 
-    /// Stop the spawn helper (it unmounts its staging views) and drain the slot pool.
-    /// Running sandboxes are not affected; a later `create` starts a new helper.
+    /// Stop the spawn helper (it unmounts its staging views), drain the slot pool and remove
+    /// the cgroup root if no sandbox uses it. Running sandboxes are not affected; a later
+    /// `create` starts a new helper. Call it when the daemon stops.
     pub fn shutdown(&self) {
         self.inner.drain_pool();
         let helper = self.inner.helper.lock().ok().and_then(|mut h| h.take());
         drop(helper);
+        self.inner.cgroups.remove_root_if_empty();
     }
 
     /// Pid of the spawn helper process, if running.
