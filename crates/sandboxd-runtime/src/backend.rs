@@ -121,4 +121,20 @@ pub trait SandboxBackend: Send + Sync + 'static {
             self.name()
         )))
     }
+
+    /// Snapshots (`docs/snapshots.md`): copy the writable layers of running sandbox `id` (made
+    /// from template `source_template`) into a new read-only template `name` that stacks on
+    /// the source's template. The sandbox keeps running (it is frozen while its files are
+    /// copied).
+    async fn snapshot(&self, id: &str, source_template: &str, name: &str) -> Result<(), RuntimeError> {
+        let _ = (id, source_template, name);
+        Err(RuntimeError::Unsupported(format!("the {} backend does not support snapshots", self.name())))
+    }
+
+    /// Snapshots: remove a template made by [`SandboxBackend::snapshot`]. `Ok(false)` if there is
+    /// no such snapshot template. Callers make sure no sandbox uses it any more.
+    async fn delete_snapshot_template(&self, name: &str) -> Result<bool, RuntimeError> {
+        let _ = name;
+        Err(RuntimeError::Unsupported(format!("the {} backend does not support snapshots", self.name())))
+    }
 }

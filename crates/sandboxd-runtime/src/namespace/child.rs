@@ -26,6 +26,10 @@ pub struct ChildCtx<'a> {
     pub sandbox_dir: CString,
     pub template_lower: CString,
     pub usr_lower: CString,
+    /// Extra read-only layers stacked above `template_lower` / `usr_lower`, top first
+    /// (snapshot and template layers; see `snapshot.rs`).
+    pub root_layers: Vec<CString>,
+    pub usr_layers: Vec<CString>,
     pub hostname: CString,
     pub mount_sys: bool,
     pub exe_fd: RawFd,
@@ -183,6 +187,14 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     let sbx = open_path(&ctx.sandbox_dir, dflags).map_err(os("open sandbox dir"))?;
     let tpl = open_path(&ctx.template_lower, dflags).map_err(os("open template"))?;
     let usr = open_path(&ctx.usr_lower, dflags).map_err(os("open usr"))?;
+    let mut lower_root = String::new();
+    let mut lower_usr = String::new();
+    for (layers, out) in [(&ctx.root_layers, &mut lower_root), (&ctx.usr_layers, &mut lower_usr)] {
+        for l in layers {
+            let fd = open_path(l, dflags).map_err(os("open template layer"))?;
+            out.push_str(&format!("/proc/self/fd/{fd}:"));
+        }
+    }
 
     mark(ctx, "opened dirs");
     // 3. Become root of the sandbox (host uid = map base).
@@ -218,7 +230,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     let fdp = |fd: RawFd, rest: &str| cstr(format!("/proc/self/fd/{fd}{rest}"));
     let rootfs = fdp(sbx, "/rootfs");
     let opts = cstr(format!(
-        "lowerdir=/proc/self/fd/{tpl},upperdir=/proc/self/fd/{sbx}/upper/root,workdir=/proc/self/fd/{sbx}/work/root,userxattr"
+        "lowerdir={lower_root}/proc/self/fd/{tpl},upperdir=/proc/self/fd/{sbx}/upper/root,workdir=/proc/self/fd/{sbx}/work/root,userxattr"
     ));
     mount(
         Some(c"overlay"),
@@ -229,7 +241,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     )
     .map_err(os("mount root overlay"))?;
     let opts = cstr(format!(
-        "lowerdir=/proc/self/fd/{usr},upperdir=/proc/self/fd/{sbx}/upper/usr,workdir=/proc/self/fd/{sbx}/work/usr,userxattr"
+        "lowerdir={lower_usr}/proc/self/fd/{usr},upperdir=/proc/self/fd/{sbx}/upper/usr,workdir=/proc/self/fd/{sbx}/work/usr,userxattr"
     ));
     mount(
         Some(c"overlay"),

@@ -42,6 +42,12 @@ pub struct SpawnRequest {
     pub id: String,
     pub sandbox_dir: PathBuf,
     pub template: String,
+    /// Extra read-only layers of the template for `/` and for `/usr`, top first, as paths
+    /// relative to the templates directory (reached through its idmapped staging view).
+    #[serde(default)]
+    pub root_layers: Vec<String>,
+    #[serde(default)]
+    pub usr_layers: Vec<String>,
     pub hostname: String,
     pub mount_sys: bool,
     pub exec: ExecTarget,
@@ -70,6 +76,7 @@ pub fn static_step(s: &str) -> &'static str {
         "oom_score_adj",
         "open sandbox dir",
         "open template",
+        "open template layer",
         "open usr",
         "setgroups",
         "setresgid",
@@ -351,6 +358,18 @@ impl Helper {
             cpath(&self.usr_stage).map_err(bad)?,
             CString::new(req.hostname.as_bytes()).map_err(|_| fail("request", "NUL in hostname"))?,
         );
+        let layer_paths = |layers: &[String]| -> Result<Vec<CString>, HelperReply> {
+            layers
+                .iter()
+                .map(|l| {
+                    if !super::snapshot::valid_layer_path(l) {
+                        return Err(fail("request", format!("bad template layer path '{l}'")));
+                    }
+                    cpath(&self.templates_stage.join(l)).map_err(bad)
+                })
+                .collect()
+        };
+        let (root_layers, usr_layers) = (layer_paths(&req.root_layers)?, layer_paths(&req.usr_layers)?);
         let (go_rd, go_wr) = pipe().map_err(|e| fail("clone", e))?;
         let (err_rd, err_wr) = pipe().map_err(|e| fail("clone", e))?;
         let ctx = ChildCtx {
@@ -359,6 +378,8 @@ impl Helper {
             sandbox_dir: ctx_paths.0,
             template_lower: ctx_paths.1,
             usr_lower: ctx_paths.2,
+            root_layers,
+            usr_layers,
             hostname: ctx_paths.3,
             mount_sys: req.mount_sys,
             exe_fd: self.exe.as_raw_fd(),

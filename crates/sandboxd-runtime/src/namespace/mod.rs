@@ -11,6 +11,7 @@ pub mod helper;
 pub mod idmap;
 pub mod quota;
 pub mod seccomp;
+pub mod snapshot;
 pub mod stats;
 pub mod sys;
 pub mod template;
@@ -494,6 +495,10 @@ impl Inner {
     }
 
     fn has_template(&self, name: &str) -> bool {
+        // snapshot templates (snapshot.rs): layers over the template they were taken from
+        if let Ok(Some(l)) = snapshot::read_layers(&self.cfg.data_dir.join("templates"), name) {
+            return self.has_template(&l.base);
+        }
         valid_template(name)
             && self
                 .cfg
@@ -718,6 +723,12 @@ impl Inner {
         have_cgroups: bool,
     ) -> Result<Spawned, RuntimeError> {
         let id = spec.id.clone();
+        // snapshot template (snapshot.rs): its layers over the template it was taken from
+        let (mut root_layers, mut usr_layers) = (Vec::new(), Vec::new());
+        if let Some(l) = snapshot::read_layers(&self.cfg.data_dir.join("templates"), &spec.template)? {
+            spec.template = l.base;
+            (root_layers, usr_layers) = (l.root, l.usr);
+        }
         let tc = std::time::Instant::now();
         let files = if have_cgroups {
             self.cgroups.files(&id)
@@ -758,6 +769,8 @@ impl Inner {
             id: id.clone(),
             sandbox_dir: sbx.to_path_buf(),
             template: spec.template.clone(),
+            root_layers,
+            usr_layers,
             hostname: spec.agent.hostname.clone(),
             mount_sys: self.cfg.mount_sys,
             exec: target,
@@ -1116,6 +1129,22 @@ impl SandboxBackend for NamespaceBackend {
         tokio::task::spawn_blocking(move || me.stats_blocking(&id))
             .await
             .map_err(|e| step("stats", e))?
+    }
+
+    async fn snapshot(&self, id: &str, source_template: &str, name: &str) -> Result<(), RuntimeError> {
+        let me = self.clone();
+        let (id, src, name) = (id.to_string(), source_template.to_string(), name.to_string());
+        tokio::task::spawn_blocking(move || me.snapshot_blocking(&id, &src, &name))
+            .await
+            .map_err(|e| step("snapshot", e))?
+    }
+
+    async fn delete_snapshot_template(&self, name: &str) -> Result<bool, RuntimeError> {
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || me.delete_template_blocking(&name))
+            .await
+            .map_err(|e| step("snapshot", e))?
     }
 
     async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
