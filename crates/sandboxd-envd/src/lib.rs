@@ -18,6 +18,7 @@ pub mod pid1;
 pub mod process;
 pub mod server;
 pub mod state;
+pub mod supervisor;
 pub mod tunnel;
 pub mod users;
 

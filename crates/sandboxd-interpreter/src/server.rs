@@ -45,6 +45,7 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/execute", post(execute))
         .route("/contexts", post(create_context).get(list_contexts))
         .route("/contexts/{id}", delete(delete_context))
@@ -75,6 +76,24 @@ fn error_status(e: &Error) -> StatusCode {
 
 async fn health() -> Response {
     json_response(&Value::String("OK".into()))
+}
+
+/// `GET /ready` (sandboxd only, not part of E2B's API): waits until the default Python
+/// kernel runs (starting it if it is not running), then 200 `"OK"`; 500 with the reason when it
+/// cannot start. The runtime polls it before a code-interpreter sandbox counts as created.
+async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    let ctx = match st
+        .registry
+        .default_for(Language::Python, &st.default_cwd, &st.kernels)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match ctx.kernel(&st.kernels).await {
+        Ok(_) => json_response(&Value::String("OK".into())),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 #[derive(Deserialize)]

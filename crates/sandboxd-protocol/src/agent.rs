@@ -25,6 +25,10 @@ pub struct AgentConfig {
     /// (one per v1 hierarchy, one on v2). Each user process writes `0` to each of them before
     /// exec, which moves it out of the agent's cgroup. Empty when cgroups are not used.
     pub work_cgroup_fds: Vec<i32>,
+    /// Services the agent starts at boot and restarts when they exit (`interpreter`: the
+    /// code-interpreter server, `sandboxd interpreter`). Set by the runtime from the template.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 impl AgentConfig {
@@ -39,6 +43,7 @@ impl AgentConfig {
             default_workdir: Some("/home/user".into()),
             hostname: "sandbox".into(),
             work_cgroup_fds: Vec::new(),
+            services: Vec::new(),
         }
     }
 

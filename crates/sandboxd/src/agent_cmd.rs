@@ -82,6 +82,8 @@ fn boot() -> anyhow::Result<()> {
             }
             Err(e) => tracing::warn!("cannot listen on {local}: {e}"),
         }
+        // supervised services of the template (the code interpreter), restarted when they exit
+        sandboxd_envd::supervisor::start(&state.config());
         tracing::info!(sandbox_id = %state.config().sandbox_id, "agent ready");
         let control_app = sandboxd_envd::control::router(state.clone());
         sandboxd_envd::tunnel::serve(control, control_app, state, false).await;
