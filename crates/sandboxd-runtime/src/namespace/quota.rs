@@ -251,6 +251,18 @@ impl LoopImageQuota {
         Ok(())
     }
 
+    /// Usage of the filesystem mounted at `dir` (`statvfs`).
+    pub fn statvfs_usage(dir: &Path) -> Result<DiskUsage, RuntimeError> {
+        let s =
+            nix::sys::statvfs::statvfs(dir).map_err(|e| qerr(format!("statvfs {}: {e}", dir.display())))?;
+        let frsize = s.fragment_size();
+        let blocks = s.blocks();
+        Ok(DiskUsage {
+            used: (blocks.saturating_sub(s.blocks_free())).saturating_mul(frsize),
+            total: Some(blocks.saturating_mul(frsize)),
+        })
+    }
+
     /// Mount an already formatted image on `dir` (the cheap part of [`DiskQuota::attach`]).
     pub fn mount_image(&self, image: &Path, dir: &Path) -> Result<(), RuntimeError> {
         use nix::mount::{MsFlags, mount};
@@ -314,14 +326,7 @@ impl DiskQuota for LoopImageQuota {
         if !is_mount_point(dir) {
             return NoQuota.usage(dir);
         }
-        let s =
-            nix::sys::statvfs::statvfs(dir).map_err(|e| qerr(format!("statvfs {}: {e}", dir.display())))?;
-        let frsize = s.fragment_size();
-        let blocks = s.blocks();
-        Ok(DiskUsage {
-            used: (blocks.saturating_sub(s.blocks_free())).saturating_mul(frsize),
-            total: Some(blocks.saturating_mul(frsize)),
-        })
+        Self::statvfs_usage(dir)
     }
 
     fn detach(&self, dir: &Path) -> Result<(), RuntimeError> {

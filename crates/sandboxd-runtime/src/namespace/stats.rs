@@ -28,6 +28,9 @@ use std::path::{Path, PathBuf};
 /// every sample expensive); the usage is then a lower bound.
 pub const MAX_WALK_ENTRIES: usize = 500_000;
 
+/// Where a sandbox's quota'd filesystem is mounted, relative to its directory.
+pub const DISK_DIR: &str = "disk";
+
 fn stats_err(message: String) -> RuntimeError {
     RuntimeError::Step {
         step: "stats",
@@ -205,8 +208,18 @@ impl NamespaceBackend {
         }
         let inner = &self.inner;
         let mut st = read_cgroup_stats(inner.cgroups.layout(), &inner.cfg.cgroup_root, id)?;
-        let (root, usr) = self.upper_dirs(id);
-        st.disk_used = dir_usage(&[root, usr], MAX_WALK_ENTRIES);
+        // With a disk quota (docs/limits.md) the upper dirs live on their own filesystem at
+        // `<sandbox>/disk`: its statvfs is exact and free; otherwise walk the upper dirs.
+        let disk = self.sandbox_dir(id).join(DISK_DIR);
+        if super::quota::is_mount_point(&disk)
+            && let Ok(u) = super::quota::LoopImageQuota::statvfs_usage(&disk)
+        {
+            st.disk_used = u.used;
+            st.disk_total = u.total;
+        } else {
+            let (root, usr) = self.upper_dirs(id);
+            st.disk_used = dir_usage(&[root, usr], MAX_WALK_ENTRIES);
+        }
         Ok(st)
     }
 }
