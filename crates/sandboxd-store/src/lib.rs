@@ -8,6 +8,9 @@
 //! committed write survives a power cut. All calls are synchronous and short; async callers
 //! run them on a blocking thread if they care about latency.
 
+mod snapshots;
+pub use snapshots::SnapshotRow;
+
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
