@@ -113,21 +113,18 @@ async fn metrics_history_latest_and_prometheus() {
     )
     .await;
     let mut busy = None;
-    assert!(
-        wait_until(Duration::from_secs(12), || async {
-            let (_, a) = metrics(&d, &id, "").await;
-            busy = a
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|m| m["cpuUsedPct"].as_f64().unwrap() > 40.0)
-                .cloned();
-            busy.is_some()
-        })
-        .await,
-        "no busy sample: {}",
-        metrics(&d, &id, "").await.1
-    );
+    let t0 = std::time::Instant::now();
+    while busy.is_none() && t0.elapsed() < Duration::from_secs(12) {
+        let (_, a) = metrics(&d, &id, "").await;
+        busy = a
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["cpuUsedPct"].as_f64().unwrap() > 40.0)
+            .cloned();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(busy.is_some(), "no busy sample: {}", metrics(&d, &id, "").await.1);
     let (_, a) = metrics(&d, &id, "").await;
     let last = a.as_array().unwrap().last().unwrap();
     assert!(last["diskUsed"].as_u64().unwrap() >= 24 << 20, "{last}");
@@ -292,20 +289,18 @@ async fn logs_record_processes_deadlines_and_oom_kills() {
         .unwrap()
         .to_string();
     let mut oom = None;
-    assert!(
-        wait_until(Duration::from_secs(10), || async {
-            let (_, v) = logs("?level=error".into()).await;
-            oom = v["logs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["fields"]["reason"] == "oom")
-                .cloned();
-            oom.is_some()
-        })
-        .await,
-        "no OOM entry"
-    );
+    let t0 = std::time::Instant::now();
+    while oom.is_none() && t0.elapsed() < Duration::from_secs(10) {
+        let (_, v) = logs("?level=error".into()).await;
+        oom = v["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["fields"]["reason"] == "oom")
+            .cloned();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(oom.is_some(), "no OOM entry");
     let oom = oom.unwrap();
     assert_eq!(oom["level"], "error");
     assert_eq!(oom["fields"]["pids"], oom_pid.as_str(), "{oom}");
