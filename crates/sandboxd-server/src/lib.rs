@@ -15,6 +15,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod routing;
 pub mod sandbox;
+pub mod snapshots;
 pub mod server;
 pub mod unavailable;
 pub mod upstream;

@@ -178,6 +178,11 @@ impl Manager {
         &self.backend
     }
 
+    /// The registry.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
@@ -195,6 +200,14 @@ impl Manager {
     /// Resolves a template reference to `(template id, alias)`; 404 when unknown.
     pub fn resolve_template(&self, raw: &str) -> Result<(String, String), ApiError> {
         let (name, tag) = parse_template_ref(raw)?;
+        // snapshot templates (snapshots.rs): by name or template id; deleted ones are gone
+        match crate::snapshots::resolve(&self.store, &name)? {
+            crate::snapshots::Resolved::Found(id, alias) if tag.as_deref().is_none_or(|t| t == "default") => {
+                return Ok((id, alias));
+            }
+            crate::snapshots::Resolved::NotSnapshot => {}
+            _ => return Err(ApiError::TemplateNotFound(raw.trim().to_string())),
+        }
         if tag.as_deref().is_some_and(|t| t != "default") || !self.backend.has_template(&name) {
             return Err(ApiError::TemplateNotFound(raw.trim().to_string()));
         }

@@ -8,6 +8,7 @@
 pub mod logs;
 pub mod metrics;
 pub mod sandboxes;
+pub mod snapshots;
 pub mod templates;
 
 use crate::error::ApiError;
@@ -37,6 +38,10 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/connect", post(sandboxes::connect))
         .route("/templates/aliases/{alias}", get(templates::alias))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/snapshots", get(snapshots::list))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/templates/{id}", axum::routing::delete(snapshots::delete_template))
         .route("/metrics", get(metrics::prometheus))
         .route("/sandboxes/metrics", get(metrics::latest_many))
         .route("/sandboxes/{id}/metrics", get(metrics::history))

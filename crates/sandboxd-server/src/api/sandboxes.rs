@@ -149,7 +149,7 @@ impl NewSandbox {
 /// `Sandbox` (create, connect).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct SandboxOut {
+pub(crate) struct SandboxOut {
     #[serde(rename = "templateID")]
     template_id: String,
     #[serde(rename = "sandboxID")]
@@ -165,7 +165,7 @@ struct SandboxOut {
     domain: String,
 }
 
-fn sandbox_out(s: &LiveSandbox, domain: &str) -> SandboxOut {
+pub(crate) fn sandbox_out(s: &LiveSandbox, domain: &str) -> SandboxOut {
     SandboxOut {
         template_id: s.rec.template_id.clone(),
         sandbox_id: s.rec.id.clone(),
