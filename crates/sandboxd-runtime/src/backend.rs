@@ -88,6 +88,17 @@ pub struct SandboxStats {
     pub frozen: bool,
 }
 
+/// What [`SandboxBackend::adopt`] found on the host for a sandbox of an earlier daemon run.
+#[derive(Debug, Clone)]
+pub struct Adopted {
+    /// Endpoints of the sandbox; `agent_pid`/`agent_start_time` are the stored ones.
+    pub handle: SandboxHandle,
+    /// The stored agent is still alive (same pid and start time, in the sandbox's cgroup).
+    pub agent_alive: bool,
+    /// The sandbox's writable layers exist (a filesystem-only resume is possible).
+    pub files: bool,
+}
+
 /// A sandbox backend. Implementations must be safe to call from many tasks at once.
 #[async_trait]
 pub trait SandboxBackend: Send + Sync + 'static {
@@ -122,6 +133,39 @@ pub trait SandboxBackend: Send + Sync + 'static {
         )))
     }
 
+    /// Lifecycle (`docs/lifecycle.md`): re-attach to a sandbox of an earlier daemon run from its
+    /// stored agent pid and start time, without contacting the agent (it may be frozen).
+    async fn adopt(&self, id: &str, agent_pid: i32, agent_start_time: u64) -> Result<Adopted, RuntimeError> {
+        let _ = (id, agent_pid, agent_start_time);
+        Err(self.lifecycle_unsupported("re-adoption"))
+    }
+
+    /// Lifecycle: freeze every process of the sandbox (memory pause). Idempotent.
+    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(self.lifecycle_unsupported("memory pause"))
+    }
+
+    /// Lifecycle: thaw a frozen sandbox. Idempotent.
+    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(self.lifecycle_unsupported("memory resume"))
+    }
+
+    /// Lifecycle: stop every process of the sandbox but keep its writable layers (filesystem-only
+    /// pause). Idempotent.
+    async fn stop_keep_files(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(self.lifecycle_unsupported("filesystem-only pause"))
+    }
+
+    /// Lifecycle: boot a fresh agent (new boot id) on the kept writable layers of a sandbox
+    /// stopped by [`SandboxBackend::stop_keep_files`]. On error the files are kept.
+    async fn boot_existing(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        let _ = spec;
+        Err(self.lifecycle_unsupported("filesystem-only resume"))
+    }
+
     /// Snapshots (`docs/snapshots.md`): copy the writable layers of running sandbox `id` (made
     /// from template `source_template`) into a new read-only template `name` that stacks on
     /// the source's template. The sandbox keeps running (it is frozen while its files are
@@ -136,5 +180,10 @@ pub trait SandboxBackend: Send + Sync + 'static {
     async fn delete_snapshot_template(&self, name: &str) -> Result<bool, RuntimeError> {
         let _ = name;
         Err(RuntimeError::Unsupported(format!("the {} backend does not support snapshots", self.name())))
+    }
+
+    /// The error of the default lifecycle methods.
+    fn lifecycle_unsupported(&self, what: &str) -> RuntimeError {
+        RuntimeError::Unsupported(format!("the {} backend does not support {what}", self.name()))
     }
 }

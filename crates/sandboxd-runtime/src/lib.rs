@@ -6,5 +6,5 @@ pub mod backend;
 pub mod error;
 pub mod namespace;
 
-pub use backend::{AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats};
+pub use backend::{Adopted, AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats};
 pub use error::RuntimeError;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod ids;
+pub mod lifecycle;
 pub mod listing;
 pub mod manager;
 pub mod metrics;

@@ -41,6 +41,8 @@ pub struct CreateParams {
     pub cpu_count: Option<i64>,
     pub memory_mb: Option<i64>,
     pub disk_mb: Option<i64>,
+    /// autoPause / autoPauseMemory / autoResume (`lifecycle.rs`).
+    pub lifecycle: crate::lifecycle::Lifecycle,
 }
 
 /// The lifecycle owner: backend, registry and the live map.
@@ -56,6 +58,8 @@ pub struct Manager {
     reaper_wake: Notify,
     /// Metrics histories and daemon counters (`metrics.rs`, `prometheus.rs`).
     pub observability: crate::metrics::Observability,
+    /// Lifecycle settings and per-sandbox operation locks (`lifecycle.rs`).
+    pub lifecycle: crate::lifecycle::LifecycleState,
 }
 
 impl std::fmt::Debug for Manager {
@@ -162,6 +166,7 @@ impl Manager {
             creating: Mutex::new(0),
             reaper_wake: Notify::new(),
             observability: crate::metrics::Observability::default(),
+            lifecycle: crate::lifecycle::LifecycleState::default(),
         }
     }
 
@@ -307,6 +312,13 @@ impl Manager {
             }
         };
         let id = rec.id.clone();
+        let mut lc = params.lifecycle;
+        lc.timeout_secs = timeout.as_secs() as i64;
+        if let Err(e) = crate::lifecycle::store_settings(&self, &id, lc).await {
+            let id2 = id.clone();
+            let _ = self.db(move |s| s.delete(&id2)).await;
+            return Err(e);
+        }
         let mut agent = AgentConfig::new(id.clone(), template_id.clone());
         agent.env_vars = rec.env_vars.clone();
         agent.access_token = rec.access_token.clone();
@@ -356,9 +368,12 @@ impl Manager {
     /// Kills a sandbox: it vanishes from the API at once, its traffic gets 502, in-flight
     /// client connections are reset, then the backend tears it down. `Ok(false)` if unknown.
     pub async fn kill(self: &Arc<Self>, id: &str, reason: &str) -> Result<bool, ApiError> {
+        // waits for a pause or resume in progress (lifecycle.rs)
+        let _op = self.lifecycle.op_lock(id).await;
         let Some(s) = self.sandboxes.remove(id) else {
             return Ok(false);
         };
+        self.lifecycle.forget(id);
         self.observability.counters.killed(reason);
         let resets = s.stop(SandboxState::Killing);
         tracing::info!(sandbox = %id, reason, resets, "killing sandbox");
@@ -403,8 +418,8 @@ impl Manager {
     pub async fn set_timeout(self: &Arc<Self>, id: &str, secs: i64) -> Result<(), ApiError> {
         let s = self.running(id)?;
         if secs <= 0 {
-            self.kill(id, "timeout set to 0").await?;
-            return Ok(());
+            // kill, or pause with autoPause (lifecycle.rs)
+            return crate::lifecycle::expire(self, id, true).await;
         }
         let timeout = validate_timeout(secs, &self.config.limits)?;
         let end_at = trunc_micros(Utc::now() + timeout);
@@ -490,7 +505,13 @@ impl Manager {
                 let this = self.clone();
                 let id = s.id().to_string();
                 tokio::spawn(async move {
-                    if let Err(e) = this.kill(&id, reason).await {
+                    let r = if reason == "timeout" {
+                        // kill, or pause with autoPause (lifecycle.rs)
+                        crate::lifecycle::expire(&this, &id, false).await
+                    } else {
+                        this.kill(&id, reason).await.map(|_| ())
+                    };
+                    if let Err(e) = r {
                         tracing::error!(sandbox = %id, "reaper kill failed: {e}");
                     }
                 });
@@ -498,23 +519,10 @@ impl Manager {
         }
     }
 
-    /// At start (until re-adoption exists): destroys every sandbox left by an earlier run,
-    /// from the registry and from what the backend finds on the host. Returns the ids.
-    pub async fn cleanup_leftovers(&self) -> Result<Vec<String>, crate::error::ServerError> {
-        let rows = self.db(|s| s.list()).await?;
-        let mut ids: Vec<String> = rows.into_iter().map(|r| r.id).collect();
-        for id in self.backend.list_host_sandboxes().await? {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        for id in &ids {
-            tracing::info!(sandbox = %id, "cleaning up sandbox left by an earlier run");
-            self.backend.destroy(id).await?;
-            let id2 = id.clone();
-            self.db(move |s| s.delete(&id2)).await?;
-        }
-        Ok(ids)
+    /// At start: re-adopts the sandboxes of an earlier run from the registry and removes what
+    /// cannot be adopted (`lifecycle.rs`). Returns the ids removed.
+    pub async fn cleanup_leftovers(self: &Arc<Self>) -> Result<Vec<String>, crate::error::ServerError> {
+        crate::lifecycle::reconcile_at_start(self).await
     }
 }
 

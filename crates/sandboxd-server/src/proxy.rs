@@ -110,6 +110,8 @@ pub async fn forward(
     let Some(sandbox) = mgr.sandboxes.get(id) else {
         return Ok(ApiError::SandboxNotRunning(id.to_string()).to_response());
     };
+    // autoResume: traffic to a paused sandbox resumes it first (lifecycle.rs)
+    let sandbox = crate::lifecycle::before_proxy(mgr, sandbox).await;
     forward_to(sandbox, conn, port, req).await
 }
 

@@ -216,6 +216,14 @@ impl Store {
                  COMMIT;",
             )?;
         }
+        // Lifecycle settings and pause state (lifecycle work): one JSON document per sandbox,
+        // only for sandboxes that have any; deleted with the sandbox row.
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS sandbox_lifecycle (
+                 id TEXT PRIMARY KEY REFERENCES sandboxes(id) ON DELETE CASCADE,
+                 data TEXT NOT NULL
+             );",
+        )?;
         Ok(Self {
             conn: Mutex::new(conn),
             path,
@@ -328,6 +336,62 @@ impl Store {
             out.push(raw?.into_record()?);
         }
         Ok(out)
+    }
+
+    /// Stores the lifecycle document of a sandbox (replacing any).
+    pub fn set_lifecycle(&self, id: &str, data: &serde_json::Value) -> Result<(), StoreError> {
+        let n = self.conn().execute(
+            "INSERT INTO sandbox_lifecycle (id, data) SELECT id, ?2 FROM sandboxes WHERE id = ?1 \
+             ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+            params![id, serde_json::to_string(data)?],
+        )?;
+        Self::one(n, id)
+    }
+
+    /// Every stored lifecycle document by sandbox id.
+    pub fn lifecycles(&self) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT id, data FROM sandbox_lifecycle")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (id, data) = row?;
+            out.insert(id, serde_json::from_str(&data)?);
+        }
+        Ok(out)
+    }
+
+    /// In one transaction: sets state and end time, the agent (when given) and the lifecycle
+    /// document (pause and resume).
+    pub fn set_lifecycle_state(
+        &self,
+        id: &str,
+        state: SandboxState,
+        end_at: DateTime<Utc>,
+        agent: Option<(i32, u64)>,
+        data: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = match agent {
+            Some((pid, start)) => tx.execute(
+                "UPDATE sandboxes SET state = ?2, end_at_us = ?3, agent_pid = ?4, agent_start_time = ?5 \
+                 WHERE id = ?1",
+                params![id, state.as_str(), end_at.timestamp_micros(), pid, start as i64],
+            )?,
+            None => tx.execute(
+                "UPDATE sandboxes SET state = ?2, end_at_us = ?3 WHERE id = ?1",
+                params![id, state.as_str(), end_at.timestamp_micros()],
+            )?,
+        };
+        Self::one(n, id)?;
+        tx.execute(
+            "INSERT INTO sandbox_lifecycle (id, data) VALUES (?1, ?2) \
+             ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+            params![id, serde_json::to_string(data)?],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn one(n: usize, id: &str) -> Result<(), StoreError> {
@@ -531,6 +595,38 @@ mod tests {
             Store::open(dir.path()),
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn lifecycle_documents_follow_their_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = serde_json::json!({"autoPause": true, "pauseMemory": false});
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(matches!(store.set_lifecycle("a1", &doc), Err(StoreError::NotFound(_))));
+            store.insert(&record("a1")).unwrap();
+            store.insert(&record("a2")).unwrap();
+            store.set_lifecycle("a1", &serde_json::json!({"old": 1})).unwrap();
+            store.set_lifecycle("a1", &doc).unwrap();
+            let end = Utc.timestamp_micros(1_800_000_000_000_001).unwrap();
+            store
+                .set_lifecycle_state("a2", SandboxState::Paused, end, Some((7, 8)), &doc)
+                .unwrap();
+            assert!(matches!(
+                store.set_lifecycle_state("zz", SandboxState::Paused, end, None, &doc),
+                Err(StoreError::NotFound(_))
+            ));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let all = store.lifecycles().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["a1"], doc);
+        let a2 = store.get("a2").unwrap().unwrap();
+        assert_eq!(a2.state, SandboxState::Paused);
+        assert_eq!(a2.end_at.timestamp_micros(), 1_800_000_000_000_001);
+        assert_eq!((a2.agent_pid, a2.agent_start_time), (Some(7), Some(8)));
+        store.delete("a1").unwrap();
+        assert_eq!(store.lifecycles().unwrap().keys().collect::<Vec<_>>(), ["a2"]);
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! a read-only template and an overlay `/usr` over the host's idmapped `/usr`. The agent
 //! (`sandboxd agent --boot`) is its PID 1.
 
+pub mod adopt;
 pub mod cgroup;
 pub mod child;
 pub mod helper;
 pub mod idmap;
+pub mod pause;
 pub mod quota;
 pub mod seccomp;
 pub mod snapshot;
@@ -1145,6 +1147,29 @@ impl SandboxBackend for NamespaceBackend {
         tokio::task::spawn_blocking(move || me.delete_template_blocking(&name))
             .await
             .map_err(|e| step("snapshot", e))?
+    }
+
+    async fn adopt(&self, id: &str, agent_pid: i32, agent_start_time: u64) -> Result<crate::Adopted, RuntimeError> {
+        self.adopt_impl(id, agent_pid, agent_start_time).await
+    }
+
+    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = id.to_string();
+        self.blocking("pause", move |i| i.freeze(&id)).await
+    }
+
+    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = id.to_string();
+        self.blocking("resume", move |i| i.thaw_checked(&id)).await
+    }
+
+    async fn stop_keep_files(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = id.to_string();
+        self.blocking("pause", move |i| i.stop_keep_files(&id)).await
+    }
+
+    async fn boot_existing(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        self.boot_existing_impl(spec).await
     }
 
     async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {

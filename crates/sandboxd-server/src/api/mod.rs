@@ -37,6 +37,8 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::kill))
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/connect", post(sandboxes::connect))
+        .route("/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/templates/aliases/{alias}", get(templates::alias))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/snapshots", get(snapshots::list))

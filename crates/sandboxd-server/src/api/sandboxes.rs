@@ -1,8 +1,9 @@
-//! `/sandboxes…` and `/v2/sandboxes…`: create, get, list, kill, timeout, connect.
+//! `/sandboxes…` and `/v2/sandboxes…`: create, get, list, kill, timeout, connect, pause, resume.
 
 use super::{JsonBody, SandboxId, json};
 use crate::error::ApiError;
 use crate::ids::{CLIENT_ID, format_time};
+use crate::lifecycle::Resumed;
 use crate::listing::{ListQuery, page};
 use crate::manager::{CreateParams, Manager};
 use crate::sandbox::{LiveSandbox, SandboxView};
@@ -82,23 +83,24 @@ impl NewSandbox {
         if self.auto_pause_memory.is_some() && self.auto_pause != Some(true) {
             return Err(ApiError::BadRequest("autoPauseMemory requires autoPause".into()));
         }
-        if self.auto_pause == Some(true) {
-            return Err(ApiError::BadRequest(
-                "autoPause is not supported by this server yet (sandboxes are killed at their timeout)"
-                    .into(),
-            ));
-        }
-        if self
-            .auto_resume
-            .as_ref()
-            .and_then(|v| v.get("enabled"))
-            .and_then(|v| v.as_bool())
-            == Some(true)
-        {
-            return Err(ApiError::BadRequest(
-                "autoResume is not supported by this server yet".into(),
-            ));
-        }
+        let auto_resume = match &self.auto_resume {
+            None | Some(serde_json::Value::Null) => false,
+            Some(v) => match v.get("enabled") {
+                Some(serde_json::Value::Bool(b)) => *b,
+                None | Some(serde_json::Value::Null) if v.is_object() => false,
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "autoResume must be an object {\"enabled\": bool}".into(),
+                    ));
+                }
+            },
+        };
+        let lifecycle = crate::lifecycle::Lifecycle {
+            auto_pause: self.auto_pause == Some(true),
+            auto_pause_memory: self.auto_pause_memory.unwrap_or(true),
+            auto_resume,
+            ..Default::default()
+        };
         if self.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
             return Err(ApiError::BadRequest(
                 "volumeMounts are not supported by this server".into(),
@@ -142,6 +144,7 @@ impl NewSandbox {
             cpu_count: self.cpu_count,
             memory_mb: self.memory_mb,
             disk_mb: self.disk_size_mb,
+            lifecycle,
         })
     }
 }
@@ -214,6 +217,12 @@ struct DetailOnly {
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<serde_json::Value>,
     lifecycle: serde_json::Value,
+    /// sandboxd-only: while paused, whether the pause kept memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused_with_memory: Option<bool>,
+    /// sandboxd-only: a lifecycle event the user should know about (memory lost by a reboot).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifecycle_note: Option<String>,
 }
 
 fn api_state(s: SandboxState) -> &'static str {
@@ -243,6 +252,8 @@ fn detail_out(v: &SandboxView, domain: Option<&str>) -> DetailOut {
             domain: d.to_string(),
             network: v.rec.network.clone(),
             lifecycle: serde_json::json!({"autoResume": false, "onTimeout": "kill"}),
+            paused_with_memory: None,
+            lifecycle_note: None,
         }),
     }
 }
@@ -265,10 +276,17 @@ pub(super) async fn create(
 /// `GET /sandboxes/{id}`.
 pub(super) async fn get(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId) -> Response {
     match mgr.sandboxes.get(&id) {
-        Some(s) if matches!(s.state(), SandboxState::Running | SandboxState::Paused) => json(
-            StatusCode::OK,
-            &detail_out(&SandboxView::of(&s), Some(mgr.domain())),
-        ),
+        Some(s) if matches!(s.state(), SandboxState::Running | SandboxState::Paused) => {
+            let view = SandboxView::of(&s);
+            let mut out = detail_out(&view, Some(mgr.domain()));
+            if let Some(d) = out.detail.as_mut() {
+                let lc = mgr.lifecycle.get(&id);
+                d.lifecycle = lc.detail_json();
+                d.paused_with_memory = lc.paused_memory.filter(|_| view.state == SandboxState::Paused);
+                d.lifecycle_note = lc.note;
+            }
+            json(StatusCode::OK, &out)
+        }
         _ => ApiError::SandboxNotFound(id).into_response(),
     }
 }
@@ -305,8 +323,78 @@ pub(super) async fn connect(
     SandboxId(id): SandboxId,
     JsonBody(body): JsonBody<TimeoutBody>,
 ) -> Response {
-    match mgr.connect(&id, body.timeout).await {
-        Ok(s) => json(StatusCode::OK, &sandbox_out(&s, mgr.domain())),
+    match crate::lifecycle::connect(&mgr, &id, body.timeout).await {
+        Ok(Resumed::Resumed(s)) => json(StatusCode::CREATED, &sandbox_out(&s, mgr.domain())),
+        Ok(Resumed::WasRunning(s)) => json(StatusCode::OK, &sandbox_out(&s, mgr.domain())),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Parses an optional JSON body (missing or empty: the defaults).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct PauseBody {
+    memory: bool,
+}
+
+impl Default for PauseBody {
+    fn default() -> Self {
+        Self { memory: true }
+    }
+}
+
+/// `POST /sandboxes/{id}/pause` `{"memory": bool = true}`: 204; 409 already paused; 404.
+pub(super) async fn pause(
+    State(mgr): State<Arc<Manager>>,
+    SandboxId(id): SandboxId,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: PauseBody = match optional_body(&body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match crate::lifecycle::pause(&mgr, &id, body.memory).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct ResumeBody {
+    timeout: i64,
+    #[allow(dead_code)]
+    auto_pause: Option<bool>,
+}
+
+impl Default for ResumeBody {
+    fn default() -> Self {
+        Self {
+            timeout: 15,
+            auto_pause: None,
+        }
+    }
+}
+
+/// `POST /sandboxes/{id}/resume` (deprecated) `{"timeout"?: 15}`: 201; 409 if running; 404.
+pub(super) async fn resume(
+    State(mgr): State<Arc<Manager>>,
+    SandboxId(id): SandboxId,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: ResumeBody = match optional_body(&body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match crate::lifecycle::resume(&mgr, &id, body.timeout).await {
+        Ok(s) => json(StatusCode::CREATED, &sandbox_out(&s, mgr.domain())),
         Err(e) => e.into_response(),
     }
 }
@@ -385,7 +473,8 @@ mod tests {
             serde_json::json!({"templateID":"base","metadata":{"a":1}}),
             serde_json::json!({"templateID":"base","envVars":{"A=B":"x"}}),
             serde_json::json!({"templateID":"base","autoPauseMemory":false}),
-            serde_json::json!({"templateID":"base","autoPause":true}),
+            serde_json::json!({"templateID":"base","autoResume":{"enabled":"yes"}}),
+            serde_json::json!({"templateID":"base","autoResume":true}),
             serde_json::json!({"templateID":"base","network":{"allowPublicTraffic":false}}),
             serde_json::json!({"templateID":"base","network":{"allowOut":"x"}}),
             serde_json::json!({"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]}),
@@ -396,6 +485,24 @@ mod tests {
             "network":{"allowPublicTraffic":false}}))
         .unwrap();
         assert!(p.restrict_public_traffic);
+    }
+
+    #[test]
+    fn lifecycle_fields_parse() {
+        let p = parse(serde_json::json!({"templateID":"base"})).unwrap();
+        assert!(p.lifecycle.is_default());
+        let p = parse(serde_json::json!({"templateID":"base","autoPause":true,
+            "autoPauseMemory":false,"autoResume":{"enabled":true}}))
+        .unwrap();
+        assert!(p.lifecycle.auto_pause && !p.lifecycle.auto_pause_memory && p.lifecycle.auto_resume);
+        let p = parse(serde_json::json!({"templateID":"base","autoPause":true,"autoResume":{}})).unwrap();
+        assert!(p.lifecycle.auto_pause && p.lifecycle.auto_pause_memory && !p.lifecycle.auto_resume);
+        assert!(optional_body::<PauseBody>(b"").unwrap().memory);
+        assert!(!optional_body::<PauseBody>(br#"{"memory":false}"#).unwrap().memory);
+        assert!(optional_body::<PauseBody>(b"{}").unwrap().memory);
+        assert_eq!(optional_body::<PauseBody>(b"{").unwrap_err().status(), 400);
+        assert_eq!(optional_body::<PauseBody>(br#"{"memory":1}"#).unwrap_err().status(), 400);
+        assert_eq!(optional_body::<ResumeBody>(b"").unwrap().timeout, 15);
     }
 
     #[test]
