@@ -214,6 +214,10 @@ impl Manager {
             _ => return Err(ApiError::TemplateNotFound(raw.trim().to_string())),
         }
         if tag.as_deref().is_some_and(|t| t != "default") || !self.backend.has_template(&name) {
+            // a known template whose host layer is missing: say how to install it
+            if let Some(why) = sandboxd_runtime::namespace::templates_extra::missing_reason(&name) {
+                return Err(ApiError::NotFound(why));
+            }
             return Err(ApiError::TemplateNotFound(raw.trim().to_string()));
         }
         Ok((name.clone(), name))

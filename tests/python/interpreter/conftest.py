@@ -35,17 +35,11 @@ def sandboxd(sandboxd):  # noqa: F811 - extends the parent fixture of the same n
 
 
 def _create(**kwargs):
-    from e2b import NotFoundException, SandboxException
+    """A code-interpreter sandbox. No skip: a daemon without the template is a failure (its
+    error says to run scripts/setup-interpreter.sh)."""
     from e2b_code_interpreter import Sandbox
 
-    try:
-        return Sandbox.create(TEMPLATE, **kwargs)
-    except (NotFoundException, SandboxException) as e:
-        # Until the daemon ships the template, these tests cannot run end to end (they do in
-        # development mode, against a standalone `sandboxd interpreter`).
-        if "template" in str(e).lower() and ("not found" in str(e).lower() or "unknown" in str(e).lower()):
-            pytest.skip(f"template {TEMPLATE} is not available on this daemon: {e}")
-        raise
+    return Sandbox.create(TEMPLATE, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ pub struct ChildCtx<'a> {
     /// (snapshot and template layers; see `snapshot.rs`).
     pub root_layers: Vec<CString>,
     pub usr_layers: Vec<CString>,
+    /// Read-only host directories bound into the new root (templates_extra.rs).
+    pub binds: &'a [super::templates_extra::ReadOnlyBind],
     pub hostname: CString,
     pub mount_sys: bool,
     pub exe_fd: RawFd,
@@ -251,6 +253,10 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         Some(&opts),
     )
     .map_err(os("mount usr overlay"))?;
+    if !ctx.binds.is_empty() {
+        let root = std::path::PathBuf::from(rootfs.to_string_lossy().into_owned());
+        super::templates_extra::mount_binds(&root, ctx.binds).map_err(os("mount template binds"))?;
+    }
     mark(ctx, "overlays");
     // SAFETY: valid C string.
     if unsafe { libc::chdir(rootfs.as_ptr()) } != 0 {

@@ -48,6 +48,9 @@ pub struct SpawnRequest {
     pub root_layers: Vec<String>,
     #[serde(default)]
     pub usr_layers: Vec<String>,
+    /// Read-only host directories bound into the root (layered templates, templates_extra.rs).
+    #[serde(default)]
+    pub binds: Vec<super::templates_extra::ReadOnlyBind>,
     pub hostname: String,
     pub mount_sys: bool,
     pub exec: ExecTarget,
@@ -77,6 +80,7 @@ pub fn static_step(s: &str) -> &'static str {
         "open sandbox dir",
         "open template",
         "open template layer",
+        "mount template binds",
         "open usr",
         "setgroups",
         "setresgid",
@@ -380,6 +384,7 @@ impl Helper {
             usr_lower: ctx_paths.2,
             root_layers,
             usr_layers,
+            binds: &req.binds,
             hostname: ctx_paths.3,
             mount_sys: req.mount_sys,
             exe_fd: self.exe.as_raw_fd(),

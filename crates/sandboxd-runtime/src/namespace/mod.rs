@@ -17,6 +17,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod sys;
 pub mod template;
+pub mod templates_extra;
 
 use crate::RuntimeError;
 use crate::backend::{AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec};
@@ -501,6 +502,10 @@ impl Inner {
         if let Ok(Some(l)) = snapshot::read_layers(&self.cfg.data_dir.join("templates"), name) {
             return self.has_template(&l.base);
         }
+        // layered templates (templates_extra.rs): a skeleton plus installed host layers
+        if let Some(t) = templates_extra::resolve(name) {
+            return self.has_template(t.skeleton);
+        }
         valid_template(name)
             && self
                 .cfg
@@ -698,13 +703,23 @@ impl Inner {
         if spec.agent.template_id.is_empty() {
             spec.agent.template_id = spec.template.clone();
         }
+        // layered template: its skeleton, read-only binds and supervised services
+        let mut binds = Vec::new();
+        if let Some(t) = templates_extra::resolve(&spec.template) {
+            binds = t.binds;
+            for s in t.services {
+                if !spec.agent.services.contains(&s) {
+                    spec.agent.services.push(s);
+                }
+            }
+        }
         let t0 = std::time::Instant::now();
         let (sbx, have_cgroups) = match self.claim_slot(&id, &spec.agent.hostname, &spec.limits)? {
             Some(r) => r,
             None => (self.prepare_dir(&id, &spec.agent.hostname)?, false),
         };
         let t1 = std::time::Instant::now();
-        let r = self.spawn_prepared(&sbx, spec, target, have_cgroups);
+        let r = self.spawn_prepared(&sbx, spec, target, have_cgroups, binds);
         tracing::debug!(sandbox = %id, dirs_us = (t1 - t0).as_micros() as u64, spawn_us = t1.elapsed().as_micros() as u64, "sandbox spawned");
         if std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some() {
             eprintln!("timing {id}: dirs {:?} spawn {:?}", t1 - t0, t1.elapsed());
@@ -723,13 +738,23 @@ impl Inner {
         mut spec: SandboxSpec,
         target: ExecTarget,
         have_cgroups: bool,
+        mut binds: Vec<templates_extra::ReadOnlyBind>,
     ) -> Result<Spawned, RuntimeError> {
         let id = spec.id.clone();
-        // snapshot template (snapshot.rs): its layers over the template it was taken from
+        // snapshot template (snapshot.rs): its layers over the template it was taken from,
+        // which brings its own binds and services
         let (mut root_layers, mut usr_layers) = (Vec::new(), Vec::new());
         if let Some(l) = snapshot::read_layers(&self.cfg.data_dir.join("templates"), &spec.template)? {
             spec.template = l.base;
             (root_layers, usr_layers) = (l.root, l.usr);
+            if let Some(t) = templates_extra::resolve(&spec.template) {
+                binds = t.binds;
+                for s in t.services {
+                    if !spec.agent.services.contains(&s) {
+                        spec.agent.services.push(s);
+                    }
+                }
+            }
         }
         let tc = std::time::Instant::now();
         let files = if have_cgroups {
@@ -770,7 +795,9 @@ impl Inner {
         let req = SpawnRequest {
             id: id.clone(),
             sandbox_dir: sbx.to_path_buf(),
-            template: spec.template.clone(),
+            template: templates_extra::resolve(&spec.template)
+                .map_or_else(|| spec.template.clone(), |t| t.skeleton.to_string()),
+            binds,
             root_layers,
             usr_layers,
             hostname: spec.agent.hostname.clone(),
@@ -1065,17 +1092,22 @@ impl SandboxBackend for NamespaceBackend {
     async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         let id = spec.id.clone();
         let t0 = std::time::Instant::now();
+        let service_ready = templates_extra::resolve(&spec.template).and_then(|t| t.ready);
         let spawned = self.spawn_init(spec, ExecTarget::Agent).await?;
         let t1 = std::time::Instant::now();
         let sbx = self.sandbox_dir(&id);
         let api = sbx.join("run/agent.sock");
         let pidfd = Arc::new(spawned.pidfd);
-        let timeout = self.inner.cfg.ready_timeout;
+        let mut timeout = self.inner.cfg.ready_timeout;
+        if service_ready.is_some() {
+            // a Python kernel start takes seconds on a busy host
+            timeout = timeout.max(Duration::from_secs(30));
+        }
         let ready = async {
             let mut delay = Duration::from_millis(1);
             loop {
                 match agent_health(&api).await {
-                    Ok(204) => return Ok(()),
+                    Ok(204) => break,
                     Ok(code) => return Err(format!("GET /health answered {code}")),
                     // the agent closed the connection before answering; retry shortly
                     Err(_) => {
@@ -1084,6 +1116,11 @@ impl SandboxBackend for NamespaceBackend {
                     }
                 }
             }
+            // layered templates: also wait for their service (the code interpreter's kernel)
+            match &service_ready {
+                Some(check) => templates_extra::wait_ready(&api, check).await,
+                None => Ok(()),
+            }
         };
         let outcome = tokio::select! {
             r = ready => r.map_err(|m| step("agent health", m)),
@@ -1091,7 +1128,15 @@ impl SandboxBackend for NamespaceBackend {
                 "agent",
                 format!("agent exited during boot; log: {}", tail(&sbx.join("agent.log"), 2000)),
             )),
-            _ = tokio::time::sleep(timeout) => Err(RuntimeError::NotReady(timeout.as_millis() as u64)),
+            _ = tokio::time::sleep(timeout) => Err(if service_ready.is_some() {
+                step("service ready", format!(
+                    "the template's service did not become ready within {} ms; agent log: {}",
+                    timeout.as_millis(),
+                    tail(&sbx.join("agent.log"), 2000)
+                ))
+            } else {
+                RuntimeError::NotReady(timeout.as_millis() as u64)
+            }),
         };
         if let Ok(mut m) = self.inner.agents.lock() {
             m.insert(id.clone(), AgentRecord { pidfd: pidfd.clone() });
