@@ -85,6 +85,10 @@ pub struct ExecSection {
     pub direct_true: Summary,
     /// `{"process":{"cmd":"/bin/bash","args":["-l","-c","echo hi"]},"stdin":false}`.
     pub sdk_bash_echo: Summary,
+    /// `GET /health` of the control plane (no proxy): the HTTP floor of this client and server.
+    pub control_health: Summary,
+    /// `GET /health` with `E2b-Sandbox-Id`: one proxied round trip to the agent.
+    pub envd_health: Summary,
 }
 
 /// Create + run `/bin/true` + kill, sustained.
@@ -350,6 +354,14 @@ impl Report {
                 Row::summary("Process.Start `bash -l -c 'echo hi'` → end", &e.sdk_bash_echo)
                     .vs(Some(&b.host_bash), "host bash"),
             );
+            rows.push(Row::summary(
+                "GET /health, control plane (HTTP floor)",
+                &e.control_health,
+            ));
+            rows.push(Row::summary(
+                "GET /health through the proxy to the agent",
+                &e.envd_health,
+            ));
         }
         if let Some(c) = &self.cycle {
             rows.push(
@@ -620,6 +632,8 @@ pub(crate) mod tests {
             exec: Some(ExecSection {
                 direct_true: s(1.5, "ms"),
                 sdk_bash_echo: s(5.0, "ms"),
+                control_health: s(0.1, "ms"),
+                envd_health: s(0.2, "ms"),
             }),
             cycle: None,
             density: None,

@@ -284,9 +284,37 @@ pub async fn exec(ctx: &Ctx, sbx: &Sandbox) -> Result<ExecSection, BenchError> {
         };
     let t = run(&direct, ctx.cfg.runs.exec, b"").await?;
     let b = run(&sdk, ctx.cfg.runs.exec, b"hi\n").await?;
+    let mut health = async |proxied: bool| -> Result<Vec<Duration>, BenchError> {
+        let mut v = Vec::new();
+        for i in 0..ctx.cfg.runs.exec + 5 {
+            let req = if proxied {
+                api::envd(Method::GET, "/health", sbx)
+            } else {
+                crate::http::request(Method::GET, "/health")
+            }
+            .body(crate::http::empty())
+            .map_err(|e| BenchError::Http(e.to_string()))?;
+            let t0 = Instant::now();
+            let (status, _) = within(REQUEST_LIMIT, "GET /health", conn.call(req)).await?;
+            let took = t0.elapsed();
+            if !status.is_success() {
+                return Err(BenchError::Check(format!(
+                    "GET /health (proxied: {proxied}) answered {status}"
+                )));
+            }
+            if i >= 5 {
+                v.push(took);
+            }
+        }
+        Ok(v)
+    };
+    let control = health(false).await?;
+    let envd = health(true).await?;
     Ok(ExecSection {
         direct_true: summary_ms(&t, "exec /bin/true")?,
         sdk_bash_echo: summary_ms(&b, "exec bash")?,
+        control_health: summary_ms(&control, "control /health")?,
+        envd_health: summary_ms(&envd, "envd /health")?,
     })
 }
 
@@ -865,6 +893,7 @@ pub async fn run(cfg: Config) -> Report {
 
     let b = cfg.runs.baseline;
     let (scr, ld, big) = (scratch.clone(), cfg.listdir_entries, cfg.big_file);
+    let (want_ld, want_files) = (cfg.wants("listdir"), cfg.wants("files"));
     let baselines = tokio::task::spawn_blocking(move || {
         let bwrap = baseline::bwrap(3, b);
         let fork_exec = baseline::measure_command("fork+exec /bin/true", &["/bin/true"], 3, b);
@@ -884,10 +913,12 @@ pub async fn run(cfg: Config) -> Report {
             3,
             b,
         );
-        let host_listdir = baseline::host_listdir(&scr, ld, 5).ok();
+        let host_listdir = want_ld
+            .then(|| baseline::host_listdir(&scr, ld, 5).ok())
+            .flatten();
         let mut host_files = Vec::new();
         for (size, runs) in [(1u64 << 20, 10usize), (big, 2)] {
-            if let Ok(h) = baseline::host_file(&scr, size, runs) {
+            if want_files && let Ok(h) = baseline::host_file(&scr, size, runs) {
                 host_files.push(h);
             }
         }

@@ -139,6 +139,8 @@ fn quick_bench_reports_every_section() {
 
     check_positive_latency(&v, "/exec/direct_true", 10_000.0);
     check_positive_latency(&v, "/exec/sdk_bash_echo", 10_000.0);
+    check_positive_latency(&v, "/exec/control_health", 10_000.0);
+    check_positive_latency(&v, "/exec/envd_health", 10_000.0);
 
     assert!(num(&v, "/cycle/cycles") >= 1.0);
     assert!(num(&v, "/cycle/cycles_per_s") > 0.0);
