@@ -350,6 +350,7 @@ impl NamespaceBackend {
                 chown: true,
             },
         )?;
+        templates_extra::log_availability();
         let init = HelperInit {
             usr_source: cfg.host_usr.clone(),
             templates_source: d.join("templates"),

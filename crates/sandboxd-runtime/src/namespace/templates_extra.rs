@@ -136,6 +136,21 @@ pub fn missing_reason(name: &str) -> Option<String> {
     missing_reason_with(name, &interpreter_layer_dir())
 }
 
+/// Log at backend start which layered templates are usable, and what is missing for the others.
+pub fn log_availability() {
+    let layer = interpreter_layer_dir();
+    match missing_reason_with(CODE_INTERPRETER, &layer) {
+        None => tracing::info!(layer = %layer.display(), "template {CODE_INTERPRETER} available"),
+        Some(why) => tracing::warn!("{why}"),
+    }
+}
+
+/// The readiness check of a template's service, if it has one (for every path that boots an
+/// agent: create, and a filesystem-only resume).
+pub fn ready_check(template: &str) -> Option<ReadyCheck> {
+    resolve(template).and_then(|t| t.ready)
+}
+
 fn cpath(p: &[u8]) -> io::Result<CString> {
     CString::new(p).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
