@@ -900,12 +900,14 @@ impl Inner {
             std::thread::sleep(Duration::from_millis(delay));
             delay = (delay * 2).min(100);
         }
+        // A killed task keeps its cgroup busy until it has fully exited (mount and network
+        // namespace teardown can take a while on a busy host): retry for up to ~5 s.
         let mut cg = self.cgroups.remove(id);
-        for _ in 0..20 {
-            if cg.is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let mut delay = 5;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while cg.is_err() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(delay));
+            delay = (delay * 2).min(200);
             cg = self.cgroups.remove(id);
         }
         if timing {

@@ -29,13 +29,25 @@ pub struct TestBackend {
 impl Drop for TestBackend {
     fn drop(&mut self) {
         // a failed test may leave sandboxes running: destroy whatever this backend created
-        if let Ok(rd) = std::fs::read_dir(self.dir.path().join("sandboxes")) {
-            for e in rd.flatten() {
-                let id = e.file_name().to_string_lossy().into_owned();
-                if sandboxd_runtime::namespace::valid_id(&id) {
-                    let _ = self.backend.destroy_blocking(&id);
+        // (directories and cgroups)
+        let root = self.backend.config().cgroup_root.clone();
+        let mut places = vec![self.dir.path().join("sandboxes")];
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            places.extend(rd.flatten().map(|h| h.path().join(&root)));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for place in places {
+            if let Ok(rd) = std::fs::read_dir(place) {
+                for e in rd.flatten() {
+                    let id = e.file_name().to_string_lossy().into_owned();
+                    if sandboxd_runtime::namespace::valid_id(&id) && e.path().is_dir() {
+                        ids.insert(id);
+                    }
                 }
             }
+        }
+        for id in ids {
+            let _ = self.backend.destroy_blocking(&id);
         }
         self.backend.shutdown();
         // remove this backend's (empty) cgroup root in every hierarchy
