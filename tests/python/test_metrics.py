@@ -68,7 +68,9 @@ def test_metrics_follow_cpu_and_disk_use(sandbox):
     deadline = time.monotonic() + 15
     busy = []
     while time.monotonic() < deadline and not busy:
-        busy = [m for m in sandbox.get_metrics() if m.cpu_used_pct > 20]
+        # An idle sandbox samples ~0 %; a busy loop gets at least a share of a core even on a
+        # loaded 2-core CI machine (4 test workers), so the bar is low on purpose.
+        busy = [m for m in sandbox.get_metrics() if m.cpu_used_pct > 3]
         time.sleep(1)
     assert busy, sandbox.get_metrics()
     assert sandbox.get_metrics()[-1].disk_used >= 16 << 20
