@@ -123,6 +123,10 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// reconciliation at daemon start.
     async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError>;
 
+    /// Release what the backend holds for itself (helpers, prepared slots) when the daemon
+    /// stops. Running sandboxes are not affected. Blocking.
+    fn shutdown(&self) {}
+
     /// Current resource use of a sandbox (for metrics). Reads host-side counters only and
     /// never contacts the sandbox, so it is safe on a frozen one.
     async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {

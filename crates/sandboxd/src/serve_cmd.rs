@@ -189,7 +189,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("backend start-up task")??;
         tracing::info!(backend = backend.name(), data_dir = %data_dir.display(), "starting");
-        let server = Server::bind(config, backend).await?;
+        let server = Server::bind(config, backend.clone()).await?;
         let addr = server.local_addr();
         {
             let mut out = std::io::stdout().lock();
@@ -200,6 +200,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!(%addr, domain = server.domain(), "sandboxd is serving");
         server.run(shutdown_signal()).await?;
+        // Sandboxes keep running (the next start re-adopts them); only the backend's own
+        // helpers and prepared slots go.
+        tokio::task::spawn_blocking(move || backend.shutdown()).await?;
         tracing::info!("stopped");
         anyhow::Ok(())
     })

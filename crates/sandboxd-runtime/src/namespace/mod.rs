@@ -1088,6 +1088,10 @@ impl SandboxBackend for NamespaceBackend {
         "namespace"
     }
 
+    fn shutdown(&self) {
+        NamespaceBackend::shutdown(self)
+    }
+
     fn has_template(&self, template: &str) -> bool {
         self.inner.has_template(template)
     }
