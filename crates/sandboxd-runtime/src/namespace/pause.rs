@@ -305,6 +305,8 @@ impl NamespaceBackend {
     /// Boot a fresh agent on a stopped sandbox's kept files and wait until it answers.
     pub(super) async fn boot_existing_impl(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         let id = spec.id.clone();
+        // layered templates (code interpreter): the service must answer too, as at create
+        let service_ready = super::templates_extra::resolve(&spec.template).and_then(|t| t.ready);
         let inner = self.inner.clone();
         let spawned = tokio::task::spawn_blocking(move || inner.spawn_existing(spec))
             .await
@@ -312,18 +314,25 @@ impl NamespaceBackend {
         let sbx = self.sandbox_dir(&id);
         let api = sbx.join("run/agent.sock");
         let pidfd = Arc::new(spawned.pidfd);
-        let timeout = self.inner.cfg.ready_timeout;
+        let mut timeout = self.inner.cfg.ready_timeout;
+        if service_ready.is_some() {
+            timeout = timeout.max(Duration::from_secs(30));
+        }
         let ready = async {
             let mut delay = Duration::from_millis(1);
             loop {
                 match agent_health(&api).await {
-                    Ok(204) => return Ok(()),
+                    Ok(204) => break,
                     Ok(code) => return Err(format!("GET /health answered {code}")),
                     Err(_) => {
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_millis(50));
                     }
                 }
+            }
+            match &service_ready {
+                Some(check) => super::templates_extra::wait_ready(&api, check).await,
+                None => Ok(()),
             }
         };
         let outcome = tokio::select! {
