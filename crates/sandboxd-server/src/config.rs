@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub keepalive_idle: Duration,
     /// Largest control-plane request body.
     pub max_body_bytes: usize,
+    /// Warm pools of booted, idle sandboxes per template (`pool.rs`, `docs/pool.md`).
+    pub pool: Vec<crate::pool::PoolSpec>,
 }
 
 impl ServerConfig {
@@ -84,6 +86,7 @@ impl ServerConfig {
             template_defaults: TemplateDefaults::default(),
             keepalive_idle: Duration::from_secs(640),
             max_body_bytes: 1 << 20,
+            pool: Vec::new(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod listing;
 pub mod manager;
 pub mod metrics;
+pub mod pool;
 pub mod prometheus;
 pub mod proxy;
 pub mod routing;

@@ -60,6 +60,8 @@ pub struct Manager {
     pub observability: crate::metrics::Observability,
     /// Lifecycle settings and per-sandbox operation locks (`lifecycle.rs`).
     pub lifecycle: crate::lifecycle::LifecycleState,
+    /// Warm pool of booted, idle sandboxes (`pool.rs`).
+    pub pool: crate::pool::Pool,
 }
 
 impl std::fmt::Debug for Manager {
@@ -140,7 +142,7 @@ pub fn parse_template_ref(raw: &str) -> Result<(String, Option<String>), ApiErro
     Ok((name.to_string(), tag.map(str::to_string)))
 }
 
-struct Reservation<'a>(&'a Mutex<usize>);
+pub(crate) struct Reservation<'a>(&'a Mutex<usize>);
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
@@ -157,6 +159,7 @@ impl Manager {
         backend: Arc<dyn SandboxBackend>,
         store: Arc<Store>,
     ) -> Self {
+        let pool = crate::pool::Pool::new(&config.pool, &config.template_defaults, &config.limits);
         Self {
             config,
             domain,
@@ -167,6 +170,7 @@ impl Manager {
             reaper_wake: Notify::new(),
             observability: crate::metrics::Observability::default(),
             lifecycle: crate::lifecycle::LifecycleState::default(),
+            pool,
         }
     }
 
@@ -228,7 +232,7 @@ impl Manager {
         parse_template_ref(name).is_ok_and(|(n, t)| t.is_none() && self.backend.has_template(&n))
     }
 
-    fn reserve(&self) -> Result<Reservation<'_>, ApiError> {
+    pub(crate) fn reserve(&self) -> Result<Reservation<'_>, ApiError> {
         let mut c = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         let max = self.config.limits.max_sandboxes;
         if self.sandboxes.len() + *c >= max {
@@ -255,6 +259,10 @@ impl Manager {
         let t0 = std::time::Instant::now();
         // Own task: a client that hangs up must not abandon a half-created sandbox.
         let r = match tokio::spawn(async move {
+            // a warm-pool sandbox of this template and limits, if one is ready (pool.rs)
+            if let Some(r) = crate::pool::claim(&this, &params, timeout, limits, &template_id, &alias).await {
+                return r;
+            }
             this.create_inner(params, timeout, limits, template_id, alias)
                 .await
         })

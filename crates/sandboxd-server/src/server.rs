@@ -122,6 +122,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let reaper = tokio::spawn(self.shared.mgr.clone().run_reaper());
         let sampler = tokio::spawn(crate::metrics::run_sampler(self.shared.mgr.clone()));
+        let pool = tokio::spawn(crate::pool::run(self.shared.mgr.clone()));
         let drain = CancellationToken::new();
         let tracker = TaskTracker::new();
         tokio::pin!(shutdown);
@@ -152,6 +153,8 @@ impl Server {
         }
         reaper.abort();
         sampler.abort();
+        // pooled (never claimed) sandboxes are destroyed; claimed ones keep running
+        crate::pool::shutdown(&self.shared.mgr, pool).await;
         Ok(())
     }
 }

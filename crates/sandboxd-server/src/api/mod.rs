@@ -44,6 +44,7 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/snapshots", get(snapshots::list))
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/templates/{id}", axum::routing::delete(snapshots::delete_template))
+        .route("/pool", get(crate::pool::api_status))
         .route("/metrics", get(metrics::prometheus))
         .route("/sandboxes/metrics", get(metrics::latest_many))
         .route("/sandboxes/{id}/metrics", get(metrics::history))
