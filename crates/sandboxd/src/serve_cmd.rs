@@ -43,6 +43,15 @@ pub struct ServeArgs {
     /// Sandboxes that may exist at once.
     #[arg(long, default_value_t = DaemonLimits::default().max_sandboxes)]
     pub max_sandboxes: usize,
+    /// Warm pool of booted, idle sandboxes of a template, TEMPLATE=MIN[:MAX[:IDLE_SECS]]
+    /// (e.g. base=2:8:600; MAX defaults to MIN, IDLE_SECS to 600, 0 = never recycled).
+    /// Repeatable. See docs/pool.md.
+    #[arg(long = "pool", value_name = "TEMPLATE=MIN[:MAX[:IDLE_SECS]]")]
+    pub pool: Vec<sandboxd_server::pool::PoolSpec>,
+    /// JSON config file: {"pool": [{"template": "base", "min": 2, "max": 8, "idleTimeoutSecs": 600}]}.
+    /// --pool flags override its entries per template.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -175,6 +184,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_timeout: Duration::from_secs(args.max_timeout),
         max_sandboxes: args.max_sandboxes,
     };
+    let file_pools = match &args.config {
+        Some(path) => sandboxd_server::pool::ConfigFile::load(path).map_err(anyhow::Error::msg)?.pool,
+        None => Vec::new(),
+    };
+    config.pool = sandboxd_server::pool::merge_specs(file_pools, args.pool);
     if !args.listen.ip().is_loopback() {
         tracing::warn!(
             "listening on {} (not loopback) without TLS: the API key and sandbox traffic travel in clear text",
@@ -189,6 +203,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("backend start-up task")??;
         tracing::info!(backend = backend.name(), data_dir = %data_dir.display(), "starting");
+        sandboxd_server::pool::check_templates(backend.as_ref(), &config.pool).map_err(anyhow::Error::msg)?;
         let server = Server::bind(config, backend.clone()).await?;
         let addr = server.local_addr();
         {
