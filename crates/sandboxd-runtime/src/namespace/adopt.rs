@@ -26,6 +26,10 @@ impl NamespaceBackend {
             return Err(RuntimeError::InvalidSpec(format!("bad sandbox id '{id}'")));
         }
         let sbx = self.sandbox_dir(id);
+        // after a host reboot the disk quota image is no longer mounted (quota.rs)
+        if let Err(e) = super::quota::ensure_mounted(&sbx) {
+            tracing::warn!(sandbox = %id, "mounting its disk image again: {e}");
+        }
         let files = sbx.join("upper/root").is_dir() && sbx.join("upper/usr").is_dir();
         let root = self.inner.cfg.cgroup_root.clone();
         let pidfd = if pid > 0 && sys::is_alive(pid, start) {

@@ -342,6 +342,9 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         None,
     )
     .map_err(os("remount boot_id"))?;
+    // /proc/meminfo shows memoryMB (meminfo.rs); the init is pinned to cpuCount CPUs (cpus.rs)
+    super::meminfo::bind_in_child(sbx).map_err(os("bind meminfo"))?;
+    super::cpus::apply_in_child(sbx).map_err(os("pin cpus"))?;
     if ctx.mount_sys {
         mount(
             Some(c"sysfs"),

@@ -102,6 +102,8 @@ pub fn static_step(s: &str) -> &'static str {
         "mount /proc",
         "bind boot_id",
         "remount boot_id",
+        "bind meminfo",
+        "pin cpus",
         "mount /sys",
         "bind agent.sock",
         "bind control.sock",

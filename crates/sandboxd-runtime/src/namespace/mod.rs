@@ -8,8 +8,10 @@
 pub mod adopt;
 pub mod cgroup;
 pub mod child;
+pub mod cpus;
 pub mod helper;
 pub mod idmap;
+pub mod meminfo;
 pub mod pause;
 pub mod quota;
 pub mod seccomp;
@@ -210,6 +212,8 @@ struct Inner {
     pool: Mutex<PoolState>,
     pool_cv: Condvar,
     trash_tx: Mutex<Option<std::sync::mpsc::Sender<PathBuf>>>,
+    /// Disk quota of the sandboxes' writable layers (quota.rs, chosen at start).
+    quota: Box<dyn quota::DiskQuota>,
 }
 
 /// Prepared sandbox slots (`<data>/sandboxes/.pool-*`, plus same-named cgroups on v1).
@@ -340,9 +344,12 @@ impl NamespaceBackend {
         // leftovers of interrupted destroys
         if let Ok(rd) = std::fs::read_dir(d.join(".trash")) {
             for e in rd.flatten() {
+                quota::release(&e.path());
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+        let disk_quota = quota::choose(&d.join(".trash"));
+        tracing::info!(kind = disk_quota.kind(), "disk quota for sandbox writable layers");
         template::ensure_base(
             &d.join("templates"),
             &template::SkeletonSource {
@@ -382,6 +389,7 @@ impl NamespaceBackend {
             pool: Mutex::new(PoolState::default()),
             pool_cv: Condvar::new(),
             trash_tx: Mutex::new(None),
+            quota: disk_quota,
         });
         if pool_size > 0 {
             let weak = Arc::downgrade(&inner);
@@ -489,6 +497,7 @@ impl Inner {
                 "pids limit {pids} out of range 16..=4194304"
             )));
         }
+        quota::validate_size(spec.limits.disk_mb)?;
         if !spec.agent.hostname.is_empty() && !valid_hostname(&spec.agent.hostname) {
             return Err(RuntimeError::InvalidSpec(format!(
                 "bad hostname '{}'",
@@ -522,7 +531,7 @@ impl Inner {
     }
 
     /// Step 1: the sandbox's directories and generated files (`id` may be a pool slot name).
-    fn prepare_dir(&self, id: &str, hostname: &str) -> Result<PathBuf, RuntimeError> {
+    fn prepare_dir(&self, id: &str, hostname: &str, disk_mb: u64) -> Result<PathBuf, RuntimeError> {
         let sbx = self.sandbox_dir(id);
         match std::fs::create_dir(&sbx) {
             Ok(()) => {}
@@ -535,6 +544,8 @@ impl Inner {
         }
         let root = Some(self.cfg.idmap.root());
         mkdir_owned(&sbx, 0o711, None)?;
+        // upper/ and work/ become symlinks into the disk quota filesystem (quota.rs)
+        quota::prepare_layout(&*self.quota, &sbx, disk_mb)?;
         mkdir_owned(&sbx.join("upper"), 0o711, None)?;
         mkdir_owned(&sbx.join("work"), 0o711, None)?;
         for d in ["upper/root", "upper/usr", "work/root", "work/usr"] {
@@ -576,7 +587,7 @@ impl Inner {
             p.next += 1;
             format!("{POOL_PREFIX}{}-{}", std::process::id(), p.next)
         };
-        let sbx = self.prepare_dir(&name, DEFAULT_HOSTNAME)?;
+        let sbx = self.prepare_dir(&name, DEFAULT_HOSTNAME, Limits::default().disk_mb)?;
         if self.cgroups.supports_rename()
             && let Err(e) = self.cgroups.create(&name, &Limits::default())
         {
@@ -594,6 +605,10 @@ impl Inner {
         hostname: &str,
         limits: &Limits,
     ) -> Result<Option<(PathBuf, bool)>, RuntimeError> {
+        // slots carry a disk quota of the default size (quota.rs)
+        if !quota::slot_fits(&*self.quota, Limits::default().disk_mb, limits.disk_mb) {
+            return Ok(None);
+        }
         let slot = match self.pool.lock() {
             Ok(mut p) => p.slots.pop(),
             Err(_) => None,
@@ -717,7 +732,7 @@ impl Inner {
         let t0 = std::time::Instant::now();
         let (sbx, have_cgroups) = match self.claim_slot(&id, &spec.agent.hostname, &spec.limits)? {
             Some(r) => r,
-            None => (self.prepare_dir(&id, &spec.agent.hostname)?, false),
+            None => (self.prepare_dir(&id, &spec.agent.hostname, spec.limits.disk_mb)?, false),
         };
         let t1 = std::time::Instant::now();
         let r = self.spawn_prepared(&sbx, spec, target, have_cgroups, binds);
@@ -763,6 +778,9 @@ impl Inner {
         } else {
             self.cgroups.create(&id, &spec.limits)?
         };
+        // nproc = cpuCount (cpus.rs) and /proc/meminfo = memoryMB (meminfo.rs)
+        cpus::pin(self.cgroups.layout(), &self.cfg.cgroup_root, &id, spec.limits.cpu_count, sbx)?;
+        meminfo::write(sbx, spec.limits.memory_mb)?;
         if std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some() {
             eprintln!("timing {id}: cgroups {:?}", tc.elapsed());
         }
@@ -1016,6 +1034,7 @@ fn move_to_trash(dir: &Path, trash: &Path) -> Result<Option<PathBuf>, RuntimeErr
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let t = trash.join(format!("{name}-{nanos}"));
+    quota::release(dir);
     match std::fs::rename(dir, &t) {
         Ok(()) => Ok(Some(t)),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),

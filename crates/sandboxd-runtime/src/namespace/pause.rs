@@ -292,6 +292,7 @@ impl Inner {
         }
         // leftovers of an interrupted pause or resume
         self.stop_keep_files(&id)?;
+        super::quota::ensure_mounted(&self.sandbox_dir(&id))?; // host rebooted: mount the disk image again
         let sbx = self.prepare_reboot(&id)?;
         let r = self.spawn_prepared(&sbx, spec, ExecTarget::Agent, false, binds);
         if r.is_err() {

@@ -272,7 +272,9 @@ impl LoopImageQuota {
             dir,
             Some("ext4"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOATIME,
-            Some("discard"),
+            // noinit_itable: no background zeroing of the lazily initialised inode tables
+            // (host I/O for nothing: the image is sparse and private to one sandbox)
+            Some("discard,noinit_itable"),
         );
         // Closing our fd lets auto-clear free the device when (or, on error, now that) nothing
         // mounts it.
@@ -367,6 +369,102 @@ pub fn choose(scratch: &Path) -> Box<dyn DiskQuota> {
             Box::new(NoQuota)
         }
     }
+}
+
+/// Name of the quota filesystem's mount point inside a sandbox dir (`<sbx>/disk`, image
+/// `<sbx>/disk.img`); the overlay upper and work dirs live in it, reached through the
+/// relative symlinks `<sbx>/upper -> disk/upper` and `<sbx>/work -> disk/work`.
+pub const DISK_DIR: &str = "disk";
+
+/// Smallest enforced disk size; `0` means no limit.
+pub const MIN_DISK_MB: u64 = 8;
+
+/// Check a requested disk size (`0` = no limit, else at least [`MIN_DISK_MB`]).
+pub fn validate_size(size_mb: u64) -> Result<(), RuntimeError> {
+    if size_mb != 0 && size_mb < MIN_DISK_MB {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "diskSizeMB {size_mb} is below the minimum of {MIN_DISK_MB} (0 = no limit)"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a prepared slot whose disk was attached with `slot_mb` can serve a sandbox that
+/// wants `want_mb`: always without enforcement, else only the same size.
+pub fn slot_fits(quota: &dyn DiskQuota, slot_mb: u64, want_mb: u64) -> bool {
+    quota.kind() == "none" || slot_mb == want_mb
+}
+
+/// Make the writable-layer layout of a new sandbox dir `sbx` (which exists and is empty):
+/// the quota filesystem at `<sbx>/disk` (`size_mb`, 0 = unlimited), `disk/upper` and
+/// `disk/work` (0711, host root), and the relative symlinks `upper` and `work` pointing into
+/// it, so every existing path (`upper/root`, `work/usr`, ...) keeps working and overlayfs
+/// finds each upper dir and its work dir on the same filesystem. On error nothing stays
+/// mounted.
+pub fn prepare_layout(quota: &dyn DiskQuota, sbx: &Path, size_mb: u64) -> Result<(), RuntimeError> {
+    validate_size(size_mb)?;
+    let disk = sbx.join(DISK_DIR);
+    let t0 = Instant::now();
+    quota.attach(&disk, size_mb)?;
+    let r = (|| -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for d in ["upper", "work"] {
+            let p = disk.join(d);
+            match std::fs::create_dir(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o711))?;
+            std::os::unix::fs::symlink(format!("{DISK_DIR}/{d}"), sbx.join(d))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        let _ = quota.detach(&disk);
+        return Err(qerr(format!("layout in {}: {e}", disk.display())));
+    }
+    if size_mb == 0 {
+        tracing::info!(dir = %sbx.display(), "diskSizeMB 0: this sandbox has no disk quota");
+    } else if quota.kind() == "none" {
+        tracing::debug!(dir = %sbx.display(), size_mb, "disk quotas are disabled on this host: not enforced");
+    } else {
+        tracing::debug!(dir = %sbx.display(), size_mb, us = t0.elapsed().as_micros() as u64, "disk quota ready");
+    }
+    Ok(())
+}
+
+/// Release the quota filesystem of a sandbox dir that is about to be deleted (any
+/// implementation): lazily unmount `<sbx>/disk` if it is a mount point and delete the image.
+/// The loop device frees itself (auto-clear) once the sandbox's own mount namespace is gone.
+/// Idempotent; best effort (a failure is logged: `remove_dir_all` would then stop at the
+/// mount point instead of descending into it).
+pub fn release(sbx: &Path) {
+    let disk = sbx.join(DISK_DIR);
+    if is_mount_point(&disk)
+        && let Err(e) = nix::mount::umount2(&disk, nix::mount::MntFlags::MNT_DETACH)
+    {
+        tracing::warn!("unmounting the disk quota at {}: {e}", disk.display());
+    }
+    match std::fs::remove_file(image_path(&disk)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("removing {}: {e}", image_path(&disk).display()),
+    }
+}
+
+/// Mount a sandbox dir's image again if it exists but is not mounted (after a host reboot:
+/// the kernel forgot the mount, the image file is kept). `Ok(false)`: nothing to do.
+pub fn ensure_mounted(sbx: &Path) -> Result<bool, RuntimeError> {
+    let disk = sbx.join(DISK_DIR);
+    let image = image_path(&disk);
+    if !image.exists() || is_mount_point(&disk) {
+        return Ok(false);
+    }
+    let q = LoopImageQuota::new()?;
+    q.mount_image(&image, &disk)?;
+    tracing::info!(dir = %sbx.display(), "disk quota image mounted again");
+    Ok(true)
 }
 
 #[cfg(test)]
