@@ -23,7 +23,10 @@ use crate::sandbox::LiveSandbox;
 use crate::upstream::AgentClient;
 use axum::Json;
 use axum::extract::State;
+use bytes::Bytes;
 use chrono::Utc;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use sandboxd_protocol::agent::AgentConfig;
 use sandboxd_runtime::{AgentEndpoint, Limits, RuntimeError, SandboxBackend, SandboxHandle, SandboxSpec};
 use sandboxd_store::{SandboxRecord, SandboxState, StoreError, StoredLimits, trunc_micros};
@@ -43,6 +46,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// First and largest pause after a failed boot (doubles per consecutive failure).
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Time limit of the config hand-over at claim.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for a boot in progress.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
@@ -192,7 +197,11 @@ pub(crate) struct Pooled {
     /// The config it booted with (its placeholder token is replaced at claim).
     pub agent: AgentConfig,
     pub born: Instant,
+    /// A connection to its control socket, opened at boot (saves the connect at claim).
+    pub control: Mutex<Option<ControlSender>>,
 }
+
+type ControlSender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// The state of one template's pool. Pure bookkeeping, tested without sandboxes.
 #[derive(Debug)]
@@ -416,11 +425,14 @@ impl Pool {
             None => return None,
             Some(t) => t.take(limits),
         };
-        // a hit leaves a gap, a miss may raise the target: either way the refiller has work
-        self.wake.notify_one();
         match taken {
+            // the refiller is woken once the claim is done (a boot competes for the CPU)
             Take::Hit(p) => Some(p),
-            Take::Miss | Take::LimitsDiffer => None,
+            // a miss may have raised the target
+            Take::Miss | Take::LimitsDiffer => {
+                self.wake.notify_one();
+                None
+            }
         }
     }
 
@@ -449,27 +461,24 @@ pub(crate) async fn claim(
     let t0 = Instant::now();
     let reservation = mgr.reserve().ok()?; // at the limit: the cold path answers 429
     let pooled = mgr.pool.take(template_id, &limits)?;
+    let _refill = WakeOnDrop(&mgr.pool.wake);
     let id = pooled.id.clone();
     let started_at = trunc_micros(Utc::now());
     let end_at = trunc_micros(started_at + timeout);
     let access_token = params.secure.then(new_token);
 
-    // 1. Hand the agent its owner's config (the placeholder token stops working at once).
+    // The agent's new config (the placeholder token stops working once it is applied).
     let mut agent = pooled.agent.clone();
     agent.env_vars = params.env_vars.clone();
     agent.access_token = access_token.clone();
-    if let Err(e) = hand_over(&pooled.handle, &agent).await {
-        tracing::warn!(sandbox = %id, "pool hand-over failed ({e}); destroying it and booting cold");
-        mgr.pool.count_failure(template_id);
-        discard(mgr, id);
-        return None;
-    }
 
-    // 2. The registry row. With default lifecycle settings it is written once, as running: a
-    // crash before it leaves a host-only sandbox (destroyed at start), after it a complete one.
-    // Otherwise as for a cold create: creating, settings, running.
+    // The registry row. With default lifecycle settings it is written once, as running,
+    // while the agent gets its config (both before the 201): a crash before the row commits
+    // leaves a host-only sandbox (destroyed at start); after it, a sandbox the client may
+    // never have heard of, which expires at its timeout, like a cold create whose 201 was
+    // lost. With lifecycle settings: creating, settings, running, as for a cold create.
     let with_settings = !params.lifecycle.is_default();
-    let mut rec = SandboxRecord {
+    let rec = SandboxRecord {
         seq: 0,
         id: id.clone(),
         template_id: template_id.to_string(),
@@ -496,17 +505,38 @@ pub(crate) async fn claim(
         agent_pid: Some(pooled.handle.agent_pid),
         agent_start_time: Some(pooled.handle.agent_start_time),
     };
-    let r = rec.clone();
     let store = mgr.store().clone();
-    rec = match tokio::task::spawn_blocking(move || store.insert(&r)).await {
-        Ok(Ok(inserted)) => inserted,
-        Ok(Err(e)) => {
-            discard(mgr, id);
-            return Some(Err(e.into()));
+    let insert = async move {
+        match tokio::task::spawn_blocking(move || store.insert(&rec)).await {
+            Ok(r) => r.map_err(ApiError::from),
+            Err(e) => Err(ApiError::Internal(format!("registry task failed: {e}"))),
         }
-        Err(e) => {
+    };
+    let ((config, config_t), (row, row_t)) = tokio::join!(
+        async {
+            let t = Instant::now();
+            (hand_over(&pooled, &agent).await, t.elapsed())
+        },
+        async {
+            let t = Instant::now();
+            (insert.await, t.elapsed())
+        }
+    );
+    let t_config = t0.elapsed();
+    let mut rec = match (config, row) {
+        (Ok(()), Ok(rec)) => rec,
+        (Err(e), row) => {
+            tracing::warn!(sandbox = %id, "pool hand-over failed ({e}); destroying it and booting cold");
+            mgr.pool.count_failure(template_id);
+            match row {
+                Ok(_) => remove_row_and_discard(mgr, id),
+                Err(_) => discard(mgr, id),
+            }
+            return None;
+        }
+        (Ok(()), Err(e)) => {
             discard(mgr, id);
-            return Some(Err(ApiError::Internal(format!("registry task failed: {e}"))));
+            return Some(Err(e));
         }
     };
     if with_settings {
@@ -550,18 +580,60 @@ pub(crate) async fn claim(
         sandbox = %id,
         template = template_id,
         us = t0.elapsed().as_micros() as u64,
+        handover_us = t_config.as_micros() as u64,
+        config_us = config_t.as_micros() as u64,
+        row_us = row_t.as_micros() as u64,
         idle_ms = pooled.born.elapsed().as_millis() as u64,
         "sandbox created from the pool"
     );
     Some(Ok(live))
 }
 
-/// `POST /config` on the agent's control socket with the full new config.
-async fn hand_over(handle: &SandboxHandle, agent: &AgentConfig) -> Result<(), String> {
-    let AgentEndpoint::Unix(sock) = &handle.control;
+/// Wakes the refiller when a claim ends, whichever way.
+struct WakeOnDrop<'a>(&'a Notify);
+
+impl Drop for WakeOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+/// `POST /config` on the agent's control socket with the full new config, over the
+/// connection opened when the sandbox joined the pool (a new one if that is gone).
+async fn hand_over(pooled: &Pooled, agent: &AgentConfig) -> Result<(), String> {
     let body = serde_json::to_string(agent).map_err(|e| e.to_string())?;
-    let (status, answer) =
-        crate::api::logs::control_request(sock, http::Method::POST, "/config", body).await?;
+    let mut sender = pooled.control.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(s) = sender.as_mut()
+        && s.ready().await.is_err()
+    {
+        sender = None;
+    }
+    let (status, answer) = match sender {
+        Some(mut sender) => {
+            let req = http::Request::post("/config")
+                .header(http::header::HOST, "agent")
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| e.to_string())?;
+            let fut = async {
+                let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let body = http_body_util::Limited::new(resp.into_body(), 64 << 10)
+                    .collect()
+                    .await
+                    .map_err(|e| format!("reading the answer: {e}"))?
+                    .to_bytes();
+                Ok::<_, String>((status, body))
+            };
+            tokio::time::timeout(HANDOVER_TIMEOUT, fut)
+                .await
+                .map_err(|_| "the agent did not answer in time".to_string())??
+        }
+        None => {
+            let AgentEndpoint::Unix(sock) = &pooled.handle.control;
+            crate::api::logs::control_request(sock, http::Method::POST, "/config", body).await?
+        }
+    };
     if status != http::StatusCode::NO_CONTENT {
         return Err(format!(
             "the agent answered {status}: {}",
@@ -569,6 +641,23 @@ async fn hand_over(handle: &SandboxHandle, agent: &AgentConfig) -> Result<(), St
         ));
     }
     Ok(())
+}
+
+/// Opens an HTTP/1.1 connection to a pooled sandbox's control socket, kept for the claim.
+async fn control_connection(handle: &SandboxHandle) -> Option<ControlSender> {
+    let AgentEndpoint::Unix(sock) = &handle.control;
+    let stream = crate::upstream::UnixConnector::new(sock)
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = driver.await;
+    });
+    Some(sender)
 }
 
 /// Destroys a pooled sandbox that has no registry row, in the background.
@@ -676,12 +765,17 @@ async fn boot_one(mgr: &Arc<Manager>, template: &str, limits: Limits) {
     let t0 = Instant::now();
     let r = mgr.backend().create(spec).await;
     let now = Instant::now();
+    let control = match &r {
+        Ok(handle) => control_connection(handle).await,
+        Err(_) => None,
+    };
     let outcome = match &r {
         Ok(handle) => Ok(Pooled {
             id: id.clone(),
             handle: handle.clone(),
             agent,
             born: now,
+            control: Mutex::new(control),
         }),
         Err(e) => Err(e),
     };
@@ -758,6 +852,7 @@ mod tests {
             },
             agent: AgentConfig::new(id, "base"),
             born,
+            control: Mutex::new(None),
         }
     }
 
