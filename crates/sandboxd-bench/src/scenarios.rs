@@ -891,9 +891,10 @@ pub async fn run(cfg: Config) -> Report {
         (cfg.big_file, cfg.runs.files_big),
     ];
 
+    // Process baselines first; host I/O baselines last, so that their page-cache writeback
+    // never overlaps the sandbox measurements.
     let b = cfg.runs.baseline;
-    let (scr, ld, big) = (scratch.clone(), cfg.listdir_entries, cfg.big_file);
-    let (want_ld, want_files) = (cfg.wants("listdir"), cfg.wants("files"));
+    let scr = scratch.clone();
     let baselines = tokio::task::spawn_blocking(move || {
         let bwrap = baseline::bwrap(3, b);
         let fork_exec = baseline::measure_command("fork+exec /bin/true", &["/bin/true"], 3, b);
@@ -913,21 +914,12 @@ pub async fn run(cfg: Config) -> Report {
             3,
             b,
         );
-        let host_listdir = want_ld
-            .then(|| baseline::host_listdir(&scr, ld, 5).ok())
-            .flatten();
-        let mut host_files = Vec::new();
-        for (size, runs) in [(1u64 << 20, 10usize), (big, 2)] {
-            if want_files && let Ok(h) = baseline::host_file(&scr, size, runs) {
-                host_files.push(h);
-            }
-        }
         Baselines {
             bwrap,
             fork_exec,
             host_bash,
-            host_listdir,
-            host_files,
+            host_listdir: None,
+            host_files: Vec::new(),
         }
     })
     .await;
@@ -1010,6 +1002,30 @@ pub async fn run(cfg: Config) -> Report {
             }
         }
     }
+    let (scr, ld, big) = (scratch.clone(), cfg.listdir_entries, cfg.big_file);
+    let (want_ld, want_files) = (cfg.wants("listdir"), cfg.wants("files"));
+    let host_io = tokio::task::spawn_blocking(move || {
+        let host_listdir = want_ld
+            .then(|| baseline::host_listdir(&scr, ld, 5).ok())
+            .flatten();
+        let mut host_files = Vec::new();
+        for (size, runs) in [(1u64 << 20, 10usize), (big, 2)] {
+            if want_files && let Ok(h) = baseline::host_file(&scr, size, runs) {
+                host_files.push(h);
+            }
+        }
+        // SAFETY: sync has no arguments and no memory effects.
+        unsafe { libc::sync() };
+        (host_listdir, host_files)
+    })
+    .await;
+    match host_io {
+        Ok((l, f)) => {
+            report.baselines.host_listdir = l;
+            report.baselines.host_files = f;
+        }
+        Err(e) => report.errors.push(format!("host I/O baselines: {e}")),
+    }
     if cfg.keep {
         report.notes.push(format!("kept {}", scratch.display()));
     } else if let Err(e) = remove_data_dir(&scratch) {
@@ -1069,6 +1085,12 @@ async fn measure_all(ctx: &Ctx, sizes: &[(u64, usize)], report: &mut Report) {
             Ok(f) => report.files = Some(f),
             Err(e) => report.errors.push(format!("files: {e}")),
         }
+        // Write back what the transfers left dirty before the next measurements.
+        let _ = tokio::task::spawn_blocking(|| {
+            // SAFETY: sync has no arguments and no memory effects.
+            unsafe { libc::sync() }
+        })
+        .await;
     }
     if want("cycle") {
         match cycle(ctx).await {
