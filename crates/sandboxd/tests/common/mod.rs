@@ -63,6 +63,22 @@ impl Daemon {
         d
     }
 
+    /// Like [`Daemon::start`], with extra `serve` flags (for example `--pool base=2:4`).
+    pub fn start_with_args(args: &[&str]) -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("sandboxd-api-test-")
+            .tempdir()
+            .unwrap();
+        let data = tmp.path().join("data");
+        let opts = Opts {
+            key: Some(test_key()),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        let mut d = Self::start_in(&data, opts).expect("daemon did not start");
+        d._tmp = Some(tmp);
+        d
+    }
+
     /// Starts a daemon on `data_dir`; `Err(stderr)` if it exits before printing its exports.
     pub fn start_in(data_dir: &Path, opts: Opts) -> Result<Self, String> {
         let log = data_dir.with_extension("stderr.log");
