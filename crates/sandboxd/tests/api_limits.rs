@@ -284,7 +284,8 @@ async fn disk_defaults_zero_and_bad_sizes() {
 }
 
 /// The quota mount is kernel state: a restarted daemon re-adopts the sandbox with its quota,
-/// and a daemon that stops leaves no pool images behind.
+/// and a daemon that stops leaves no pool images behind. A paused sandbox whose mount is gone
+/// (as after a host reboot) gets its image mounted again and resumes under its quota.
 #[tokio::test]
 async fn quota_survives_daemon_restart() {
     if !require_root("quota_survives_daemon_restart") {
@@ -307,7 +308,24 @@ async fn quota_survives_daemon_restart() {
     assert_eq!(s, 201, "{v}");
     let id = sid(&v);
     out(&d, &v, "echo before > /home/user/b").await;
+    // a second one, paused filesystem-only: its mount is dropped below as a host reboot would
+    let (s, p) = d
+        .create(json!({"templateID":"base","timeout":300,"secure":true,"diskSizeMB":16}))
+        .await;
+    assert_eq!(s, 201, "{p}");
+    let pid = sid(&p);
+    out(&d, &p, "echo paused > /home/user/p").await;
+    let r = d
+        .api(reqwest::Method::POST, &format!("/sandboxes/{pid}/pause"))
+        .json(&json!({"memory": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
     d.terminate();
+    let pdisk = sbx_dir(&d, &pid).join("disk");
+    nix::mount::umount2(&pdisk, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert!(!is_mounted(&pdisk));
     assert!(
         is_mounted(&sbx_dir(&d, &id).join("disk")),
         "mount outlives the daemon"
@@ -323,6 +341,19 @@ async fn quota_survives_daemon_restart() {
     );
     let d2 = Daemon::start_in(&data, opts).unwrap();
     assert_eq!(out(&d2, &v, "cat /home/user/b").await.trim(), "before");
+    // the paused one's image is mounted again (at re-adoption) and it resumes on its files
+    assert!(is_mounted(&pdisk), "re-mounted at start");
+    let r = d2
+        .api(reqwest::Method::POST, &format!("/sandboxes/{pid}/resume"))
+        .json(&json!({"timeout": 300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(out(&d2, &p, "cat /home/user/p").await.trim(), "paused");
+    let r = out(&d2, &p, "head -c 40M /dev/zero > /home/user/z; echo rc=$?").await;
+    assert!(r.contains("No space left"), "{r}");
+    assert_eq!(d2.delete(&format!("/sandboxes/{pid}")).await, 204);
     let r = out(&d2, &v, "head -c 40M /dev/zero > /home/user/z; echo rc=$?").await;
     assert!(r.contains("No space left"), "{r}");
     assert_eq!(d2.delete(&format!("/sandboxes/{id}")).await, 204);
