@@ -751,11 +751,18 @@ pub fn pool_args_from_help(help: &str, pool_size: usize) -> Option<Vec<String>> 
             let flag = w.trim_end_matches(',');
             let flag = flag.split('=').next().unwrap_or(flag);
             if flag.starts_with("--") && flag.contains("pool") {
-                let takes_value = words.get(i + 1).is_some_and(|n| n.starts_with('<')) || w.contains('=');
-                return Some(if takes_value {
-                    vec![flag.to_string(), pool_size.to_string()]
-                } else {
-                    vec![flag.to_string()]
+                let value = words
+                    .get(i + 1)
+                    .filter(|n| n.starts_with('<'))
+                    .map(|n| n.to_string())
+                    .or_else(|| w.split_once('=').map(|(_, v)| v.to_string()));
+                return Some(match value {
+                    // `--pool <TEMPLATE=MIN[:MAX[:IDLE_SECS]]>`: the base template, min = max.
+                    Some(v) if v.contains("TEMPLATE=") => {
+                        vec![flag.to_string(), format!("base={pool_size}:{pool_size}")]
+                    }
+                    Some(_) => vec![flag.to_string(), pool_size.to_string()],
+                    None => vec![flag.to_string()],
                 });
             }
         }
@@ -1118,6 +1125,12 @@ mod tests {
         assert_eq!(
             pool_args_from_help(with, 8),
             Some(vec!["--warm-pool".to_string(), "8".to_string()])
+        );
+        let real =
+            "      --pool <TEMPLATE=MIN[:MAX[:IDLE_SECS]]>\n          Warm pool of booted, idle sandboxes\n";
+        assert_eq!(
+            pool_args_from_help(real, 8),
+            Some(vec!["--pool".to_string(), "base=8:8".to_string()])
         );
         let switch = "      --pool   Keep a warm pool\n";
         assert_eq!(pool_args_from_help(switch, 8), Some(vec!["--pool".to_string()]));
