@@ -222,6 +222,8 @@ struct PoolState {
     slots: Vec<String>,
     next: u64,
     stopped: bool,
+    /// The filler is making a slot (its disk quota is mounted): `drain_pool` waits for it.
+    making: bool,
 }
 
 /// Name prefix of prepared slots; never a valid sandbox id.
@@ -696,6 +698,15 @@ impl Inner {
         let slots = match self.pool.lock() {
             Ok(mut p) => {
                 p.stopped = true;
+                // a slot being made has its disk quota mounted; the filler removes it itself
+                // once it sees `stopped`: wait for that (a process exit would leak the mount)
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while p.making && std::time::Instant::now() < deadline {
+                    p = match self.pool_cv.wait_timeout(p, Duration::from_millis(50)) {
+                        Ok((g, _)) => g,
+                        Err(_) => return,
+                    };
+                }
                 std::mem::take(&mut p.slots)
             }
             Err(_) => return,
@@ -970,12 +981,21 @@ fn pool_filler(weak: Weak<Inner>, size: usize) {
                 let _ = inner.pool_cv.wait_timeout(p, Duration::from_millis(500));
                 false
             }
-            Ok(_) => true,
+            Ok(mut p) => {
+                p.making = true;
+                true
+            }
             Err(_) => return,
         };
         if !need {
             continue;
         }
+        let done_making = || {
+            if let Ok(mut p) = inner.pool.lock() {
+                p.making = false;
+            }
+            inner.pool_cv.notify_all();
+        };
         match inner.make_slot() {
             Ok(name) => {
                 let mut keep = Some(name);
@@ -988,10 +1008,13 @@ fn pool_filler(weak: Weak<Inner>, size: usize) {
                     // drained meanwhile
                     let _ = inner.cgroups.remove(&name);
                     let _ = remove_tree(&inner.sandbox_dir(&name), &inner.cfg.data_dir.join(".trash"));
+                    done_making();
                     return;
                 }
+                done_making();
             }
             Err(e) => {
+                done_making();
                 tracing::warn!("preparing a sandbox slot failed: {e}");
                 drop(inner);
                 std::thread::sleep(Duration::from_secs(1));
