@@ -46,6 +46,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// First and largest pause after a failed boot (doubles per consecutive failure).
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Refills wait until no claim happened for this long (a boot takes the CPU a burst of claims
+/// needs), but never postpone a boot by more than `REFILL_MAX_POSTPONE`.
+const REFILL_QUIET: Duration = Duration::from_millis(20);
+const REFILL_MAX_POSTPONE: Duration = Duration::from_millis(250);
 /// Time limit of the config hand-over at claim.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for a boot in progress.
@@ -344,6 +348,8 @@ pub struct Pool {
     templates: Mutex<BTreeMap<String, TemplatePool>>,
     wake: Notify,
     stop: CancellationToken,
+    /// When the last claim ended (refills wait for a quiet moment).
+    last_claim: Mutex<Option<Instant>>,
 }
 
 /// One template's pool in `GET /pool`.
@@ -378,6 +384,7 @@ impl Pool {
             templates: Mutex::new(templates),
             wake: Notify::new(),
             stop: CancellationToken::new(),
+            last_claim: Mutex::new(None),
         }
     }
 
@@ -461,7 +468,7 @@ pub(crate) async fn claim(
     let t0 = Instant::now();
     let reservation = mgr.reserve().ok()?; // at the limit: the cold path answers 429
     let pooled = mgr.pool.take(template_id, &limits)?;
-    let _refill = WakeOnDrop(&mgr.pool.wake);
+    let _refill = ClaimDone(&mgr.pool);
     let id = pooled.id.clone();
     let started_at = trunc_micros(Utc::now());
     let end_at = trunc_micros(started_at + timeout);
@@ -507,7 +514,7 @@ pub(crate) async fn claim(
     };
     let store = mgr.store().clone();
     let insert = async move {
-        match tokio::task::spawn_blocking(move || store.insert(&rec)).await {
+        match tokio::task::spawn_blocking(move || store.insert_unsynced(&rec)).await {
             Ok(r) => r.map_err(ApiError::from),
             Err(e) => Err(ApiError::Internal(format!("registry task failed: {e}"))),
         }
@@ -589,13 +596,34 @@ pub(crate) async fn claim(
     Some(Ok(live))
 }
 
-/// Wakes the refiller when a claim ends, whichever way.
-struct WakeOnDrop<'a>(&'a Notify);
+/// Notes the end of a claim (whichever way it ends) and wakes the refiller.
+struct ClaimDone<'a>(&'a Pool);
 
-impl Drop for WakeOnDrop<'_> {
+impl Drop for ClaimDone<'_> {
     fn drop(&mut self) {
-        self.0.notify_one();
+        *self.0.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.0.wake.notify_one();
     }
+}
+
+/// How long a due boot should still wait: until `REFILL_QUIET` after the last claim, unless it
+/// has been postponed for `REFILL_MAX_POSTPONE` already (`postponed`: since when).
+fn refill_delay(
+    last_claim: Option<Instant>,
+    now: Instant,
+    postponed: &mut Option<Instant>,
+) -> Option<Duration> {
+    let quiet_at = last_claim? + REFILL_QUIET;
+    if now >= quiet_at {
+        *postponed = None;
+        return None;
+    }
+    let since = *postponed.get_or_insert(now);
+    if now.saturating_duration_since(since) >= REFILL_MAX_POSTPONE {
+        *postponed = None;
+        return None;
+    }
+    Some(quiet_at - now)
 }
 
 /// `POST /config` on the agent's control socket with the full new config, over the
@@ -696,6 +724,7 @@ pub async fn run(mgr: Arc<Manager>) {
     }
     disable_shadowed(&mgr);
     let pool = &mgr.pool;
+    let mut postponed = None;
     loop {
         if pool.stop.is_cancelled() {
             return;
@@ -715,6 +744,15 @@ pub async fn run(mgr: Arc<Manager>) {
             .limits
             .max_sandboxes
             .saturating_sub(mgr.sandboxes.len() + pool.len());
+        let due = pool.lock().values().any(|t| t.wants_boot(now, room));
+        let last_claim = *pool.last_claim.lock().unwrap_or_else(|p| p.into_inner());
+        if due && let Some(wait) = refill_delay(last_claim, now, &mut postponed) {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = pool.stop.cancelled() => return,
+            }
+            continue;
+        }
         let next = {
             let mut g = pool.lock();
             g.values_mut().find(|t| t.wants_boot(now, room)).map(|t| {
@@ -984,6 +1022,27 @@ mod tests {
             .ready
             .push_back(pooled("x", old - Duration::from_secs(100_000)));
         assert!(never.expire(now).is_empty());
+    }
+
+    #[test]
+    fn refills_wait_for_a_quiet_moment_but_not_forever() {
+        let t0 = Instant::now();
+        let mut postponed = None;
+        assert_eq!(refill_delay(None, t0, &mut postponed), None);
+        // a claim just ended: wait until it is quiet
+        let w = refill_delay(Some(t0), t0 + Duration::from_millis(5), &mut postponed).unwrap();
+        assert_eq!(w, Duration::from_millis(15));
+        assert_eq!(refill_delay(Some(t0), t0 + REFILL_QUIET, &mut postponed), None);
+        assert_eq!(postponed, None);
+        // claims keep coming: postponed at most REFILL_MAX_POSTPONE
+        let mut now = t0;
+        let mut waited = Duration::ZERO;
+        while let Some(w) = refill_delay(Some(now), now, &mut postponed) {
+            waited += w.min(Duration::from_millis(10));
+            now += Duration::from_millis(10);
+            assert!(waited <= REFILL_MAX_POSTPONE + REFILL_QUIET, "{waited:?}");
+        }
+        assert!(now - t0 >= REFILL_MAX_POSTPONE);
     }
 
     #[test]

@@ -244,7 +244,22 @@ impl Store {
     /// Inserts a new row; returns it with its creation sequence. Fails with
     /// [`StoreError::Duplicate`] if the id exists.
     pub fn insert(&self, rec: &SandboxRecord) -> Result<SandboxRecord, StoreError> {
+        Self::insert_on(&self.conn(), rec)
+    }
+
+    /// Like [`Store::insert`], committed with `synchronous=NORMAL` (no fsync; the WAL is
+    /// synced by the next `FULL` commit): the row survives a crash of the daemon, not a power
+    /// loss. For rows of running sandboxes, which die with the host anyway (the warm pool's
+    /// claim, `pool.rs`, where an fsync under I/O load would cost milliseconds).
+    pub fn insert_unsynced(&self, rec: &SandboxRecord) -> Result<SandboxRecord, StoreError> {
         let conn = self.conn();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let r = Self::insert_on(&conn, rec);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        r
+    }
+
+    fn insert_on(conn: &Connection, rec: &SandboxRecord) -> Result<SandboxRecord, StoreError> {
         let res = conn.execute(
             "INSERT INTO sandboxes (id, template_id, alias, state, limits, metadata, env_vars, \
              access_token, traffic_token, allow_internet_access, network, started_at_us, end_at_us, \
@@ -582,6 +597,23 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(sync, 2);
+    }
+
+    #[test]
+    fn unsynced_insert_keeps_the_row_and_restores_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.insert_unsynced(&record("u")).unwrap();
+            assert!(matches!(store.insert_unsynced(&record("u")), Err(StoreError::Duplicate(_))));
+            let sync: i64 = store
+                .conn()
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap();
+            assert_eq!(sync, 2);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.list().unwrap()[0].id, "u");
     }
 
     #[test]
