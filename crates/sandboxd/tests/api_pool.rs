@@ -178,6 +178,11 @@ async fn pool_claims_isolation_refill_restart_cleanup() {
     // pooled sandboxes exist on the host but are not listed
     assert_eq!(dirs(&data).len(), 2);
     assert!(listed(&d).await.is_empty());
+    // and unreachable before a claim: no control-plane entry, no sandbox traffic
+    for id in dirs(&data) {
+        assert_eq!(d.get(&format!("/sandboxes/{id}")).await.0, 404);
+        assert_eq!(sh_token(&d, &id, None, "true").await.0, 502);
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // A: secure, env vars, metadata; served from the pool
