@@ -245,7 +245,7 @@ pub struct PoolStats {
 /// What [`TemplatePool::take`] decided.
 #[derive(Debug)]
 enum Take {
-    Hit(Pooled),
+    Hit(Box<Pooled>),
     Miss,
     LimitsDiffer,
 }
@@ -275,7 +275,7 @@ impl TemplatePool {
         match self.ready.pop_back() {
             Some(p) => {
                 self.stats.claimed += 1;
-                Take::Hit(p)
+                Take::Hit(Box::new(p))
             }
             None => {
                 self.stats.misses += 1;
@@ -434,7 +434,7 @@ impl Pool {
         };
         match taken {
             // the refiller is woken once the claim is done (a boot competes for the CPU)
-            Take::Hit(p) => Some(p),
+            Take::Hit(p) => Some(*p),
             // a miss may have raised the target
             Take::Miss | Take::LimitsDiffer => {
                 self.wake.notify_one();
@@ -465,6 +465,9 @@ pub(crate) async fn claim(
     template_id: &str,
     alias: &str,
 ) -> Option<Result<Arc<LiveSandbox>, ApiError>> {
+    if !mgr.pool.lock().contains_key(template_id) {
+        return None;
+    }
     let t0 = Instant::now();
     let reservation = mgr.reserve().ok()?; // at the limit: the cold path answers 429
     let pooled = mgr.pool.take(template_id, &limits)?;
