@@ -1,0 +1,147 @@
+"""Warm pool (docs/pool.md) through the official SDK.
+
+The session daemon of conftest.py has no pool, so this module starts its own daemon with
+`--pool base=2:4` and points the E2B_* variables at it for its tests (restored afterwards).
+With SANDBOXD_TEST_URL/SANDBOXD_TEST_KEY (an external daemon) the tests run only if that
+daemon pools `base` (GET /pool).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from e2b import Sandbox
+
+import conftest
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _pool(url, key):
+    _, body = conftest._api(url, key, "GET", "/pool")
+    return next((t for t in json.loads(body)["templates"] if t["template"] == "base"), None)
+
+
+def _wait_ready(url, key, n=2, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = _pool(url, key)
+        if p and p["ready"] >= n:
+            return p
+        time.sleep(0.05)
+    raise AssertionError(f"pool not ready: {_pool(url, key)}")
+
+
+@pytest.fixture(scope="module")
+def pooled(sandboxd):
+    """(url, key) of a daemon with a `base` pool; E2B_* point at it during this module."""
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
+    ext_url, ext_key = os.environ.get("SANDBOXD_TEST_URL"), os.environ.get("SANDBOXD_TEST_KEY")
+    proc = data_dir = None
+    if ext_url and ext_key:
+        url, key = ext_url, ext_key
+        p = _pool(url, key)
+        if not p or p["min"] < 1:
+            pytest.skip("the external daemon has no pool for base (--pool base=2:4)")
+    else:
+        data_dir = tempfile.mkdtemp(prefix="sandboxd-pytest-pool-")
+        log_path = data_dir + ".log"
+        port = conftest._free_port()
+        url, key = f"http://127.0.0.1:{port}", "e2b_" + os.urandom(20).hex()
+        env = dict(os.environ, SANDBOXD_API_KEY=key, RUST_LOG="info")
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [conftest.BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
+                 "--pool", "base=2:4"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        conftest._wait_healthy(url, proc, log_path)
+    conftest._set_env(url, key)
+    try:
+        yield url, key
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if proc is not None:
+            conftest._kill_all(url, key)
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            leftover = [n for n in os.listdir(os.path.join(data_dir, "sandboxes")) if not n.startswith(".")]
+            shutil.rmtree(data_dir, ignore_errors=True)
+            try:
+                os.unlink(data_dir + ".log")
+            except OSError:
+                pass
+            assert leftover == [], f"sandboxes left after shutdown: {leftover}"
+
+
+def test_create_from_pool_applies_the_request(pooled):
+    url, key = pooled
+    before = _wait_ready(url, key)
+    time.sleep(1.0)
+    sbx = Sandbox.create(envs={"FOO": "from-sdk"}, metadata={"who": "pool-test"}, secure=True, timeout=120)
+    try:
+        after = _pool(url, key)
+        assert after["claimed"] == before["claimed"] + 1, after
+        # the agent was booted before the request
+        out = sbx.commands.run("cat /proc/uptime; cut -d' ' -f22 /proc/1/stat; getconf CLK_TCK").stdout.split()
+        age = float(out[0]) - float(out[2]) / float(out[3])
+        assert age > 0.9, age
+        r = sbx.commands.run('echo "$FOO|$E2B_SANDBOX_ID"')
+        assert r.stdout.strip() == f"from-sdk|{sbx.sandbox_id}"
+        info = sbx.get_info()
+        assert info.metadata == {"who": "pool-test"}
+        assert 119 <= (info.end_at - info.started_at).total_seconds() <= 121
+        # the request's token is enforced (the SDK sends it; a wrong one is refused)
+        req = urllib.request.Request(
+            f"{url}/files?path=/etc/hostname",
+            headers={"E2b-Sandbox-Id": sbx.sandbox_id, "X-Access-Token": "wrong"},
+        )
+        try:
+            urllib.request.urlopen(req, timeout=10)
+            raise AssertionError("a wrong access token was accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 401
+        sbx.files.write("/home/user/secret.txt", "mine")
+        assert sbx.files.read("/home/user/secret.txt") == "mine"
+    finally:
+        sbx.kill()
+
+
+def test_claims_do_not_share_state_and_pool_is_not_listed(pooled):
+    url, key = pooled
+    _wait_ready(url, key)
+    a = Sandbox.create(envs={"ONLY_A": "1"}, timeout=60)
+    _wait_ready(url, key)
+    b = Sandbox.create(timeout=60)
+    try:
+        a.files.write("/home/user/a.txt", "a")
+        a.commands.run("echo x > /tmp/a-tmp")
+        r = b.commands.run(
+            'test -e /home/user/a.txt && echo LEAK; test -e /tmp/a-tmp && echo LEAK; echo "[$ONLY_A]"'
+        )
+        assert "LEAK" not in r.stdout and "[]" in r.stdout, r.stdout
+        # only the claimed sandboxes are listed, never the pooled ones
+        _wait_ready(url, key)
+        listed = {s.sandbox_id for s in Sandbox.list().next_items()}
+        assert listed == {a.sandbox_id, b.sandbox_id}
+        p = _pool(url, key)
+        assert p["ready"] + p["booting"] <= p["max"], p
+    finally:
+        a.kill()
+        b.kill()
