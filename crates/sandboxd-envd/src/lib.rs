@@ -7,8 +7,8 @@
 
 pub mod auth;
 pub mod connect;
-pub mod entry;
 pub mod control;
+pub mod entry;
 pub mod files;
 pub mod filesystem;
 pub mod health;

@@ -176,14 +176,20 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// copied).
     async fn snapshot(&self, id: &str, source_template: &str, name: &str) -> Result<(), RuntimeError> {
         let _ = (id, source_template, name);
-        Err(RuntimeError::Unsupported(format!("the {} backend does not support snapshots", self.name())))
+        Err(RuntimeError::Unsupported(format!(
+            "the {} backend does not support snapshots",
+            self.name()
+        )))
     }
 
     /// Snapshots: remove a template made by [`SandboxBackend::snapshot`]. `Ok(false)` if there is
     /// no such snapshot template. Callers make sure no sandbox uses it any more.
     async fn delete_snapshot_template(&self, name: &str) -> Result<bool, RuntimeError> {
         let _ = name;
-        Err(RuntimeError::Unsupported(format!("the {} backend does not support snapshots", self.name())))
+        Err(RuntimeError::Unsupported(format!(
+            "the {} backend does not support snapshots",
+            self.name()
+        )))
     }
 
     /// The error of the default lifecycle methods.

@@ -17,8 +17,8 @@ pub mod prometheus;
 pub mod proxy;
 pub mod routing;
 pub mod sandbox;
-pub mod snapshots;
 pub mod server;
+pub mod snapshots;
 pub mod unavailable;
 pub mod upstream;
 

@@ -605,7 +605,10 @@ mod tests {
         {
             let store = Store::open(dir.path()).unwrap();
             store.insert_unsynced(&record("u")).unwrap();
-            assert!(matches!(store.insert_unsynced(&record("u")), Err(StoreError::Duplicate(_))));
+            assert!(matches!(
+                store.insert_unsynced(&record("u")),
+                Err(StoreError::Duplicate(_))
+            ));
             let sync: i64 = store
                 .conn()
                 .pragma_query_value(None, "synchronous", |r| r.get(0))
@@ -635,7 +638,10 @@ mod tests {
         let doc = serde_json::json!({"autoPause": true, "pauseMemory": false});
         {
             let store = Store::open(dir.path()).unwrap();
-            assert!(matches!(store.set_lifecycle("a1", &doc), Err(StoreError::NotFound(_))));
+            assert!(matches!(
+                store.set_lifecycle("a1", &doc),
+                Err(StoreError::NotFound(_))
+            ));
             store.insert(&record("a1")).unwrap();
             store.insert(&record("a2")).unwrap();
             store.set_lifecycle("a1", &serde_json::json!({"old": 1})).unwrap();

@@ -185,7 +185,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_sandboxes: args.max_sandboxes,
     };
     let file_pools = match &args.config {
-        Some(path) => sandboxd_server::pool::ConfigFile::load(path).map_err(anyhow::Error::msg)?.pool,
+        Some(path) => {
+            sandboxd_server::pool::ConfigFile::load(path)
+                .map_err(anyhow::Error::msg)?
+                .pool
+        }
         None => Vec::new(),
     };
     config.pool = sandboxd_server::pool::merge_specs(file_pools, args.pool);

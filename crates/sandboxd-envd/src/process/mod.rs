@@ -172,11 +172,20 @@ fn start_process(
     };
     let cmdline = crate::log::command_line(&config.cmd, &config.args);
     let started = spawn::start(&spec).map_err(|e| {
-        state.processes.log.process_start_failed(&cmdline, &user.name, &e.to_string());
+        state
+            .processes
+            .log
+            .process_start_failed(&cmdline, &user.name, &e.to_string());
         ConnectError::internal(format!("error starting process '{}': {e}", config.cmd))
     })?;
     tracing::debug!(pid = started.pid, cmd = %config.cmd, "process started");
-    state.processes.log.process_started(started.pid, &cmdline, &user.name, req.tag.as_deref(), spec.pty.is_some());
+    state.processes.log.process_started(
+        started.pid,
+        &cmdline,
+        &user.name,
+        req.tag.as_deref(),
+        spec.pty.is_some(),
+    );
     let info = ProcessInfo {
         config,
         pid: started.pid,

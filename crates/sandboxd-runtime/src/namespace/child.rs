@@ -191,7 +191,10 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     let usr = open_path(&ctx.usr_lower, dflags).map_err(os("open usr"))?;
     let mut lower_root = String::new();
     let mut lower_usr = String::new();
-    for (layers, out) in [(&ctx.root_layers, &mut lower_root), (&ctx.usr_layers, &mut lower_usr)] {
+    for (layers, out) in [
+        (&ctx.root_layers, &mut lower_root),
+        (&ctx.usr_layers, &mut lower_usr),
+    ] {
         for l in layers {
             let fd = open_path(l, dflags).map_err(os("open template layer"))?;
             out.push_str(&format!("/proc/self/fd/{fd}:"));

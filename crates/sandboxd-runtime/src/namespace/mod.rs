@@ -743,7 +743,10 @@ impl Inner {
         let t0 = std::time::Instant::now();
         let (sbx, have_cgroups) = match self.claim_slot(&id, &spec.agent.hostname, &spec.limits)? {
             Some(r) => r,
-            None => (self.prepare_dir(&id, &spec.agent.hostname, spec.limits.disk_mb)?, false),
+            None => (
+                self.prepare_dir(&id, &spec.agent.hostname, spec.limits.disk_mb)?,
+                false,
+            ),
         };
         let t1 = std::time::Instant::now();
         let r = self.spawn_prepared(&sbx, spec, target, have_cgroups, binds);
@@ -790,7 +793,13 @@ impl Inner {
             self.cgroups.create(&id, &spec.limits)?
         };
         // nproc = cpuCount (cpus.rs) and /proc/meminfo = memoryMB (meminfo.rs)
-        cpus::pin(self.cgroups.layout(), &self.cfg.cgroup_root, &id, spec.limits.cpu_count, sbx)?;
+        cpus::pin(
+            self.cgroups.layout(),
+            &self.cfg.cgroup_root,
+            &id,
+            spec.limits.cpu_count,
+            sbx,
+        )?;
         meminfo::write(sbx, spec.limits.memory_mb)?;
         if std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some() {
             eprintln!("timing {id}: cgroups {:?}", tc.elapsed());
@@ -1243,7 +1252,12 @@ impl SandboxBackend for NamespaceBackend {
             .map_err(|e| step("snapshot", e))?
     }
 
-    async fn adopt(&self, id: &str, agent_pid: i32, agent_start_time: u64) -> Result<crate::Adopted, RuntimeError> {
+    async fn adopt(
+        &self,
+        id: &str,
+        agent_pid: i32,
+        agent_start_time: u64,
+    ) -> Result<crate::Adopted, RuntimeError> {
         self.adopt_impl(id, agent_pid, agent_start_time).await
     }
 

@@ -43,7 +43,10 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/snapshots", get(snapshots::list))
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
-        .route("/templates/{id}", axum::routing::delete(snapshots::delete_template))
+        .route(
+            "/templates/{id}",
+            axum::routing::delete(snapshots::delete_template),
+        )
         .route("/pool", get(crate::pool::api_status))
         .route("/metrics", get(metrics::prometheus))
         .route("/sandboxes/metrics", get(metrics::latest_many))

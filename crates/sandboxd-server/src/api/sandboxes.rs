@@ -501,7 +501,12 @@ mod tests {
         assert!(!optional_body::<PauseBody>(br#"{"memory":false}"#).unwrap().memory);
         assert!(optional_body::<PauseBody>(b"{}").unwrap().memory);
         assert_eq!(optional_body::<PauseBody>(b"{").unwrap_err().status(), 400);
-        assert_eq!(optional_body::<PauseBody>(br#"{"memory":1}"#).unwrap_err().status(), 400);
+        assert_eq!(
+            optional_body::<PauseBody>(br#"{"memory":1}"#)
+                .unwrap_err()
+                .status(),
+            400
+        );
         assert_eq!(optional_body::<ResumeBody>(b"").unwrap().timeout, 15);
     }
 
