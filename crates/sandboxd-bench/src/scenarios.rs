@@ -834,11 +834,17 @@ async fn finish_daemon(ctx: Ctx, keep: bool) -> Vec<String> {
         errors.push(e.to_string());
     }
     if let (Some(cg), Some(root)) = (cgroups, root) {
-        for left in cg.remove_root(&root) {
-            errors.push(format!(
-                "clean-up: cgroup {} could not be removed",
-                left.display()
-            ));
+        // A killed agent can keep its group busy for a moment under load: retry for 5 s.
+        let mut left = cg.remove_root(&root);
+        for _ in 0..50 {
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            left = cg.remove_root(&root);
+        }
+        for l in left {
+            errors.push(format!("clean-up: cgroup {} could not be removed", l.display()));
         }
     }
     if !keep && let Err(e) = remove_data_dir(&data_dir) {
