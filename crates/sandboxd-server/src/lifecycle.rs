@@ -258,7 +258,7 @@ async fn pause_locked(
             })
             .await?;
             mgr.sandboxes.insert(live(
-                s.rec.clone(),
+                s.current_rec(),
                 SandboxState::Running,
                 end_at,
                 s.handle.clone(),
@@ -269,7 +269,7 @@ async fn pause_locked(
     }
     mgr.lifecycle.set(&id, lc);
     mgr.sandboxes.insert(live(
-        s.rec.clone(),
+        s.current_rec(),
         SandboxState::Paused,
         paused_at,
         s.handle.clone(),
@@ -354,7 +354,7 @@ async fn resume_locked(
     })
     .await?;
     mgr.lifecycle.set(&id, lc);
-    let new = live(s.rec.clone(), SandboxState::Running, end_at, handle)?;
+    let new = live(s.current_rec(), SandboxState::Running, end_at, handle)?;
     mgr.sandboxes.insert(new.clone());
     tracing::info!(sandbox = %id, memory, reason, ms = t0.elapsed().as_millis() as u64, "sandbox resumed");
     Ok(new)

@@ -441,6 +441,75 @@ impl Manager {
         Ok(())
     }
 
+    /// `POST /sandboxes/{id}/refreshes`: keep a running sandbox alive for at least `secs` more
+    /// (`endAt = max(endAt, now + secs)`).
+    pub async fn refresh(self: &Arc<Self>, id: &str, secs: u64) -> Result<(), ApiError> {
+        let s = self.running(id)?;
+        let candidate = trunc_micros(Utc::now() + Duration::from_secs(secs));
+        let extended = {
+            let mut d = s.lock();
+            (candidate > d.end_at).then(|| {
+                d.end_at = candidate;
+                candidate
+            })
+        };
+        if let Some(end_at) = extended {
+            self.persist_end(id, end_at).await?;
+        }
+        Ok(())
+    }
+
+    /// `PUT /sandboxes/{id}/network`: replace the egress settings (`allowOut`, `denyOut`,
+    /// `egressProxy`, `rules`; a field left out is cleared) and `allow_internet_access`, keeping
+    /// the ingress ones (`allowPublicTraffic`, `maskRequestHost`). Stored; egress is not
+    /// enforced yet (sandboxes have loopback only).
+    pub async fn update_network(
+        self: &Arc<Self>,
+        id: &str,
+        egress: serde_json::Map<String, serde_json::Value>,
+        allow_internet_access: Option<bool>,
+    ) -> Result<(), ApiError> {
+        let s = match self.sandboxes.get(id) {
+            Some(s) => s,
+            None => return Err(ApiError::SandboxNotFound(id.to_string())),
+        };
+        let (network, allow) = {
+            let mut d = s.lock();
+            match d.state {
+                SandboxState::Running => {}
+                SandboxState::Paused => {
+                    return Err(ApiError::Conflict(format!(
+                        "sandbox {id} is paused: resume it before changing its network"
+                    )));
+                }
+                _ => return Err(ApiError::SandboxNotFound(id.to_string())),
+            }
+            let mut net = serde_json::Map::new();
+            if let Some(serde_json::Value::Object(old)) = &d.network {
+                for key in ["allowPublicTraffic", "maskRequestHost"] {
+                    if let Some(v) = old.get(key) {
+                        net.insert(key.to_string(), v.clone());
+                    }
+                }
+            }
+            net.extend(egress);
+            d.network = (!net.is_empty()).then_some(serde_json::Value::Object(net));
+            if let Some(a) = allow_internet_access {
+                d.allow_internet_access = a;
+            }
+            (d.network.clone(), d.allow_internet_access)
+        };
+        let id2 = id.to_string();
+        match self
+            .db(move |st| st.set_network(&id2, network.as_ref(), allow))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(StoreError::NotFound(_)) => Err(ApiError::SandboxNotFound(id.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// `POST /sandboxes/{id}/connect` on a running sandbox: `endAt = max(endAt, now + secs)`.
     pub async fn connect(self: &Arc<Self>, id: &str, secs: i64) -> Result<Arc<LiveSandbox>, ApiError> {
         let s = match self.sandboxes.get(id) {

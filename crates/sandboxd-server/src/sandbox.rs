@@ -28,6 +28,9 @@ pub struct LiveSandbox {
 pub struct Dynamic {
     pub state: SandboxState,
     pub end_at: DateTime<Utc>,
+    /// `network` and `allow_internet_access` as last set (create, then `PUT …/network`).
+    pub network: Option<serde_json::Value>,
+    pub allow_internet_access: bool,
     /// HTTP/1.1 client connections with an in-flight request to this sandbox (count per
     /// connection), reset when it stops.
     inflight: HashMap<u64, (usize, Arc<ConnCtl>)>,
@@ -44,6 +47,8 @@ impl LiveSandbox {
         let dynamic = Dynamic {
             state: rec.state,
             end_at: rec.end_at,
+            network: rec.network.clone(),
+            allow_internet_access: rec.allow_internet_access,
             inflight: HashMap::new(),
         };
         Arc::new(Self {
@@ -70,6 +75,18 @@ impl LiveSandbox {
 
     pub fn end_at(&self) -> DateTime<Utc> {
         self.lock().end_at
+    }
+
+    /// The registry row with the current values of its mutable fields (state, end time,
+    /// network settings): what a rebuilt sandbox (pause/resume) must start from.
+    pub fn current_rec(&self) -> SandboxRecord {
+        let d = self.lock();
+        let mut rec = self.rec.clone();
+        rec.state = d.state;
+        rec.end_at = d.end_at;
+        rec.network = d.network.clone();
+        rec.allow_internet_access = d.allow_internet_access;
+        rec
     }
 
     /// A token cancelled when the sandbox stops serving.
@@ -153,11 +170,11 @@ pub struct SandboxView {
 
 impl SandboxView {
     pub fn of(s: &LiveSandbox) -> Self {
-        let d = s.lock();
+        let rec = s.current_rec();
         Self {
-            rec: s.rec.clone(),
-            state: d.state,
-            end_at: d.end_at,
+            state: rec.state,
+            end_at: rec.end_at,
+            rec,
         }
     }
 }

@@ -325,6 +325,21 @@ impl Store {
         Self::one(n, id)
     }
 
+    /// Replaces the network settings of a row (`PUT /sandboxes/{id}/network`).
+    pub fn set_network(
+        &self,
+        id: &str,
+        network: Option<&serde_json::Value>,
+        allow_internet_access: bool,
+    ) -> Result<(), StoreError> {
+        let network = network.map(serde_json::to_string).transpose()?;
+        let n = self.conn().execute(
+            "UPDATE sandboxes SET network = ?2, allow_internet_access = ?3 WHERE id = ?1",
+            params![id, network, allow_internet_access],
+        )?;
+        Self::one(n, id)
+    }
+
     /// Deletes a row; deleting a missing row is `Ok(false)`.
     pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let n = self

@@ -317,6 +317,107 @@ pub(super) async fn set_timeout(
     }
 }
 
+/// Body of `POST /sandboxes/{id}/refreshes`.
+#[derive(Debug, Deserialize)]
+pub(super) struct RefreshBody {
+    duration: Option<i64>,
+}
+
+/// `POST /sandboxes/{id}/refreshes` (deprecated upstream): keep the sandbox alive for
+/// `duration` seconds more (0..3600, default 15).
+pub(super) async fn refresh(
+    State(mgr): State<Arc<Manager>>,
+    SandboxId(id): SandboxId,
+    body: axum::body::Bytes,
+) -> Response {
+    // The body is optional: no body means the default duration.
+    let parsed = if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(RefreshBody { duration: None })
+    } else {
+        serde_json::from_slice::<RefreshBody>(&body)
+    };
+    let secs = match parsed {
+        Ok(b) => b.duration.unwrap_or(15),
+        Err(e) => return ApiError::BadRequest(format!("invalid request body: {e}")).into_response(),
+    };
+    if !(0..=3600).contains(&secs) {
+        return ApiError::BadRequest("duration must be between 0 and 3600 seconds".into()).into_response();
+    }
+    match mgr.refresh(&id, secs as u64).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Body of `PUT /sandboxes/{id}/network` (`SandboxNetworkUpdateConfig`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct NetworkUpdate {
+    allow_out: Option<Vec<String>>,
+    deny_out: Option<Vec<String>>,
+    egress_proxy: Option<serde_json::Value>,
+    rules: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(rename = "allow_internet_access")]
+    allow_internet_access: Option<bool>,
+}
+
+/// Largest number of entries in `allowOut` or `denyOut`.
+const MAX_EGRESS_RULES: usize = 1024;
+
+impl NetworkUpdate {
+    fn into_egress(self) -> Result<(serde_json::Map<String, serde_json::Value>, Option<bool>), ApiError> {
+        let mut out = serde_json::Map::new();
+        for (key, list) in [("allowOut", self.allow_out), ("denyOut", self.deny_out)] {
+            let Some(list) = list else { continue };
+            if list.len() > MAX_EGRESS_RULES {
+                return Err(ApiError::BadRequest(format!(
+                    "{key}: at most {MAX_EGRESS_RULES} entries"
+                )));
+            }
+            if let Some(bad) = list
+                .iter()
+                .find(|e| e.is_empty() || e.len() > 253 || e.contains(char::is_whitespace))
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "{key}: {bad:?} is not a CIDR, IP address or domain"
+                )));
+            }
+            out.insert(key.to_string(), serde_json::json!(list));
+        }
+        match self.egress_proxy {
+            None | Some(serde_json::Value::Null) => {}
+            Some(p @ serde_json::Value::Object(_)) => {
+                out.insert("egressProxy".to_string(), p);
+            }
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "egressProxy must be an object or null".into(),
+                ));
+            }
+        }
+        if let Some(rules) = self.rules {
+            out.insert("rules".to_string(), serde_json::Value::Object(rules));
+        }
+        Ok((out, self.allow_internet_access))
+    }
+}
+
+/// `PUT /sandboxes/{id}/network`: replace the egress settings (stored; not enforced yet).
+pub(super) async fn update_network(
+    State(mgr): State<Arc<Manager>>,
+    SandboxId(id): SandboxId,
+    JsonBody(body): JsonBody<NetworkUpdate>,
+) -> Response {
+    let (egress, allow) = match body.into_egress() {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    match mgr.update_network(&id, egress, allow).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `POST /sandboxes/{id}/connect`.
 pub(super) async fn connect(
     State(mgr): State<Arc<Manager>>,
