@@ -15,11 +15,9 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt, TryStreamExt};
 use sandboxd_protocol::filesystem::UploadedEntry;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::io::Write;
@@ -117,15 +115,8 @@ pub fn parse_query(raw: &str) -> FilesQuery {
 /// `sha256("<path>:<op>:<username>:<token>[:<expiration>]")`. `op` is `read` or `write`;
 /// `path` is the raw query value.
 pub fn file_signature(path: &str, op: &str, username: &str, token: &str, expiration: Option<i64>) -> String {
-    let mut s = format!("{path}:{op}:{username}:{token}");
-    if let Some(exp) = expiration {
-        s.push_str(&format!(":{exp}"));
-    }
-    let digest = Sha256::digest(s.as_bytes());
-    format!(
-        "v1_{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-    )
+    let exp = expiration.map(|e| e.to_string());
+    sandboxd_protocol::signing::file_signature(path, op, username, token, exp.as_deref())
 }
 
 /// Step 1 of §2.4: the header token or the URL signature (only when a token is set).
@@ -817,27 +808,6 @@ mod tests {
         assert_eq!(q.signature_expiration, None);
         assert_eq!(parse_query(""), FilesQuery::default());
         assert_eq!(parse_query("path").path.as_deref(), Some(""));
-    }
-
-    #[test]
-    fn signature_recipe() {
-        // sha256("a.txt:read:user:tok") in standard base64 without padding.
-        let digest = Sha256::digest(b"a.txt:read:user:tok");
-        let expect = format!(
-            "v1_{}",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-        );
-        assert_eq!(file_signature("a.txt", "read", "user", "tok", None), expect);
-        assert!(!expect.ends_with('='));
-        let with_exp = file_signature("a.txt", "read", "user", "tok", Some(100));
-        let digest = Sha256::digest(b"a.txt:read:user:tok:100");
-        assert_eq!(
-            with_exp,
-            format!(
-                "v1_{}",
-                base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-            )
-        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod connect;
 pub mod filesystem;
 pub mod pj;
 pub mod process;
+pub mod signing;
 
 /// The envd version advertised to SDKs (`e2b-compat/README.md` §6).
 pub const ENVD_VERSION: &str = "0.6.13";

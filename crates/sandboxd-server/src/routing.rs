@@ -2,10 +2,8 @@
 
 use crate::error::ApiError;
 use crate::ids::is_valid_sandbox_id;
-use base64::Engine;
 use http::{HeaderMap, Method, Uri, header};
 use sandboxd_protocol::ENVD_PORT;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Header naming the target sandbox.
@@ -87,19 +85,7 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-/// The signature of a `/files` URL: `"v1_" + base64_std_nopad(sha256("<path>:<op>:<user>:<token>[:<exp>]"))`.
-pub fn file_signature(path: &str, op: &str, username: &str, token: &str, expiration: Option<&str>) -> String {
-    let mut s = format!("{path}:{op}:{username}:{token}");
-    if let Some(exp) = expiration {
-        s.push(':');
-        s.push_str(exp);
-    }
-    let digest = Sha256::digest(s.as_bytes());
-    format!(
-        "v1_{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-    )
-}
+pub use sandboxd_protocol::signing::file_signature;
 
 /// The signature-relevant parts of a signed `/files` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,25 +271,6 @@ mod tests {
         assert_eq!(
             route(Method::POST, "/filesystem.Filesystem/Stat?signature=v1_x", &h),
             Route::Control
-        );
-    }
-
-    #[test]
-    fn signature_recipe() {
-        // sha256("/home/user/a.txt:read:user:tok") in standard base64 without padding.
-        let sig = file_signature("/home/user/a.txt", "read", "user", "tok", None);
-        let digest = Sha256::digest(b"/home/user/a.txt:read:user:tok");
-        let b64 = base64::engine::general_purpose::STANDARD.encode(digest);
-        assert_eq!(sig, format!("v1_{}", b64.trim_end_matches('=')));
-        assert!(!sig.contains('='));
-        let with_exp = file_signature("a", "write", "", "tok", Some("1700000000"));
-        let digest = Sha256::digest(b"a:write::tok:1700000000");
-        assert_eq!(
-            with_exp,
-            format!(
-                "v1_{}",
-                base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-            )
         );
     }
 
