@@ -6,46 +6,14 @@ daemon. The E2B_* variables are set so the SDKs talk to it, exactly as a user wo
 """
 
 import os
-import pathlib
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
-import urllib.request
 import uuid
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("SANDBOXD_BIN", str(ROOT / "target" / "debug" / "sandboxd"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log_path: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sandboxd exited with {proc.returncode}:\n{open(log_path).read()}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status in (200, 204):
-                    return
-        except Exception:
-            time.sleep(0.05)
-    raise RuntimeError(f"sandboxd did not become healthy:\n{open(log_path).read()}")
-
-
-def _api(url: str, key: str, method: str, path: str):
-    req = urllib.request.Request(url + path, method=method, headers={"X-API-Key": key})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        body = r.read()
-        return r.status, body
+from sandboxd_daemon import BIN, _kill_all, _set_env, _wait_healthy, _free_port  # noqa: F401
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -89,28 +57,6 @@ def sandboxd():
                 os.unlink(log_path)
             except OSError:
                 pass
-
-
-def _set_env(url: str, key: str) -> None:
-    os.environ["E2B_API_URL"] = url
-    os.environ["E2B_SANDBOX_URL"] = url
-    os.environ["E2B_API_KEY"] = key
-    os.environ["E2B_DOMAIN"] = url.split("//", 1)[1].replace("127.0.0.1", "localhost")
-    os.environ.pop("E2B_DEBUG", None)
-
-
-def _kill_all(url: str, key: str) -> None:
-    import json
-
-    try:
-        _, body = _api(url, key, "GET", "/v2/sandboxes?state=running,paused&limit=100")
-        for s in json.loads(body):
-            try:
-                _api(url, key, "DELETE", f"/sandboxes/{s['sandboxID']}")
-            except Exception:
-                pass
-    except Exception:
-        pass
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from e2b import Sandbox
 
-import conftest
+import sandboxd_daemon as conftest  # the daemon helpers (not the conftest module: its name is ambiguous under xdist)
 
 pytestmark = pytest.mark.timeout(90)
 

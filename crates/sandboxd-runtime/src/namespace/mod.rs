@@ -1133,6 +1133,59 @@ async fn wait_exit(pidfd: Arc<OwnedFd>) {
     }
 }
 
+impl NamespaceBackend {
+    /// Wait until a freshly booted agent answers `GET /health` on its `agent.sock` and, for
+    /// layered templates, until their service is ready (the code interpreter's kernel), or
+    /// fail when the agent exits or the ready timeout passes (30 s at least with a service).
+    async fn wait_booted(
+        &self,
+        sbx: &Path,
+        pidfd: &Arc<OwnedFd>,
+        service_ready: Option<&templates_extra::ReadyCheck>,
+    ) -> Result<(), RuntimeError> {
+        let api = sbx.join("run/agent.sock");
+        let mut timeout = self.inner.cfg.ready_timeout;
+        if service_ready.is_some() {
+            // a Python kernel start takes seconds on a busy host
+            timeout = timeout.max(Duration::from_secs(30));
+        }
+        let ready = async {
+            let mut delay = Duration::from_millis(1);
+            loop {
+                match agent_health(&api).await {
+                    Ok(204) => break,
+                    Ok(code) => return Err(format!("GET /health answered {code}")),
+                    // the agent closed the connection before answering; retry shortly
+                    Err(_) => {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_millis(50));
+                    }
+                }
+            }
+            match service_ready {
+                Some(check) => templates_extra::wait_ready(&api, check).await,
+                None => Ok(()),
+            }
+        };
+        tokio::select! {
+            r = ready => r.map_err(|m| step("agent health", m)),
+            _ = wait_exit(pidfd.clone()) => Err(step(
+                "agent",
+                format!("agent exited during boot; log: {}", tail(&sbx.join("agent.log"), 2000)),
+            )),
+            _ = tokio::time::sleep(timeout) => Err(if service_ready.is_some() {
+                step("service ready", format!(
+                    "the template's service did not become ready within {} ms; agent log: {}",
+                    timeout.as_millis(),
+                    tail(&sbx.join("agent.log"), 2000)
+                ))
+            } else {
+                RuntimeError::NotReady(timeout.as_millis() as u64)
+            }),
+        }
+    }
+}
+
 #[async_trait]
 impl SandboxBackend for NamespaceBackend {
     fn name(&self) -> &'static str {
@@ -1156,46 +1209,7 @@ impl SandboxBackend for NamespaceBackend {
         let sbx = self.sandbox_dir(&id);
         let api = sbx.join("run/agent.sock");
         let pidfd = Arc::new(spawned.pidfd);
-        let mut timeout = self.inner.cfg.ready_timeout;
-        if service_ready.is_some() {
-            // a Python kernel start takes seconds on a busy host
-            timeout = timeout.max(Duration::from_secs(30));
-        }
-        let ready = async {
-            let mut delay = Duration::from_millis(1);
-            loop {
-                match agent_health(&api).await {
-                    Ok(204) => break,
-                    Ok(code) => return Err(format!("GET /health answered {code}")),
-                    // the agent closed the connection before answering; retry shortly
-                    Err(_) => {
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_millis(50));
-                    }
-                }
-            }
-            // layered templates: also wait for their service (the code interpreter's kernel)
-            match &service_ready {
-                Some(check) => templates_extra::wait_ready(&api, check).await,
-                None => Ok(()),
-            }
-        };
-        let outcome = tokio::select! {
-            r = ready => r.map_err(|m| step("agent health", m)),
-            _ = wait_exit(pidfd.clone()) => Err(step(
-                "agent",
-                format!("agent exited during boot; log: {}", tail(&sbx.join("agent.log"), 2000)),
-            )),
-            _ = tokio::time::sleep(timeout) => Err(if service_ready.is_some() {
-                step("service ready", format!(
-                    "the template's service did not become ready within {} ms; agent log: {}",
-                    timeout.as_millis(),
-                    tail(&sbx.join("agent.log"), 2000)
-                ))
-            } else {
-                RuntimeError::NotReady(timeout.as_millis() as u64)
-            }),
-        };
+        let outcome = self.wait_booted(&sbx, &pidfd, service_ready.as_ref()).await;
         if let Ok(mut m) = self.inner.agents.lock() {
             m.insert(id.clone(), AgentRecord { pidfd: pidfd.clone() });
         }

@@ -11,9 +11,7 @@
 //! against a fake tree.
 
 use super::cgroup::CgroupLayout;
-use super::{
-    AgentRecord, ExecTarget, Inner, NamespaceBackend, agent_health, step, sys, tail, valid_id, wait_exit,
-};
+use super::{AgentRecord, ExecTarget, Inner, NamespaceBackend, step, sys, valid_id};
 use crate::RuntimeError;
 use crate::backend::{AgentEndpoint, SandboxHandle, SandboxSpec};
 use std::io::ErrorKind;
@@ -315,35 +313,7 @@ impl NamespaceBackend {
         let sbx = self.sandbox_dir(&id);
         let api = sbx.join("run/agent.sock");
         let pidfd = Arc::new(spawned.pidfd);
-        let mut timeout = self.inner.cfg.ready_timeout;
-        if service_ready.is_some() {
-            timeout = timeout.max(Duration::from_secs(30));
-        }
-        let ready = async {
-            let mut delay = Duration::from_millis(1);
-            loop {
-                match agent_health(&api).await {
-                    Ok(204) => break,
-                    Ok(code) => return Err(format!("GET /health answered {code}")),
-                    Err(_) => {
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_millis(50));
-                    }
-                }
-            }
-            match &service_ready {
-                Some(check) => super::templates_extra::wait_ready(&api, check).await,
-                None => Ok(()),
-            }
-        };
-        let outcome = tokio::select! {
-            r = ready => r.map_err(|m| step("agent health", m)),
-            _ = wait_exit(pidfd.clone()) => Err(step(
-                "agent",
-                format!("agent exited during boot; log: {}", tail(&sbx.join("agent.log"), 2000)),
-            )),
-            _ = tokio::time::sleep(timeout) => Err(RuntimeError::NotReady(timeout.as_millis() as u64)),
-        };
+        let outcome = self.wait_booted(&sbx, &pidfd, service_ready.as_ref()).await;
         if let Ok(mut m) = self.inner.agents.lock() {
             m.insert(id.clone(), AgentRecord { pidfd: pidfd.clone() });
         }

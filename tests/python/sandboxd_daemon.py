@@ -1,0 +1,60 @@
+"""Start and drive a real `sandboxd serve` for the Python tests (used by conftest.py and by
+test modules that need a daemon with other flags, such as test_pool.py)."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import time
+import urllib.request
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN = os.environ.get("SANDBOXD_BIN", str(ROOT / "target" / "debug" / "sandboxd"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log_path: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sandboxd exited with {proc.returncode}:\n{open(log_path).read()}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                if r.status in (200, 204):
+                    return
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"sandboxd did not become healthy:\n{open(log_path).read()}")
+
+
+def _api(url: str, key: str, method: str, path: str):
+    req = urllib.request.Request(url + path, method=method, headers={"X-API-Key": key})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = r.read()
+        return r.status, body
+
+
+def _set_env(url: str, key: str) -> None:
+    os.environ["E2B_API_URL"] = url
+    os.environ["E2B_SANDBOX_URL"] = url
+    os.environ["E2B_API_KEY"] = key
+    os.environ["E2B_DOMAIN"] = url.split("//", 1)[1].replace("127.0.0.1", "localhost")
+    os.environ.pop("E2B_DEBUG", None)
+
+
+def _kill_all(url: str, key: str) -> None:
+    try:
+        _, body = _api(url, key, "GET", "/v2/sandboxes?state=running,paused&limit=100")
+        for s in json.loads(body):
+            try:
+                _api(url, key, "DELETE", f"/sandboxes/{s['sandboxID']}")
+            except Exception:
+                pass
+    except Exception:
+        pass
