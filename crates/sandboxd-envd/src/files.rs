@@ -29,9 +29,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 /// Chunk size of downloads.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 512 * 1024;
 /// Upload bytes collected before one `write(2)`.
-const WRITE_BUFFER: usize = 256 * 1024;
+const WRITE_BUFFER: usize = 1024 * 1024;
 /// Longest metadata key.
 pub const MAX_METADATA_KEY: usize = 246;
 /// Largest total metadata size: sum of `len("user.e2b.") + len(key) + len(value)`.
@@ -670,21 +670,40 @@ impl Upload {
         let (uid, gid) = (self.user.uid, self.user.gid);
         let st = self.state.clone();
         let p = path.clone();
-        let mut file = blocking(move || open_for_upload(&st, &p, uid, gid)).await?;
+        let file = blocking(move || open_for_upload(&st, &p, uid, gid)).await?;
         let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
         if let Some(first) = first {
             buf.extend_from_slice(&first);
         }
+        // One write in flight while the next buffer fills: receiving and writing overlap, and
+        // memory stays bounded by two buffers.
+        let mut in_flight: Option<tokio::task::JoinHandle<Result<std::fs::File, FilesError>>> = None;
+        let mut idle = Some(file);
         loop {
             if buf.len() >= WRITE_BUFFER {
-                file = write_chunk(file, buf.split().freeze()).await?;
+                let f = match (idle.take(), in_flight.take()) {
+                    (Some(f), _) => f,
+                    (None, Some(h)) => join_write(h).await?,
+                    (None, None) => return Err(FilesError::internal("upload lost its file")),
+                };
+                in_flight = Some(tokio::spawn(write_chunk(f, buf.split().freeze())));
             }
             match rest.next().await {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(e)) => return Err(read_error(e)),
+                Some(Err(e)) => {
+                    if let Some(h) = in_flight {
+                        let _ = h.await;
+                    }
+                    return Err(read_error(e));
+                }
                 None => break,
             }
         }
+        let mut file = match (idle, in_flight) {
+            (Some(f), _) => f,
+            (None, Some(h)) => join_write(h).await?,
+            (None, None) => return Err(FilesError::internal("upload lost its file")),
+        };
         if !buf.is_empty() {
             file = write_chunk(file, buf.freeze()).await?;
         }
@@ -715,6 +734,13 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, FilesError> {
     tokio::task::spawn_blocking(f)
         .await
+        .map_err(|e| FilesError::internal(format!("file operation failed: {e}")))?
+}
+
+async fn join_write(
+    h: tokio::task::JoinHandle<Result<std::fs::File, FilesError>>,
+) -> Result<std::fs::File, FilesError> {
+    h.await
         .map_err(|e| FilesError::internal(format!("file operation failed: {e}")))?
 }
 
