@@ -52,6 +52,23 @@ impl Default for TemplateDefaults {
     }
 }
 
+/// Memory default of the code-interpreter templates: the Python kernel with pandas and
+/// matplotlib takes ~150 MiB and starting Deno's JavaScript kernel peaks ~200 MiB more, so two
+/// or three contexts do not fit in the base template's 512 MiB.
+pub const INTERPRETER_MEMORY_MB: u64 = 1024;
+
+impl TemplateDefaults {
+    /// The defaults of one template (resolved id): the base defaults, with more memory for the
+    /// code-interpreter templates.
+    pub fn for_template(&self, template_id: &str) -> Self {
+        let mut d = *self;
+        if template_id.starts_with("code-interpreter") {
+            d.memory_mb = d.memory_mb.max(INTERPRETER_MEMORY_MB);
+        }
+        d
+    }
+}
+
 /// Everything the [`crate::Server`] needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -88,5 +105,23 @@ impl ServerConfig {
             max_body_bytes: 1 << 20,
             pool: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpreter_templates_get_more_memory() {
+        let d = TemplateDefaults::default();
+        assert_eq!(d.for_template("base"), d);
+        assert_eq!(
+            d.for_template("code-interpreter-v1").memory_mb,
+            INTERPRETER_MEMORY_MB
+        );
+        assert_eq!(d.for_template("code-interpreter").cpu_count, d.cpu_count);
+        let big = TemplateDefaults { memory_mb: 4096, ..d };
+        assert_eq!(big.for_template("code-interpreter-v1").memory_mb, 4096);
     }
 }

@@ -247,14 +247,14 @@ impl Manager {
     /// Creates a sandbox and returns it once its agent answers.
     pub async fn create(self: &Arc<Self>, params: CreateParams) -> Result<Arc<LiveSandbox>, ApiError> {
         let timeout = validate_timeout(params.timeout_secs, &self.config.limits)?;
+        let (template_id, alias) = self.resolve_template(&params.template)?;
         let limits = resolve_limits(
-            &self.config.template_defaults,
+            &self.config.template_defaults.for_template(&template_id),
             &self.config.limits,
             params.cpu_count,
             params.memory_mb,
             params.disk_mb,
         )?;
-        let (template_id, alias) = self.resolve_template(&params.template)?;
         let this = self.clone();
         let t0 = std::time::Instant::now();
         // Own task: a client that hangs up must not abandon a half-created sandbox.
