@@ -363,3 +363,27 @@ async fn sigterm_leaves_sandboxes_running_and_a_restart_adopts_them() {
     assert!(gone, "killed sandbox's agent still running");
     assert_eq!(d2.get(&format!("/sandboxes/{id}")).await.0, 404);
 }
+
+#[tokio::test]
+async fn a_burst_of_concurrent_creates_all_succeed() {
+    if !require_root("a_burst_of_concurrent_creates_all_succeed") {
+        return;
+    }
+    // 64 creates at once (the bench once hit "no free loop device" here): every one gets its
+    // own disk quota (loop device) and agent.
+    let d = Daemon::start();
+    let results =
+        futures::future::join_all((0..64).map(|_| d.create(json!({"templateID":"base","timeout":60})))).await;
+    let ids: Vec<String> = results
+        .iter()
+        .map(|(s, v)| {
+            assert_eq!(*s, 201, "{v}");
+            sid(v)
+        })
+        .collect();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len());
+    for id in &ids {
+        assert_eq!(d.delete(&format!("/sandboxes/{id}")).await, 204);
+    }
+}

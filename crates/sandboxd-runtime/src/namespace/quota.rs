@@ -137,6 +137,9 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
+/// Tries to find and configure a free loop device before giving up.
+const ATTACH_ATTEMPTS: u32 = 32;
+
 /// Attach `image` to a free loop device; returns the device path and an open fd of it. With
 /// auto-clear, the device frees itself at its last close once unmounted, so the fd must stay
 /// open until the mount holds the device.
@@ -153,7 +156,14 @@ fn loop_attach(image: &Path) -> Result<(PathBuf, std::fs::File), RuntimeError> {
         .custom_flags(libc::O_CLOEXEC)
         .open("/dev/loop-control")
         .map_err(|e| qerr(format!("opening /dev/loop-control: {e}")))?;
-    for _ in 0..16 {
+    // Concurrent creates of this daemon would all be handed the same free device and race for
+    // it: take turns here. Other processes can still take a device first: retry on EBUSY.
+    static ATTACH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ATTACH.lock().unwrap_or_else(|p| p.into_inner());
+    for attempt in 0..ATTACH_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(200 * attempt as u64));
+        }
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1.
         let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
         if n < 0 {
@@ -204,7 +214,9 @@ fn loop_attach(image: &Path) -> Result<(PathBuf, std::fs::File), RuntimeError> {
         }
         return Err(qerr(format!("LOOP_CONFIGURE {}: {e}", dev.display())));
     }
-    Err(qerr("no free loop device after 16 attempts".into()))
+    Err(qerr(format!(
+        "no free loop device after {ATTACH_ATTEMPTS} attempts"
+    )))
 }
 
 impl LoopImageQuota {
