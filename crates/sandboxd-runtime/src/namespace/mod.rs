@@ -912,31 +912,9 @@ impl Inner {
         let t0 = std::time::Instant::now();
         let timing = std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some();
         let rec = self.agents.lock().ok().and_then(|mut m| m.remove(id));
-        if let Some(rec) = &rec {
-            let _ = sys::pidfd_send_signal(&rec.pidfd, libc::SIGKILL);
-            self.cgroups.thaw(id);
-            sys::pidfd_wait_exit(&rec.pidfd, 5000);
-        }
+        self.kill_processes(id, rec.as_ref(), 40);
         if timing {
-            eprintln!("timing destroy {id}: agent gone at {:?}", t0.elapsed());
-        }
-        // Anything left (a sandbox of an earlier daemon, or a half-dead one): kill by cgroup.
-        let mut delay = 2;
-        for _ in 0..40 {
-            let pids = self.cgroups.pids(id);
-            if pids.is_empty() {
-                break;
-            }
-            if !self.cgroups.kill_v2(id) {
-                for p in pids {
-                    if let Ok(fd) = sys::pidfd_open(p) {
-                        let _ = sys::pidfd_send_signal(&fd, libc::SIGKILL);
-                    }
-                }
-            }
-            self.cgroups.thaw(id);
-            std::thread::sleep(Duration::from_millis(delay));
-            delay = (delay * 2).min(100);
+            eprintln!("timing destroy {id}: processes gone at {:?}", t0.elapsed());
         }
         // A killed task keeps its cgroup busy until it has fully exited (mount and network
         // namespace teardown can take a while on a busy host): retry for up to ~5 s.
@@ -1130,6 +1108,38 @@ async fn wait_exit(pidfd: Arc<OwnedFd>) {
             let _ = afd.readable().await;
         }
         Err(_) => std::future::pending().await,
+    }
+}
+
+impl Inner {
+    /// SIGKILL the sandbox's agent (the pid namespace goes with it), then any task still in its
+    /// cgroups (a sandbox of an earlier daemon, or a half-dead one), thawing after each signal
+    /// because a killed frozen task only dies once thawed. Gives up after `rounds` tries with
+    /// backoff; returns whether no task is left.
+    pub(super) fn kill_processes(&self, id: &str, agent: Option<&AgentRecord>, rounds: u32) -> bool {
+        if let Some(rec) = agent {
+            let _ = sys::pidfd_send_signal(&rec.pidfd, libc::SIGKILL);
+            self.cgroups.thaw(id);
+            sys::pidfd_wait_exit(&rec.pidfd, 5000);
+        }
+        let mut delay = 2;
+        for _ in 0..rounds {
+            let pids = self.cgroups.pids(id);
+            if pids.is_empty() {
+                return true;
+            }
+            if !self.cgroups.kill_v2(id) {
+                for p in pids {
+                    if let Ok(fd) = sys::pidfd_open(p) {
+                        let _ = sys::pidfd_send_signal(&fd, libc::SIGKILL);
+                    }
+                }
+            }
+            self.cgroups.thaw(id);
+            std::thread::sleep(Duration::from_millis(delay));
+            delay = (delay * 2).min(100);
+        }
+        self.cgroups.pids(id).is_empty()
     }
 }
 

@@ -168,30 +168,7 @@ impl Inner {
             return Err(RuntimeError::InvalidSpec(format!("bad sandbox id '{id}'")));
         }
         let rec = self.agents.lock().ok().and_then(|mut m| m.remove(id));
-        if let Some(rec) = &rec {
-            let _ = sys::pidfd_send_signal(&rec.pidfd, libc::SIGKILL);
-            // a SIGKILLed frozen task dies only once thawed
-            self.cgroups.thaw(id);
-            sys::pidfd_wait_exit(&rec.pidfd, 5000);
-        }
-        let mut delay = 2;
-        for _ in 0..60 {
-            let pids = self.cgroups.pids(id);
-            if pids.is_empty() {
-                break;
-            }
-            if !self.cgroups.kill_v2(id) {
-                for p in pids {
-                    if let Ok(fd) = sys::pidfd_open(p) {
-                        let _ = sys::pidfd_send_signal(&fd, libc::SIGKILL);
-                    }
-                }
-            }
-            self.cgroups.thaw(id);
-            std::thread::sleep(Duration::from_millis(delay));
-            delay = (delay * 2).min(100);
-        }
-        if !self.cgroups.pids(id).is_empty() {
+        if !self.kill_processes(id, rec.as_ref(), 60) {
             return Err(step("pause", "processes of the sandbox did not exit"));
         }
         let mut cg = self.cgroups.remove(id);
