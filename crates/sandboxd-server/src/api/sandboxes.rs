@@ -223,7 +223,13 @@ struct DetailOnly {
     /// sandboxd-only: a lifecycle event the user should know about (memory lost by a reboot).
     #[serde(skip_serializing_if = "Option::is_none")]
     lifecycle_note: Option<String>,
+    /// sandboxd-only: what the sandbox can reach. Egress settings (`allowInternetAccess`,
+    /// `network`) are stored but not enforced yet: sandboxes have loopback only.
+    network_access: &'static str,
 }
+
+/// [`DetailOnly::network_access`] until egress networking lands.
+const NETWORK_ACCESS: &str = "loopback-only";
 
 fn api_state(s: SandboxState) -> &'static str {
     match s {
@@ -254,6 +260,7 @@ fn detail_out(v: &SandboxView, domain: Option<&str>) -> DetailOut {
             lifecycle: serde_json::json!({"autoResume": false, "onTimeout": "kill"}),
             paused_with_memory: None,
             lifecycle_note: None,
+            network_access: NETWORK_ACCESS,
         }),
     }
 }
@@ -663,6 +670,8 @@ mod tests {
         }
         assert_eq!(d["startedAt"], "2026-01-02T03:04:05.123456Z");
         assert_eq!(d["state"], "running");
+        // the info says that egress is not enforced (sandboxes have loopback only)
+        assert_eq!(d["networkAccess"], "loopback-only");
         let listed = serde_json::to_value(detail_out(&v, None)).unwrap();
         assert!(listed.get("envdAccessToken").is_none() && listed.get("domain").is_none());
         assert_eq!(listed["envdVersion"], "0.6.13");
