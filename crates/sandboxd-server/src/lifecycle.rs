@@ -282,15 +282,14 @@ async fn pause_locked(
 /// one's end time (`WasRunning`). A pause or resume in progress is waited for.
 pub async fn connect(mgr: &Arc<Manager>, id: &str, secs: i64) -> Result<Resumed, ApiError> {
     validate_timeout(secs, &mgr.config().limits)?;
-    {
-        let _op = mgr.lifecycle.op_lock(id).await;
-        let s = mgr
-            .sandboxes
-            .get(id)
-            .ok_or_else(|| ApiError::SandboxNotFound(id.to_string()))?;
-        if s.state() == SandboxState::Paused {
-            return resume_locked(mgr, s, secs, "connect").await.map(Resumed::Resumed);
-        }
+    // Held across both branches, so a pause cannot slip in between the check and the extension.
+    let _op = mgr.lifecycle.op_lock(id).await;
+    let s = mgr
+        .sandboxes
+        .get(id)
+        .ok_or_else(|| ApiError::SandboxNotFound(id.to_string()))?;
+    if s.state() == SandboxState::Paused {
+        return resume_locked(mgr, s, secs, "connect").await.map(Resumed::Resumed);
     }
     mgr.connect(id, secs).await.map(Resumed::WasRunning)
 }

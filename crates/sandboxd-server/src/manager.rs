@@ -511,6 +511,7 @@ impl Manager {
     }
 
     /// `POST /sandboxes/{id}/connect` on a running sandbox: `endAt = max(endAt, now + secs)`.
+    /// Called by [`crate::lifecycle::connect`] under the sandbox's operation lock.
     pub async fn connect(self: &Arc<Self>, id: &str, secs: i64) -> Result<Arc<LiveSandbox>, ApiError> {
         let s = match self.sandboxes.get(id) {
             Some(s) => s,
@@ -521,10 +522,9 @@ impl Manager {
             let mut d = s.lock();
             match d.state {
                 SandboxState::Running => {}
+                // lifecycle::connect resumes paused sandboxes before calling this
                 SandboxState::Paused => {
-                    return Err(ApiError::Conflict(
-                        "resuming paused sandboxes is not supported yet".into(),
-                    ));
+                    return Err(ApiError::Conflict(format!("sandbox {id} is paused")));
                 }
                 _ => return Err(ApiError::SandboxNotFound(id.to_string())),
             }
