@@ -37,7 +37,7 @@ if [ "$want_tests" = 1 ]; then
     echo "setup: creating .venv" >&2
     "$py" -m venv .venv
   fi
-  if ! .venv/bin/python -c 'import e2b, e2b_code_interpreter, pytest, pytest_asyncio, pytest_timeout, xdist' 2>/dev/null; then
+  if ! .venv/bin/python -c 'import e2b, e2b_code_interpreter, pytest, pytest_asyncio, pytest_timeout, xdist, pytest_rerunfailures' 2>/dev/null; then
     echo "setup: installing Python test dependencies into .venv" >&2
     .venv/bin/pip install -q -r tests/python/requirements.txt
   fi

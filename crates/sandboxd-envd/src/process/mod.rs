@@ -376,9 +376,32 @@ async fn send_signal(state: Arc<AgentState>, headers: HeaderMap, body: Body) -> 
         .ok_or_else(|| not_found(&sel))?;
     state.processes.log.signal_requested(proc.pid, signal);
     match proc.signal(signal) {
-        Ok(()) => unary_ok(&Empty {}),
+        Ok(()) => {
+            if signal == libc::SIGKILL {
+                wait_reaped(proc.pid).await;
+            }
+            unary_ok(&Empty {})
+        }
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(not_found(&sel).into()),
         Err(e) => Err(ConnectError::internal(format!("error sending signal: {e}")).into()),
+    }
+}
+
+/// After a SIGKILL, wait (up to 2 s) until the reaper has collected the process, so that the
+/// pid is gone when `kill()` returns: the SDK's callers check `kill -0 <pid>` right after. A
+/// zombie still answers `kill -0`, so "exited" is not enough.
+async fn wait_reaped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut delay = Duration::from_micros(200);
+    while Instant::now() < deadline {
+        // SAFETY: kill(2) with signal 0 only checks that the pid exists; it sends nothing.
+        let gone = unsafe { libc::kill(pid as libc::pid_t, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(10));
     }
 }
 

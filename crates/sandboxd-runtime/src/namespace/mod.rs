@@ -718,28 +718,37 @@ impl Inner {
         }
     }
 
-    fn spawn_blocking(&self, mut spec: SandboxSpec, target: ExecTarget) -> Result<Spawned, RuntimeError> {
-        self.validate(&spec)?;
-        let id = spec.id.clone();
+    /// Validate a spec and fill in what the agent needs that the caller left empty (hostname,
+    /// ids); for a layered template add its supervised services and return its read-only binds.
+    /// Shared by create and the filesystem-only resume, so both boot the same sandbox.
+    pub(super) fn complete_spec(
+        &self,
+        spec: &mut SandboxSpec,
+    ) -> Result<Vec<templates_extra::ReadOnlyBind>, RuntimeError> {
+        self.validate(spec)?;
         if spec.agent.hostname.is_empty() {
             spec.agent.hostname = "sandbox".into();
         }
         if spec.agent.sandbox_id.is_empty() {
-            spec.agent.sandbox_id = id.clone();
+            spec.agent.sandbox_id = spec.id.clone();
         }
         if spec.agent.template_id.is_empty() {
             spec.agent.template_id = spec.template.clone();
         }
-        // layered template: its skeleton, read-only binds and supervised services
-        let mut binds = Vec::new();
-        if let Some(t) = templates_extra::resolve(&spec.template) {
-            binds = t.binds;
-            for s in t.services {
-                if !spec.agent.services.contains(&s) {
-                    spec.agent.services.push(s);
-                }
+        let Some(t) = templates_extra::resolve(&spec.template) else {
+            return Ok(Vec::new());
+        };
+        for s in t.services {
+            if !spec.agent.services.contains(&s) {
+                spec.agent.services.push(s);
             }
         }
+        Ok(t.binds)
+    }
+
+    fn spawn_blocking(&self, mut spec: SandboxSpec, target: ExecTarget) -> Result<Spawned, RuntimeError> {
+        let binds = self.complete_spec(&mut spec)?;
+        let id = spec.id.clone();
         let t0 = std::time::Instant::now();
         let (sbx, have_cgroups) = match self.claim_slot(&id, &spec.agent.hostname, &spec.limits)? {
             Some(r) => r,

@@ -244,27 +244,9 @@ impl Inner {
     /// Spawn the agent on the existing directory (cgroups created fresh). On error, the new
     /// processes and cgroups are removed and the files are kept.
     pub(super) fn spawn_existing(&self, mut spec: SandboxSpec) -> Result<super::Spawned, RuntimeError> {
-        self.validate(&spec)?;
+        // the same read-only binds and supervised services as at create
+        let binds = self.complete_spec(&mut spec)?;
         let id = spec.id.clone();
-        if spec.agent.hostname.is_empty() {
-            spec.agent.hostname = "sandbox".into();
-        }
-        if spec.agent.sandbox_id.is_empty() {
-            spec.agent.sandbox_id = id.clone();
-        }
-        if spec.agent.template_id.is_empty() {
-            spec.agent.template_id = spec.template.clone();
-        }
-        // layered template: the same read-only binds and supervised services as at create
-        let mut binds = Vec::new();
-        if let Some(t) = super::templates_extra::resolve(&spec.template) {
-            binds = t.binds;
-            for s in t.services {
-                if !spec.agent.services.contains(&s) {
-                    spec.agent.services.push(s);
-                }
-            }
-        }
         // leftovers of an interrupted pause or resume
         self.stop_keep_files(&id)?;
         super::quota::ensure_mounted(&self.sandbox_dir(&id))?; // host rebooted: mount the disk image again
