@@ -25,4 +25,4 @@ fi
 echo "== Python SDK tests"
 # Four workers on a 2-core machine make timing noisy: a failed test is retried once, and every
 # retry is reported ("R" in the progress line, "rerun" in the summary) so flakes stay visible.
-.venv/bin/python -m pytest tests/python -n 4 -p no:cacheprovider --reruns 1 --reruns-delay 1 "$@"
+.venv/bin/python -m pytest tests/python -n 4 -p no:cacheprovider --reruns 1 --reruns-delay 1 -rfER "$@"
