@@ -325,7 +325,7 @@ pub(super) async fn set_timeout(
 }
 
 /// Body of `POST /sandboxes/{id}/refreshes`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub(super) struct RefreshBody {
     duration: Option<i64>,
 }
@@ -337,15 +337,9 @@ pub(super) async fn refresh(
     SandboxId(id): SandboxId,
     body: axum::body::Bytes,
 ) -> Response {
-    // The body is optional: no body means the default duration.
-    let parsed = if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(RefreshBody { duration: None })
-    } else {
-        serde_json::from_slice::<RefreshBody>(&body)
-    };
-    let secs = match parsed {
+    let secs = match optional_body::<RefreshBody>(&body) {
         Ok(b) => b.duration.unwrap_or(15),
-        Err(e) => return ApiError::BadRequest(format!("invalid request body: {e}")).into_response(),
+        Err(e) => return e.into_response(),
     };
     if !(0..=3600).contains(&secs) {
         return ApiError::BadRequest("duration must be between 0 and 3600 seconds".into()).into_response();
