@@ -3,7 +3,8 @@
 # - Debian packages: sudo and python-is-python3 (sandboxes use the host's /usr, so these are
 #   what `sudo` and `python` are inside the base template), and tools the base template and tests
 #   use (git, curl, tput, xattr tools, bubblewrap for the benchmark baseline).
-# - With --tests: a Python venv in .venv with the official E2B SDKs pinned to the tested versions.
+# - With --tests: the official E2B SDKs of every tested row (README "Supported SDKs"): Python venvs
+#   .venv (oldest supported) and .venv-newest, and tests/js/node_modules (npm ci).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,15 +32,38 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if [ "$want_tests" = 1 ]; then
+  # One Python venv per SDK row, each with exactly the pins of its requirements file; a venv is
+  # re-installed when its file (or the shared tooling file) changes.
   py=python3
   [ -x /usr/bin/python3 ] && py=/usr/bin/python3
-  if [ ! -x .venv/bin/python ]; then
-    echo "setup: creating .venv" >&2
-    "$py" -m venv .venv
+  python_row() { # venv-dir requirements-file
+    local dir=$1 req=$2 want
+    want=$(cat tests/python/requirements-tools.txt "$req" | sha256sum | cut -d' ' -f1)
+    if [ ! -x "$dir/bin/python" ]; then
+      echo "setup: creating $dir" >&2
+      "$py" -m venv "$dir"
+    fi
+    if [ "$(cat "$dir/.sandboxd-requirements" 2>/dev/null)" != "$want" ]; then
+      echo "setup: installing $req into $dir" >&2
+      "$dir/bin/pip" install -q -r "$req"
+      echo "$want" >"$dir/.sandboxd-requirements"
+    fi
+  }
+  python_row .venv tests/python/requirements-oldest.txt
+  python_row .venv-newest tests/python/requirements-newest.txt
+
+  # JS SDK tests: node >= 20.18.1 (what the e2b package requires; Debian 12's nodejs is 18) and
+  # tests/js/node_modules from its package-lock.json, re-installed when the lock file changes.
+  if ! node -e 'const [a, b, c] = process.versions.node.split(".").map(Number);
+      process.exit(a > 20 || (a === 20 && (b > 18 || (b === 18 && c >= 1))) ? 0 : 1)' 2>/dev/null; then
+    echo "setup: the JS SDK tests need node >= 20.18.1 and npm (found: $(node --version 2>/dev/null || echo none))" >&2
+    exit 1
   fi
-  if ! .venv/bin/python -c 'import e2b, e2b_code_interpreter, pytest, pytest_asyncio, pytest_timeout, xdist, pytest_rerunfailures' 2>/dev/null; then
-    echo "setup: installing Python test dependencies into .venv" >&2
-    .venv/bin/pip install -q -r tests/python/requirements.txt
+  want=$(sha256sum tests/js/package-lock.json | cut -d' ' -f1)
+  if [ "$(cat tests/js/node_modules/.sandboxd-lock 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing tests/js/node_modules (npm ci)" >&2
+    (cd tests/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$want" >tests/js/node_modules/.sandboxd-lock
   fi
 fi
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of sandboxd: formatting and lints, Rust unit and integration tests (privileged
-# ones included: run as root), then the Python tests with the official E2B SDKs against a real
-# daemon. Installs what it needs on the way. With CI=true, privileged tests fail instead of skipping.
+# ones included: run as root), then the Python and JS tests with the official E2B SDKs (each
+# supported SDK row) against a real daemon. Installs what it needs on the way. With CI=true, privileged tests fail instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -22,7 +22,37 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
-echo "== Python SDK tests"
+# The SDK suites run once per row of README "Supported SDKs" (pins: tests/python/requirements-*.txt,
+# tests/js/package.json); a failing row does not stop the next one, the exit status covers all.
 # Four workers on a 2-core machine make timing noisy: a failed test is retried once, and every
 # retry is reported ("R" in the progress line, "rerun" in the summary) so flakes stay visible.
-.venv/bin/python -m pytest tests/python -n 4 -p no:cacheprovider --reruns 1 --reruns-delay 1 -rfER "$@"
+# Extra arguments go to the first Python row.
+pytest_args=(-n 4 -p no:cacheprovider --reruns 1 --reruns-delay 1 -rfER)
+status=0
+
+echo "== Python SDK tests: oldest supported SDKs (.venv), whole suite"
+.venv/bin/python -m pytest tests/python "${pytest_args[@]}" "$@" || status=1
+
+# The newest SDKs create with POST /v2/sandboxes, which the daemon does not serve yet (issue 9):
+# their rows join CI when it does. Until then only the oldest JS row runs.
+newest_rows=0
+if [ "$newest_rows" = 1 ]; then
+  echo "== Python SDK tests: newest SDKs (.venv-newest), representative subset"
+  # create, commands, files, PTY, watch, pause/resume, snapshots, code interpreter, README
+  newest_subset=(
+    tests/python/test_quickstart.py tests/python/test_control_plane.py
+    tests/python/envd/test_process_commands.py tests/python/envd/test_process_pty.py
+    tests/python/envd/test_files_sync.py tests/python/envd/test_files_async.py
+    tests/python/envd/test_watch_sync.py tests/python/envd/test_watch_async.py
+    tests/python/test_pause.py tests/python/test_snapshot_api.py
+    tests/python/interpreter/test_execution.py tests/python/interpreter/test_contexts.py
+    tests/python/test_readme.py
+  )
+  .venv-newest/bin/python -m pytest "${newest_subset[@]}" "${pytest_args[@]}" || status=1
+else
+  export SANDBOXD_JS_SDK_ROWS=oldest
+fi
+
+echo "== JS SDK tests (tests/js, node --test): ${SANDBOXD_JS_SDK_ROWS:-all} rows"
+(cd tests/js && node --test --test-reporter=spec --test-concurrency=2 ./*.test.mjs) || status=1
+exit "$status"

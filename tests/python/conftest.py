@@ -3,6 +3,11 @@
 Each pytest process (each xdist worker) starts its own `sandboxd serve` on a free loopback port
 with a throwaway data dir, unless SANDBOXD_TEST_URL and SANDBOXD_TEST_KEY point at a running
 daemon. The E2B_* variables are set so the SDKs talk to it, exactly as a user would set them.
+
+The suite runs with every SDK row of README "Supported SDKs" (one venv per row, see
+scripts/setup.sh). A test that needs what only some rows have is marked
+`@pytest.mark.sdk(min="2.51.0")` and/or `below="2.51.0"` (versions of the `e2b` package) and is
+skipped, with the reason, in the other rows.
 """
 
 import os
@@ -10,10 +15,30 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from importlib.metadata import version
 
 import pytest
 
 from sandboxd_daemon import BIN, _kill_all, _set_env, _wait_healthy, _free_port  # noqa: F401
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+E2B_VERSION = version("e2b")
+
+
+def pytest_report_header(config):
+    return f"SDK row: e2b {E2B_VERSION}, e2b-code-interpreter {version('e2b-code-interpreter')}"
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("sdk"):
+        low, below = mark.kwargs.get("min"), mark.kwargs.get("below")
+        have = _version(E2B_VERSION)
+        if (low and have < _version(low)) or (below and have >= _version(below)):
+            pytest.skip(f"needs e2b {'>=' + low if low else ''}{' <' + below if below else ''}, this row has {E2B_VERSION}")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,7 +1,7 @@
-"""The README's code-interpreter example, end to end against the daemon, plus kill-during-run and
-the interpreter's supervision (it comes back after being killed)."""
+"""The code interpreter end to end against the daemon: first-run latency, kill-during-run and the
+interpreter's supervision (it comes back after being killed). The README's example itself runs in
+tests/python/test_readme.py."""
 
-import base64
 import os
 import threading
 import time
@@ -12,30 +12,6 @@ from e2b_code_interpreter import Sandbox
 from conftest import DEV, TEMPLATE
 
 pytestmark = pytest.mark.skipif(DEV, reason="needs the daemon")
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def test_readme_example_saves_png(tmp_path):
-    # As in README.md (the default template of Sandbox.create() is code-interpreter-v1).
-    with Sandbox.create() as sbx:
-        execution = sbx.run_code(
-            """
-import matplotlib.pyplot as plt
-plt.plot([1, 2, 3], [1, 4, 9])
-plt.show()
-"""
-        )
-        assert execution.error is None, execution.error
-        png = execution.results[0].png
-        out = tmp_path / "plot.png"
-        out.write_bytes(base64.b64decode(png))
-    data = out.read_bytes()
-    assert data.startswith(PNG_MAGIC)
-    assert len(data) > 1000
-    # chart data comes along with the picture
-    chart = execution.results[0].chart
-    assert chart is not None and chart.type.value == "line"
 
 
 def test_first_run_code_is_fast_after_create():
