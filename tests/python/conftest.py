@@ -38,7 +38,7 @@ def pytest_runtest_setup(item):
         low, below = mark.kwargs.get("min"), mark.kwargs.get("below")
         have = _version(E2B_VERSION)
         if (low and have < _version(low)) or (below and have >= _version(below)):
-            pytest.skip(f"needs e2b {'>=' + low if low else ''}{' <' + below if below else ''}, this row has {E2B_VERSION}")
+            pytest.skip(f"needs e2b in [{low or '-'}, {below or '-'}), this row has {E2B_VERSION}")
 
 
 @pytest.fixture(scope="session", autouse=True)
