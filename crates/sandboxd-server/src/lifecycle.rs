@@ -279,8 +279,10 @@ async fn pause_locked(
 }
 
 /// `POST /sandboxes/{id}/connect`: resumes a paused sandbox (`Resumed`) or extends a running
-/// one's end time (`WasRunning`). A pause or resume in progress is waited for.
-pub async fn connect(mgr: &Arc<Manager>, id: &str, secs: i64) -> Result<Resumed, ApiError> {
+/// one's end time (`WasRunning`). A pause or resume in progress is waited for. Without
+/// `restore_memory` a paused sandbox boots afresh on its files even if its pause kept memory;
+/// a running one is only extended.
+pub async fn connect(mgr: &Arc<Manager>, id: &str, secs: i64, restore_memory: bool) -> Result<Resumed, ApiError> {
     validate_timeout(secs, &mgr.config().limits)?;
     // Held across both branches, so a pause cannot slip in between the check and the extension.
     let _op = mgr.lifecycle.op_lock(id).await;
@@ -289,13 +291,21 @@ pub async fn connect(mgr: &Arc<Manager>, id: &str, secs: i64) -> Result<Resumed,
         .get(id)
         .ok_or_else(|| ApiError::SandboxNotFound(id.to_string()))?;
     if s.state() == SandboxState::Paused {
-        return resume_locked(mgr, s, secs, "connect").await.map(Resumed::Resumed);
+        return resume_locked(mgr, s, secs, restore_memory, "connect")
+            .await
+            .map(Resumed::Resumed);
     }
     mgr.connect(id, secs).await.map(Resumed::WasRunning)
 }
 
-/// `POST /sandboxes/{id}/resume` (deprecated): 409 if running.
-pub async fn resume(mgr: &Arc<Manager>, id: &str, secs: i64) -> Result<Arc<LiveSandbox>, ApiError> {
+/// `POST /sandboxes/{id}/resume` (deprecated): 409 if running. `restore_memory` as in
+/// [`connect`].
+pub async fn resume(
+    mgr: &Arc<Manager>,
+    id: &str,
+    secs: i64,
+    restore_memory: bool,
+) -> Result<Arc<LiveSandbox>, ApiError> {
     validate_timeout(secs, &mgr.config().limits)?;
     let _op = mgr.lifecycle.op_lock(id).await;
     let s = mgr
@@ -303,24 +313,26 @@ pub async fn resume(mgr: &Arc<Manager>, id: &str, secs: i64) -> Result<Arc<LiveS
         .get(id)
         .ok_or_else(|| ApiError::SandboxNotFound(id.to_string()))?;
     match s.state() {
-        SandboxState::Paused => resume_locked(mgr, s, secs, "resume").await,
+        SandboxState::Paused => resume_locked(mgr, s, secs, restore_memory, "resume").await,
         SandboxState::Running => Err(ApiError::Conflict(format!("Sandbox {id} is already running"))),
         _ => Err(ApiError::SandboxNotFound(id.to_string())),
     }
 }
 
-/// Resumes a paused sandbox; the caller holds its operation lock.
+/// Resumes a paused sandbox; the caller holds its operation lock. Without `restore_memory` it
+/// boots afresh on the kept files (the frozen processes of a memory pause are killed first).
 async fn resume_locked(
     mgr: &Arc<Manager>,
     s: Arc<LiveSandbox>,
     secs: i64,
+    restore_memory: bool,
     reason: &str,
 ) -> Result<Arc<LiveSandbox>, ApiError> {
     let id = s.id().to_string();
     let t0 = std::time::Instant::now();
     let timeout = validate_timeout(secs, &mgr.config().limits)?;
     let mut lc = mgr.lifecycle.get(&id);
-    let mut memory = lc.paused_memory.unwrap_or(false);
+    let mut memory = lc.paused_memory.unwrap_or(false) && restore_memory;
     if memory && !mgr.backend().is_alive(&s.handle) {
         memory = false;
         lc.note = Some(
@@ -402,7 +414,7 @@ pub async fn before_proxy(mgr: &Arc<Manager>, s: Arc<LiveSandbox>) -> Arc<LiveSa
     let _op = mgr.lifecycle.op_lock(&id).await;
     match mgr.sandboxes.get(&id) {
         Some(cur) if cur.state() == SandboxState::Paused => {
-            match resume_locked(mgr, cur.clone(), secs, "auto-resume on traffic").await {
+            match resume_locked(mgr, cur.clone(), secs, true, "auto-resume on traffic").await {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(sandbox = %id, "auto-resume failed: {e}");

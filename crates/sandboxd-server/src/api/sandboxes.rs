@@ -74,8 +74,18 @@ fn check_map(name: &str, m: &BTreeMap<String, String>, env: bool) -> Result<(), 
     Ok(())
 }
 
+/// Which create route a body came to: their defaults differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CreateApi {
+    /// `POST /sandboxes` (`NewSandbox`): `timeout` default 15, `secure` default false.
+    V1,
+    /// `POST /v2/sandboxes` (`NewSandboxV2`): `timeout` default 300, always secured (a
+    /// `secure` key is ignored).
+    V2,
+}
+
 impl NewSandbox {
-    fn into_params(self) -> Result<CreateParams, ApiError> {
+    fn into_params(self, api: CreateApi) -> Result<CreateParams, ApiError> {
         let metadata = self.metadata.unwrap_or_default();
         let env_vars = self.env_vars.unwrap_or_default();
         check_map("metadata", &metadata, false)?;
@@ -115,7 +125,10 @@ impl NewSandbox {
                 "iam tokens are not supported by this server".into(),
             ));
         }
-        let secure = self.secure.unwrap_or(false);
+        let secure = match api {
+            CreateApi::V1 => self.secure.unwrap_or(false),
+            CreateApi::V2 => true,
+        };
         let mut restrict_public_traffic = false;
         if let Some(net) = &self.network
             && !net.is_null()
@@ -134,7 +147,10 @@ impl NewSandbox {
         }
         Ok(CreateParams {
             template: self.template_id,
-            timeout_secs: self.timeout.unwrap_or(15),
+            timeout_secs: self.timeout.unwrap_or(match api {
+                CreateApi::V1 => 15,
+                CreateApi::V2 => 300,
+            }),
             secure,
             allow_internet_access: self.allow_internet_access.unwrap_or(true),
             metadata,
@@ -270,7 +286,19 @@ pub(super) async fn create(
     State(mgr): State<Arc<Manager>>,
     JsonBody(body): JsonBody<NewSandbox>,
 ) -> Response {
-    let params = match body.into_params() {
+    create_with(&mgr, body, CreateApi::V1).await
+}
+
+/// `POST /v2/sandboxes`.
+pub(super) async fn create_v2(
+    State(mgr): State<Arc<Manager>>,
+    JsonBody(body): JsonBody<NewSandbox>,
+) -> Response {
+    create_with(&mgr, body, CreateApi::V2).await
+}
+
+async fn create_with(mgr: &Arc<Manager>, body: NewSandbox, api: CreateApi) -> Response {
+    let params = match body.into_params(api) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
@@ -419,13 +447,47 @@ pub(super) async fn update_network(
     }
 }
 
+/// Body of `POST /sandboxes/{id}/connect` (`timeout` required) and of
+/// `POST /v2/sandboxes/{id}/connect` (optional body, `timeout` default 300).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ConnectBody {
+    timeout: Option<i64>,
+    /// `false`: a paused sandbox boots afresh on its files, never restoring memory (a no-op
+    /// on a running sandbox). Absent or `true`: restore what the pause kept.
+    memory: Option<bool>,
+}
+
+/// Timeout of a v2 connect without one.
+const V2_CONNECT_TIMEOUT_SECS: i64 = 300;
+
 /// `POST /sandboxes/{id}/connect`.
 pub(super) async fn connect(
     State(mgr): State<Arc<Manager>>,
     SandboxId(id): SandboxId,
-    JsonBody(body): JsonBody<TimeoutBody>,
+    JsonBody(body): JsonBody<ConnectBody>,
 ) -> Response {
-    match crate::lifecycle::connect(&mgr, &id, body.timeout).await {
+    let Some(secs) = body.timeout else {
+        return ApiError::BadRequest("invalid request body: missing field `timeout`".into()).into_response();
+    };
+    connect_with(&mgr, &id, secs, body.memory).await
+}
+
+/// `POST /v2/sandboxes/{id}/connect` (body optional).
+pub(super) async fn connect_v2(
+    State(mgr): State<Arc<Manager>>,
+    SandboxId(id): SandboxId,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: ConnectBody = match optional_body(&body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let secs = body.timeout.unwrap_or(V2_CONNECT_TIMEOUT_SECS);
+    connect_with(&mgr, &id, secs, body.memory).await
+}
+
+async fn connect_with(mgr: &Arc<Manager>, id: &str, secs: i64, memory: Option<bool>) -> Response {
+    match crate::lifecycle::connect(mgr, id, secs, memory != Some(false)).await {
         Ok(Resumed::Resumed(s)) => json(StatusCode::CREATED, &sandbox_out(&s, mgr.domain())),
         Ok(Resumed::WasRunning(s)) => json(StatusCode::OK, &sandbox_out(&s, mgr.domain())),
         Err(e) => e.into_response(),
@@ -474,6 +536,8 @@ struct ResumeBody {
     timeout: i64,
     #[allow(dead_code)]
     auto_pause: Option<bool>,
+    /// As on connect: `false` boots afresh on the kept files.
+    memory: Option<bool>,
 }
 
 impl Default for ResumeBody {
@@ -481,11 +545,13 @@ impl Default for ResumeBody {
         Self {
             timeout: 15,
             auto_pause: None,
+            memory: None,
         }
     }
 }
 
-/// `POST /sandboxes/{id}/resume` (deprecated) `{"timeout"?: 15}`: 201; 409 if running; 404.
+/// `POST /sandboxes/{id}/resume` (deprecated) `{"timeout"?: 15, "memory"?: bool}`: 201; 409
+/// if running; 404.
 pub(super) async fn resume(
     State(mgr): State<Arc<Manager>>,
     SandboxId(id): SandboxId,
@@ -495,7 +561,7 @@ pub(super) async fn resume(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    match crate::lifecycle::resume(&mgr, &id, body.timeout).await {
+    match crate::lifecycle::resume(&mgr, &id, body.timeout, body.memory != Some(false)).await {
         Ok(s) => json(StatusCode::CREATED, &sandbox_out(&s, mgr.domain())),
         Err(e) => e.into_response(),
     }
@@ -538,10 +604,80 @@ pub(super) async fn list_v1(State(mgr): State<Arc<Manager>>, uri: Uri) -> Respon
 mod tests {
     use super::*;
 
-    fn parse(v: serde_json::Value) -> Result<CreateParams, ApiError> {
+    fn parse_as(api: CreateApi, v: serde_json::Value) -> Result<CreateParams, ApiError> {
         serde_json::from_value::<NewSandbox>(v)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?
-            .into_params()
+            .into_params(api)
+    }
+
+    fn parse(v: serde_json::Value) -> Result<CreateParams, ApiError> {
+        parse_as(CreateApi::V1, v)
+    }
+
+    /// The exact bodies the newest SDKs send to `POST /v2/sandboxes` (newest-sdks.md).
+    #[test]
+    fn v2_bodies_of_the_newest_sdks() {
+        // js 2.51 create()
+        let p = parse_as(CreateApi::V2, serde_json::json!({"templateID":"base"})).unwrap();
+        assert_eq!(p.template, "base");
+        assert_eq!(p.timeout_secs, 300);
+        assert!(p.secure && p.allow_internet_access && p.metadata.is_empty() && p.env_vars.is_empty());
+        // py 2.63 create()
+        let p = parse_as(
+            CreateApi::V2,
+            serde_json::json!({"templateID":"base","metadata":{},"envVars":{}}),
+        )
+        .unwrap();
+        assert_eq!(p.timeout_secs, 300);
+        assert!(p.secure);
+        // py 2.63 create(timeout=120, metadata=..., envs=...)
+        let p = parse_as(
+            CreateApi::V2,
+            serde_json::json!({"templateID":"base","timeout":120,"metadata":{"a":"b"},"envVars":{"X":"1"}}),
+        )
+        .unwrap();
+        assert_eq!(p.timeout_secs, 120);
+        assert_eq!(p.metadata["a"], "b");
+        assert_eq!(p.env_vars["X"], "1");
+        // `secure` is not part of v2: every v2 sandbox is secured
+        let p = parse_as(CreateApi::V2, serde_json::json!({"templateID":"base","secure":false})).unwrap();
+        assert!(p.secure);
+        // so allowPublicTraffic: false needs no `secure`
+        let p = parse_as(
+            CreateApi::V2,
+            serde_json::json!({"templateID":"base","network":{"allowPublicTraffic":false}}),
+        )
+        .unwrap();
+        assert!(p.restrict_public_traffic);
+        // allow_internet_access left out: on; sent: kept
+        let p = parse_as(
+            CreateApi::V2,
+            serde_json::json!({"templateID":"base","allow_internet_access":false}),
+        )
+        .unwrap();
+        assert!(!p.allow_internet_access);
+        // the v1 defaults stay
+        let p = parse(serde_json::json!({"templateID":"base"})).unwrap();
+        assert_eq!(p.timeout_secs, 15);
+        assert!(!p.secure);
+    }
+
+    /// Connect bodies: `{}` and `{"memory": false}` (newest SDKs), `{"timeout": n}` (older).
+    #[test]
+    fn connect_bodies() {
+        let b: ConnectBody = optional_body(b"").unwrap();
+        assert_eq!((b.timeout, b.memory), (None, None));
+        let b: ConnectBody = optional_body(b"{}").unwrap();
+        assert_eq!((b.timeout, b.memory), (None, None));
+        let b: ConnectBody = optional_body(br#"{"memory": false}"#).unwrap();
+        assert_eq!((b.timeout, b.memory), (None, Some(false)));
+        let b: ConnectBody = optional_body(br#"{"timeout": 60, "memory": true, "later": 1}"#).unwrap();
+        assert_eq!((b.timeout, b.memory), (Some(60), Some(true)));
+        for bad in [&br#"{"memory": "no"}"#[..], br#"{"timeout": "x"}"#, b"[]", b"{"] {
+            assert_eq!(optional_body::<ConnectBody>(bad).unwrap_err().status(), 400);
+        }
+        let r: ResumeBody = optional_body(br#"{"memory": false}"#).unwrap();
+        assert_eq!((r.timeout, r.memory), (15, Some(false)));
     }
 
     #[test]

@@ -1,0 +1,235 @@
+//! The v2 control-plane routes of the newest SDKs (e2b ≥ 2.51: `POST /v2/sandboxes`,
+//! `POST /v2/sandboxes/{id}/connect`) with the exact bodies they send
+//! (`e2b-compat/newest-sdks.md`), against the real binary. The sandbox tests need root
+//! (skipped otherwise; they fail with CI=true).
+
+mod common;
+
+use common::{Daemon, require_root};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn post_raw(d: &Daemon, path: &str, body: &str) -> (u16, Value) {
+    let r = d
+        .api(reqwest::Method::POST, path)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+fn sid(v: &Value) -> String {
+    v["sandboxID"].as_str().expect("sandboxID").to_string()
+}
+
+fn secs_between(a: &Value, b: &Value) -> i64 {
+    let a = chrono::DateTime::parse_from_rfc3339(a.as_str().unwrap()).unwrap();
+    let b = chrono::DateTime::parse_from_rfc3339(b.as_str().unwrap()).unwrap();
+    (b - a).num_seconds()
+}
+
+/// Starts `sleep 1000` in the sandbox (the stream is dropped; the process lives on).
+async fn start_sleep(d: &Daemon, id: &str, token: &str) {
+    let env = common::connect_envelope(&json!({"process": {"cmd": "sleep", "args": ["1000"]}}));
+    let mut r = d
+        .sandbox(reqwest::Method::POST, id, "/process.Process/Start")
+        .header("X-Access-Token", token)
+        .header("Content-Type", "application/connect+json")
+        .header("Connect-Protocol-Version", "1")
+        .body(env)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = tokio::time::timeout(Duration::from_secs(10), r.chunk()).await;
+}
+
+/// Whether `sleep 1000` runs in the sandbox (`Process.List`).
+async fn sleep_runs(d: &Daemon, id: &str, token: &str) -> bool {
+    let r = d
+        .sandbox(reqwest::Method::POST, id, "/process.Process/List")
+        .header("X-Access-Token", token)
+        .header("Content-Type", "application/json")
+        .header("Connect-Protocol-Version", "1")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap().contains("1000")
+}
+
+async fn write_file(d: &Daemon, id: &str, token: &str, path: &str, body: &str) {
+    let r = d
+        .sandbox(
+            reqwest::Method::POST,
+            id,
+            &format!("/files?path={path}&username=user"),
+        )
+        .header("X-Access-Token", token)
+        .header("Content-Type", "application/octet-stream")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+async fn read_file(d: &Daemon, id: &str, token: &str, path: &str) -> String {
+    let r = d
+        .sandbox(
+            reqwest::Method::GET,
+            id,
+            &format!("/files?path={path}&username=user"),
+        )
+        .header("X-Access-Token", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn v2_bad_bodies_and_unknown_sandboxes() {
+    let d = Daemon::start();
+    for body in [
+        r#"{"timeout": 5}"#,
+        r#"{"templateID": 5}"#,
+        r#"{"templateID":"base","timeout":0}"#,
+        r#"{"templateID":"base","metadata":{"a":1}}"#,
+        "",
+        "{",
+    ] {
+        let (s, v) = post_raw(&d, "/v2/sandboxes", body).await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert!(v["code"] == 400 && v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    let (s, v) = post_raw(&d, "/v2/sandboxes", r#"{"templateID":"nosuchtemplate"}"#).await;
+    assert_eq!(s, 404, "{v}");
+    // connect: the body is optional, but what is sent must be well formed
+    for body in [r#"{"memory":"no"}"#, r#"{"timeout":"x"}"#, "[]", "{"] {
+        let (s, v) = post_raw(&d, "/v2/sandboxes/iunknown/connect", body).await;
+        assert_eq!(s, 400, "{body}: {v}");
+    }
+    for body in ["", "{}", r#"{"memory":false}"#] {
+        let (s, v) = post_raw(&d, "/v2/sandboxes/iunknown/connect", body).await;
+        assert_eq!(s, 404, "{body}: {v}");
+        assert_eq!(
+            v["message"],
+            "Sandbox \"iunknown\" doesn't exist or you don't have access to it"
+        );
+    }
+    let (s, _) = post_raw(&d, "/v2/sandboxes/BAD!/connect", "{}").await;
+    assert_eq!(s, 400);
+    // v1 connect keeps its required timeout, and accepts `memory`
+    let (s, v) = post_raw(&d, "/sandboxes/iunknown/connect", "{}").await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _) = post_raw(&d, "/sandboxes/iunknown/connect", r#"{"timeout":10,"memory":false}"#).await;
+    assert_eq!(s, 404);
+}
+
+/// Create with the bodies of py 2.63 and js 2.51, connect with `{}` and no body, and
+/// `{"memory": false}` on a running sandbox (only extends) and on a memory-paused one (a fresh
+/// boot on the same files: processes gone, files kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_create_and_connect_with_the_newest_sdk_bodies() {
+    if !require_root("v2_create_and_connect_with_the_newest_sdk_bodies") {
+        return;
+    }
+    let d = Daemon::start();
+    // js 2.51 create(): no timeout, no secure, no metadata
+    let (s, a) = post_raw(&d, "/v2/sandboxes", r#"{"templateID":"base"}"#).await;
+    assert_eq!(s, 201, "{a}");
+    let id = sid(&a);
+    let token = a["envdAccessToken"].as_str().expect("v2 sandboxes are secured").to_string();
+    assert_eq!(a["templateID"], "base");
+    let (s, info) = d.get(&format!("/sandboxes/{id}")).await;
+    assert_eq!(s, 200);
+    let ttl = secs_between(&info["startedAt"], &info["endAt"]);
+    assert!((299..=300).contains(&ttl), "default v2 timeout is 300 s, got {ttl}: {info}");
+    assert_eq!(info["allowInternetAccess"], true);
+    // py 2.63 create() and create(timeout=120, metadata, envs)
+    let (s, b) = post_raw(
+        &d,
+        "/v2/sandboxes",
+        r#"{"templateID":"base","metadata":{},"envVars":{}}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert!(b["envdAccessToken"].is_string());
+    let (s, c) = post_raw(
+        &d,
+        "/v2/sandboxes",
+        r#"{"templateID":"base","timeout":120,"metadata":{"a":"b"},"envVars":{"X":"1"}}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{c}");
+    let (_, cinfo) = d.get(&format!("/sandboxes/{}", sid(&c))).await;
+    assert!((119..=120).contains(&secs_between(&cinfo["startedAt"], &cinfo["endAt"])));
+    assert_eq!(cinfo["metadata"], json!({"a":"b"}));
+    for x in [&b, &c] {
+        assert_eq!(d.delete(&format!("/sandboxes/{}", sid(x))).await, 204);
+    }
+
+    // connect {} and without a body: 200, same token, endAt not shortened
+    let connect = format!("/v2/sandboxes/{id}/connect");
+    for body in ["{}", ""] {
+        let (s, v) = post_raw(&d, &connect, body).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["envdAccessToken"], token.as_str());
+        assert_eq!(sid(&v), id);
+    }
+    let (_, after) = d.get(&format!("/sandboxes/{id}")).await;
+    assert!(secs_between(&info["endAt"], &after["endAt"]) >= 0);
+
+    // memory:false on a running sandbox only extends it: the processes stay
+    start_sleep(&d, &id, &token).await;
+    write_file(&d, &id, &token, "/home/user/kept.txt", "kept").await;
+    assert!(sleep_runs(&d, &id, &token).await);
+    let (s, v) = post_raw(&d, &connect, r#"{"timeout":600,"memory":false}"#).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(sleep_runs(&d, &id, &token).await, "memory:false rebooted a running sandbox");
+    let (_, extended) = d.get(&format!("/sandboxes/{id}")).await;
+    assert!(secs_between(&after["endAt"], &extended["endAt"]) > 200, "{extended}");
+
+    // memory pause, then connect {}: memory restored (the process survives)
+    let (s, v) = post_raw(&d, &format!("/sandboxes/{id}/pause"), "{}").await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = post_raw(&d, &connect, "{}").await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["envdAccessToken"], token.as_str());
+    assert!(sleep_runs(&d, &id, &token).await, "connect {{}} did not restore memory");
+
+    // memory pause, then connect {"memory": false}: a fresh boot on the same files
+    let (s, _) = post_raw(&d, &format!("/sandboxes/{id}/pause"), r#"{"memory":true}"#).await;
+    assert_eq!(s, 204);
+    let (s, v) = post_raw(&d, &connect, r#"{"memory":false}"#).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["envdAccessToken"], token.as_str());
+    assert!(!sleep_runs(&d, &id, &token).await, "memory:false restored memory");
+    assert_eq!(read_file(&d, &id, &token, "/home/user/kept.txt").await, "kept");
+    let (_, resumed) = d.get(&format!("/sandboxes/{id}")).await;
+    assert_eq!(resumed["state"], "running");
+    let ttl = secs_between(&resumed["startedAt"], &resumed["endAt"]);
+    assert!(ttl >= 299, "resume timeout defaults to 300 s: {resumed}");
+
+    // v1 resume accepts `memory` too
+    start_sleep(&d, &id, &token).await;
+    assert!(sleep_runs(&d, &id, &token).await);
+    let (s, _) = post_raw(&d, &format!("/sandboxes/{id}/pause"), "{}").await;
+    assert_eq!(s, 204);
+    let (s, v) = post_raw(
+        &d,
+        &format!("/sandboxes/{id}/resume"),
+        r#"{"timeout":60,"memory":false}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    assert!(!sleep_runs(&d, &id, &token).await, "v1 resume memory:false restored memory");
+    assert_eq!(read_file(&d, &id, &token, "/home/user/kept.txt").await, "kept");
+    assert_eq!(d.delete(&format!("/sandboxes/{id}")).await, 204);
+}
