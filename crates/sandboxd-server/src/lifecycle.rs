@@ -282,7 +282,12 @@ async fn pause_locked(
 /// one's end time (`WasRunning`). A pause or resume in progress is waited for. Without
 /// `restore_memory` a paused sandbox boots afresh on its files even if its pause kept memory;
 /// a running one is only extended.
-pub async fn connect(mgr: &Arc<Manager>, id: &str, secs: i64, restore_memory: bool) -> Result<Resumed, ApiError> {
+pub async fn connect(
+    mgr: &Arc<Manager>,
+    id: &str,
+    secs: i64,
+    restore_memory: bool,
+) -> Result<Resumed, ApiError> {
     validate_timeout(secs, &mgr.config().limits)?;
     // Held across both branches, so a pause cannot slip in between the check and the extension.
     let _op = mgr.lifecycle.op_lock(id).await;

@@ -106,7 +106,10 @@ async fn v2_bad_bodies_and_unknown_sandboxes() {
     ] {
         let (s, v) = post_raw(&d, "/v2/sandboxes", body).await;
         assert_eq!(s, 400, "{body}: {v}");
-        assert!(v["code"] == 400 && v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(
+            v["code"] == 400 && v["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
     }
     let (s, v) = post_raw(&d, "/v2/sandboxes", r#"{"templateID":"nosuchtemplate"}"#).await;
     assert_eq!(s, 404, "{v}");
@@ -128,7 +131,12 @@ async fn v2_bad_bodies_and_unknown_sandboxes() {
     // v1 connect keeps its required timeout, and accepts `memory`
     let (s, v) = post_raw(&d, "/sandboxes/iunknown/connect", "{}").await;
     assert_eq!(s, 400, "{v}");
-    let (s, _) = post_raw(&d, "/sandboxes/iunknown/connect", r#"{"timeout":10,"memory":false}"#).await;
+    let (s, _) = post_raw(
+        &d,
+        "/sandboxes/iunknown/connect",
+        r#"{"timeout":10,"memory":false}"#,
+    )
+    .await;
     assert_eq!(s, 404);
 }
 
@@ -145,12 +153,18 @@ async fn v2_create_and_connect_with_the_newest_sdk_bodies() {
     let (s, a) = post_raw(&d, "/v2/sandboxes", r#"{"templateID":"base"}"#).await;
     assert_eq!(s, 201, "{a}");
     let id = sid(&a);
-    let token = a["envdAccessToken"].as_str().expect("v2 sandboxes are secured").to_string();
+    let token = a["envdAccessToken"]
+        .as_str()
+        .expect("v2 sandboxes are secured")
+        .to_string();
     assert_eq!(a["templateID"], "base");
     let (s, info) = d.get(&format!("/sandboxes/{id}")).await;
     assert_eq!(s, 200);
     let ttl = secs_between(&info["startedAt"], &info["endAt"]);
-    assert!((299..=300).contains(&ttl), "default v2 timeout is 300 s, got {ttl}: {info}");
+    assert!(
+        (299..=300).contains(&ttl),
+        "default v2 timeout is 300 s, got {ttl}: {info}"
+    );
     assert_eq!(info["allowInternetAccess"], true);
     // py 2.63 create() and create(timeout=120, metadata, envs)
     let (s, b) = post_raw(
@@ -192,9 +206,15 @@ async fn v2_create_and_connect_with_the_newest_sdk_bodies() {
     assert!(sleep_runs(&d, &id, &token).await);
     let (s, v) = post_raw(&d, &connect, r#"{"timeout":600,"memory":false}"#).await;
     assert_eq!(s, 200, "{v}");
-    assert!(sleep_runs(&d, &id, &token).await, "memory:false rebooted a running sandbox");
+    assert!(
+        sleep_runs(&d, &id, &token).await,
+        "memory:false rebooted a running sandbox"
+    );
     let (_, extended) = d.get(&format!("/sandboxes/{id}")).await;
-    assert!(secs_between(&after["endAt"], &extended["endAt"]) > 200, "{extended}");
+    assert!(
+        secs_between(&after["endAt"], &extended["endAt"]) > 200,
+        "{extended}"
+    );
 
     // memory pause, then connect {}: memory restored (the process survives)
     let (s, v) = post_raw(&d, &format!("/sandboxes/{id}/pause"), "{}").await;
@@ -202,7 +222,10 @@ async fn v2_create_and_connect_with_the_newest_sdk_bodies() {
     let (s, v) = post_raw(&d, &connect, "{}").await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["envdAccessToken"], token.as_str());
-    assert!(sleep_runs(&d, &id, &token).await, "connect {{}} did not restore memory");
+    assert!(
+        sleep_runs(&d, &id, &token).await,
+        "connect {{}} did not restore memory"
+    );
 
     // memory pause, then connect {"memory": false}: a fresh boot on the same files
     let (s, _) = post_raw(&d, &format!("/sandboxes/{id}/pause"), r#"{"memory":true}"#).await;
@@ -229,7 +252,10 @@ async fn v2_create_and_connect_with_the_newest_sdk_bodies() {
     )
     .await;
     assert_eq!(s, 201, "{v}");
-    assert!(!sleep_runs(&d, &id, &token).await, "v1 resume memory:false restored memory");
+    assert!(
+        !sleep_runs(&d, &id, &token).await,
+        "v1 resume memory:false restored memory"
+    );
     assert_eq!(read_file(&d, &id, &token, "/home/user/kept.txt").await, "kept");
     assert_eq!(d.delete(&format!("/sandboxes/{id}")).await, 204);
 }

@@ -33,7 +33,10 @@ pub fn router(mgr: Arc<Manager>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/sandboxes", post(sandboxes::create).get(sandboxes::list_v1))
-        .route("/v2/sandboxes", get(sandboxes::list_v2).post(sandboxes::create_v2))
+        .route(
+            "/v2/sandboxes",
+            get(sandboxes::list_v2).post(sandboxes::create_v2),
+        )
         .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect_v2))
         .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::kill))
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))

@@ -640,7 +640,11 @@ mod tests {
         assert_eq!(p.metadata["a"], "b");
         assert_eq!(p.env_vars["X"], "1");
         // `secure` is not part of v2: every v2 sandbox is secured
-        let p = parse_as(CreateApi::V2, serde_json::json!({"templateID":"base","secure":false})).unwrap();
+        let p = parse_as(
+            CreateApi::V2,
+            serde_json::json!({"templateID":"base","secure":false}),
+        )
+        .unwrap();
         assert!(p.secure);
         // so allowPublicTraffic: false needs no `secure`
         let p = parse_as(
