@@ -31,7 +31,7 @@ function row(name, e2bPkg, e2b, ciPkg, ci) {
   return { name, label: `e2b ${e2bVersion}, @e2b/code-interpreter ${ciVersion}`, e2b, ci, e2bPkg, ciPkg }
 }
 
-const ALL_ROWS = [
+export const ALL_ROWS = [
   row('newest', 'e2b', e2bNewest, '@e2b/code-interpreter', ciNewest),
   row('oldest', 'e2b-old', e2bOld, 'code-interpreter-old', ciOld),
 ]
