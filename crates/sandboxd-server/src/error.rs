@@ -43,13 +43,28 @@ pub enum ApiError {
     /// 413: a control-plane request body over the limit.
     #[error("request body too large (limit {0} bytes)")]
     PayloadTooLarge(usize),
-    /// 429: the daemon's concurrent sandbox limit is reached.
+    /// 422: an `Idempotency-Key` already used with another request body.
+    #[error("Idempotency-Key '{0}' was already used with a different request body")]
+    IdempotencyMismatch(String),
+    /// 409: a request with this `Idempotency-Key` is still being served (retry shortly).
+    #[error("a request with Idempotency-Key '{0}' is still in progress")]
+    IdempotencyInProgress(String),
+    /// 409: a request with this `Idempotency-Key` was cut short by a daemon restart.
+    #[error(
+        "a request with Idempotency-Key '{0}' was in progress when sandboxd restarted; whether it created a sandbox is unknown: list the sandboxes, or use a new key"
+    )]
+    IdempotencyOutcomeUnknown(String),
+    /// 429: the daemon's concurrent sandbox limit is reached (passes as sandboxes end).
     #[error("{0}")]
     TooManySandboxes(String),
     /// 500.
     #[error("{0}")]
     Internal(String),
-    /// 503: the daemon is shutting down.
+    /// 501: this host cannot do that at all (not root, no freezer, no loop devices…); a retry
+    /// cannot help (`Should-Retry: false`).
+    #[error("{0}")]
+    NotSupportedHere(String),
+    /// 503: a condition that passes (the daemon is shutting down or busy); `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
     /// 502 for sandbox traffic to an unknown, killed, expired or paused sandbox.
@@ -71,12 +86,38 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_)
+            | ApiError::IdempotencyInProgress(_)
+            | ApiError::IdempotencyOutcomeUnknown(_) => StatusCode::CONFLICT,
+            ApiError::IdempotencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManySandboxes(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotSupportedHere(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::SandboxNotRunning(_) | ApiError::PortNotOpen { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Upstream's machine-readable `error_code`, where one applies.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::IdempotencyMismatch(_) => Some("idempotency_request_mismatch"),
+            ApiError::IdempotencyInProgress(_) => Some("idempotency_in_progress"),
+            ApiError::IdempotencyOutcomeUnknown(_) => Some("idempotency_outcome_unknown"),
+            _ => None,
+        }
+    }
+
+    /// Retry hints for the SDKs: `(Retry-After seconds, Should-Retry)`. The Python SDK retries
+    /// 429/502/503/504 unless `Should-Retry: false`, and any status with `Should-Retry: true`;
+    /// the JS SDK retries a 429 that has `Retry-After`.
+    pub fn retry_hints(&self) -> (Option<u32>, Option<bool>) {
+        match self {
+            ApiError::TooManySandboxes(_) | ApiError::Unavailable(_) => (Some(1), None),
+            ApiError::IdempotencyInProgress(_) => (Some(1), Some(true)),
+            ApiError::NotSupportedHere(_) => (None, Some(false)),
+            _ => (None, None),
         }
     }
 
@@ -101,6 +142,8 @@ impl ApiError {
         struct Plain {
             code: u16,
             message: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error_code: Option<&'static str>,
         }
         let code = self.status().as_u16();
         let message = self.to_string();
@@ -116,7 +159,11 @@ impl ApiError {
                 port: *port,
                 code,
             }),
-            _ => serde_json::to_string(&Plain { code, message }),
+            _ => serde_json::to_string(&Plain {
+                code,
+                message,
+                error_code: self.error_code(),
+            }),
         };
         encoded.unwrap_or_else(|_| format!("{{\"code\":{code},\"message\":\"error\"}}"))
     }
@@ -125,8 +172,18 @@ impl ApiError {
     pub fn to_response(&self) -> Response {
         let mut resp = Response::new(Body::from(self.body()));
         *resp.status_mut() = self.status();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+        let (retry_after, should_retry) = self.retry_hints();
+        if let Some(secs) = retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(retry) = should_retry {
+            h.insert(
+                "should-retry",
+                HeaderValue::from_static(if retry { "true" } else { "false" }),
+            );
+        }
         resp
     }
 }
@@ -145,7 +202,7 @@ impl From<RuntimeError> for ApiError {
         match e {
             RuntimeError::TemplateNotFound(t) => ApiError::TemplateNotFound(t),
             RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
-            RuntimeError::Unsupported(m) => ApiError::Unavailable(m),
+            RuntimeError::Unsupported(m) => ApiError::NotSupportedHere(m),
             other => ApiError::Internal(format!("sandbox backend: {other}")),
         }
     }
@@ -231,6 +288,40 @@ mod tests {
         assert_eq!(body["message"], "The sandbox is running but port is not open");
     }
 
+    /// What the newest SDKs classify: a permanent host condition is not retried, passing
+    /// conditions carry `Retry-After`, idempotency errors carry upstream's `error_code`.
+    #[tokio::test]
+    async fn retry_hints_and_error_codes() {
+        let hints = |e: ApiError| {
+            let r = e.to_response();
+            let get = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), get("retry-after"), get("should-retry"))
+        };
+        let host = ApiError::from(RuntimeError::Unsupported("sandboxd must run as root".into()));
+        assert_eq!(hints(host), (501, None, Some("false".into())));
+        assert_eq!(
+            hints(ApiError::TooManySandboxes("limit".into())),
+            (429, Some("1".into()), None)
+        );
+        assert_eq!(
+            hints(ApiError::Unavailable("shutting down".into())),
+            (503, Some("1".into()), None)
+        );
+        assert_eq!(
+            hints(ApiError::IdempotencyInProgress("k".into())),
+            (409, Some("1".into()), Some("true".into()))
+        );
+        assert_eq!(hints(ApiError::Internal("x".into())), (500, None, None));
+        let (status, _, body) = parts(ApiError::IdempotencyMismatch("k".into())).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["error_code"], "idempotency_request_mismatch");
+        assert_eq!(body["code"], 422);
+        let (_, _, body) = parts(ApiError::IdempotencyOutcomeUnknown("k".into())).await;
+        assert_eq!(body["error_code"], "idempotency_outcome_unknown");
+        let (_, _, body) = parts(ApiError::BadRequest("x".into())).await;
+        assert!(body.get("error_code").is_none(), "{body}");
+    }
+
     #[test]
     fn runtime_errors_map_to_statuses() {
         assert_eq!(
@@ -243,7 +334,7 @@ mod tests {
         );
         assert_eq!(
             ApiError::from(RuntimeError::Unsupported("not root".into())).status(),
-            StatusCode::SERVICE_UNAVAILABLE
+            StatusCode::NOT_IMPLEMENTED
         );
         assert_eq!(
             ApiError::from(RuntimeError::NotReady(5)).status(),

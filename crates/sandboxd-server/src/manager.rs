@@ -62,6 +62,10 @@ pub struct Manager {
     pub lifecycle: crate::lifecycle::LifecycleState,
     /// Warm pool of booted, idle sandboxes (`pool.rs`).
     pub pool: crate::pool::Pool,
+    /// Random id of this daemon run (idempotency keys left pending by an earlier run).
+    run_id: String,
+    /// Set once a shutdown began: creates answer 503.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Manager {
@@ -171,7 +175,20 @@ impl Manager {
             observability: crate::metrics::Observability::default(),
             lifecycle: crate::lifecycle::LifecycleState::default(),
             pool,
+            run_id: new_token(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Random id of this daemon run.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// From now on creates answer 503 "shutting down" (the listener is closing).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn config(&self) -> &ServerConfig {
@@ -192,7 +209,8 @@ impl Manager {
         &self.store
     }
 
-    async fn db<T: Send + 'static>(
+    /// Runs a registry call on the blocking pool.
+    pub(crate) async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -246,6 +264,14 @@ impl Manager {
 
     /// Creates a sandbox and returns it once its agent answers.
     pub async fn create(self: &Arc<Self>, params: CreateParams) -> Result<Arc<LiveSandbox>, ApiError> {
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(ApiError::Unavailable(
+                "sandboxd is shutting down; retry once it is back".into(),
+            ));
+        }
         let timeout = validate_timeout(params.timeout_secs, &self.config.limits)?;
         let (template_id, alias) = self.resolve_template(&params.template)?;
         let limits = resolve_limits(

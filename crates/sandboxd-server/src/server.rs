@@ -142,6 +142,7 @@ impl Server {
             }
         }
         tracing::info!("shutting down; sandboxes keep running");
+        self.shared.mgr.begin_shutdown();
         drop(self.listener);
         drain.cancel();
         tracker.close();

@@ -1,5 +1,5 @@
 //! A backend for a daemon that cannot create sandboxes on this host (for example not running
-//! as root): the API is served, `base` is known, and every create fails with 503 and the
+//! as root): the API is served, `base` is known, and every create fails with 501 (`Should-Retry: false`) and the
 //! reason. Used by `sandboxd serve` when the real backend cannot start, so that the reason is
 //! visible to clients instead of a daemon that does not come up.
 

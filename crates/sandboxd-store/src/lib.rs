@@ -8,7 +8,9 @@
 //! committed write survives a power cut. All calls are synchronous and short; async callers
 //! run them on a blocking thread if they care about latency.
 
+mod idempotency;
 mod snapshots;
+pub use idempotency::IdempotencyClaim;
 pub use snapshots::SnapshotRow;
 
 use chrono::{DateTime, TimeZone, Utc};

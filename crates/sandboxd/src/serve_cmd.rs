@@ -125,7 +125,7 @@ fn cgroup_root_for(data_dir: &Path) -> String {
 }
 
 /// The namespace backend, or (when it cannot run here, for example without root) a backend
-/// that answers every create with 503 and the reason.
+/// that answers every create with 501 and the reason.
 fn backend(data_dir: &Path) -> anyhow::Result<Arc<dyn SandboxBackend>> {
     let exe = std::env::current_exe().context("locating the sandboxd executable")?;
     let mut cfg = sandboxd_runtime::namespace::NamespaceConfig::new(data_dir, exe);

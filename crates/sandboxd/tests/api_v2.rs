@@ -259,3 +259,97 @@ async fn v2_create_and_connect_with_the_newest_sdk_bodies() {
     assert_eq!(read_file(&d, &id, &token, "/home/user/kept.txt").await, "kept");
     assert_eq!(d.delete(&format!("/sandboxes/{id}")).await, 204);
 }
+
+async fn create_with_key(d: &Daemon, key: &str, body: &Value) -> (u16, Value, bool) {
+    let r = d
+        .api(reqwest::Method::POST, "/v2/sandboxes")
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    let replayed = r.headers().get("idempotent-replayed").is_some();
+    (s, r.json().await.unwrap_or(Value::Null), replayed)
+}
+
+#[tokio::test]
+async fn bad_idempotency_keys_are_400() {
+    let d = Daemon::start();
+    for key in ["UPPER", "a_b", "with space", &"a".repeat(256), ""] {
+        let (s, v, _) = create_with_key(&d, key, &json!({"templateID": "base"})).await;
+        assert_eq!(s, 400, "{key:?}: {v}");
+        assert!(v["message"].as_str().unwrap().contains("Idempotency-Key"), "{v}");
+    }
+}
+
+/// Same key and body → the same sandbox (also under concurrent retries and after a restart);
+/// another body → 422; a failed create frees the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotent_create_never_creates_twice() {
+    if !require_root("idempotent_create_never_creates_twice") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = common::test_key();
+    let opts = common::Opts {
+        key: Some(key.clone()),
+        ..Default::default()
+    };
+    let mut d = Daemon::start_in(&data, opts.clone()).unwrap();
+    let body = json!({"templateID":"base","metadata":{"test":"idem"},"envVars":{}});
+
+    // concurrent retries of one create: one sandbox
+    let k1 = "0b6f6c1e-4c7a-4d5e-9d3e-5f1c2a3b4c5d";
+    let tries = futures::future::join_all((0..4).map(|_| create_with_key(&d, k1, &body))).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for (s, v, _) in &tries {
+        match s {
+            201 => {
+                ids.insert(sid(v));
+            }
+            409 => assert_eq!(v["error_code"], "idempotency_in_progress", "{v}"),
+            _ => panic!("unexpected answer {s}: {v}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "{tries:?}");
+    let id = ids.into_iter().next().unwrap();
+    // the retry after completion replays the same answer
+    let (s, v, replayed) = create_with_key(&d, k1, &body).await;
+    assert_eq!((s, sid(&v), replayed), (201, id.clone(), true), "{v}");
+    assert!(v["envdAccessToken"].is_string());
+    // key order and whitespace do not matter
+    let (s, v, _) = create_with_key(
+        &d,
+        k1,
+        &serde_json::from_str(r#"{"envVars":{}, "metadata":{"test":"idem"}, "templateID":"base"}"#).unwrap(),
+    )
+    .await;
+    assert_eq!((s, sid(&v)), (201, id.clone()));
+    let (s, listed) = d.get("/v2/sandboxes?metadata=test%3Didem").await;
+    assert_eq!(s, 200);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    // another body with the same key
+    let (s, v, _) = create_with_key(&d, k1, &json!({"templateID":"base","timeout":60})).await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error_code"], "idempotency_request_mismatch");
+    assert!(v["message"].as_str().unwrap().contains(k1));
+
+    // a failed create frees its key
+    let k2 = "retry-after-failure";
+    let (s, _, _) = create_with_key(&d, k2, &json!({"templateID":"nosuchtemplate"})).await;
+    assert_eq!(s, 404);
+    let (s, v, replayed) = create_with_key(&d, k2, &json!({"templateID":"base"})).await;
+    assert_eq!((s, replayed), (201, false), "{v}");
+    assert_eq!(d.delete(&format!("/sandboxes/{}", sid(&v))).await, 204);
+
+    // keys are durable: after a restart the same key still answers the same sandbox
+    let status = d.terminate().unwrap();
+    assert!(status.success(), "{}", d.logs());
+    let d = Daemon::start_in(&data, opts).unwrap();
+    let (s, v, replayed) = create_with_key(&d, k1, &body).await;
+    assert_eq!((s, sid(&v), replayed), (201, id.clone(), true), "{v}");
+    assert_eq!(d.delete(&format!("/sandboxes/{id}")).await, 204);
+}

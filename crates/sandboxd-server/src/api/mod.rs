@@ -5,6 +5,7 @@
 //! segment (`team%2Fsnap%3Adefault`) stays one segment. Errors become responses in one place:
 //! [`crate::error::ApiError`].
 
+pub mod idempotency;
 pub mod logs;
 pub mod metrics;
 pub mod sandboxes;

@@ -286,22 +286,38 @@ pub(super) async fn create(
     State(mgr): State<Arc<Manager>>,
     JsonBody(body): JsonBody<NewSandbox>,
 ) -> Response {
-    create_with(&mgr, body, CreateApi::V1).await
+    match body.into_params(CreateApi::V1) {
+        Ok(params) => create_with(&mgr, params).await,
+        Err(e) => e.into_response(),
+    }
 }
 
-/// `POST /v2/sandboxes`.
+/// `POST /v2/sandboxes`, with an optional `Idempotency-Key` (`idempotency.rs`).
 pub(super) async fn create_v2(
     State(mgr): State<Arc<Manager>>,
-    JsonBody(body): JsonBody<NewSandbox>,
+    headers: axum::http::HeaderMap,
+    JsonBody(raw): JsonBody<serde_json::Value>,
 ) -> Response {
-    create_with(&mgr, body, CreateApi::V2).await
-}
-
-async fn create_with(mgr: &Arc<Manager>, body: NewSandbox, api: CreateApi) -> Response {
-    let params = match body.into_params(api) {
+    let key = match super::idempotency::key_of(&headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let fingerprint = key.as_ref().map(|_| super::idempotency::fingerprint(&raw));
+    // a bad body is refused before a key is claimed
+    let params = match serde_json::from_value::<NewSandbox>(raw)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+        .and_then(|b| b.into_params(CreateApi::V2))
+    {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    match key.zip(fingerprint) {
+        Some((key, fp)) => super::idempotency::create_once(&mgr, key, fp, params).await,
+        None => create_with(&mgr, params).await,
+    }
+}
+
+async fn create_with(mgr: &Arc<Manager>, params: CreateParams) -> Response {
     match mgr.create(params).await {
         Ok(s) => json(StatusCode::CREATED, &sandbox_out(&s, mgr.domain())),
         Err(e) => e.into_response(),
