@@ -264,10 +264,7 @@ impl Manager {
 
     /// Creates a sandbox and returns it once its agent answers.
     pub async fn create(self: &Arc<Self>, params: CreateParams) -> Result<Arc<LiveSandbox>, ApiError> {
-        if self
-            .shutting_down
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if self.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ApiError::Unavailable(
                 "sandboxd is shutting down; retry once it is back".into(),
             ));

@@ -109,7 +109,9 @@ mod tests {
     #[test]
     fn claim_finish_replay_mismatch_release_expire() {
         let s = Store::open_in_memory().unwrap();
-        let claim = |key: &str, fp: &str, run: &str, now: i64| s.idempotency_claim(key, fp, run, now, now - 100).unwrap();
+        let claim = |key: &str, fp: &str, run: &str, now: i64| {
+            s.idempotency_claim(key, fp, run, now, now - 100).unwrap()
+        };
         assert_eq!(claim("k", "a", "r1", 1000), IdempotencyClaim::Claimed);
         assert_eq!(claim("k", "a", "r1", 1001), IdempotencyClaim::InProgress);
         assert_eq!(claim("k", "b", "r1", 1001), IdempotencyClaim::Mismatch);
@@ -126,7 +128,10 @@ mod tests {
         assert_eq!(claim("k", "b", "r2", 1003), IdempotencyClaim::Mismatch);
         // a finished key is not released
         s.idempotency_release("k").unwrap();
-        assert!(matches!(claim("k", "a", "r2", 1004), IdempotencyClaim::Done { .. }));
+        assert!(matches!(
+            claim("k", "a", "r2", 1004),
+            IdempotencyClaim::Done { .. }
+        ));
         // a failed request's key is free again
         assert_eq!(claim("f", "a", "r1", 1004), IdempotencyClaim::Claimed);
         s.idempotency_release("f").unwrap();

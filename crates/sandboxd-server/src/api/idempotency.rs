@@ -31,14 +31,12 @@ pub fn key_of(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     };
     let ok = |k: &[u8]| {
         (1..=255).contains(&k.len())
-            && k
-                .iter()
+            && k.iter()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
     };
     if !ok(v.as_bytes()) {
         return Err(ApiError::BadRequest(
-            "Idempotency-Key must be 1 to 255 characters of lowercase letters, digits and hyphens"
-                .into(),
+            "Idempotency-Key must be 1 to 255 characters of lowercase letters, digits and hyphens".into(),
         ));
     }
     Ok(Some(String::from_utf8_lossy(v.as_bytes()).into_owned()))
@@ -82,7 +80,12 @@ pub fn fingerprint(body: &serde_json::Value) -> String {
 
 /// Creates the sandbox at most once per key. Runs in its own task, so the outcome is recorded
 /// even if the client hangs up.
-pub async fn create_once(mgr: &Arc<Manager>, key: String, fingerprint: String, params: CreateParams) -> Response {
+pub async fn create_once(
+    mgr: &Arc<Manager>,
+    key: String,
+    fingerprint: String,
+    params: CreateParams,
+) -> Response {
     let mgr = mgr.clone();
     match tokio::spawn(async move { create_once_inner(&mgr, key, fingerprint, params).await }).await {
         Ok(r) => r,
@@ -90,7 +93,12 @@ pub async fn create_once(mgr: &Arc<Manager>, key: String, fingerprint: String, p
     }
 }
 
-async fn create_once_inner(mgr: &Arc<Manager>, key: String, fingerprint: String, params: CreateParams) -> Response {
+async fn create_once_inner(
+    mgr: &Arc<Manager>,
+    key: String,
+    fingerprint: String,
+    params: CreateParams,
+) -> Response {
     let now = chrono::Utc::now();
     let (now_us, expire_us) = (now.timestamp_micros(), (now - KEY_TTL).timestamp_micros());
     let (k, run) = (key.clone(), mgr.run_id().to_string());
@@ -104,11 +112,7 @@ async fn create_once_inner(mgr: &Arc<Manager>, key: String, fingerprint: String,
         Ok(IdempotencyClaim::OutcomeUnknown) => ApiError::IdempotencyOutcomeUnknown(key).into_response(),
         Ok(IdempotencyClaim::Done { status, body }) => {
             tracing::info!(key = %key, "idempotent create replayed");
-            let mut r = (
-                StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED),
-                body,
-            )
-                .into_response();
+            let mut r = (StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED), body).into_response();
             let h = r.headers_mut();
             h.insert(
                 http::header::CONTENT_TYPE,
@@ -182,7 +186,8 @@ mod tests {
     fn fingerprints_ignore_key_order_not_values() {
         let a = serde_json::json!({"templateID":"base","metadata":{"a":"1","b":"2"},"timeout":60});
         let b: serde_json::Value =
-            serde_json::from_str(r#"{ "timeout": 60, "metadata": {"b":"2","a":"1"}, "templateID": "base" }"#).unwrap();
+            serde_json::from_str(r#"{ "timeout": 60, "metadata": {"b":"2","a":"1"}, "templateID": "base" }"#)
+                .unwrap();
         assert_eq!(fingerprint(&a), fingerprint(&b));
         let c = serde_json::json!({"templateID":"base","metadata":{"a":"1","b":"2"},"timeout":61});
         assert_ne!(fingerprint(&a), fingerprint(&c));
