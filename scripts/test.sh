@@ -33,25 +33,18 @@ status=0
 echo "== Python SDK tests: oldest supported SDKs (.venv), whole suite"
 .venv/bin/python -m pytest tests/python "${pytest_args[@]}" "$@" || status=1
 
-# The newest SDKs create with POST /v2/sandboxes, which the daemon does not serve yet (issue 9):
-# their rows join CI when it does. Until then only the oldest JS row runs.
-newest_rows=0
-if [ "$newest_rows" = 1 ]; then
-  echo "== Python SDK tests: newest SDKs (.venv-newest), representative subset"
-  # create, commands, files, PTY, watch, pause/resume, snapshots, code interpreter, README
-  newest_subset=(
-    tests/python/test_quickstart.py tests/python/test_control_plane.py
-    tests/python/envd/test_process_commands.py tests/python/envd/test_process_pty.py
-    tests/python/envd/test_files_sync.py tests/python/envd/test_files_async.py
-    tests/python/envd/test_watch_sync.py tests/python/envd/test_watch_async.py
-    tests/python/test_pause.py tests/python/test_snapshot_api.py
-    tests/python/interpreter/test_execution.py tests/python/interpreter/test_contexts.py
-    tests/python/test_readme.py
-  )
-  .venv-newest/bin/python -m pytest "${newest_subset[@]}" "${pytest_args[@]}" || status=1
-else
-  export SANDBOXD_JS_SDK_ROWS=oldest
-fi
+echo "== Python SDK tests: newest SDKs (.venv-newest), representative subset"
+# create, commands, files, PTY, watch, pause/resume, snapshots, code interpreter, the README
+newest_subset=(
+  tests/python/test_quickstart.py tests/python/test_control_plane.py
+  tests/python/envd/test_process_commands.py tests/python/envd/test_process_pty.py
+  tests/python/envd/test_files_sync.py tests/python/envd/test_files_async.py
+  tests/python/envd/test_watch_sync.py tests/python/envd/test_watch_async.py
+  tests/python/test_pause.py tests/python/test_snapshot_api.py
+  tests/python/interpreter/test_execution.py tests/python/interpreter/test_contexts.py
+  tests/python/test_readme.py
+)
+.venv-newest/bin/python -m pytest "${newest_subset[@]}" "${pytest_args[@]}" || status=1
 
 echo "== JS SDK tests (tests/js, node --test): ${SANDBOXD_JS_SDK_ROWS:-all} rows"
 (cd tests/js && node --test --test-reporter=spec --test-concurrency=2 ./*.test.mjs) || status=1

@@ -99,6 +99,22 @@ def test_filesystem_pause_keeps_files_and_reboots(sandbox):
     assert sandbox.commands.run("sudo id -u").stdout.strip() == "0"
 
 
+@pytest.mark.sdk(min="2.51.0")
+def test_connect_on_resume_reboot_boots_afresh_on_the_same_files(sandbox):
+    """e2b >= 2.51: connect(on_resume="reboot") sends {"memory": false} to
+    /v2/sandboxes/{id}/connect: a memory pause is resumed by a fresh boot on its files."""
+    boot = _boot_id(sandbox)
+    bg = sandbox.commands.run("sleep 600", background=True)
+    sandbox.files.write("/home/user/reboot-marker", "still here")
+    assert sandbox.pause() is True
+    resumed = Sandbox.connect(sandbox.sandbox_id, on_resume="reboot")
+    assert resumed.is_running()
+    assert _boot_id(resumed) != boot
+    assert resumed.files.read("/home/user/reboot-marker") == "still here"
+    r = resumed.commands.run(f"kill -0 {bg.pid} 2>/dev/null && echo alive || echo gone")
+    assert r.stdout.strip() == "gone"
+
+
 def test_pause_unknown_sandbox_raises_not_found():
     with pytest.raises(NotFoundException):
         Sandbox.pause("nonexistingsandbox")
