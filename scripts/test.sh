@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of sandboxd: formatting and lints, Rust unit and integration tests (privileged
 # ones included: run as root), then the Python and JS tests with the official E2B SDKs (each
-# supported SDK row) against a real daemon. Installs what it needs on the way. With CI=true, privileged tests fail instead of skipping.
+# supported SDK row) against a real daemon. Installs what it needs on the way. With CI=true,
+# privileged tests fail instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never

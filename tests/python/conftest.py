@@ -18,12 +18,9 @@ import uuid
 from importlib.metadata import version
 
 import pytest
+from packaging.version import Version
 
 from sandboxd_daemon import BIN, _kill_all, _set_env, _wait_healthy, _free_port  # noqa: F401
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split("."))
 
 
 E2B_VERSION = version("e2b")
@@ -36,8 +33,8 @@ def pytest_report_header(config):
 def pytest_runtest_setup(item):
     for mark in item.iter_markers("sdk"):
         low, below = mark.kwargs.get("min"), mark.kwargs.get("below")
-        have = _version(E2B_VERSION)
-        if (low and have < _version(low)) or (below and have >= _version(below)):
+        have = Version(E2B_VERSION)
+        if (low and have < Version(low)) or (below and have >= Version(below)):
             pytest.skip(f"needs e2b in [{low or '-'}, {below or '-'}), this row has {E2B_VERSION}")
 
 
