@@ -104,6 +104,23 @@ pub async fn read_body_limited(body: Body, limit: usize) -> Result<Bytes, Connec
     Ok(buf.freeze())
 }
 
+/// Reads and drops a request body we refuse (up to [`MAX_UNARY_BODY`], for a few seconds), so
+/// the refusal reaches the client instead of a connection closed under its upload; returns `err`.
+pub async fn drain_then(body: Body, err: ConnectError) -> ConnectError {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let drain = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > MAX_UNARY_BODY {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    err
+}
+
 /// Decode a JSON message; errors are `invalid_argument` with the serde message.
 pub fn decode_json<T: DeserializeOwned>(data: &[u8]) -> Result<T, ConnectError> {
     let data = if data.iter().all(|b| b.is_ascii_whitespace()) {
@@ -117,14 +134,18 @@ pub fn decode_json<T: DeserializeOwned>(data: &[u8]) -> Result<T, ConnectError> 
 
 /// Read and decode a unary request (content type `application/json`).
 pub async fn read_unary<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ConnectError> {
-    check_protocol_version(headers)?;
-    let ct = content_type(headers);
-    if ct != CONTENT_TYPE_UNARY_JSON {
-        return Err(ConnectError::unimplemented(format!(
-            "unsupported content-type {ct:?}: only application/json is supported"
-        )));
+    let checked = check_protocol_version(headers).and_then(|()| {
+        let ct = content_type(headers);
+        if ct != CONTENT_TYPE_UNARY_JSON {
+            return Err(ConnectError::unimplemented(format!(
+                "unsupported content-type {ct:?}: only application/json is supported"
+            )));
+        }
+        check_encoding(headers, "content-encoding")
+    });
+    if let Err(e) = checked {
+        return Err(drain_then(body, e).await);
     }
-    check_encoding(headers, "content-encoding")?;
     let data = read_body_limited(body, MAX_UNARY_BODY).await?;
     decode_json(&data)
 }
@@ -134,14 +155,18 @@ pub async fn read_stream_request<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ConnectError> {
-    check_protocol_version(headers)?;
-    let ct = content_type(headers);
-    if ct != CONTENT_TYPE_STREAM_JSON {
-        return Err(ConnectError::unimplemented(format!(
-            "unsupported content-type {ct:?}: only application/connect+json is supported"
-        )));
+    let checked = check_protocol_version(headers).and_then(|()| {
+        let ct = content_type(headers);
+        if ct != CONTENT_TYPE_STREAM_JSON {
+            return Err(ConnectError::unimplemented(format!(
+                "unsupported content-type {ct:?}: only application/connect+json is supported"
+            )));
+        }
+        check_encoding(headers, "connect-content-encoding")
+    });
+    if let Err(e) = checked {
+        return Err(drain_then(body, e).await);
     }
-    check_encoding(headers, "connect-content-encoding")?;
     let data = read_body_limited(body, MAX_STREAM_MESSAGE + 5).await?;
     let mut dec = EnvelopeDecoder::new(MAX_STREAM_MESSAGE);
     dec.push(&data);

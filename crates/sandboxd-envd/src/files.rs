@@ -70,6 +70,32 @@ fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
+/// A failed file operation: a client mistake (bad path, no permission, read-only file system)
+/// is a 4xx with the reason; only the rest is a 500.
+fn io_failure(what: String, e: &io::Error) -> FilesError {
+    if is_no_space(e) {
+        return no_space();
+    }
+    let status = match e.raw_os_error() {
+        Some(
+            libc::ENOENT
+            | libc::ENOTDIR
+            | libc::EISDIR
+            | libc::EINVAL
+            | libc::ENAMETOOLONG
+            | libc::ELOOP
+            | libc::EEXIST
+            | libc::EXDEV
+            | libc::EBUSY
+            | libc::ETXTBSY
+            | libc::EOPNOTSUPP,
+        ) => StatusCode::BAD_REQUEST,
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => StatusCode::FORBIDDEN,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    FilesError::new(status, format!("{what}: {e}"))
+}
+
 fn no_space() -> FilesError {
     FilesError::new(
         StatusCode::INSUFFICIENT_STORAGE,
@@ -362,7 +388,7 @@ async fn download_inner(
                 format!("path '{path}' does not exist"),
             ));
         }
-        Err(e) => return Err(FilesError::internal(format!("error checking path '{path}': {e}"))),
+        Err(e) => return Err(io_failure(format!("error checking path '{path}'"), &e)),
     };
     if md.is_dir() {
         return Err(FilesError::bad_request(format!("path '{path}' is a directory")));
@@ -384,7 +410,7 @@ async fn download_inner(
         .custom_flags(libc::O_NONBLOCK)
         .open(&path)
         .await
-        .map_err(|e| FilesError::internal(format!("error opening '{path}': {e}")))?;
+        .map_err(|e| io_failure(format!("error opening '{path}'"), &e))?;
     let name = entry::base_name(&path);
     let content_type = mime_guess::from_path(&path).first_or_octet_stream();
     let mut builder = Response::builder()
@@ -672,6 +698,7 @@ impl Upload {
         let p = path.clone();
         let file = blocking(move || open_for_upload(&st, &p, uid, gid)).await?;
         let mut buf = BytesMut::with_capacity(WRITE_BUFFER);
+        let first_was_none = first.is_none();
         if let Some(first) = first {
             buf.extend_from_slice(&first);
         }
@@ -679,7 +706,9 @@ impl Upload {
         // memory stays bounded by two buffers.
         let mut in_flight: Option<tokio::task::JoinHandle<Result<std::fs::File, FilesError>>> = None;
         let mut idle = Some(file);
-        loop {
+        // No first chunk: the body already ended, and a finished stream must not be polled again.
+        let mut ended = first_was_none;
+        while !ended {
             if buf.len() >= WRITE_BUFFER {
                 let f = match (idle.take(), in_flight.take()) {
                     (Some(f), _) => f,
@@ -696,7 +725,7 @@ impl Upload {
                     }
                     return Err(read_error(e));
                 }
-                None => break,
+                None => ended = true,
             }
         }
         let mut file = match (idle, in_flight) {
@@ -709,13 +738,8 @@ impl Upload {
         }
         let meta = self.metadata.clone();
         let written = blocking(move || {
-            xattr::replace_metadata_fd(file.as_fd(), &meta).map_err(|e| {
-                if is_no_space(&e) {
-                    no_space()
-                } else {
-                    FilesError::internal(format!("error setting metadata: {e}"))
-                }
-            })?;
+            xattr::replace_metadata_fd(file.as_fd(), &meta)
+                .map_err(|e| io_failure("error setting metadata".into(), &e))?;
             Ok(xattr::read_metadata_fd(file.as_fd()))
         })
         .await?;
@@ -746,13 +770,8 @@ async fn join_write(
 
 async fn write_chunk(mut file: std::fs::File, data: Bytes) -> Result<std::fs::File, FilesError> {
     blocking(move || {
-        file.write_all(&data).map_err(|e| {
-            if is_no_space(&e) {
-                no_space()
-            } else {
-                FilesError::internal(format!("error writing file: {e}"))
-            }
-        })?;
+        file.write_all(&data)
+            .map_err(|e| io_failure("error writing file".into(), &e))?;
         Ok(file)
     })
     .await
@@ -763,25 +782,16 @@ async fn write_chunk(mut file: std::fs::File, data: Bytes) -> Result<std::fs::Fi
 fn open_for_upload(state: &AgentState, path: &str, uid: u32, gid: u32) -> Result<std::fs::File, FilesError> {
     let p = std::path::Path::new(path);
     if let Some(parent) = p.parent() {
-        match ops::make_dirs(parent, uid, gid) {
-            Ok(_) => {}
-            Err(e) if is_no_space(&e) => return Err(no_space()),
-            Err(e) => {
-                return Err(FilesError::internal(format!(
-                    "error creating parent directories of '{path}': {e}"
-                )));
-            }
-        }
+        ops::make_dirs(parent, uid, gid)
+            .map_err(|e| io_failure(format!("error creating parent directories of '{path}'"), &e))?;
         // Recursive watches must cover new parents before the file appears in them.
         state.watchers.sync();
     }
     let open_err = |e: io::Error| {
-        if is_no_space(&e) {
-            no_space()
-        } else if e.raw_os_error() == Some(libc::EISDIR) {
+        if e.raw_os_error() == Some(libc::EISDIR) {
             FilesError::bad_request(format!("path is a directory: {path}"))
         } else {
-            FilesError::internal(format!("error opening file '{path}': {e}"))
+            io_failure(format!("error opening file '{path}'"), &e)
         }
     };
     match std::fs::OpenOptions::new()
@@ -793,11 +803,28 @@ fn open_for_upload(state: &AgentState, path: &str, uid: u32, gid: u32) -> Result
     {
         Ok(f) => {
             std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
-                .map_err(|e| FilesError::internal(format!("error changing owner of '{path}': {e}")))?;
+                .map_err(|e| io_failure(format!("error changing owner of '{path}'"), &e))?;
             Ok(f)
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let md = std::fs::metadata(p).map_err(open_err)?;
+            let md = match std::fs::metadata(p) {
+                Ok(md) => md,
+                // A dangling symlink: write its target, as envd does.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o644)
+                        .custom_flags(libc::O_CLOEXEC)
+                        .open(p)
+                        .map_err(open_err)?;
+                    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                        .map_err(|e| io_failure(format!("error changing owner of '{path}'"), &e))?;
+                    return Ok(f);
+                }
+                Err(e) => return Err(open_err(e)),
+            };
             if md.is_dir() {
                 return Err(FilesError::bad_request(format!("path is a directory: {path}")));
             }
@@ -807,7 +834,7 @@ fn open_for_upload(state: &AgentState, path: &str, uid: u32, gid: u32) -> Result
                 )));
             }
             std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                .map_err(|e| FilesError::internal(format!("error changing owner of '{path}': {e}")))?;
+                .map_err(|e| io_failure(format!("error changing owner of '{path}'"), &e))?;
             std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)

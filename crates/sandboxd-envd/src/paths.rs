@@ -9,13 +9,26 @@ pub enum PathError {
     OtherUserHome(String),
     #[error("path contains a NUL byte")]
     Nul,
+    #[error("path is longer than {MAX_PATH_BYTES} bytes")]
+    TooLong,
+    #[error("path is deeper than {MAX_PATH_DEPTH} levels")]
+    TooDeep,
 }
+
+/// Longest path an API call accepts (the kernel's `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Most components of a path an API call accepts: bounds the work one request causes
+/// (directories created, watches added for every recursive watcher).
+pub const MAX_PATH_DEPTH: usize = 128;
 
 /// Resolve `raw` for `user`: empty → default workdir or home, `~` → home, absolute as is
 /// (not cleaned), relative → `<home>/<raw>` cleaned.
 pub fn resolve(raw: &str, user: &UserInfo, default_workdir: Option<&str>) -> Result<String, PathError> {
     if raw.contains('\0') {
         return Err(PathError::Nul);
+    }
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
     }
     let mut path = raw.to_string();
     if path.is_empty()
@@ -30,10 +43,18 @@ pub fn resolve(raw: &str, user: &UserInfo, default_workdir: Option<&str>) -> Res
     } else if path.starts_with('~') {
         return Err(PathError::OtherUserHome(path));
     }
-    if path.starts_with('/') {
-        return Ok(path);
+    let path = if path.starts_with('/') {
+        path
+    } else {
+        clean(&format!("{}/{}", user.home, path))
+    };
+    if path.len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
     }
-    Ok(clean(&format!("{}/{}", user.home, path)))
+    if path.split('/').filter(|c| !c.is_empty() && *c != ".").count() > MAX_PATH_DEPTH {
+        return Err(PathError::TooDeep);
+    }
+    Ok(path)
 }
 
 /// Lexically clean an absolute path like Go's `filepath.Clean` (no `..` above `/`).
@@ -81,5 +102,23 @@ mod tests {
             Err(PathError::OtherUserHome(_))
         ));
         assert_eq!(resolve("a\0b", &u, None), Err(PathError::Nul));
+    }
+
+    #[test]
+    fn length_and_depth_limits() {
+        let u = user();
+        assert_eq!(resolve(&"a".repeat(8192), &u, None), Err(PathError::TooLong));
+        assert_eq!(
+            resolve(&format!("/{}", "a".repeat(4200)), &u, None),
+            Err(PathError::TooLong)
+        );
+        let deep = "d/".repeat(1200);
+        assert_eq!(resolve(&deep, &u, None), Err(PathError::TooDeep));
+        // home is two levels: 126 more fit
+        assert!(resolve(&"d/".repeat(MAX_PATH_DEPTH - 2), &u, None).is_ok());
+        assert_eq!(
+            resolve(&"d/".repeat(MAX_PATH_DEPTH - 1), &u, None),
+            Err(PathError::TooDeep)
+        );
     }
 }

@@ -116,7 +116,9 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// (cgroups, upper dirs, sockets). Idempotent: killing an unknown id is `Ok`.
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
 
-    /// Whether the sandbox's agent is still alive (checks pid and start time).
+    /// Whether the sandbox's agent is still alive (pidfd, or pid and start time). `false` only
+    /// on evidence that it is gone: a check that fails (no free fd, `/proc` unreadable) answers
+    /// `true`, because callers destroy sandboxes on `false`.
     fn is_alive(&self, handle: &SandboxHandle) -> bool;
 
     /// Ids of sandboxes this backend finds on the host (dirs, cgroups, processes), for

@@ -85,6 +85,10 @@ pub struct ServerConfig {
     pub template_defaults: TemplateDefaults,
     /// Idle timeout of client keep-alive connections (longer than the SDK's 300 s pool).
     pub keepalive_idle: Duration,
+    /// How long a new connection may take to send its first complete request head.
+    pub first_request_timeout: Duration,
+    /// Client connections served at once (`None`: derived from `RLIMIT_NOFILE`, `fd_budget.rs`).
+    pub max_connections: Option<usize>,
     /// Largest control-plane request body.
     pub max_body_bytes: usize,
     /// Warm pools of booted, idle sandboxes per template (`pool.rs`, `docs/pool.md`).
@@ -102,6 +106,8 @@ impl ServerConfig {
             limits: DaemonLimits::default(),
             template_defaults: TemplateDefaults::default(),
             keepalive_idle: Duration::from_secs(640),
+            first_request_timeout: Duration::from_secs(30),
+            max_connections: None,
             max_body_bytes: 1 << 20,
             pool: Vec::new(),
         }

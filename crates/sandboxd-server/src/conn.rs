@@ -28,6 +28,8 @@ pub struct ConnCtl {
     /// Unique id (for in-flight tracking).
     pub id: u64,
     reset: AtomicBool,
+    /// Set when the first request head has been read.
+    served: AtomicBool,
     cancel: CancellationToken,
 }
 
@@ -37,6 +39,7 @@ impl ConnCtl {
         Arc::new(Self {
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             reset: AtomicBool::new(false),
+            served: AtomicBool::new(false),
             cancel: CancellationToken::new(),
         })
     }
@@ -49,6 +52,16 @@ impl ConnCtl {
     /// Whether the connection will be reset.
     pub fn is_reset(&self) -> bool {
         self.reset.load(Ordering::SeqCst)
+    }
+
+    /// Record that a request head arrived.
+    pub fn mark_served(&self) {
+        self.served.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether any request head arrived on this connection.
+    pub fn was_served(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Reset the connection now: mark it and cancel its task.

@@ -73,6 +73,10 @@ pub enum ApiError {
     /// 502: the sandbox runs but nothing listens on the port (or the agent is unreachable).
     #[error("The sandbox is running but port is not open")]
     PortNotOpen { sandbox_id: String, port: u16 },
+    /// 502: the sandbox runs but its agent failed to answer this request. Never says "not
+    /// found": SDKs read that as "the sandbox is gone" (`e2b-compat/newest-sdks.md`).
+    #[error("The sandbox is running but its agent failed to answer: {reason}")]
+    AgentFailed { sandbox_id: String, reason: String },
 }
 
 impl ApiError {
@@ -95,7 +99,9 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotSupportedHere(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::SandboxNotRunning(_) | ApiError::PortNotOpen { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::SandboxNotRunning(_) | ApiError::PortNotOpen { .. } | ApiError::AgentFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -148,11 +154,13 @@ impl ApiError {
         let code = self.status().as_u16();
         let message = self.to_string();
         let encoded = match self {
-            ApiError::SandboxNotRunning(id) => serde_json::to_string(&NotRunning {
-                sandbox_id: id,
-                message,
-                code,
-            }),
+            ApiError::SandboxNotRunning(id) | ApiError::AgentFailed { sandbox_id: id, .. } => {
+                serde_json::to_string(&NotRunning {
+                    sandbox_id: id,
+                    message,
+                    code,
+                })
+            }
             ApiError::PortNotOpen { sandbox_id, port } => serde_json::to_string(&PortClosed {
                 sandbox_id,
                 message,

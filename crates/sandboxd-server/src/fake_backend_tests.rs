@@ -260,6 +260,19 @@ impl Harness {
     }
 
     async fn start_in(dir: tempfile::TempDir, limits: DaemonLimits, seed: impl FnOnce(&FakeBackend)) -> Self {
+        Self::launch(dir, |c| c.limits = limits, seed).await
+    }
+
+    /// A daemon with a config changed by `tweak`.
+    async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> Self {
+        Self::launch(tempfile::tempdir().unwrap(), tweak, |_| {}).await
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut ServerConfig),
+        seed: impl FnOnce(&FakeBackend),
+    ) -> Self {
         let sock_dir = dir.path().join("socks");
         std::fs::create_dir_all(&sock_dir).unwrap();
         let backend = FakeBackend::new(sock_dir);
@@ -269,7 +282,7 @@ impl Harness {
             dir.path().join("data"),
             KEY.into(),
         );
-        cfg.limits = limits;
+        tweak(&mut cfg);
         let server = Server::bind(cfg, backend.clone()).await.unwrap();
         let addr = server.local_addr();
         assert_eq!(server.domain(), format!("localhost:{}", addr.port()));
@@ -390,6 +403,8 @@ async fn health_auth_and_error_bodies() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["message"], "request body too large (limit 1048576 bytes)");
 
     let (s, v) = h.get_json("/sandboxes/Bad_Id").await;
     assert_eq!(
@@ -1089,5 +1104,55 @@ async fn leftovers_are_cleaned_at_start_and_data_dir_is_locked() {
     let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), data, KEY.into());
     let err = Server::bind(cfg, h.backend.clone()).await.unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn connection_budget_and_silent_connections() {
+    let h = Harness::start_with(|c| {
+        c.max_connections = Some(4);
+        c.first_request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // Four idle connections take the whole budget: a fifth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(h.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut extra = TcpStream::connect(h.addr).await.unwrap();
+    let _ = extra.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("refused connection closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "over the budget: {:?}", String::from_utf8_lossy(&buf[..n]));
+    // Connections that never send a request are closed after the first-request timeout,
+    // which frees the budget for real clients.
+    for s in &mut idle {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("silent connection closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = h.http.get(h.url("/health")).send().await.unwrap();
+    assert!(r.status().is_success());
+    // A kept-alive connection that has served a request outlives the first-request timeout.
+    let mut kept = TcpStream::connect(h.addr).await.unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut kept).await;
+    assert!(head.starts_with("HTTP/1.1 2"), "{head}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut kept).await;
+    assert!(head.starts_with("HTTP/1.1 2"), "{head}");
     h.stop().await;
 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod conn;
 pub mod error;
+pub mod fd_budget;
 pub mod ids;
 pub mod lifecycle;
 pub mod listing;

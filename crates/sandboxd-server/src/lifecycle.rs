@@ -17,6 +17,7 @@
 //! | paused, memory | no | stays paused as a filesystem-only pause, with a note (host reboot) |
 //! | paused, filesystem | any | stays paused; leftover processes of an interrupted pause or resume are stopped |
 //! | none (host only) | any | destroyed |
+//! | running, paused | the check failed (no fd, `/proc` unreadable) | left alone (row, files, processes), retried at the next start |
 
 use crate::error::ApiError;
 use crate::manager::{Manager, validate_timeout};
@@ -454,8 +455,10 @@ pub async fn reconcile_at_start(mgr: &Arc<Manager>) -> Result<Vec<String>, crate
             SandboxState::Running | SandboxState::Paused => match adopt_one(mgr, &rec, &mut lc).await {
                 Ok(keep) => keep,
                 Err(e) => {
-                    tracing::error!(sandbox = %id, "re-adoption failed: {e}; removing it");
-                    false
+                    // A failed check is no evidence that the sandbox is gone: keep its row and
+                    // files for the next start instead of destroying it.
+                    tracing::error!(sandbox = %id, "re-adoption failed: {e}; keeping it for the next start");
+                    continue;
                 }
             },
         };
@@ -480,7 +483,14 @@ pub async fn reconcile_at_start(mgr: &Arc<Manager>) -> Result<Vec<String>, crate
 async fn adopt_one(mgr: &Arc<Manager>, rec: &SandboxRecord, lc: &mut Lifecycle) -> Result<bool, ApiError> {
     let id = rec.id.clone();
     let (pid, start) = (rec.agent_pid.unwrap_or(0), rec.agent_start_time.unwrap_or(0));
-    let adopted = mgr.backend().adopt(&id, pid, start).await?;
+    let adopted = match mgr.backend().adopt(&id, pid, start).await {
+        Ok(a) => a,
+        Err(RuntimeError::Unsupported(m)) => {
+            tracing::warn!(sandbox = %id, "this backend cannot re-adopt sandboxes ({m}); removing it");
+            return Ok(false);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let ignore_unsupported = |r: Result<(), RuntimeError>| match r {
         Err(RuntimeError::Unsupported(_)) => Ok(()),
         other => other,

@@ -112,7 +112,7 @@ pub async fn forward(
     };
     // autoResume: traffic to a paused sandbox resumes it first (lifecycle.rs)
     let sandbox = crate::lifecycle::before_proxy(mgr, sandbox).await;
-    forward_to(sandbox, conn, port, req).await
+    forward_to(mgr, sandbox, conn, port, req).await
 }
 
 /// Proxies a signed `/files` request to the sandbox whose token made the signature.
@@ -132,12 +132,13 @@ pub async fn forward_signed(
             .is_some_and(|t| signed.is_signed_with(t))
     });
     match found {
-        Some(s) => forward_to(s, conn, ENVD_PORT, req).await,
+        Some(s) => forward_to(mgr, s, conn, ENVD_PORT, req).await,
         None => Ok(crate::routing::no_signature_match().to_response()),
     }
 }
 
 async fn forward_to(
+    mgr: &Arc<Manager>,
     sandbox: Arc<LiveSandbox>,
     conn: &Arc<ConnCtl>,
     port: u16,
@@ -207,11 +208,7 @@ async fn forward_to(
                 }
                 return Err(SandboxStopped(id));
             }
-            return Ok(if port == ENVD_PORT {
-                ApiError::SandboxNotRunning(id).to_response()
-            } else {
-                ApiError::PortNotOpen { sandbox_id: id, port }.to_response()
-            });
+            return Ok(upstream_failure(mgr, &sandbox, port, e).to_response());
         }
     };
 
@@ -238,6 +235,22 @@ async fn forward_to(
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
+/// The answer to a request the agent did not answer while the sandbox is still registered as
+/// running: only evidence that the agent is gone says "not found" (SDKs then report the
+/// sandbox as gone); a broken client body is the client's error.
+fn upstream_failure(mgr: &Manager, sandbox: &LiveSandbox, port: u16, e: UpstreamError) -> ApiError {
+    let id = sandbox.id().to_string();
+    match e {
+        UpstreamError::ClientBody(m) => ApiError::BadRequest(format!("reading the request body failed: {m}")),
+        _ if !mgr.backend().is_alive(&sandbox.handle) => ApiError::SandboxNotRunning(id),
+        _ if port != ENVD_PORT => ApiError::PortNotOpen { sandbox_id: id, port },
+        e => ApiError::AgentFailed {
+            sandbox_id: id,
+            reason: e.to_string(),
+        },
+    }
+}
+
 /// Opens a tunnel to `port` and sends the request over it. A refusal by the agent (502 "port
 /// is not open", 400) is returned as the response, unchanged.
 async fn send_tunneled(
@@ -261,7 +274,7 @@ async fn send_tunneled(
     sender
         .send_request(req)
         .await
-        .map_err(|e| UpstreamError::Http(e.to_string()))
+        .map_err(crate::upstream::send_error)
 }
 
 async fn splice_upgraded(

@@ -3,6 +3,7 @@
 use crate::config::ServerConfig;
 use crate::conn::{ConnCtl, TrackedStream};
 use crate::error::{ApiError, ServerError};
+use crate::fd_budget::FdBudget;
 use crate::manager::Manager;
 use crate::proxy::{self, SandboxStopped};
 use crate::routing::{self, Route};
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
@@ -32,6 +34,7 @@ struct Shared {
     mgr: Arc<Manager>,
     control: Router,
     keepalive_idle: Duration,
+    first_request_timeout: Duration,
 }
 
 /// The daemon: bound, cleaned up, ready to [`Server::run`].
@@ -39,6 +42,8 @@ pub struct Server {
     shared: Arc<Shared>,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// Permits for client connections served at once (`fd_budget.rs`).
+    connections: Arc<Semaphore>,
     _lock: nix::fcntl::Flock<File>,
 }
 
@@ -72,6 +77,9 @@ impl Server {
                 ))
             },
         )?;
+        let budget = FdBudget::raise_and_compute(config.limits.max_sandboxes)?;
+        let max_connections = config.max_connections.unwrap_or(budget.max_connections);
+        tracing::info!(nofile = budget.nofile, max_connections, "file descriptor budget");
         let store = Arc::new(Store::open(dir)?);
         let listener = TcpListener::bind(config.listen)
             .await
@@ -84,6 +92,7 @@ impl Server {
             .clone()
             .unwrap_or_else(|| format!("localhost:{}", local_addr.port()));
         let keepalive_idle = config.keepalive_idle;
+        let first_request_timeout = config.first_request_timeout;
         let mgr = Arc::new(Manager::new(config, domain, backend, store));
         let cleaned = mgr.cleanup_leftovers().await?;
         if !cleaned.is_empty() {
@@ -95,9 +104,11 @@ impl Server {
                 mgr,
                 control,
                 keepalive_idle,
+                first_request_timeout,
             }),
             listener,
             local_addr,
+            connections: Arc::new(Semaphore::new(max_connections)),
             _lock: lock,
         })
     }
@@ -126,12 +137,23 @@ impl Server {
         let drain = CancellationToken::new();
         let tracker = TaskTracker::new();
         tokio::pin!(shutdown);
+        let mut refused: u64 = 0;
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
-                        tracker.spawn(serve_connection(self.shared.clone(), stream, drain.clone()));
-                    }
+                    Ok((stream, peer)) => match self.connections.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            tracker.spawn(serve_connection(self.shared.clone(), stream, drain.clone(), permit));
+                        }
+                        Err(_) => {
+                            // Over the connection budget: refuse rather than run out of fds.
+                            refused += 1;
+                            if refused.is_power_of_two() {
+                                tracing::warn!(%peer, refused, "connection limit reached; closing new connections");
+                            }
+                            drop(stream);
+                        }
+                    },
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!("accept failed: {e}");
@@ -162,7 +184,12 @@ impl Server {
 
 type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, SandboxStopped>> + Send>>;
 
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, drain: CancellationToken) {
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    drain: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
     let _ = stream.set_nodelay(true);
     let ctl = ConnCtl::new();
     let io = TokioIo::new(TrackedStream::new(stream, ctl.clone()));
@@ -171,6 +198,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, drain: Cancell
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let shared = svc_shared.clone();
         let ctl = svc_ctl.clone();
+        ctl.mark_served();
         let fut: ResponseFuture = Box::pin(async move { dispatch(&shared, &ctl, req).await });
         fut
     });
@@ -184,7 +212,18 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, drain: Cancell
     builder.http2().timer(TokioTimer::new());
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
+    let first_request = shared.first_request_timeout;
+    let silent = async {
+        tokio::time::sleep(first_request).await;
+        if ctl.was_served() {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
+        // A connection that never completes a request head holds an fd for nothing.
+        _ = silent => {
+            tracing::debug!(conn = ctl.id, "no request within {first_request:?}; closing");
+        }
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(conn = ctl.id, "connection ended: {e}");

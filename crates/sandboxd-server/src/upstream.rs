@@ -111,6 +111,42 @@ pub enum UpstreamError {
     Connect(#[source] io::Error),
     #[error("agent request failed: {0}")]
     Http(String),
+    /// The client's request body failed (malformed chunk, connection closed mid-body).
+    #[error("reading the request body failed: {0}")]
+    ClientBody(String),
+}
+
+/// Whether a client error came from the request body we were forwarding (hyper reports
+/// errors of the body it sends as "user" errors).
+fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_user()
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The error of a request sent on a hyper connection.
+pub fn send_error(e: hyper::Error) -> UpstreamError {
+    if is_client_body_error(&e) {
+        UpstreamError::ClientBody(body_cause(&e))
+    } else {
+        UpstreamError::Http(e.to_string())
+    }
+}
+
+/// The innermost message of an error chain (what was wrong with the body).
+fn body_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 impl AgentClient {
@@ -132,6 +168,8 @@ impl AgentClient {
             let msg = e.to_string();
             if e.is_connect() {
                 UpstreamError::Connect(io::Error::new(io::ErrorKind::ConnectionRefused, msg))
+            } else if is_client_body_error(&e) {
+                UpstreamError::ClientBody(body_cause(&e))
             } else {
                 UpstreamError::Http(format!("{msg}: {:?}", std::error::Error::source(&e)))
             }

@@ -289,7 +289,7 @@ async fn upload_and_download_errors() {
         format!("path is a directory: {d}"),
     )
     .await;
-    // A parent that is a file: 500.
+    // A parent that is a file: a client mistake, 400 (upstream envd answers 500).
     std::fs::write(dir.path().join("plain"), b"").unwrap();
     check(
         send(
@@ -301,7 +301,7 @@ async fn upload_and_download_errors() {
             ),
         )
         .await,
-        StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::BAD_REQUEST,
         "error creating parent directories".into(),
     )
     .await;

@@ -18,9 +18,15 @@ pub const MAX_LIST_ENTRIES: usize = 500_000;
 pub fn io_error(what: &str, e: &io::Error) -> ConnectError {
     let code = match e.raw_os_error() {
         Some(libc::ENOENT) => Code::NotFound,
-        Some(libc::ENOTDIR) | Some(libc::EISDIR) | Some(libc::EINVAL) | Some(libc::ENAMETOOLONG) => {
-            Code::InvalidArgument
-        }
+        Some(
+            libc::ENOTDIR
+            | libc::EISDIR
+            | libc::EINVAL
+            | libc::ENAMETOOLONG
+            | libc::EBUSY
+            | libc::EXDEV
+            | libc::EOPNOTSUPP,
+        ) => Code::InvalidArgument,
         Some(libc::EEXIST) | Some(libc::ENOTEMPTY) => Code::AlreadyExists,
         Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => Code::PermissionDenied,
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => Code::ResourceExhausted,

@@ -32,13 +32,30 @@ impl NamespaceBackend {
         }
         let files = sbx.join("upper/root").is_dir() && sbx.join("upper/usr").is_dir();
         let root = self.inner.cfg.cgroup_root.clone();
-        let pidfd = if pid > 0 && sys::is_alive(pid, start) {
-            let fd = sys::pidfd_open(pid).map_err(|e| step("adopt", format!("pidfd_open({pid}): {e}")))?;
-            // The pidfd pins this exact process: check the start time and cgroup once more.
-            let ours = sys::is_alive(pid, start)
-                && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                    .is_ok_and(|c| in_agent_cgroup(&c, &root, id));
-            ours.then_some(fd)
+        // Only evidence that the agent is gone makes it "not alive"; a failed check is an error
+        // (the caller keeps the sandbox rather than destroying a live one).
+        let check = |pid, start| match sys::liveness(pid, start) {
+            sys::Liveness::Alive => Ok(true),
+            sys::Liveness::Gone => Ok(false),
+            sys::Liveness::Unknown(e) => Err(step("adopt", format!("reading /proc/{pid}/stat: {e}"))),
+        };
+        let pidfd = if pid > 0 && check(pid, start)? {
+            match sys::pidfd_open(pid) {
+                Ok(fd) => {
+                    // The pidfd pins this exact process: check the start time and cgroup once more.
+                    let cgroup = match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+                        Ok(c) => c,
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => {
+                            String::new()
+                        }
+                        Err(e) => return Err(step("adopt", format!("reading /proc/{pid}/cgroup: {e}"))),
+                    };
+                    let ours = check(pid, start)? && in_agent_cgroup(&cgroup, &root, id);
+                    ours.then_some(fd)
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
+                Err(e) => return Err(step("adopt", format!("pidfd_open({pid}): {e}"))),
+            }
         } else {
             None
         };

@@ -1258,7 +1258,25 @@ impl SandboxBackend for NamespaceBackend {
     }
 
     fn is_alive(&self, handle: &SandboxHandle) -> bool {
-        sys::is_alive(handle.agent_pid, handle.agent_start_time)
+        // The pidfd we hold pins the agent: it answers without opening anything.
+        let pidfd = self
+            .inner
+            .agents
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&handle.id).map(|r| r.pidfd.clone()));
+        let answer = match pidfd {
+            Some(fd) => sys::Liveness::of_pidfd(&fd),
+            None => sys::liveness(handle.agent_pid, handle.agent_start_time),
+        };
+        match answer {
+            sys::Liveness::Alive => true,
+            sys::Liveness::Gone => false,
+            sys::Liveness::Unknown(e) => {
+                tracing::warn!(sandbox = %handle.id, "liveness check failed ({e}); assuming the agent is alive");
+                true
+            }
+        }
     }
 
     async fn stats(&self, id: &str) -> Result<crate::SandboxStats, RuntimeError> {

@@ -82,12 +82,61 @@ pub fn proc_stat(pid: i32) -> io::Result<ProcStat> {
     parse_proc_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad /proc/<pid>/stat"))
 }
 
-/// Whether `pid` is a live (non-zombie) process that started at `start_time`.
-pub fn is_alive(pid: i32, start_time: u64) -> bool {
-    match proc_stat(pid) {
-        Ok(s) => s.start_time == start_time && s.state != 'Z' && s.state != 'X',
-        Err(_) => false,
+/// What the host says about a process identified by pid and start time.
+#[derive(Debug)]
+pub enum Liveness {
+    Alive,
+    /// Evidence that it is gone: no such pid, another process with that pid, or a zombie.
+    Gone,
+    /// The check itself failed (out of file descriptors, `/proc` unreadable): no evidence
+    /// either way, so nothing may be destroyed because of it.
+    Unknown(io::Error),
+}
+
+impl Liveness {
+    /// The answer of a pidfd we hold: readable means exited; a failed poll proves nothing.
+    pub fn of_pidfd(pidfd: &OwnedFd) -> Self {
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd; a zero timeout never blocks.
+            let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+            match rc {
+                0 => return Self::Alive,
+                n if n > 0 => return Self::Gone,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EINTR) {
+                        return Self::Unknown(e);
+                    }
+                }
+            }
+        }
     }
+}
+
+/// Whether `pid` is a live (non-zombie) process that started at `start_time`, from
+/// `/proc/<pid>/stat`. Only a missing pid, a different start time or a zombie count as gone.
+pub fn liveness(pid: i32, start_time: u64) -> Liveness {
+    liveness_from(proc_stat(pid), start_time)
+}
+
+fn liveness_from(stat: io::Result<ProcStat>, start_time: u64) -> Liveness {
+    match stat {
+        Ok(s) if s.start_time == start_time && s.state != 'Z' && s.state != 'X' => Liveness::Alive,
+        Ok(_) => Liveness::Gone,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Liveness::Gone,
+        Err(e) => Liveness::Unknown(e),
+    }
+}
+
+/// Whether `pid` is a live (non-zombie) process that started at `start_time`; `false` also
+/// when the check fails (callers that destroy on `false` use [`liveness`]).
+pub fn is_alive(pid: i32, start_time: u64) -> bool {
+    matches!(liveness(pid, start_time), Liveness::Alive)
 }
 
 /// A memfd holding `data`, positioned at offset 0 (CLOEXEC).
@@ -222,6 +271,33 @@ mod tests {
         let st = proc_stat(me).unwrap();
         assert!(is_alive(me, st.start_time));
         assert!(!is_alive(me, st.start_time + 1));
+        assert!(matches!(liveness(me, st.start_time + 1), Liveness::Gone));
+        assert!(matches!(liveness(i32::MAX, 1), Liveness::Gone));
+    }
+
+    #[test]
+    fn a_failed_check_is_not_evidence_of_exit() {
+        let st = ProcStat {
+            state: 'S',
+            start_time: 7,
+        };
+        assert!(matches!(liveness_from(Ok(st), 7), Liveness::Alive));
+        let zombie = ProcStat { state: 'Z', ..st };
+        assert!(matches!(liveness_from(Ok(zombie), 7), Liveness::Gone));
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        assert!(matches!(liveness_from(Err(emfile), 7), Liveness::Unknown(_)));
+        let garbage = io::Error::new(io::ErrorKind::InvalidData, "bad /proc/<pid>/stat");
+        assert!(matches!(liveness_from(Err(garbage), 7), Liveness::Unknown(_)));
+    }
+
+    #[test]
+    fn pidfd_liveness() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let fd = pidfd_open(child.id() as i32).unwrap();
+        assert!(matches!(Liveness::of_pidfd(&fd), Liveness::Alive));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(matches!(Liveness::of_pidfd(&fd), Liveness::Gone));
     }
 
     #[test]

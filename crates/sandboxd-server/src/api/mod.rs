@@ -64,6 +64,7 @@ pub fn router(mgr: Arc<Manager>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(mgr.clone(), require_api_key))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::Extension(BodyLimit(max_body)))
         .with_state(mgr)
 }
 
@@ -95,6 +96,10 @@ async fn require_api_key(State(mgr): State<Arc<Manager>>, req: Request, next: Ne
     next.run(req).await
 }
 
+/// The control plane's body limit, for the 413 message.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimit(usize);
+
 /// A JSON body parsed with our errors (400 `{"code","message"}`, 413 over the limit).
 pub struct JsonBody<T>(pub T);
 
@@ -102,11 +107,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
         let bytes = Bytes::from_request(req, state).await.map_err(|e| match e {
             BytesRejection::FailedToBufferBody(ref inner)
                 if inner.status() == StatusCode::PAYLOAD_TOO_LARGE =>
             {
-                ApiError::PayloadTooLarge(0)
+                ApiError::PayloadTooLarge(limit)
             }
             other => ApiError::BadRequest(format!("cannot read request body: {other}")),
         })?;
