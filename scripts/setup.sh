@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 want_tests=0
 [ "${1:-}" = "--tests" ] && want_tests=1
 
-apt_pkgs=(sudo python3 python-is-python3 python3-venv git curl ncurses-bin vim attr iproute2 bubblewrap procps)
+apt_pkgs=(sudo python3 python-is-python3 python3-venv git curl ncurses-bin vim attr libcap2-bin iproute2 bubblewrap procps)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -100,6 +100,15 @@ pub struct Adopted {
 }
 
 /// A sandbox backend. Implementations must be safe to call from many tasks at once.
+/// Size limits of one snapshot (`docs/snapshots.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotLimits {
+    /// Most bytes the new snapshot may take (0: no limit of its own).
+    pub max_bytes: u64,
+    /// Most bytes all snapshots together may take (0: no limit).
+    pub store_max_bytes: u64,
+}
+
 #[async_trait]
 pub trait SandboxBackend: Send + Sync + 'static {
     /// Short name for logs and `/health` (for example `namespace`).
@@ -175,9 +184,15 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// Snapshots (`docs/snapshots.md`): copy the writable layers of running sandbox `id` (made
     /// from template `source_template`) into a new read-only template `name` that stacks on
     /// the source's template. The sandbox keeps running (it is frozen while its files are
-    /// copied).
-    async fn snapshot(&self, id: &str, source_template: &str, name: &str) -> Result<(), RuntimeError> {
-        let _ = (id, source_template, name);
+    /// copied). A copy over `limits` stops with [`RuntimeError::StorageFull`] and leaves nothing.
+    async fn snapshot(
+        &self,
+        id: &str,
+        source_template: &str,
+        name: &str,
+        limits: SnapshotLimits,
+    ) -> Result<(), RuntimeError> {
+        let _ = (id, source_template, name, limits);
         Err(RuntimeError::Unsupported(format!(
             "the {} backend does not support snapshots",
             self.name()

@@ -18,6 +18,9 @@ pub enum RuntimeError {
     /// The host lacks something the backend needs (privileges, kernel feature, cgroup).
     #[error("host not supported: {0}")]
     Unsupported(String),
+    /// Not enough room: a copy over its size limit, or a full host disk.
+    #[error("{0}")]
+    StorageFull(String),
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -6,5 +6,7 @@ pub mod backend;
 pub mod error;
 pub mod namespace;
 
-pub use backend::{Adopted, AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats};
+pub use backend::{
+    Adopted, AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats, SnapshotLimits,
+};
 pub use error::RuntimeError;

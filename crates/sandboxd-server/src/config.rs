@@ -18,6 +18,11 @@ pub struct DaemonLimits {
     pub max_timeout: Duration,
     /// Sandboxes that may exist at once (running, paused and being created).
     pub max_sandboxes: usize,
+    /// Largest snapshot (or fork checkpoint), in MiB; a sandbox's own `diskSizeMB` limits its
+    /// snapshots too. 0: no limit but the disk quota and the host's free space.
+    pub max_snapshot_mb: u64,
+    /// Most MiB all snapshots together may take (0: no limit but the host's free space).
+    pub max_snapshot_store_mb: u64,
 }
 
 impl Default for DaemonLimits {
@@ -28,6 +33,8 @@ impl Default for DaemonLimits {
             max_disk_mb: 10240,
             max_timeout: Duration::from_secs(24 * 3600),
             max_sandboxes: 1000,
+            max_snapshot_mb: 10240,
+            max_snapshot_store_mb: 0,
         }
     }
 }

@@ -64,6 +64,9 @@ pub enum ApiError {
     /// cannot help (`Should-Retry: false`).
     #[error("{0}")]
     NotSupportedHere(String),
+    /// 507: a copy over its size limit or a full host disk (snapshots).
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// 503: a condition that passes (the daemon is shutting down or busy); `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
@@ -98,6 +101,7 @@ impl ApiError {
             ApiError::TooManySandboxes(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::NotSupportedHere(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::SandboxNotRunning(_) | ApiError::PortNotOpen { .. } | ApiError::AgentFailed { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -211,6 +215,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::TemplateNotFound(t) => ApiError::TemplateNotFound(t),
             RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
             RuntimeError::Unsupported(m) => ApiError::NotSupportedHere(m),
+            RuntimeError::StorageFull(m) => ApiError::InsufficientStorage(m),
             other => ApiError::Internal(format!("sandbox backend: {other}")),
         }
     }

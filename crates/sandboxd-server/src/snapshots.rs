@@ -7,10 +7,12 @@
 //! stops resolving); the directory is removed once no sandbox row uses it. A fork is a hidden
 //! snapshot (kind `fork`), deleted as soon as its forks were created.
 
+use crate::config::DaemonLimits;
 use crate::error::ApiError;
 use crate::ids::new_sandbox_id;
 use crate::manager::{CreateParams, Manager, validate_timeout};
 use crate::sandbox::LiveSandbox;
+use sandboxd_runtime::SnapshotLimits;
 use sandboxd_store::{SandboxState, SnapshotRow, Store, StoreError};
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -112,6 +114,18 @@ fn running_source(mgr: &Manager, id: &str) -> Result<Arc<LiveSandbox>, ApiError>
     }
 }
 
+/// The size limits of a snapshot of a sandbox with disk size `disk_mb` (0: unlimited).
+fn snapshot_limits(limits: &DaemonLimits, disk_mb: u64) -> SnapshotLimits {
+    let mb = match (disk_mb, limits.max_snapshot_mb) {
+        (0, m) | (m, 0) => m,
+        (d, m) => d.min(m),
+    };
+    SnapshotLimits {
+        max_bytes: mb.saturating_mul(1 << 20),
+        store_max_bytes: limits.max_snapshot_store_mb.saturating_mul(1 << 20),
+    }
+}
+
 /// Copies the source's layers into a new template and records it.
 async fn take(
     mgr: &Arc<Manager>,
@@ -122,7 +136,12 @@ async fn take(
     ensure_gc(mgr);
     let template_id = format!("s{}", &new_sandbox_id()[1..]);
     mgr.backend()
-        .snapshot(src.id(), &src.rec.template_id, &template_id)
+        .snapshot(
+            src.id(),
+            &src.rec.template_id,
+            &template_id,
+            snapshot_limits(&mgr.config().limits, src.rec.limits.disk_mb),
+        )
         .await?;
     let row = SnapshotRow {
         seq: 0,
@@ -338,6 +357,27 @@ mod tests {
                 names: vec!["named".into()]
             }
         );
+    }
+
+    #[test]
+    fn limits_of_a_snapshot() {
+        let mut l = DaemonLimits {
+            max_snapshot_mb: 100,
+            max_snapshot_store_mb: 1000,
+            ..DaemonLimits::default()
+        };
+        let mb = |n: u64| n << 20;
+        assert_eq!(
+            snapshot_limits(&l, 50).max_bytes,
+            mb(50),
+            "the disk size is the smaller"
+        );
+        assert_eq!(snapshot_limits(&l, 500).max_bytes, mb(100), "the daemon maximum");
+        assert_eq!(snapshot_limits(&l, 0).max_bytes, mb(100), "unlimited disk");
+        assert_eq!(snapshot_limits(&l, 0).store_max_bytes, mb(1000));
+        l.max_snapshot_mb = 0;
+        assert_eq!(snapshot_limits(&l, 50).max_bytes, mb(50));
+        assert_eq!(snapshot_limits(&l, 0).max_bytes, 0, "no limit at all");
     }
 
     #[test]

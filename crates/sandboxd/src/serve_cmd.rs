@@ -43,6 +43,13 @@ pub struct ServeArgs {
     /// Sandboxes that may exist at once.
     #[arg(long, default_value_t = DaemonLimits::default().max_sandboxes)]
     pub max_sandboxes: usize,
+    /// Largest snapshot or fork checkpoint, in MiB (0 = no limit but the sandbox's disk size
+    /// and the host's free space).
+    #[arg(long, default_value_t = DaemonLimits::default().max_snapshot_mb)]
+    pub max_snapshot_mb: u64,
+    /// Most MiB all snapshots together may take (0 = no limit but the host's free space).
+    #[arg(long, default_value_t = DaemonLimits::default().max_snapshot_store_mb)]
+    pub max_snapshot_store_mb: u64,
     /// Warm pool of booted, idle sandboxes of a template, TEMPLATE=MIN[:MAX[:IDLE_SECS]]
     /// (e.g. base=2:8:600; MAX defaults to MIN, IDLE_SECS to 600, 0 = never recycled).
     /// Repeatable. See docs/pool.md.
@@ -183,6 +190,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_disk_mb: args.max_disk_mb,
         max_timeout: Duration::from_secs(args.max_timeout),
         max_sandboxes: args.max_sandboxes,
+        max_snapshot_mb: args.max_snapshot_mb,
+        max_snapshot_store_mb: args.max_snapshot_store_mb,
     };
     let file_pools = match &args.config {
         Some(path) => {

@@ -242,3 +242,234 @@ async fn snapshot_fork_and_bad_input() {
     assert_eq!(d.delete(&format!("/templates/{enc}")).await, 404);
     d.kill_all_sandboxes();
 }
+
+/// Output of `script` run as `user` ("root" or "user").
+async fn out_as(d: &Daemon, v: &Value, user: &str, script: &str) -> String {
+    let auth = if user == "root" { "cm9vdDo=" } else { "dXNlcjo=" };
+    let wrapped = format!("({script}) > /tmp/.snap-test-out-{user} 2>&1");
+    let r = d
+        .sandbox(reqwest::Method::POST, &sid(v), "/process.Process/Start")
+        .header(
+            "X-Access-Token",
+            v["envdAccessToken"].as_str().unwrap_or_default(),
+        )
+        .header("Content-Type", "application/connect+json")
+        .header("Connect-Protocol-Version", "1")
+        .header("Authorization", format!("Basic {auth}"))
+        .body(connect_envelope(
+            &json!({"process": {"cmd": "/bin/bash", "args": ["-c", wrapped]}}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.bytes().await.unwrap();
+    let r = d
+        .sandbox(
+            reqwest::Method::GET,
+            &sid(v),
+            &format!("/files?path=/tmp/.snap-test-out-{user}&username=root"),
+        )
+        .header(
+            "X-Access-Token",
+            v["envdAccessToken"].as_str().unwrap_or_default(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.text().await.unwrap()
+}
+
+/// Every entry under `dir` (not following symlinks).
+fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, std::fs::Metadata)>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let md = std::fs::symlink_metadata(e.path()).unwrap();
+        if md.is_dir() {
+            walk(&e.path(), out);
+        }
+        out.push((e.path(), md));
+    }
+}
+
+/// Set-id files and file capabilities made by root inside a sandbox are kept in a snapshot
+/// (inside a sandbox made from it: setuid root, capabilities effective, sudo works) but never
+/// become host-root set-id files or host capabilities, and the store is closed to host users;
+/// a 15 TiB sparse file is copied as sparse, quickly; a snapshot over the limit is refused
+/// with 507, no host path in the message and nothing left behind.
+#[tokio::test]
+async fn snapshots_are_safe_on_the_host_sparse_and_bounded() {
+    use std::os::unix::fs::MetadataExt;
+    if !require_root("snapshots_are_safe_on_the_host_sparse_and_bounded") {
+        return;
+    }
+    let d = Daemon::start_with_args(&["--max-snapshot-mb", "16"]);
+    let (s, src) = d.create(json!({"templateID":"base","timeout":120})).await;
+    assert_eq!(s, 201, "{src}");
+    let id = sid(&src);
+    let made = out_as(
+        &d,
+        &src,
+        "root",
+        "cp /usr/bin/id /tmp/suid && chmod 4755 /tmp/suid && cp /usr/bin/cat /tmp/capcat && \
+         setcap cap_setuid,cap_dac_read_search+ep /tmp/capcat && truncate -s 15T /home/user/sparse && \
+         echo end >> /home/user/sparse && echo ok",
+    )
+    .await;
+    assert_eq!(made, "ok\n");
+    // the attack works inside the source: a plain user gets euid 0 and reads /etc/shadow
+    assert_eq!(out_as(&d, &src, "user", "/tmp/suid -u").await, "0\n");
+    assert!(
+        out_as(&d, &src, "user", "/tmp/capcat /etc/shadow")
+            .await
+            .contains("root:")
+    );
+
+    let t0 = std::time::Instant::now();
+    let (s, snap) = post(&d, &format!("/sandboxes/{id}/snapshots"), json!({})).await;
+    assert_eq!(s, 201, "{snap}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let snap_id = snap["snapshotID"].as_str().unwrap().to_string();
+    let tpl = d
+        .data_dir
+        .join("templates")
+        .join(snap_id.trim_end_matches(":default"));
+
+    // on the host: nothing root-owned with set-id bits, no capability for host processes
+    let mut all = Vec::new();
+    walk(&d.data_dir.join("templates"), &mut all);
+    for (p, md) in &all {
+        assert!(
+            !(md.is_file() && md.uid() == 0 && md.mode() & 0o6000 != 0),
+            "host-root set-id file {}",
+            p.display()
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(&tpl).unwrap().mode() & 0o777,
+        0o700,
+        "store closed"
+    );
+    let host_suid = tpl.join("root/0/tmp/suid");
+    let md = std::fs::metadata(&host_suid).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (100000, 0o4755));
+    let host_cap = tpl.join("root/0/tmp/capcat");
+    let getcap = std::process::Command::new("getcap")
+        .arg(&host_cap)
+        .output()
+        .unwrap();
+    let caps = String::from_utf8_lossy(&getcap.stdout).to_string();
+    assert!(caps.contains("cap_dac_read_search,cap_setuid=ep"), "{caps}");
+    // v3 (24 bytes) with the root id of the sandbox's root (100000), never v2 or root id 0
+    let raw = std::process::Command::new("getfattr")
+        .args(["-e", "hex", "-n", "security.capability"])
+        .arg(&host_cap)
+        .output()
+        .unwrap();
+    let raw = String::from_utf8_lossy(&raw.stdout).to_string();
+    let hex = raw
+        .split("security.capability=0x")
+        .nth(1)
+        .unwrap_or_default()
+        .trim();
+    assert!(
+        hex.len() == 48 && hex.ends_with("a0860100"),
+        "only for the sandbox's root: {raw}"
+    );
+    // a host user cannot run them at all; and host root's copy gives no capabilities
+    let as_nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&host_suid)
+        .arg("-u")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&as_nobody.stdout).starts_with('0'),
+        "euid 0 for a host user: {as_nobody:?}"
+    );
+    let shadow = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(&host_cap)
+        .arg("/etc/shadow")
+        .output()
+        .unwrap();
+    assert!(!shadow.status.success(), "host /etc/shadow read: {shadow:?}");
+    // the sparse file stays sparse on the host
+    let sparse = std::fs::metadata(tpl.join("root/0/home/user/sparse")).unwrap();
+    assert_eq!(sparse.len(), (15u64 << 40) + 4);
+    assert!(
+        sparse.blocks() * 512 <= 1 << 20,
+        "allocated {} bytes",
+        sparse.blocks() * 512
+    );
+
+    // inside a sandbox from the snapshot everything looks as it did
+    let (s, v) = d.create(json!({"templateID": snap_id, "timeout": 60})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(
+        out_as(&d, &v, "user", "stat -c '%u %a' /tmp/suid; /tmp/suid -u").await,
+        "0 4755\n0\n"
+    );
+    assert!(
+        out_as(&d, &v, "user", "/tmp/capcat /etc/shadow")
+            .await
+            .contains("root:")
+    );
+    assert_eq!(out_as(&d, &v, "user", "sudo -n id -u").await, "0\n");
+    assert_eq!(
+        out_as(
+            &d,
+            &v,
+            "user",
+            "stat -c %s /home/user/sparse; tail -c 4 /home/user/sparse"
+        )
+        .await,
+        format!("{}\nend\n", (15u64 << 40) + 4)
+    );
+
+    // over the limit (16 MiB): 507, a clear message without host paths, nothing left
+    assert_eq!(
+        out_as(
+            &d,
+            &src,
+            "root",
+            "head -c 40M /dev/zero > /home/user/big && echo ok"
+        )
+        .await,
+        "ok\n"
+    );
+    let before: Vec<_> = std::fs::read_dir(d.data_dir.join("templates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let (s, e) = post(&d, &format!("/sandboxes/{id}/snapshots"), json!({})).await;
+    assert_eq!(s, 507, "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("limit of 16 MiB"), "{msg}");
+    assert!(
+        !msg.contains(&*d.data_dir.to_string_lossy()),
+        "host path in {msg}"
+    );
+    let after: Vec<_> = std::fs::read_dir(d.data_dir.join("templates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(before, after, "nothing left behind");
+    assert_eq!(
+        out_as(&d, &src, "user", "echo alive").await,
+        "alive\n",
+        "source thawed"
+    );
+    d.kill_all_sandboxes();
+}

@@ -48,6 +48,10 @@ pub struct SpawnRequest {
     pub root_layers: Vec<String>,
     #[serde(default)]
     pub usr_layers: Vec<String>,
+    /// The layers hold host ids (current snapshots): mounted from the templates directory
+    /// itself, not through the idmapped view (snapshot.rs).
+    #[serde(default)]
+    pub layers_host_ids: bool,
     /// Read-only host directories bound into the root (layered templates, templates_extra.rs).
     #[serde(default)]
     pub binds: Vec<super::templates_extra::ReadOnlyBind>,
@@ -280,6 +284,7 @@ fn mapping_userns(map: &str) -> io::Result<OwnedFd> {
 struct Helper {
     usr_stage: PathBuf,
     templates_stage: PathBuf,
+    templates_dir: PathBuf,
     own_stage: PathBuf,
     map_line: String,
     exe: OwnedFd,
@@ -340,6 +345,7 @@ impl Helper {
         Ok(Self {
             usr_stage,
             templates_stage,
+            templates_dir: init.templates_source.clone(),
             own_stage: own,
             map_line,
             exe,
@@ -364,6 +370,11 @@ impl Helper {
             cpath(&self.usr_stage).map_err(bad)?,
             CString::new(req.hostname.as_bytes()).map_err(|_| fail("request", "NUL in hostname"))?,
         );
+        let layers_dir = if req.layers_host_ids {
+            &self.templates_dir
+        } else {
+            &self.templates_stage
+        };
         let layer_paths = |layers: &[String]| -> Result<Vec<CString>, HelperReply> {
             layers
                 .iter()
@@ -371,7 +382,7 @@ impl Helper {
                     if !super::snapshot::valid_layer_path(l) {
                         return Err(fail("request", format!("bad template layer path '{l}'")));
                     }
-                    cpath(&self.templates_stage.join(l)).map_err(bad)
+                    cpath(&layers_dir.join(l)).map_err(bad)
                 })
                 .collect()
         };

@@ -350,6 +350,7 @@ impl NamespaceBackend {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+        snapshot::secure_store(&d.join("templates"));
         let disk_quota = quota::choose(&d.join(".trash"));
         tracing::info!(kind = disk_quota.kind(), "disk quota for sandbox writable layers");
         template::ensure_base(
@@ -782,10 +783,10 @@ impl Inner {
         let id = spec.id.clone();
         // snapshot template (snapshot.rs): its layers over the template it was taken from,
         // which brings its own binds and services
-        let (mut root_layers, mut usr_layers) = (Vec::new(), Vec::new());
+        let (mut root_layers, mut usr_layers, mut layers_host_ids) = (Vec::new(), Vec::new(), false);
         if let Some(l) = snapshot::read_layers(&self.cfg.data_dir.join("templates"), &spec.template)? {
             spec.template = l.base;
-            (root_layers, usr_layers) = (l.root, l.usr);
+            (root_layers, usr_layers, layers_host_ids) = (l.root, l.usr, l.host_ids);
             if let Some(t) = templates_extra::resolve(&spec.template) {
                 binds = t.binds;
                 for s in t.services {
@@ -848,6 +849,7 @@ impl Inner {
             binds,
             root_layers,
             usr_layers,
+            layers_host_ids,
             hostname: spec.agent.hostname.clone(),
             mount_sys: self.cfg.mount_sys,
             exec: target,
@@ -1287,10 +1289,16 @@ impl SandboxBackend for NamespaceBackend {
             .map_err(|e| step("stats", e))?
     }
 
-    async fn snapshot(&self, id: &str, source_template: &str, name: &str) -> Result<(), RuntimeError> {
+    async fn snapshot(
+        &self,
+        id: &str,
+        source_template: &str,
+        name: &str,
+        limits: crate::SnapshotLimits,
+    ) -> Result<(), RuntimeError> {
         let me = self.clone();
         let (id, src, name) = (id.to_string(), source_template.to_string(), name.to_string());
-        tokio::task::spawn_blocking(move || me.snapshot_blocking(&id, &src, &name))
+        tokio::task::spawn_blocking(move || me.snapshot_blocking(&id, &src, &name, limits))
             .await
             .map_err(|e| step("snapshot", e))?
     }
