@@ -41,8 +41,13 @@ def test_update_network_bad_input_and_unknown_sandbox(sandbox: Sandbox):
     assert status == 400 and {"code", "message"} <= json.loads(body).keys()
     status, _ = _api("PUT", f"/sandboxes/{sid}/network", {"denyOut": ["has space"]})
     assert status == 400
-    status, _ = _api("PUT", f"/sandboxes/{sid}/network", {"unknownField": 1})
-    assert status == 400
+    status, body = _api("PUT", f"/sandboxes/{sid}/network", {"dnsServers": ["not-an-ip"]})
+    assert status == 400 and b"dnsServers" in body
+    status, _ = _api("PUT", f"/sandboxes/{sid}/network", {"denyOut": ["example.com"]})
+    assert status == 400  # domain names cannot be denied
+    # keys of newer API versions are accepted, as upstream does
+    status, _ = _api("PUT", f"/sandboxes/{sid}/network", {"unknownField": 1, "dnsServers": ["9.9.9.9"]})
+    assert status == 204
     status, _ = _api("PUT", "/sandboxes/idonotexist0000000000/network", {})
     assert status == 404
     with pytest.raises(SandboxException):

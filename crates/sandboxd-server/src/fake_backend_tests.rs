@@ -671,7 +671,11 @@ async fn timeouts_connect_and_reaper() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(t0.elapsed() >= Duration::from_millis(700));
-    assert!(h.backend.state.lock().unwrap().destroyed.contains(&id));
+    // the sandbox leaves the API first; the backend's destroy follows in the kill task
+    while !h.backend.state.lock().unwrap().destroyed.contains(&id) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "not destroyed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // timeout <= 0 expires at once.
     let id2 = sid(&h.create_ok(json!({"templateID":"base","timeout":300})).await);

@@ -483,8 +483,9 @@ impl Manager {
     }
 
     /// `PUT /sandboxes/{id}/network`: replace the egress settings (`allowOut`, `denyOut`,
-    /// `egressProxy`, `rules`; a field left out is cleared) and `allow_internet_access`, keeping
-    /// the ingress ones (`allowPublicTraffic`, `maskRequestHost`). Stored; egress is not
+    /// `dnsServers`, `egressProxy`, `rules`; a field left out is cleared) and
+    /// `allow_internet_access`, keeping the ingress ones (`allowPublicTraffic`,
+    /// `maskRequestHost`, `httpsPorts`). Stored; egress is not
     /// enforced yet (sandboxes have loopback only).
     pub async fn update_network(
         self: &Arc<Self>,
@@ -509,7 +510,7 @@ impl Manager {
             }
             let mut net = serde_json::Map::new();
             if let Some(serde_json::Value::Object(old)) = &d.network {
-                for key in ["allowPublicTraffic", "maskRequestHost"] {
+                for key in ["allowPublicTraffic", "maskRequestHost", "httpsPorts"] {
                     if let Some(v) = old.get(key) {
                         net.insert(key.to_string(), v.clone());
                     }

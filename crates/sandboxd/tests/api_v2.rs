@@ -353,3 +353,107 @@ async fn idempotent_create_never_creates_twice() {
     assert_eq!((s, sid(&v), replayed), (201, id.clone(), true), "{v}");
     assert_eq!(d.delete(&format!("/sandboxes/{id}")).await, 204);
 }
+
+/// Network fields of the newest SDKs are validated and stored, secrets never come back;
+/// `pauseMode` and `envdUnresponsiveAtPause` describe a paused sandbox; snapshot `memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
+    if !require_root("newest_sdk_fields_network_pause_mode_and_snapshot_memory") {
+        return;
+    }
+    let d = Daemon::start();
+    let network = json!({
+        "allowPublicTraffic": null,
+        "allowOut": ["example.com", "10.0.0.0/8"],
+        "dnsServers": ["9.9.9.9"],
+        "httpsPorts": [8443],
+        "egressProxy": {"address": "127.0.0.1:1080", "username": "u", "password": "secret-pw",
+            "tls": {"enabled": true, "serverName": "proxy.local",
+                    "caCert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}},
+        "newerField": true
+    });
+    // bad values are refused with the field named
+    for (net, field) in [
+        (json!({"dnsServers": ["8.8.8"]}), "dnsServers"),
+        (json!({"httpsPorts": [49983]}), "httpsPorts"),
+        (json!({"allowOut": ["10.0.0.0/40"]}), "allowOut"),
+        (json!({"egressProxy": {"address": "nohost"}}), "egressProxy"),
+    ] {
+        let (s, v) = post_raw(
+            &d,
+            "/v2/sandboxes",
+            &json!({"templateID":"base","network":net}).to_string(),
+        )
+        .await;
+        assert_eq!(s, 400, "{net}: {v}");
+        assert!(v["message"].as_str().unwrap().contains(field), "{v}");
+    }
+    let (s, a) = post_raw(
+        &d,
+        "/v2/sandboxes",
+        &json!({"templateID":"base","network":network}).to_string(),
+    )
+    .await;
+    assert_eq!(s, 201, "{a}");
+    let id = sid(&a);
+    assert!(a["trafficAccessToken"].is_null(), "allowPublicTraffic null is the default");
+    let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
+    let net = &info["network"];
+    assert_eq!(net["dnsServers"], json!(["9.9.9.9"]));
+    assert_eq!(net["httpsPorts"], json!([8443]));
+    assert_eq!(net["egressProxy"]["username"], "u");
+    assert_eq!(net["egressProxy"]["tls"]["serverName"], "proxy.local");
+    let text = info.to_string();
+    assert!(!text.contains("secret-pw") && !text.contains("BEGIN CERTIFICATE"), "{info}");
+    assert!(info.get("pauseMode").is_none() && info.get("envdUnresponsiveAtPause").is_none());
+
+    // PUT: dnsServers replaced, bad ones refused, httpsPorts kept (ingress)
+    let put = |body: Value| {
+        d.api(reqwest::Method::PUT, &format!("/sandboxes/{id}/network"))
+            .json(&body)
+            .send()
+    };
+    let r = put(json!({"dnsServers": ["1.1.1.1"], "egressProxy": {"address": "h:1", "password": "pw2"}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = put(json!({"dnsServers": ["one.one.one.one"]})).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
+    assert_eq!(info["network"]["dnsServers"], json!(["1.1.1.1"]));
+    assert_eq!(info["network"]["httpsPorts"], json!([8443]));
+    assert!(info["network"].get("allowOut").is_none());
+    assert!(!info.to_string().contains("pw2"), "{info}");
+
+    // snapshots: filesystem only; an explicit memory snapshot is refused, permanently
+    let (s, v) = post_raw(&d, &format!("/sandboxes/{id}/snapshots"), r#"{"memory":true}"#).await;
+    assert_eq!(s, 501, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("filesystem"), "{v}");
+    let (s, snap) = post_raw(
+        &d,
+        &format!("/sandboxes/{id}/snapshots"),
+        r#"{"memory":false,"newerField":1}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{snap}");
+    let snap_id = snap["snapshotID"].as_str().unwrap().to_string();
+
+    // pauseMode while paused; envdUnresponsiveAtPause in details and list items
+    for (body, mode) in [(r#"{"memory":false}"#, "filesystem"), ("{}", "full")] {
+        let (s, _) = post_raw(&d, &format!("/sandboxes/{id}/pause"), body).await;
+        assert_eq!(s, 204);
+        let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
+        assert_eq!(info["pauseMode"], mode, "{info}");
+        assert_eq!(info["envdUnresponsiveAtPause"], false);
+        let (_, list) = d.get("/v2/sandboxes?state=paused").await;
+        let item = list.as_array().unwrap().iter().find(|x| sid(x) == id).unwrap().clone();
+        assert_eq!(item["envdUnresponsiveAtPause"], false, "{item}");
+        let (s, _) = post_raw(&d, &format!("/v2/sandboxes/{id}/connect"), "{}").await;
+        assert_eq!(s, 201);
+        let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
+        assert!(info.get("pauseMode").is_none(), "{info}");
+    }
+    assert_eq!(d.delete(&format!("/sandboxes/{id}")).await, 204);
+    let enc = common::urlencode(&snap_id);
+    assert_eq!(d.delete(&format!("/templates/{enc}")).await, 204);
+}

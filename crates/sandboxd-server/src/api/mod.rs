@@ -8,6 +8,7 @@
 pub mod idempotency;
 pub mod logs;
 pub mod metrics;
+pub mod network;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod templates;

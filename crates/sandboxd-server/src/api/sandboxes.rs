@@ -1,5 +1,6 @@
 //! `/sandboxes…` and `/v2/sandboxes…`: create, get, list, kill, timeout, connect, pause, resume.
 
+use super::network::{NetworkConfig, NetworkUpdate, public_view};
 use super::{JsonBody, SandboxId, json};
 use crate::error::ApiError;
 use crate::ids::{CLIENT_ID, format_time};
@@ -18,16 +19,6 @@ use std::sync::Arc;
 
 /// Largest number of metadata entries or env vars in a create request.
 const MAX_MAP_ENTRIES: usize = 256;
-
-/// `network` of a create request (only what the daemon acts on is typed; the whole object is
-/// stored as sent).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct NetworkIn {
-    allow_public_traffic: Option<bool>,
-    allow_out: Option<Vec<String>>,
-    deny_out: Option<Vec<String>>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -133,8 +124,7 @@ impl NewSandbox {
         if let Some(net) = &self.network
             && !net.is_null()
         {
-            let parsed: NetworkIn = serde_json::from_value(net.clone())
-                .map_err(|e| ApiError::BadRequest(format!("invalid network: {e}")))?;
+            let parsed = NetworkConfig::parse(net)?;
             if parsed.allow_public_traffic == Some(false) {
                 if !secure {
                     return Err(ApiError::BadRequest(
@@ -143,7 +133,6 @@ impl NewSandbox {
                 }
                 restrict_public_traffic = true;
             }
-            let _ = (parsed.allow_out, parsed.deny_out);
         }
         Ok(CreateParams {
             template: self.template_id,
@@ -219,6 +208,10 @@ struct DetailOut {
     disk_size_mb: u64,
     state: &'static str,
     metadata: BTreeMap<String, String>,
+    /// Paused sandboxes only: the snapshot was taken while envd did not answer. Always false
+    /// here: a memory pause freezes the whole sandbox at once, envd included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    envd_unresponsive_at_pause: Option<bool>,
     #[serde(flatten)]
     detail: Option<DetailOnly>,
 }
@@ -233,6 +226,10 @@ struct DetailOnly {
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<serde_json::Value>,
     lifecycle: serde_json::Value,
+    /// Paused sandboxes only: what the pause kept, `full` (memory and files) or `filesystem`
+    /// (the SDK accepts no other value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pause_mode: Option<&'static str>,
     /// sandboxd-only: while paused, whether the pause kept memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     paused_with_memory: Option<bool>,
@@ -268,12 +265,14 @@ fn detail_out(v: &SandboxView, domain: Option<&str>) -> DetailOut {
         disk_size_mb: v.rec.limits.disk_mb,
         state: api_state(v.state),
         metadata: v.rec.metadata.clone(),
+        envd_unresponsive_at_pause: (v.state == SandboxState::Paused).then_some(false),
         detail: domain.map(|d| DetailOnly {
             envd_access_token: v.rec.access_token.clone(),
             allow_internet_access: v.rec.allow_internet_access,
             domain: d.to_string(),
-            network: v.rec.network.clone(),
+            network: v.rec.network.as_ref().map(public_view),
             lifecycle: serde_json::json!({"autoResume": false, "onTimeout": "kill"}),
+            pause_mode: None,
             paused_with_memory: None,
             lifecycle_note: None,
             network_access: NETWORK_ACCESS,
@@ -334,6 +333,9 @@ pub(super) async fn get(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxI
                 let lc = mgr.lifecycle.get(&id);
                 d.lifecycle = lc.detail_json();
                 d.paused_with_memory = lc.paused_memory.filter(|_| view.state == SandboxState::Paused);
+                d.pause_mode = d
+                    .paused_with_memory
+                    .map(|m| if m { "full" } else { "filesystem" });
                 d.lifecycle_note = lc.note;
             }
             json(StatusCode::OK, &out)
@@ -394,66 +396,18 @@ pub(super) async fn refresh(
     }
 }
 
-/// Body of `PUT /sandboxes/{id}/network` (`SandboxNetworkUpdateConfig`).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(super) struct NetworkUpdate {
-    allow_out: Option<Vec<String>>,
-    deny_out: Option<Vec<String>>,
-    egress_proxy: Option<serde_json::Value>,
-    rules: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(rename = "allow_internet_access")]
-    allow_internet_access: Option<bool>,
-}
-
-/// Largest number of entries in `allowOut` or `denyOut`.
-const MAX_EGRESS_RULES: usize = 1024;
-
-impl NetworkUpdate {
-    fn into_egress(self) -> Result<(serde_json::Map<String, serde_json::Value>, Option<bool>), ApiError> {
-        let mut out = serde_json::Map::new();
-        for (key, list) in [("allowOut", self.allow_out), ("denyOut", self.deny_out)] {
-            let Some(list) = list else { continue };
-            if list.len() > MAX_EGRESS_RULES {
-                return Err(ApiError::BadRequest(format!(
-                    "{key}: at most {MAX_EGRESS_RULES} entries"
-                )));
-            }
-            if let Some(bad) = list
-                .iter()
-                .find(|e| e.is_empty() || e.len() > 253 || e.contains(char::is_whitespace))
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "{key}: {bad:?} is not a CIDR, IP address or domain"
-                )));
-            }
-            out.insert(key.to_string(), serde_json::json!(list));
-        }
-        match self.egress_proxy {
-            None | Some(serde_json::Value::Null) => {}
-            Some(p @ serde_json::Value::Object(_)) => {
-                out.insert("egressProxy".to_string(), p);
-            }
-            Some(_) => {
-                return Err(ApiError::BadRequest(
-                    "egressProxy must be an object or null".into(),
-                ));
-            }
-        }
-        if let Some(rules) = self.rules {
-            out.insert("rules".to_string(), serde_json::Value::Object(rules));
-        }
-        Ok((out, self.allow_internet_access))
-    }
-}
-
 /// `PUT /sandboxes/{id}/network`: replace the egress settings (stored; not enforced yet).
 pub(super) async fn update_network(
     State(mgr): State<Arc<Manager>>,
     SandboxId(id): SandboxId,
-    JsonBody(body): JsonBody<NetworkUpdate>,
+    JsonBody(raw): JsonBody<serde_json::Value>,
 ) -> Response {
-    let (egress, allow) = match body.into_egress() {
+    let parsed = serde_json::from_value::<NetworkUpdate>(raw.clone())
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")));
+    let (egress, allow) = match parsed.and_then(|b| {
+        let allow = b.allow_internet_access;
+        b.into_egress(&raw).map(|e| (e, allow))
+    }) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -825,5 +779,14 @@ mod tests {
         let listed = serde_json::to_value(detail_out(&v, None)).unwrap();
         assert!(listed.get("envdAccessToken").is_none() && listed.get("domain").is_none());
         assert_eq!(listed["envdVersion"], "0.6.13");
+        // newest-SDK fields: only for paused sandboxes
+        assert!(d.get("envdUnresponsiveAtPause").is_none() && d.get("pauseMode").is_none());
+        let paused = SandboxView {
+            state: SandboxState::Paused,
+            ..v
+        };
+        let listed = serde_json::to_value(detail_out(&paused, None)).unwrap();
+        assert_eq!(listed["envdUnresponsiveAtPause"], false);
+        assert_eq!(listed["state"], "paused");
     }
 }

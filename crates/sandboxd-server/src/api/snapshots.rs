@@ -12,12 +12,15 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Body of `POST /sandboxes/{id}/snapshots`.
+/// Body of `POST /sandboxes/{id}/snapshots` (unknown keys are accepted, as upstream does).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(super) struct NewSnapshot {
     #[serde(default)]
     name: Option<String>,
+    /// `create_snapshot(mode=...)`: `false` keeps the filesystem only — what every snapshot
+    /// here keeps; an explicit `true` (memory) cannot be honoured.
+    #[serde(default)]
+    memory: Option<bool>,
 }
 
 /// `POST /sandboxes/{id}/snapshots`: 201 `SnapshotInfo`.
@@ -26,6 +29,14 @@ pub(super) async fn create(
     SandboxId(id): SandboxId,
     JsonBody(body): JsonBody<NewSnapshot>,
 ) -> Response {
+    if body.memory == Some(true) {
+        return ApiError::NotSupportedHere(
+            "memory snapshots are not supported by this server: a snapshot keeps the filesystem \
+             only, and sandboxes made from it boot fresh (use mode=\"filesystem\")"
+                .into(),
+        )
+        .into_response();
+    }
     match snapshots::create(&mgr, &id, body.name).await {
         Ok(info) => json(StatusCode::CREATED, &info),
         Err(e) => e.into_response(),
