@@ -396,7 +396,10 @@ async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
     .await;
     assert_eq!(s, 201, "{a}");
     let id = sid(&a);
-    assert!(a["trafficAccessToken"].is_null(), "allowPublicTraffic null is the default");
+    assert!(
+        a["trafficAccessToken"].is_null(),
+        "allowPublicTraffic null is the default"
+    );
     let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
     let net = &info["network"];
     assert_eq!(net["dnsServers"], json!(["9.9.9.9"]));
@@ -404,7 +407,10 @@ async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
     assert_eq!(net["egressProxy"]["username"], "u");
     assert_eq!(net["egressProxy"]["tls"]["serverName"], "proxy.local");
     let text = info.to_string();
-    assert!(!text.contains("secret-pw") && !text.contains("BEGIN CERTIFICATE"), "{info}");
+    assert!(
+        !text.contains("secret-pw") && !text.contains("BEGIN CERTIFICATE"),
+        "{info}"
+    );
     assert!(info.get("pauseMode").is_none() && info.get("envdUnresponsiveAtPause").is_none());
 
     // PUT: dnsServers replaced, bad ones refused, httpsPorts kept (ingress)
@@ -446,7 +452,13 @@ async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
         assert_eq!(info["pauseMode"], mode, "{info}");
         assert_eq!(info["envdUnresponsiveAtPause"], false);
         let (_, list) = d.get("/v2/sandboxes?state=paused").await;
-        let item = list.as_array().unwrap().iter().find(|x| sid(x) == id).unwrap().clone();
+        let item = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| sid(x) == id)
+            .unwrap()
+            .clone();
         assert_eq!(item["envdUnresponsiveAtPause"], false, "{item}");
         let (s, _) = post_raw(&d, &format!("/v2/sandboxes/{id}/connect"), "{}").await;
         assert_eq!(s, 201);

@@ -154,9 +154,7 @@ fn check_rules(rules: &Map<String, Value>) -> Result<(), ApiError> {
     }
     for (domain, list) in rules {
         if !is_domain(domain, true) {
-            return Err(bad(format!(
-                "rules: {domain:?} is not a domain name or *.domain"
-            )));
+            return Err(bad(format!("rules: {domain:?} is not a domain name or *.domain")));
         }
         if !list.is_array() {
             return Err(bad(format!("rules: {domain:?} must map to a list of rules")));
@@ -167,15 +165,12 @@ fn check_rules(rules: &Map<String, Value>) -> Result<(), ApiError> {
 
 impl EgressProxy {
     fn check(&self) -> Result<(), ApiError> {
-        let port_ok = self
-            .address
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| {
-                !host.is_empty()
-                    && host.len() <= 255
-                    && !host.contains(char::is_whitespace)
-                    && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
+        let port_ok = self.address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && host.len() <= 255
+                && !host.contains(char::is_whitespace)
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
         if !port_ok {
             return Err(bad(format!(
                 "egressProxy.address: {:?} is not host:port",
@@ -190,7 +185,7 @@ impl EgressProxy {
         if let Some(tls) = &self.tls {
             if !tls.enabled && (tls.server_name.is_some() || tls.ca_cert.is_some()) {
                 return Err(bad(
-                    "egressProxy.tls: serverName and caCert need enabled: true".into(),
+                    "egressProxy.tls: serverName and caCert need enabled: true".into()
                 ));
             }
             if tls
@@ -316,11 +311,19 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(n.allow_public_traffic, None);
-        assert_eq!(create(json!({"allowPublicTraffic": false})).unwrap().allow_public_traffic, Some(false));
+        assert_eq!(
+            create(json!({"allowPublicTraffic": false}))
+                .unwrap()
+                .allow_public_traffic,
+            Some(false)
+        );
         assert!(create(json!({"dnsServers": []})).is_ok());
         assert!(create(json!({"egressProxy": null})).is_ok());
-        assert!(create(json!({"egressProxy": {"address": "10.0.0.1:1080", "tls": {"enabled": false}}})).is_ok());
-        let u = update(json!({"dnsServers": ["9.9.9.9"], "allowOut": ["example.com"], "newerKey": 1})).unwrap();
+        assert!(
+            create(json!({"egressProxy": {"address": "10.0.0.1:1080", "tls": {"enabled": false}}})).is_ok()
+        );
+        let u =
+            update(json!({"dnsServers": ["9.9.9.9"], "allowOut": ["example.com"], "newerKey": 1})).unwrap();
         assert_eq!(u["dnsServers"], json!(["9.9.9.9"]));
         assert!(!u.contains_key("newerKey"));
         assert!(update(json!({})).unwrap().is_empty());
@@ -343,11 +346,23 @@ mod tests {
             (json!({"httpsPorts": [49983]}), "httpsPorts"),
             (json!({"httpsPorts": [0]}), "httpsPorts"),
             (json!({"httpsPorts": [70000]}), "httpsPorts"),
-            (json!({"egressProxy": {"address": "nohostport"}}), "egressProxy.address"),
+            (
+                json!({"egressProxy": {"address": "nohostport"}}),
+                "egressProxy.address",
+            ),
             (json!({"egressProxy": {"address": "h:0"}}), "egressProxy.address"),
-            (json!({"egressProxy": {"address": "h:1", "password": "x".repeat(256)}}), "egressProxy.password"),
-            (json!({"egressProxy": {"address": "h:1", "tls": {"enabled": false, "serverName": "h"}}}), "egressProxy.tls"),
-            (json!({"egressProxy": {"address": "h:1", "tls": {"enabled": true, "caCert": "nope"}}}), "caCert"),
+            (
+                json!({"egressProxy": {"address": "h:1", "password": "x".repeat(256)}}),
+                "egressProxy.password",
+            ),
+            (
+                json!({"egressProxy": {"address": "h:1", "tls": {"enabled": false, "serverName": "h"}}}),
+                "egressProxy.tls",
+            ),
+            (
+                json!({"egressProxy": {"address": "h:1", "tls": {"enabled": true, "caCert": "nope"}}}),
+                "caCert",
+            ),
             (json!({"egressProxy": 5}), "network"),
             (json!({"rules": {"*": []}}), "rules"),
             (json!({"rules": {"a.com": {}}}), "rules"),
@@ -358,7 +373,10 @@ mod tests {
         }
         let e = update(json!({"dnsServers": ["not-an-ip"]})).unwrap_err();
         assert!(e.to_string().contains("dnsServers"), "{e}");
-        assert_eq!(update(json!({"denyOut": ["has space"]})).unwrap_err().status(), 400);
+        assert_eq!(
+            update(json!({"denyOut": ["has space"]})).unwrap_err().status(),
+            400
+        );
     }
 
     #[test]
@@ -371,6 +389,9 @@ mod tests {
             json!({"allowOut": ["a.com"], "egressProxy": {"address": "h:1", "username": "u",
                 "tls": {"enabled": true, "serverName": "h"}}})
         );
-        assert_eq!(public_view(&json!({"egressProxy": null})), json!({"egressProxy": null}));
+        assert_eq!(
+            public_view(&json!({"egressProxy": null})),
+            json!({"egressProxy": null})
+        );
     }
 }
