@@ -58,3 +58,13 @@ def _kill_all(url: str, key: str) -> None:
                 pass
     except Exception:
         pass
+    # volumes stay mounted on the host until deleted (docs/volumes.md)
+    try:
+        _, body = _api(url, key, "GET", "/volumes")
+        for v in json.loads(body):
+            try:
+                _api(url, key, "DELETE", f"/volumes/{v['volumeID']}")
+            except Exception:
+                pass
+    except Exception:
+        pass

@@ -40,6 +40,17 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Handed to the agent at boot.
     pub agent: AgentConfig,
+    /// Volumes bound read-write into the sandbox (`docs/volumes.md`); checked by the caller.
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A volume (made by [`SandboxBackend::create_volume`]) and where it appears in a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// Volume id, `^[a-z0-9]+$`.
+    pub volume_id: String,
+    /// Absolute path inside the sandbox.
+    pub path: String,
 }
 
 /// How the daemon reaches a sandbox's agent.
@@ -205,6 +216,26 @@ pub trait SandboxBackend: Send + Sync + 'static {
         let _ = name;
         Err(RuntimeError::Unsupported(format!(
             "the {} backend does not support snapshots",
+            self.name()
+        )))
+    }
+
+    /// Volumes (`docs/volumes.md`): make the storage of a new volume `id` (`^[a-z0-9]+$`) of at
+    /// most `size_mb` MiB, writable by the sandboxes' `root` and `user`.
+    async fn create_volume(&self, id: &str, size_mb: u64) -> Result<(), RuntimeError> {
+        let _ = (id, size_mb);
+        Err(RuntimeError::Unsupported(format!(
+            "the {} backend does not support volumes",
+            self.name()
+        )))
+    }
+
+    /// Volumes: remove a volume's storage and contents. Idempotent. Callers make sure no
+    /// sandbox mounts it any more.
+    async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported(format!(
+            "the {} backend does not support volumes",
             self.name()
         )))
     }

@@ -7,6 +7,6 @@ pub mod error;
 pub mod namespace;
 
 pub use backend::{
-    Adopted, AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats, SnapshotLimits,
+    Adopted, AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats, SnapshotLimits, VolumeMount,
 };
 pub use error::RuntimeError;

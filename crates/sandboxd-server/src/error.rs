@@ -223,7 +223,10 @@ impl From<RuntimeError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            StoreError::VolumeNotFound(_) => ApiError::NotFound(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

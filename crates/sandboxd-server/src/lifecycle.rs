@@ -25,7 +25,7 @@ use crate::sandbox::LiveSandbox;
 use crate::upstream::AgentClient;
 use chrono::Utc;
 use sandboxd_protocol::agent::AgentConfig;
-use sandboxd_runtime::{AgentEndpoint, Limits, RuntimeError, SandboxHandle, SandboxSpec};
+use sandboxd_runtime::{AgentEndpoint, Limits, RuntimeError, SandboxHandle, SandboxSpec, VolumeMount};
 use sandboxd_store::{SandboxRecord, SandboxState, Store, StoreError, trunc_micros};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -171,12 +171,22 @@ fn live(
     Ok(LiveSandbox::new(rec, handle, client))
 }
 
-/// The spec to boot a sandbox's agent again (same id, env vars, token, limits, template).
-fn spec_of(rec: &SandboxRecord) -> SandboxSpec {
+/// The spec to boot a sandbox's agent again (same id, env vars, token, limits, template,
+/// volumes).
+async fn spec_of(mgr: &Manager, rec: &SandboxRecord) -> Result<SandboxSpec, ApiError> {
+    let id = rec.id.clone();
+    let volumes = db(mgr, move |s| s.sandbox_volumes(&id))
+        .await?
+        .into_iter()
+        .map(|m| VolumeMount {
+            volume_id: m.volume_id,
+            path: m.path,
+        })
+        .collect();
     let mut agent = AgentConfig::new(rec.id.clone(), rec.template_id.clone());
     agent.env_vars = rec.env_vars.clone();
     agent.access_token = rec.access_token.clone();
-    SandboxSpec {
+    Ok(SandboxSpec {
         id: rec.id.clone(),
         template: rec.template_id.clone(),
         limits: Limits {
@@ -186,7 +196,8 @@ fn spec_of(rec: &SandboxRecord) -> SandboxSpec {
             pids: rec.limits.pids,
         },
         agent,
-    }
+        volumes,
+    })
 }
 
 /// Stores the lifecycle settings of a new sandbox (between the registry insert and the spawn;
@@ -356,11 +367,11 @@ async fn resume_locked(
                     "memory resume failed ({e}); resumed with a fresh boot on the kept files"
                 ));
                 memory = false;
-                mgr.backend().boot_existing(spec_of(&s.rec)).await?
+                mgr.backend().boot_existing(spec_of(mgr, &s.rec).await?).await?
             }
         }
     } else {
-        mgr.backend().boot_existing(spec_of(&s.rec)).await?
+        mgr.backend().boot_existing(spec_of(mgr, &s.rec).await?).await?
     };
     let end_at = trunc_micros(Utc::now() + timeout);
     lc.paused_memory = None;

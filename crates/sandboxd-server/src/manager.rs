@@ -12,7 +12,7 @@ use crate::sandbox::{LiveSandbox, SandboxMap, SandboxView};
 use crate::upstream::AgentClient;
 use chrono::{DateTime, Utc};
 use sandboxd_protocol::agent::AgentConfig;
-use sandboxd_runtime::{AgentEndpoint, Limits, SandboxBackend, SandboxSpec};
+use sandboxd_runtime::{AgentEndpoint, Limits, SandboxBackend, SandboxSpec, VolumeMount};
 use sandboxd_store::{SandboxRecord, SandboxState, Store, StoreError, StoredLimits, trunc_micros};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -43,6 +43,8 @@ pub struct CreateParams {
     pub disk_mb: Option<i64>,
     /// autoPause / autoPauseMemory / autoResume (`lifecycle.rs`).
     pub lifecycle: crate::lifecycle::Lifecycle,
+    /// `volumeMounts`, checked: `(volume name, absolute path)` (`docs/volumes.md`).
+    pub volume_mounts: Vec<(String, String)>,
 }
 
 /// The lifecycle owner: backend, registry and the live map.
@@ -354,6 +356,14 @@ impl Manager {
             let _ = self.db(move |s| s.delete(&id2)).await;
             return Err(e);
         }
+        let volumes = match self.attach_volumes(&id, params.volume_mounts).await {
+            Ok(v) => v,
+            Err(e) => {
+                let id2 = id.clone();
+                let _ = self.db(move |s| s.delete(&id2)).await;
+                return Err(e);
+            }
+        };
         let mut agent = AgentConfig::new(id.clone(), template_id.clone());
         agent.env_vars = rec.env_vars.clone();
         agent.access_token = rec.access_token.clone();
@@ -362,6 +372,7 @@ impl Manager {
             template: template_id,
             limits,
             agent,
+            volumes,
         };
         let t0 = std::time::Instant::now();
         let handle = match self.backend.create(spec).await {
@@ -398,6 +409,27 @@ impl Manager {
         self.sandboxes.insert(live.clone());
         tracing::info!(sandbox = %id, ms = t0.elapsed().as_millis() as u64, "sandbox created");
         Ok(live)
+    }
+
+    /// Records the volumes a new sandbox (its row exists) mounts; a volume deleted meanwhile is
+    /// a 404 (the registry decides: a mounted volume cannot be deleted).
+    async fn attach_volumes(
+        &self,
+        id: &str,
+        mounts: Vec<(String, String)>,
+    ) -> Result<Vec<VolumeMount>, ApiError> {
+        if mounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id = id.to_string();
+        let rows = self.db(move |s| s.attach_volumes(&id, &mounts)).await?;
+        Ok(rows
+            .into_iter()
+            .map(|m| VolumeMount {
+                volume_id: m.volume_id,
+                path: m.path,
+            })
+            .collect())
     }
 
     /// Kills a sandbox: it vanishes from the API at once, its traffic gets 502, in-flight

@@ -465,7 +465,8 @@ pub(crate) async fn claim(
     template_id: &str,
     alias: &str,
 ) -> Option<Result<Arc<LiveSandbox>, ApiError>> {
-    if !mgr.pool.lock().contains_key(template_id) {
+    // pooled sandboxes were booted without volumes
+    if !params.volume_mounts.is_empty() || !mgr.pool.lock().contains_key(template_id) {
         return None;
     }
     let t0 = Instant::now();
@@ -802,6 +803,7 @@ async fn boot_one(mgr: &Arc<Manager>, template: &str, limits: Limits) {
         template: template.to_string(),
         limits,
         agent: agent.clone(),
+        volumes: Vec::new(),
     };
     let t0 = Instant::now();
     let r = mgr.backend().create(spec).await;

@@ -301,6 +301,14 @@ pub async fn fork(
     let src = running_source(mgr, id)?;
     let row = take(mgr, &src, None, KIND_FORK).await?;
     let rec = &src.rec;
+    // forks mount the source's volumes (shared, not copied)
+    let src_id = rec.id.clone();
+    let volume_mounts = mgr
+        .db(move |s| s.sandbox_volumes(&src_id))
+        .await?
+        .into_iter()
+        .map(|m| (m.name, m.path))
+        .collect();
     let params = CreateParams {
         template: row.template_id.clone(),
         timeout_secs,
@@ -313,6 +321,7 @@ pub async fn fork(
         cpu_count: Some(rec.limits.cpu_count.into()),
         memory_mb: i64::try_from(rec.limits.memory_mb).ok(),
         disk_mb: i64::try_from(rec.limits.disk_mb).ok(),
+        volume_mounts,
         ..Default::default()
     };
     let mut out = Vec::with_capacity(count as usize);

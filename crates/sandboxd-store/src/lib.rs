@@ -11,7 +11,9 @@
 mod idempotency;
 mod snapshots;
 pub use idempotency::IdempotencyClaim;
+mod volumes;
 pub use snapshots::SnapshotRow;
+pub use volumes::{MountRow, VolumeDeletion, VolumeRow};
 
 use chrono::{DateTime, TimeZone, Utc};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -48,6 +50,9 @@ pub enum StoreError {
     /// No row with this id.
     #[error("sandbox '{0}' not found in the registry")]
     NotFound(String),
+    /// No volume with this name.
+    #[error("volume '{0}' not found")]
+    VolumeNotFound(String),
     /// A row holds a value this version cannot read (for example an unknown state).
     #[error("registry row '{id}' is invalid: {message}")]
     Corrupt { id: String, message: String },
@@ -226,6 +231,7 @@ impl Store {
                  data TEXT NOT NULL
              );",
         )?;
+        volumes::ensure(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
             path,

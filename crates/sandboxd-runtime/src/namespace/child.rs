@@ -32,6 +32,8 @@ pub struct ChildCtx<'a> {
     pub usr_layers: Vec<CString>,
     /// Read-only host directories bound into the new root (templates_extra.rs).
     pub binds: &'a [super::templates_extra::ReadOnlyBind],
+    /// Volumes bound read-write into the new root (volumes.rs).
+    pub volumes: &'a [super::volumes::VolumeBind],
     pub hostname: CString,
     pub mount_sys: bool,
     pub exe_fd: RawFd,
@@ -200,6 +202,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
             out.push_str(&format!("/proc/self/fd/{fd}:"));
         }
     }
+    let volume_fds = super::volumes::open_sources(ctx.volumes).map_err(os("open volumes"))?;
 
     mark(ctx, "opened dirs");
     // 3. Become root of the sandbox (host uid = map base).
@@ -259,6 +262,10 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     if !ctx.binds.is_empty() {
         let root = std::path::PathBuf::from(rootfs.to_string_lossy().into_owned());
         super::templates_extra::mount_binds(&root, ctx.binds).map_err(os("mount template binds"))?;
+    }
+    if !ctx.volumes.is_empty() {
+        let root = std::path::PathBuf::from(rootfs.to_string_lossy().into_owned());
+        super::volumes::mount_in_child(&root, ctx.volumes, &volume_fds).map_err(os("mount volumes"))?;
     }
     mark(ctx, "overlays");
     // SAFETY: valid C string.

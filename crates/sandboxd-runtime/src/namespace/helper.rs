@@ -55,6 +55,9 @@ pub struct SpawnRequest {
     /// Read-only host directories bound into the root (layered templates, templates_extra.rs).
     #[serde(default)]
     pub binds: Vec<super::templates_extra::ReadOnlyBind>,
+    /// Volumes bound read-write (volumes.rs).
+    #[serde(default)]
+    pub volumes: Vec<super::volumes::VolumeBind>,
     pub hostname: String,
     pub mount_sys: bool,
     pub exec: ExecTarget,
@@ -85,6 +88,8 @@ pub fn static_step(s: &str) -> &'static str {
         "open template",
         "open template layer",
         "mount template binds",
+        "open volumes",
+        "mount volumes",
         "open usr",
         "setgroups",
         "setresgid",
@@ -398,6 +403,7 @@ impl Helper {
             root_layers,
             usr_layers,
             binds: &req.binds,
+            volumes: &req.volumes,
             hostname: ctx_paths.3,
             mount_sys: req.mount_sys,
             exe_fd: self.exe.as_raw_fd(),

@@ -20,6 +20,7 @@ pub mod stats;
 pub mod sys;
 pub mod template;
 pub mod templates_extra;
+pub mod volumes;
 
 use crate::RuntimeError;
 use crate::backend::{AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec};
@@ -340,6 +341,7 @@ impl NamespaceBackend {
             ("templates", 0o755),
             (".helper", 0o711),
             (".trash", 0o700),
+            (volumes::VOLUMES_DIR, 0o711),
         ] {
             mkdir_owned(&d.join(sub), mode, None)?;
         }
@@ -841,12 +843,24 @@ impl Inner {
             .open(sbx.join("agent.log"))
             .map(OwnedFd::from)
             .map_err(|e| step("sandbox dirs", format!("agent.log: {e}")))?;
+        let volumes = spec
+            .volumes
+            .iter()
+            .map(|v| {
+                volumes::check_mount_path(&v.path).map_err(RuntimeError::InvalidSpec)?;
+                Ok(volumes::VolumeBind {
+                    source: volumes::source(&self.cfg.data_dir, &v.volume_id)?,
+                    target: v.path.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
         let req = SpawnRequest {
             id: id.clone(),
             sandbox_dir: sbx.to_path_buf(),
             template: templates_extra::resolve(&spec.template)
                 .map_or_else(|| spec.template.clone(), |t| t.skeleton.to_string()),
             binds,
+            volumes,
             root_layers,
             usr_layers,
             layers_host_ids,
@@ -1301,6 +1315,31 @@ impl SandboxBackend for NamespaceBackend {
         tokio::task::spawn_blocking(move || me.snapshot_blocking(&id, &src, &name, limits))
             .await
             .map_err(|e| step("snapshot", e))?
+    }
+
+    async fn create_volume(&self, id: &str, size_mb: u64) -> Result<(), RuntimeError> {
+        if !valid_id(id) {
+            return Err(RuntimeError::InvalidSpec(format!("bad volume id '{id}'")));
+        }
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let owner = me.inner.init.uid_base + template::USER_ID;
+            volumes::create(&*me.inner.quota, &me.inner.cfg.data_dir, &id, size_mb, owner)
+        })
+        .await
+        .map_err(|e| step("volume", e))?
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        if !valid_id(id) {
+            return Err(RuntimeError::InvalidSpec(format!("bad volume id '{id}'")));
+        }
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || volumes::delete(&me.inner.cfg.data_dir, &id))
+            .await
+            .map_err(|e| step("volume", e))
     }
 
     async fn delete_snapshot_template(&self, name: &str) -> Result<bool, RuntimeError> {

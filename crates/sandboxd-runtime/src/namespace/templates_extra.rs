@@ -168,29 +168,35 @@ fn target_parts(target: &str) -> io::Result<Vec<&str>> {
     Ok(parts)
 }
 
+/// The directory `target` (absolute, validated) under `rootfs`, created (0755) in the root
+/// overlay where missing. Fails on a component that is not a directory (a symlink included),
+/// so a mount never follows a link planted inside the sandbox.
+pub(super) fn mount_point(rootfs: &Path, target: &str) -> io::Result<PathBuf> {
+    let mut dir = rootfs.to_path_buf();
+    for p in target_parts(target)? {
+        dir.push(p);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::other(format!(
+                    "mount target {target} exists and is not a directory"
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir(&dir)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(dir)
+}
+
 /// Bind every entry of `binds` read-only (and nosuid, nodev) under `rootfs` (the sandbox's new
 /// root, before `pivot_root`). Runs in the sandbox init as the sandbox's root; mount points are
 /// created in the root overlay when missing. Never follows symlinks inside the sandbox root.
 pub fn mount_binds(rootfs: &Path, binds: &[ReadOnlyBind]) -> io::Result<()> {
     for b in binds {
-        let parts = target_parts(&b.target)?;
-        let mut dir = rootfs.to_path_buf();
-        for p in &parts {
-            dir.push(p);
-            match std::fs::symlink_metadata(&dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    return Err(io::Error::other(format!(
-                        "bind target {} exists and is not a directory",
-                        b.target
-                    )));
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    std::fs::create_dir(&dir)?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let dir = mount_point(rootfs, &b.target)?;
         let src = cpath(b.source.as_os_str().as_bytes())?;
         let dst = cpath(dir.as_os_str().as_bytes())?;
         // SAFETY: valid NUL-terminated strings; a null fstype/data is allowed for MS_BIND.

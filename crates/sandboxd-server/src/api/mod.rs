@@ -12,6 +12,7 @@ pub mod network;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod templates;
+pub mod volumes;
 
 use crate::error::ApiError;
 use crate::ids::parse_path_sandbox_id;
@@ -55,6 +56,8 @@ pub fn router(mgr: Arc<Manager>) -> Router {
             "/templates/{id}",
             axum::routing::delete(snapshots::delete_template),
         )
+        .route("/volumes", post(volumes::create).get(volumes::list))
+        .route("/volumes/{id}", get(volumes::get).delete(volumes::delete))
         .route("/pool", get(crate::pool::api_status))
         .route("/metrics", get(metrics::prometheus))
         .route("/sandboxes/metrics", get(metrics::latest_many))

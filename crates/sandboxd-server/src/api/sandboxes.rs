@@ -37,7 +37,7 @@ pub(super) struct NewSandbox {
     network: Option<serde_json::Value>,
     #[allow(dead_code)]
     mcp: Option<serde_json::Value>,
-    volume_mounts: Option<Vec<serde_json::Value>>,
+    volume_mounts: Option<Vec<super::volumes::VolumeMountIn>>,
     iam: Option<serde_json::Value>,
     cpu_count: Option<i64>,
     #[serde(rename = "memoryMB")]
@@ -102,11 +102,7 @@ impl NewSandbox {
             auto_resume,
             ..Default::default()
         };
-        if self.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(ApiError::BadRequest(
-                "volumeMounts are not supported by this server".into(),
-            ));
-        }
+        let volume_mounts = super::volumes::check_mounts(self.volume_mounts.unwrap_or_default())?;
         if self
             .iam
             .as_ref()
@@ -150,6 +146,7 @@ impl NewSandbox {
             memory_mb: self.memory_mb,
             disk_mb: self.disk_size_mb,
             lifecycle,
+            volume_mounts,
         })
     }
 }
@@ -239,6 +236,14 @@ struct DetailOnly {
     /// sandboxd-only: what the sandbox can reach. Egress settings (`allowInternetAccess`,
     /// `network`) are stored but not enforced yet: sandboxes have loopback only.
     network_access: &'static str,
+    /// `[{name, path}]` of the volumes it mounts (`docs/volumes.md`).
+    volume_mounts: Vec<VolumeMountOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct VolumeMountOut {
+    name: String,
+    path: String,
 }
 
 /// [`DetailOnly::network_access`] until egress networking lands.
@@ -276,6 +281,7 @@ fn detail_out(v: &SandboxView, domain: Option<&str>) -> DetailOut {
             paused_with_memory: None,
             lifecycle_note: None,
             network_access: NETWORK_ACCESS,
+            volume_mounts: Vec::new(),
         }),
     }
 }
@@ -337,6 +343,19 @@ pub(super) async fn get(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxI
                     .paused_with_memory
                     .map(|m| if m { "full" } else { "filesystem" });
                 d.lifecycle_note = lc.note;
+                let id2 = id.clone();
+                match mgr.db(move |s| s.sandbox_volumes(&id2)).await {
+                    Ok(m) => {
+                        d.volume_mounts = m
+                            .into_iter()
+                            .map(|m| VolumeMountOut {
+                                name: m.name,
+                                path: m.path,
+                            })
+                            .collect();
+                    }
+                    Err(e) => return ApiError::from(e).into_response(),
+                }
             }
             json(StatusCode::OK, &out)
         }

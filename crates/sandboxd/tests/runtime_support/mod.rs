@@ -104,6 +104,7 @@ pub fn spec(id: &str, limits: Limits) -> SandboxSpec {
         template: "base".into(),
         limits,
         agent: AgentConfig::new(id, "base"),
+        volumes: Vec::new(),
     }
 }
 
