@@ -10,8 +10,8 @@
 
 mod idempotency;
 mod snapshots;
-pub use idempotency::IdempotencyClaim;
 mod volumes;
+pub use idempotency::IdempotencyClaim;
 pub use snapshots::SnapshotRow;
 pub use volumes::{MountRow, VolumeDeletion, VolumeRow};
 
