@@ -3,7 +3,8 @@
 //! upload over the quota answers 507, `df` inside shows the quota, the pool's default size,
 //! `diskSizeMB: 0`, bad sizes, a filesystem-only pause/resume and a daemon restart keep the
 //! quota, destroy leaves no loop device, mount or image), `nproc` = `cpuCount` and
-//! `free -m` = `memoryMB`. Needs root (skipped otherwise; fails with CI=true).
+//! `free -m` = `memoryMB`, one memory limit over agent and workload (`/dev/shm` uploads).
+//! Needs root (skipped otherwise; fails with CI=true).
 
 mod common;
 
@@ -24,7 +25,12 @@ fn token(v: &Value) -> String {
 /// on the sandbox's `/dev/shm` (a tmpfs, so it works while the disk is full) and read back
 /// through `/files`.
 async fn out(d: &Daemon, v: &Value, script: &str) -> String {
-    let wrapped = format!("({script}) > /dev/shm/.limits-out 2>&1");
+    out_at(d, v, "/dev/shm/.limits-out", script).await
+}
+
+/// [`out`] with the output written to `file`.
+async fn out_at(d: &Daemon, v: &Value, file: &str, script: &str) -> String {
+    let wrapped = format!("({script}) > {file} 2>&1");
     let r = d
         .sandbox(reqwest::Method::POST, &sid(v), "/process.Process/Start")
         .header("X-Access-Token", token(v))
@@ -43,7 +49,7 @@ async fn out(d: &Daemon, v: &Value, script: &str) -> String {
         .sandbox(
             reqwest::Method::GET,
             &sid(v),
-            "/files?path=/dev/shm/.limits-out&username=root",
+            &format!("/files?path={file}&username=root"),
         )
         .header("X-Access-Token", token(v))
         .send()
@@ -367,4 +373,85 @@ async fn quota_survives_daemon_restart() {
         loops_under(&data)
     );
     drop(d);
+}
+
+/// The memory limit of sandbox `id`'s whole cgroup (agent and work) on the host, v1 or v2.
+fn sandbox_memory_limit(id: &str) -> Option<u64> {
+    for (mount, file) in [
+        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+        ("/sys/fs/cgroup", "memory.max"),
+    ] {
+        for root in std::fs::read_dir(mount).ok()?.flatten() {
+            if let Ok(t) = std::fs::read_to_string(root.path().join(id).join(file)) {
+                return t.trim().parse().ok();
+            }
+        }
+    }
+    None
+}
+
+/// One memory limit covers the agent and the workload: `/dev/shm` of a 128 MiB sandbox holds at
+/// most 128 MiB, so a 300 MB upload through `/files` (from the host, and from inside through
+/// 127.0.0.1:49983) answers 507 instead of taking host memory; files the agent wrote there
+/// count against the sandbox (a workload that would fit in `work` alone is OOM-killed while
+/// they are there, and runs once they are gone); the agent and a neighbour keep answering.
+#[tokio::test]
+async fn shm_uploads_count_against_the_sandbox_memory() {
+    if !require_root("shm_uploads_count_against_the_sandbox_memory") {
+        return;
+    }
+    let d = Daemon::start();
+    let body = json!({"templateID":"base","timeout":300,"secure":true,"memoryMB":128});
+    let (s, v) = d.create(body.clone()).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, n) = d.create(body).await;
+    assert_eq!(s, 201, "{n}");
+    let id = sid(&v);
+    assert_eq!(
+        sandbox_memory_limit(&id),
+        Some((128 + 64) << 20),
+        "memoryMB + agent reserve"
+    );
+    let run = |script: &'static str| out_at(&d, &v, "/tmp/.limits-out", script);
+    let size = run("df -m --output=size /dev/shm | tail -1").await;
+    assert!(
+        size.trim().parse::<u64>().is_ok_and(|m| m <= 128),
+        "/dev/shm size {size}"
+    );
+
+    // from the host: 507, the sandbox answers, nothing of it left in memory once removed
+    assert_eq!(upload(&d, &v, "/dev/shm/big", vec![7u8; 300 << 20]).await, 507);
+    assert_eq!(run("echo ok").await, "ok\n");
+    run("rm -f /dev/shm/big").await;
+    // from inside through envd's port: 507 too
+    let inside = out_at(
+        &d,
+        &v,
+        "/tmp/.limits-out",
+        &format!(
+            "head -c 300M /dev/zero > /home/user/big && curl -s -o /dev/null -w '%{{http_code}}' \
+             -H 'X-Access-Token: {}' -F 'file=@/home/user/big' \
+             'http://127.0.0.1:49983/files?path=/dev/shm/in&username=user'; rm -f /home/user/big /dev/shm/in",
+            token(&v)
+        ),
+    )
+    .await;
+    assert_eq!(inside, "507", "upload from inside");
+
+    // 110 MiB that the agent wrote into /dev/shm leave no room for a 100 MiB workload ...
+    assert_eq!(upload(&d, &v, "/dev/shm/fill", vec![7u8; 110 << 20]).await, 200);
+    let hog = "python3 -c \"b = b'x' * (100 << 20); print('done-' + 'alloc')\"; echo rc=$?";
+    let r = out_at(&d, &v, "/tmp/.limits-out", hog).await;
+    assert!(r.contains("rc=137") && !r.contains("done-alloc"), "{r}");
+    assert_eq!(run("echo ok").await, "ok\n", "the agent survives the OOM kill");
+    // ... which runs once they are gone; a bigger one is OOM-killed in work as before
+    run("rm -f /dev/shm/fill").await;
+    let r = out_at(&d, &v, "/tmp/.limits-out", hog).await;
+    assert!(r.contains("done-alloc") && r.contains("rc=0"), "{r}");
+    let r = run("python3 -c \"b = b'x' * (200 << 20)\"; echo rc=$?").await;
+    assert!(r.contains("rc=137"), "{r}");
+    assert_eq!(run("echo ok").await, "ok\n");
+    // the neighbour never noticed
+    assert_eq!(out_at(&d, &n, "/tmp/.limits-out", "echo fine").await, "fine\n");
+    d.kill_all_sandboxes();
 }

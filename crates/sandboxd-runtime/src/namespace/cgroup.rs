@@ -1,8 +1,11 @@
 //! cgroup management for sandboxes, on cgroup v1 (one directory per hierarchy) and v2.
 //!
 //! Layout, under a configurable root name (default `sandboxd`) in each hierarchy:
-//! `<root>/<id>/agent` holds the agent (no limits, so user processes cannot starve or OOM it)
-//! and `<root>/<id>/work` holds user processes (cpu quota, memory with swap 0, pids).
+//! `<root>/<id>/agent` holds the agent (no limits of its own, so user processes cannot starve
+//! it; its OOM score keeps it out of the sandbox's OOM kills) and `<root>/<id>/work` holds user
+//! processes (cpu quota, memory with swap 0, pids). `<root>/<id>` itself has one memory limit
+//! for both: `memoryMB` plus [`AGENT_MEMORY_RESERVE_MB`], so memory the agent uses on the
+//! sandbox's behalf (files it writes into the sandbox's tmpfs) is charged to the sandbox.
 //! Everything here is plain file I/O on a mount path, so tests run against a fake tree.
 
 use crate::RuntimeError;
@@ -15,6 +18,8 @@ use std::path::{Path, PathBuf};
 pub const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio"];
 /// v2 controllers sandboxd enables for its subtree when available.
 pub const V2_CONTROLLERS: &[&str] = &["cpu", "memory", "pids", "io"];
+/// Memory the agent may use on top of `memoryMB` (the limit of `<id>` is their sum).
+pub const AGENT_MEMORY_RESERVE_MB: u64 = 64;
 /// CFS period used for cpu quotas (100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -277,7 +282,7 @@ impl Cgroups {
         f
     }
 
-    /// Create `<id>`, `<id>/agent` and `<id>/work` and write the limits on `work`. On error,
+    /// Create `<id>`, `<id>/agent` and `<id>/work` and write the limits (see [`Self::apply_limits`]). On error,
     /// whatever was created is removed again.
     pub fn create(&self, id: &str, limits: &Limits) -> Result<SandboxCgroupFiles, RuntimeError> {
         let mut created = Vec::new();
@@ -338,28 +343,37 @@ impl Cgroups {
         Ok(self.files(id))
     }
 
-    /// Write the limits of the sandbox's `work` group (also to change them later).
+    /// Write the limits of the sandbox's `work` group and the memory limit of the whole sandbox
+    /// (also to change them later).
     pub fn apply_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
         let quota = (limits.cpu_count as u64).saturating_mul(CPU_PERIOD_US);
         let memory = limits.memory_mb.saturating_mul(1 << 20).to_string();
+        let sandbox_memory = limits
+            .memory_mb
+            .saturating_add(AGENT_MEMORY_RESERVE_MB)
+            .saturating_mul(1 << 20)
+            .to_string();
         match &self.layout {
             CgroupLayout::V1(hs) => {
                 for h in hs {
-                    let work = h.mount.join(&self.root_name).join(id).join("work");
+                    let sb = h.mount.join(&self.root_name).join(id);
+                    let work = sb.join("work");
                     if h.has("cpu") {
                         write_file(&work.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                         write_file(&work.join("cpu.cfs_quota_us"), &quota.to_string())?;
                     }
                     if h.has("memory") {
-                        if self.swap_files {
-                            // memory+swap must never be below memory: lift it, set memory,
-                            // then set memory+swap equal to memory (no swap).
-                            write_file(&work.join("memory.memsw.limit_in_bytes"), "-1")?;
-                            write_file(&work.join("memory.limit_in_bytes"), &memory)?;
-                            write_file(&work.join("memory.memsw.limit_in_bytes"), &memory)?;
-                        } else {
-                            write_file(&work.join("memory.limit_in_bytes"), &memory)?;
-                            write_file(&work.join("memory.swappiness"), "0")?;
+                        for (dir, bytes) in [(&sb, &sandbox_memory), (&work, &memory)] {
+                            if self.swap_files {
+                                // memory+swap must never be below memory: lift it, set memory,
+                                // then set memory+swap equal to memory (no swap).
+                                write_file(&dir.join("memory.memsw.limit_in_bytes"), "-1")?;
+                                write_file(&dir.join("memory.limit_in_bytes"), bytes)?;
+                                write_file(&dir.join("memory.memsw.limit_in_bytes"), bytes)?;
+                            } else {
+                                write_file(&dir.join("memory.limit_in_bytes"), bytes)?;
+                                write_file(&dir.join("memory.swappiness"), "0")?;
+                            }
                         }
                     }
                     if h.has("pids") {
@@ -368,15 +382,18 @@ impl Cgroups {
                 }
             }
             CgroupLayout::V2(m) => {
-                let work = m.join(&self.root_name).join(id).join("work");
+                let sb = m.join(&self.root_name).join(id);
+                let work = sb.join("work");
                 let has = |c: &str| self.v2_controllers.iter().any(|x| x == c);
                 if has("cpu") {
                     write_file(&work.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                 }
                 if has("memory") {
-                    write_file(&work.join("memory.max"), &memory)?;
-                    if self.swap_files {
-                        write_file(&work.join("memory.swap.max"), "0")?;
+                    for (dir, bytes) in [(&sb, &sandbox_memory), (&work, &memory)] {
+                        write_file(&dir.join("memory.max"), bytes)?;
+                        if self.swap_files {
+                            write_file(&dir.join("memory.swap.max"), "0")?;
+                        }
                     }
                 }
                 if has("pids") {
@@ -653,8 +670,14 @@ mod tests {
         assert_eq!(read(&w.join("pids.max")), "100");
         assert!(
             !m.join("sandboxd/abc/agent/memory.max").exists(),
-            "agent has no limits"
+            "agent has no limits of its own"
         );
+        // one limit over agent and work: memoryMB plus the agent's reserve, no swap
+        assert_eq!(
+            read(&m.join("sandboxd/abc/memory.max")),
+            ((256 + AGENT_MEMORY_RESERVE_MB) << 20).to_string()
+        );
+        assert_eq!(read(&m.join("sandboxd/abc/memory.swap.max")), "0");
         assert_eq!(files.work_procs, vec![w.join("cgroup.procs")]);
         assert_eq!(files.agent_procs, vec![m.join("sandboxd/abc/agent/cgroup.procs")]);
 
@@ -744,6 +767,11 @@ mod tests {
             (256u64 << 20).to_string()
         );
         assert!(!m.join("memory/sandboxd/s1/work/memory.swappiness").exists());
+        let whole = ((256 + AGENT_MEMORY_RESERVE_MB) << 20).to_string();
+        for f in ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"] {
+            assert_eq!(read(&m.join("memory/sandboxd/s1").join(f)), whole, "{f}");
+        }
+        assert!(!m.join("memory/sandboxd/s1/agent/memory.limit_in_bytes").exists());
         assert_eq!(w("pids", "pids.max"), "100");
         assert!(!m.join("cpu/sandboxd/s1/agent/cpu.cfs_quota_us").exists());
 
@@ -781,6 +809,11 @@ mod tests {
             (256u64 << 20).to_string()
         );
         assert_eq!(w("pids", "pids.max"), "100");
+        assert_eq!(
+            read(&m.join("memory/sandboxd/s3/memory.limit_in_bytes")),
+            ((256 + AGENT_MEMORY_RESERVE_MB) << 20).to_string(),
+            "the sandbox's limit follows the claim's memoryMB"
+        );
         assert_eq!(cg.files("s3").work_procs[0], m.join("cpu/sandboxd/s3/work/tasks"));
     }
 
@@ -793,6 +826,7 @@ mod tests {
             read(&t.path().join("memory/sandboxd/s2/work/memory.swappiness")),
             "0"
         );
+        assert_eq!(read(&t.path().join("memory/sandboxd/s2/memory.swappiness")), "0");
         assert!(
             !t.path()
                 .join("memory/sandboxd/s2/work/memory.memsw.limit_in_bytes")

@@ -36,6 +36,8 @@ pub struct ChildCtx<'a> {
     pub volumes: &'a [super::volumes::VolumeBind],
     pub hostname: CString,
     pub mount_sys: bool,
+    /// Mount options of `/dev/shm` (its size is within the sandbox's memory).
+    pub shm_opts: CString,
     pub exe_fd: RawFd,
     pub config_fd: RawFd,
     pub log_fd: RawFd,
@@ -310,7 +312,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         c"dev/shm",
         Some(c"tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV,
-        Some(c"mode=1777"),
+        Some(&ctx.shm_opts),
     )
     .map_err(os("mount /dev/shm"))?;
     for (link, target) in [

@@ -60,6 +60,9 @@ pub struct SpawnRequest {
     pub volumes: Vec<super::volumes::VolumeBind>,
     pub hostname: String,
     pub mount_sys: bool,
+    /// The sandbox's `memoryMB`: `/dev/shm` gets that size (0: the kernel's default).
+    #[serde(default)]
+    pub memory_mb: u64,
     pub exec: ExecTarget,
     pub agent_procs: usize,
     pub work_procs: usize,
@@ -259,6 +262,17 @@ fn write_proc(pid: i32, file: &str, content: &str) -> io::Result<()> {
     std::fs::write(format!("/proc/{pid}/{file}"), content)
 }
 
+/// Mount options of a sandbox's `/dev/shm`: at most `memory_mb` MiB of data (pages it holds
+/// are charged to whoever wrote them, the agent included, all inside the sandbox's memory
+/// limit) and 256 inodes per MiB.
+pub fn shm_options(memory_mb: u64) -> CString {
+    let opts = match memory_mb {
+        0 => "mode=1777".to_string(),
+        m => format!("mode=1777,size={m}m,nr_inodes={}", m.saturating_mul(256)),
+    };
+    CString::new(opts).unwrap_or_default()
+}
+
 /// A user namespace with the sandbox mapping, for idmapped mounts.
 fn mapping_userns(map: &str) -> io::Result<OwnedFd> {
     let (r, w) = pipe()?;
@@ -406,6 +420,7 @@ impl Helper {
             volumes: &req.volumes,
             hostname: ctx_paths.3,
             mount_sys: req.mount_sys,
+            shm_opts: shm_options(req.memory_mb),
             exe_fd: self.exe.as_raw_fd(),
             config_fd: fds[0].as_raw_fd(),
             log_fd: fds[1].as_raw_fd(),

@@ -866,6 +866,7 @@ impl Inner {
             layers_host_ids,
             hostname: spec.agent.hostname.clone(),
             mount_sys: self.cfg.mount_sys,
+            memory_mb: spec.limits.memory_mb,
             exec: target,
             agent_procs: agent_fds.len(),
             work_procs: work_fds.len(),
