@@ -312,6 +312,12 @@ struct Helper {
     timing: bool,
 }
 
+impl Drop for Helper {
+    fn drop(&mut self) {
+        unstage(&self.own_stage);
+    }
+}
+
 fn fail(step: &str, e: impl std::fmt::Display) -> HelperReply {
     HelperReply::Failed {
         step: step.to_string(),
@@ -598,9 +604,8 @@ pub fn run_spawn_helper() -> Result<(), RuntimeError> {
             return Ok(());
         }
     };
-    let r = serve(sock, &helper);
-    unstage(&helper.own_stage);
-    r
+    // the staging views go when `helper` drops, also when the daemon died meanwhile
+    serve(sock, &helper)
 }
 
 fn serve(sock: RawFd, helper: &Helper) -> Result<(), RuntimeError> {

@@ -345,13 +345,8 @@ impl NamespaceBackend {
         ] {
             mkdir_owned(&d.join(sub), mode, None)?;
         }
-        // leftovers of interrupted destroys
-        if let Ok(rd) = std::fs::read_dir(d.join(".trash")) {
-            for e in rd.flatten() {
-                quota::release(&e.path());
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
+        // leftovers of interrupted destroys and quota probes
+        quota::sweep_trash(&d.join(".trash"));
         snapshot::secure_store(&d.join("templates"));
         let disk_quota = quota::choose(&d.join(".trash"));
         tracing::info!(kind = disk_quota.kind(), "disk quota for sandbox writable layers");

@@ -465,6 +465,34 @@ pub fn release(sbx: &Path) {
     }
 }
 
+/// Empty the trash at start: sandbox dirs of interrupted destroys (their quota released) and
+/// what a start-up killed during its quota probe left (`.quota-probe-<pid>` mounted on its
+/// image, `.quota-probe-<pid>.img`). Best effort.
+pub fn sweep_trash(trash: &Path) {
+    let Ok(rd) = std::fs::read_dir(trash) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if is_mount_point(&p)
+            && let Err(err) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+        {
+            tracing::warn!("unmounting {}: {err}", p.display());
+            continue;
+        }
+        let r = match e.file_type() {
+            Ok(t) if t.is_dir() => {
+                release(&p);
+                std::fs::remove_dir_all(&p)
+            }
+            _ => std::fs::remove_file(&p),
+        };
+        if let Err(err) = r {
+            tracing::warn!("emptying the trash: removing {}: {err}", p.display());
+        }
+    }
+}
+
 /// Mount a sandbox dir's image again if it exists but is not mounted (after a host reboot:
 /// the kernel forgot the mount, the image file is kept). `Ok(false)`: nothing to do.
 pub fn ensure_mounted(sbx: &Path) -> Result<bool, RuntimeError> {
@@ -571,6 +599,23 @@ mod tests {
         q.detach(&d).unwrap(); // idempotent
         q.attach(&d, 0).unwrap();
         assert!(!is_mount_point(&d), "0 means no limit");
+    }
+
+    #[test]
+    fn sweep_removes_an_interrupted_quota_probe() {
+        if !root() {
+            return;
+        }
+        // What a start-up killed between the probe's attach and detach leaves behind.
+        let t = tempfile::tempdir().unwrap();
+        let probe = t.path().join(".quota-probe-1");
+        LoopImageQuota::new().unwrap().attach(&probe, 8).unwrap();
+        assert!(is_mount_point(&probe) && image_path(&probe).exists());
+        let sbx = t.path().join("isbx-1");
+        std::fs::create_dir_all(sbx.join("upper")).unwrap();
+        sweep_trash(t.path());
+        assert!(!is_mount_point(&probe));
+        assert_eq!(std::fs::read_dir(t.path()).unwrap().count(), 0, "trash emptied");
     }
 
     #[test]
