@@ -2,8 +2,8 @@
 //!
 //! - `GET /health`: 204 once the agent serves requests.
 //! - `POST /config`: a full JSON `AgentConfig` that replaces the current one (204). Used to
-//!   hand a warm-pool sandbox to its owner. `workCgroupFds` is kept from boot: those
-//!   descriptors were inherited then and cannot change.
+//!   hand a warm-pool sandbox to its owner. `workCgroupFds` and `workloadUsernsFd` are kept
+//!   from boot: those descriptors were inherited then and cannot change.
 
 use crate::connect::read_body_limited;
 use crate::state::AgentState;
@@ -40,7 +40,9 @@ async fn set_config(State(state): State<Arc<AgentState>>, body: Body) -> Respons
             return crate::auth::json_error(StatusCode::BAD_REQUEST, &format!("invalid agent config: {e}"));
         }
     };
-    cfg.work_cgroup_fds = state.config().work_cgroup_fds.clone();
+    let boot = state.config();
+    cfg.work_cgroup_fds = boot.work_cgroup_fds.clone();
+    cfg.workload_userns_fd = boot.workload_userns_fd;
     tracing::info!(sandbox_id = %cfg.sandbox_id, "config replaced");
     state.set_config(cfg);
     StatusCode::NO_CONTENT.into_response()

@@ -21,6 +21,7 @@ pub mod state;
 pub mod supervisor;
 pub mod tunnel;
 pub mod users;
+pub mod workload;
 
 pub use server::router;
 pub use state::AgentState;

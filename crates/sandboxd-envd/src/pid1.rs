@@ -372,6 +372,44 @@ pub fn take_unix_listener(fd: RawFd) -> Result<std::os::unix::net::UnixListener,
     Ok(l)
 }
 
+/// Largest size of the agent's log file (boot mode): past it, the file starts over.
+pub const LOG_FILE_CAP: u64 = 4 << 20;
+
+/// The agent's log writer in boot mode: fd 2, the sandbox's `agent.log` on the host (opened
+/// for appending by the runtime). Only the agent holds it (its children get pipes), and it
+/// never grows past [`LOG_FILE_CAP`]: a write that would cross it truncates the file first.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BoundedStderr;
+
+impl io::Write for BoundedStderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let fd = libc::STDERR_FILENO;
+        // SAFETY: an all-zero stat is a valid out-buffer for fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat/ftruncate/write on fd 2 with valid buffers.
+        unsafe {
+            if libc::fstat(fd, &mut st) == 0
+                && st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && st.st_size as u64 + buf.len() as u64 > LOG_FILE_CAP
+                && libc::ftruncate(fd, 0) == 0
+            {
+                let note = b"[agent log truncated: it reached its size limit]\n";
+                libc::write(fd, note.as_ptr().cast(), note.len());
+            }
+            let len = buf.len().min(LOG_FILE_CAP as usize / 2);
+            let n = libc::write(fd, buf.as_ptr().cast(), len);
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(n as usize)
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Bring the loopback interface up (a new network namespace starts with `lo` down).
 pub fn bring_up_loopback() -> Result<(), Pid1Error> {
     // SAFETY: plain socket(2) call; the result is checked and owned below.

@@ -5,13 +5,15 @@
 //! Children are started with [`crate::pid1::spawn`] (the reaper owns their exit status). Between
 //! fork and exec a child only makes async-signal-safe syscalls: it moves itself into the
 //! sandbox's `work` cgroup (so the kernels it starts are charged to the sandbox's limits, and an
-//! OOM kill there never hits the agent), sets `oom_score_adj` to 100 and starts a new session.
-//! Its stdout and stderr are the agent's (the sandbox's `agent.log` on the host).
+//! OOM kill there never hits the agent), sets `oom_score_adj` to 100, starts a new session and
+//! joins the workload user namespace ([`crate::workload`]): a service is sandbox code like any
+//! other, so it gets no envd access token. Its stdout and stderr go through a pipe into the
+//! agent's own (bounded) log, never to the agent's log file itself.
 
 use crate::pid1::{self, ExitStatus};
 use sandboxd_protocol::agent::AgentConfig;
 use std::collections::BTreeMap;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,9 +54,6 @@ pub fn service_spec(name: &str, config: &AgentConfig, exe: &str) -> Option<Servi
     env.insert("PATH".into(), pid1::default_path());
     env.insert("LANG".into(), "C.UTF-8".into());
     env.insert("HOME".into(), "/root".into());
-    if let Some(t) = &config.access_token {
-        env.insert("SANDBOXD_ENVD_ACCESS_TOKEN".into(), t.clone());
-    }
     if let Ok(v) = std::env::var("SANDBOXD_LOG") {
         env.insert("RUST_LOG".into(), v);
     }
@@ -137,7 +136,29 @@ pub async fn supervise(spec: ServiceSpec, work_fds: Vec<RawFd>, limit: Option<us
     }
 }
 
+/// Largest piece of a service's output copied into the agent's log at once.
+const MAX_LOG_CHUNK: usize = 4096;
+
+/// Copy a service's output into the agent's log, line by line (a line longer than
+/// [`MAX_LOG_CHUNK`] is logged in pieces).
+async fn forward_output(name: String, out: OwnedFd) {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(out) else {
+        return;
+    };
+    let mut buf = vec![0u8; MAX_LOG_CHUNK];
+    while let Ok(n @ 1..) = rx.read(&mut buf).await {
+        for line in String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            tracing::info!(service = %name, "{line}");
+        }
+    }
+}
+
 fn spawn_once(spec: &ServiceSpec, work_fds: &[RawFd]) -> std::io::Result<pid1::Spawned> {
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut cmd = Command::new(&spec.program);
     if let Some(a0) = spec.argv.first() {
         cmd.arg0(a0);
@@ -146,10 +167,13 @@ fn spawn_once(spec: &ServiceSpec, work_fds: &[RawFd]) -> std::io::Result<pid1::S
         .env_clear()
         .envs(&spec.env)
         .current_dir(&spec.cwd)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w.try_clone()?))
+        .stderr(Stdio::from(out_w));
     let fds = work_fds.to_vec();
-    // SAFETY: the closure only makes async-signal-safe syscalls (write, open, close, setsid) on
-    // data prepared before the fork.
+    let userns = crate::workload::userns_fd();
+    // SAFETY: the closure only makes async-signal-safe syscalls (write, open, close, setsid,
+    // setns, seccomp) on data prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
             for fd in &fds {
@@ -166,10 +190,19 @@ fn spawn_once(spec: &ServiceSpec, work_fds: &[RawFd]) -> std::io::Result<pid1::S
                 libc::close(f);
             }
             libc::setsid();
+            if let Some(fd) = userns {
+                crate::workload::enter(fd)?;
+            }
             Ok(())
         });
     }
-    pid1::spawn(&mut cmd)
+    let spawned = pid1::spawn(&mut cmd);
+    // the parent's copies of the write end close with `cmd`, so the reader sees EOF
+    drop(cmd);
+    if spawned.is_ok() {
+        tokio::spawn(forward_output(spec.name.clone(), out_r));
+    }
+    spawned
 }
 
 #[cfg(test)]
@@ -186,7 +219,7 @@ mod tests {
     #[test]
     fn interpreter_spec() {
         let mut c = AgentConfig::new("sbx1", "code-interpreter-v1");
-        c.access_token = Some("tok".into());
+        c.access_token = Some("secret-token-123".into());
         c.env_vars.insert("FOO".into(), "bar".into());
         let s = service_spec(INTERPRETER, &c, "/proc/self/exe").unwrap();
         assert_eq!(s.program, "/proc/self/exe");
@@ -201,7 +234,8 @@ mod tests {
                 "user"
             ]
         );
-        assert_eq!(s.env["SANDBOXD_ENVD_ACCESS_TOKEN"], "tok");
+        // sandbox code never gets the token
+        assert!(!s.env.values().any(|v| v.contains("secret-token")), "{:?}", s.env);
         assert_eq!(s.env["E2B_SANDBOX_ID"], "sbx1");
         assert_eq!(s.env["FOO"], "bar");
         assert!(s.env.contains_key("PATH"));

@@ -25,6 +25,11 @@ pub struct AgentConfig {
     /// (one per v1 hierarchy, one on v2). Each user process writes `0` to each of them before
     /// exec, which moves it out of the agent's cgroup. Empty when cgroups are not used.
     pub work_cgroup_fds: Vec<i32>,
+    /// Inherited fd of the workload user namespace (a child of the agent's, identity-mapped):
+    /// every process the agent starts joins it before exec, so root inside the sandbox has no
+    /// capability over the agent (`docs/security.md`). `None` outside a sandbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_userns_fd: Option<i32>,
     /// Services the agent starts at boot and restarts when they exit (`interpreter`: the
     /// code-interpreter server, `sandboxd interpreter`). Set by the runtime from the template.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -43,6 +48,7 @@ impl AgentConfig {
             default_workdir: Some("/home/user".into()),
             hostname: "sandbox".into(),
             work_cgroup_fds: Vec::new(),
+            workload_userns_fd: None,
             services: Vec::new(),
         }
     }
@@ -94,4 +100,8 @@ pub mod boot_fds {
     pub const API: i32 = 4;
     /// A listening unix socket (`run/control.sock`): internal control, never proxied.
     pub const CONTROL: i32 = 5;
+    /// The workload user namespace ([`super::AgentConfig::workload_userns_fd`]).
+    pub const WORKLOAD_USERNS: i32 = 6;
+    /// The first `cgroup.procs` fd of the `work` cgroup; the others follow.
+    pub const FIRST_WORK_CGROUP: i32 = 7;
 }

@@ -11,6 +11,7 @@ use sandboxd_envd::pid1;
 use sandboxd_protocol::agent::{AgentConfig, boot_fds};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
@@ -26,8 +27,16 @@ pub struct AgentArgs {
 }
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    // PID 1 of a sandbox: out of reach of the workload (sandboxd_envd::workload) before it
+    // reads its config (which holds the envd access token).
+    let writer = if args.boot {
+        sandboxd_envd::workload::make_undumpable().context("PR_SET_DUMPABLE")?;
+        BoxMakeWriter::new(|| pid1::BoundedStderr)
+    } else {
+        BoxMakeWriter::new(std::io::stderr)
+    };
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SANDBOXD_LOG")
@@ -50,6 +59,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn boot() -> anyhow::Result<()> {
     let cfg = pid1::read_config_fd(boot_fds::CONFIG)?;
+    if let Some(fd) = cfg.workload_userns_fd {
+        sandboxd_envd::workload::init(fd).with_context(|| format!("workload user namespace fd {fd}"))?;
+    }
     for fd in &cfg.work_cgroup_fds {
         pid1::set_cloexec(*fd).with_context(|| format!("work cgroup fd {fd}"))?;
     }

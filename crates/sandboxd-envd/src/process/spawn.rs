@@ -4,7 +4,8 @@
 //! Its pre-exec step, between fork and exec, only makes async-signal-safe syscalls on data
 //! prepared before the fork: write `0` to each inherited `work` cgroup `cgroup.procs` fd,
 //! reset `oom_score_adj` to 100 (the agent's -1000 is inherited), `setsid` (and `TIOCSCTTY`
-//! on the PTY), `setgroups`/`setgid`/`setuid`, then `chdir` as the user.
+//! on the PTY), join the workload user namespace ([`crate::workload::enter`]),
+//! `setgroups`/`setgid`/`setuid`, then `chdir` as the user.
 
 use crate::pid1::{self, ExitStatus};
 use crate::users::UserInfo;
@@ -115,6 +116,8 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 /// Data the pre-exec step needs, prepared before the fork (no allocation after it).
 struct PreExec {
     cgroup_fds: Vec<RawFd>,
+    /// The workload user namespace to join (inside a sandbox).
+    userns: Option<RawFd>,
     uid: libc::uid_t,
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
@@ -178,6 +181,9 @@ impl PreExec {
                 return Err(io::Error::last_os_error());
             }
         }
+        if let Some(fd) = self.userns {
+            crate::workload::enter(fd)?;
+        }
         // SAFETY: plain credential syscalls on prepared values.
         unsafe {
             if self.change_credentials {
@@ -240,6 +246,7 @@ pub fn start(spec: &SpawnSpec) -> io::Result<Started> {
     }
     let pre = PreExec {
         cgroup_fds: spec.cgroup_fds.clone(),
+        userns: crate::workload::userns_fd(),
         uid: spec.uid,
         gid: spec.gid,
         groups: spec.groups.clone(),

@@ -6,9 +6,10 @@
 //! closes the (close-on-exec) pipe, which the helper reads as success.
 
 use super::seccomp::SeccompProgram;
+use sandboxd_protocol::agent::boot_fds;
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// What the init execs at the end.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -45,7 +46,12 @@ pub struct ChildCtx<'a> {
     pub agent_fds: Vec<RawFd>,
     pub work_fds: Vec<RawFd>,
     pub exec: &'a ExecTarget,
+    /// The deny list of workload processes (and of an `ExecTarget::Program`).
     pub seccomp: &'a SeccompProgram,
+    /// The agent's deny list: the same, except that it may `setns` into the workload namespace.
+    pub agent_seccomp: &'a SeccompProgram,
+    /// Number of ids mapped into the sandbox (the workload namespace maps them all, 1:1).
+    pub workload_ids: u32,
     /// Print per-step timings to stderr (`SANDBOXD_RUNTIME_TIMING`).
     pub timing: Option<std::time::Instant>,
 }
@@ -419,10 +425,16 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
             libc::setrlimit(libc::RLIMIT_NOFILE, &nofile);
         }
     }
-    // 9. File descriptors: 0 /dev/null, 1+2 agent log, 3 config, 4 agent.sock, 5 control.sock,
-    //    6.. work cgroup.procs; then (close-on-exec) the exe fd and the error pipe.
+    // 8b. The workload user namespace, and the sandbox's caps on kernel counters (userns.rs).
+    let workload_userns = super::userns::prepare_in_child(ctx.workload_ids)?;
+    mark(ctx, "workload userns");
+
+    // 9. File descriptors (boot_fds): 0 /dev/null, 1+2 agent log, 3 config, 4 agent.sock,
+    //    5 control.sock, 6 the workload user namespace, 7.. work cgroup.procs; then
+    //    (close-on-exec) the exe fd and the error pipe.
     let null = open_path(c"/dev/null", libc::O_RDWR).map_err(os("open /dev/null"))?;
     let n_work = ctx.work_fds.len();
+    let program = matches!(ctx.exec, ExecTarget::Program { .. });
     let mut plan: Vec<(RawFd, RawFd, bool)> = vec![
         (null, 0, false),
         (ctx.log_fd, 1, false),
@@ -430,11 +442,12 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         (ctx.config_fd, 3, false),
         (api, 4, false),
         (control, 5, false),
+        (workload_userns.as_raw_fd(), boot_fds::WORKLOAD_USERNS, program),
     ];
     for (i, fd) in ctx.work_fds.iter().enumerate() {
-        plan.push((*fd, 6 + i as RawFd, false));
+        plan.push((*fd, boot_fds::FIRST_WORK_CGROUP + i as RawFd, false));
     }
-    let exe_target = 6 + n_work as RawFd;
+    let exe_target = boot_fds::FIRST_WORK_CGROUP + n_work as RawFd;
     let err_target = exe_target + 1;
     plan.push((ctx.exe_fd, exe_target, true));
     plan.push((ctx.err_wr, err_target, true));
@@ -489,7 +502,16 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
             libc::_exit(127)
         }
     };
-    if let Err(e) = ctx.seccomp.install() {
+    // The agent stays in U1 (and may setns its children into U2); a debug program runs in U2
+    // like a workload process.
+    if program {
+        // SAFETY: setns on the fd placed above; this process is single-threaded.
+        if unsafe { libc::setns(boot_fds::WORKLOAD_USERNS, libc::CLONE_NEWUSER) } != 0 {
+            fail("enter workload user namespace", io::Error::last_os_error());
+        }
+    }
+    let filter = if program { ctx.seccomp } else { ctx.agent_seccomp };
+    if let Err(e) = filter.install() {
         fail("seccomp", e);
     }
     let env = [cstr(AGENT_PATH_ENV.to_string())];

@@ -123,6 +123,9 @@ pub fn static_step(s: &str) -> &'static str {
         "detach old root",
         "chdir /",
         "sethostname",
+        "workload user namespace",
+        "sandbox ucount limits",
+        "enter workload user namespace",
         "rlimits",
         "open /dev/null",
         "arrange fds",
@@ -273,8 +276,9 @@ pub fn shm_options(memory_mb: u64) -> CString {
     CString::new(opts).unwrap_or_default()
 }
 
-/// A user namespace with the sandbox mapping, for idmapped mounts.
-fn mapping_userns(map: &str) -> io::Result<OwnedFd> {
+/// A new user namespace, child of the caller's, with `map` as its uid and gid map (the
+/// sandbox mapping for idmapped mounts; an identity map for the workload namespace).
+pub(super) fn mapping_userns(map: &str) -> io::Result<OwnedFd> {
     let (r, w) = pipe()?;
     // SAFETY: the helper is single-threaded; the child only reads and exits.
     let pid = unsafe { raw_clone(libc::CLONE_NEWUSER, None)? };
@@ -306,8 +310,10 @@ struct Helper {
     templates_dir: PathBuf,
     own_stage: PathBuf,
     map_line: String,
+    id_count: u32,
     exe: OwnedFd,
     seccomp: SeccompProgram,
+    agent_seccomp: SeccompProgram,
     oom_warned: std::cell::Cell<bool>,
     timing: bool,
 }
@@ -359,6 +365,12 @@ impl Helper {
         )
         .map_err(|e| fail("helper init", format!("open /proc/self/exe: {e}")))?;
         let seccomp = SeccompProgram::build().map_err(|e| fail("helper init", e))?;
+        let agent_seccomp = SeccompProgram::build_agent().map_err(|e| fail("helper init", e))?;
+        if let Err(e) = super::userns::lift_helper_rlimits() {
+            eprintln!(
+                "sandboxd spawn helper: cannot lift rlimits (sandboxes share host root's counters): {e}"
+            );
+        }
         // Children are reaped automatically; the daemon watches them through pidfds.
         // SAFETY: installing SIG_DFL with SA_NOCLDWAIT for SIGCHLD.
         unsafe {
@@ -373,8 +385,10 @@ impl Helper {
             templates_dir: init.templates_source.clone(),
             own_stage: own,
             map_line,
+            id_count: init.uid_count,
             exe,
             seccomp,
+            agent_seccomp,
             oom_warned: std::cell::Cell::new(false),
             timing: std::env::var_os("SANDBOXD_RUNTIME_TIMING").is_some(),
         })
@@ -437,6 +451,8 @@ impl Helper {
             work_fds: fds[2 + req.agent_procs..].iter().map(|f| f.as_raw_fd()).collect(),
             exec: &req.exec,
             seccomp: &self.seccomp,
+            agent_seccomp: &self.agent_seccomp,
+            workload_ids: self.id_count,
             timing: self.timing.then(std::time::Instant::now),
         };
         let flags = libc::CLONE_NEWUSER

@@ -20,6 +20,7 @@ pub mod stats;
 pub mod sys;
 pub mod template;
 pub mod templates_extra;
+pub mod userns;
 pub mod volumes;
 
 use crate::RuntimeError;
@@ -29,6 +30,7 @@ use cgroup::{CgroupLayout, Cgroups};
 pub use child::ExecTarget;
 use helper::{HelperInit, HelperReply, SpawnRequest};
 pub use idmap::IdMap;
+use sandboxd_protocol::agent::boot_fds;
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -358,6 +360,8 @@ impl NamespaceBackend {
             },
         )?;
         templates_extra::log_availability();
+        // every sandbox's user namespace is owned by host root: its counters are shared
+        userns::raise_host_limits();
         let init = HelperInit {
             usr_source: cfg.host_usr.clone(),
             templates_source: d.join("templates"),
@@ -828,7 +832,10 @@ impl Inner {
             .iter()
             .map(|p| open_w(p))
             .collect::<Result<_, _>>()?;
-        spec.agent.work_cgroup_fds = (0..work_fds.len()).map(|i| 6 + i as i32).collect();
+        spec.agent.work_cgroup_fds = (0..work_fds.len())
+            .map(|i| boot_fds::FIRST_WORK_CGROUP + i as i32)
+            .collect();
+        spec.agent.workload_userns_fd = Some(boot_fds::WORKLOAD_USERNS);
         let json = serde_json::to_vec(&spec.agent).map_err(|e| step("config", e))?;
         let config = sys::memfd_with(c"sandboxd-agent-config", &json).map_err(|e| step("config", e))?;
         let log = std::fs::OpenOptions::new()

@@ -85,8 +85,23 @@ const BPF_RET_K: u16 = 0x06;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 
 impl SeccompProgram {
-    /// Compile the deny list for the running architecture.
+    /// Compile the deny list of workload processes for the running architecture.
     pub fn build() -> Result<Self, RuntimeError> {
+        Self::build_with(DENIED)
+    }
+
+    /// The agent's deny list: [`DENIED`] except `setns`, which the agent needs to move its
+    /// children into the workload user namespace (they add a filter denying it again).
+    pub fn build_agent() -> Result<Self, RuntimeError> {
+        let denied: Vec<(&str, i64)> = DENIED
+            .iter()
+            .copied()
+            .filter(|(_, nr)| *nr != libc::SYS_setns)
+            .collect();
+        Self::build_with(&denied)
+    }
+
+    fn build_with(denied: &[(&str, i64)]) -> Result<Self, RuntimeError> {
         fn err(e: impl std::fmt::Display) -> RuntimeError {
             RuntimeError::Step {
                 step: "seccomp build",
@@ -95,7 +110,7 @@ impl SeccompProgram {
         }
         let arch: TargetArch = std::env::consts::ARCH.try_into().map_err(err)?;
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-        for (_, nr) in DENIED {
+        for (_, nr) in denied {
             rules.insert(*nr, vec![]);
         }
         for (_, nr) in DENIED_WITH_NEWUSER {
@@ -303,6 +318,26 @@ mod tests {
             run(prog, AUDIT_ARCH_I386, 21, [0; 6]),
             libc::SECCOMP_RET_KILL_PROCESS
         );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn agent_list_allows_only_setns_more() {
+        let agent = SeccompProgram::build_agent().unwrap();
+        let call = |nr: i64, a0: u64| {
+            run(
+                agent.instructions(),
+                AUDIT_ARCH_X86_64,
+                nr as u32,
+                [a0, 0, 0, 0, 0, 0],
+            )
+        };
+        assert_eq!(call(libc::SYS_setns, 0), ALLOW);
+        for (name, nr) in DENIED.iter().filter(|(n, _)| *n != "setns") {
+            assert_eq!(call(*nr, 0), EPERM, "{name} must be denied");
+        }
+        assert_eq!(call(libc::SYS_unshare, libc::CLONE_NEWUSER as u64), EPERM);
+        assert_eq!(call(libc::SYS_clone3, 0), ENOSYS);
     }
 
     #[test]

@@ -207,6 +207,16 @@ pub async fn http_unix(
 
 /// Run `bash -l -c <script>` in the sandbox as `user` through the agent (Connect streaming).
 pub async fn run(sock: &std::path::Path, user: &str, script: &str) -> CmdOutput {
+    run_with_token(sock, user, script, None).await
+}
+
+/// [`run`] in a sandbox with an envd access token.
+pub async fn run_with_token(
+    sock: &std::path::Path,
+    user: &str,
+    script: &str,
+    token: Option<&str>,
+) -> CmdOutput {
     let req = serde_json::json!({
         "process": {"cmd": "/bin/bash", "args": ["-l", "-c", script]},
         "stdin": false
@@ -216,17 +226,14 @@ pub async fn run(sock: &std::path::Path, user: &str, script: &str) -> CmdOutput 
     body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     body.extend_from_slice(&payload);
     let auth = format!("Basic {}", b64encode(format!("{user}:").as_bytes()));
-    let (status, resp) = http_unix(
-        sock,
-        "POST",
-        "/process.Process/Start",
-        &[
-            ("Content-Type", "application/connect+json"),
-            ("Authorization", &auth),
-        ],
-        &body,
-    )
-    .await;
+    let mut headers = vec![
+        ("Content-Type", "application/connect+json"),
+        ("Authorization", auth.as_str()),
+    ];
+    if let Some(t) = token {
+        headers.push(("X-Access-Token", t));
+    }
+    let (status, resp) = http_unix(sock, "POST", "/process.Process/Start", &headers, &body).await;
     assert_eq!(
         status,
         200,
