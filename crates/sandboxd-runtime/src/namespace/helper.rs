@@ -276,9 +276,8 @@ pub fn shm_options(memory_mb: u64) -> CString {
     CString::new(opts).unwrap_or_default()
 }
 
-/// A new user namespace, child of the caller's, with `map` as its uid and gid map (the
-/// sandbox mapping for idmapped mounts; an identity map for the workload namespace).
-pub(super) fn mapping_userns(map: &str) -> io::Result<OwnedFd> {
+/// A user namespace with the sandbox mapping, for idmapped mounts.
+fn mapping_userns(map: &str) -> io::Result<OwnedFd> {
     let (r, w) = pipe()?;
     // SAFETY: the helper is single-threaded; the child only reads and exits.
     let pid = unsafe { raw_clone(libc::CLONE_NEWUSER, None)? };

@@ -19,7 +19,7 @@
 //! sum, and the init lowers them to per-sandbox values before it creates U2.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Per-sandbox caps written to U1's `/proc/sys/user/` by the init, after U2 exists (so the
 /// one user namespace the sandbox may have is already counted; nested ones are also refused
@@ -150,7 +150,7 @@ pub fn prepare_in_child(id_count: u32) -> Result<OwnedFd, (&'static str, io::Err
     };
     dumpable(1)?;
     let map = format!("0 0 {id_count}\n");
-    let fd = super::helper::mapping_userns(&map).map_err(|e| ("workload user namespace", e))?;
+    let fd = workload_userns(&map).map_err(|e| ("workload user namespace", e))?;
     dumpable(0)?;
     for (name, value) in SANDBOX_UCOUNT_LIMITS {
         match std::fs::write(format!("/proc/sys/user/{name}"), value.to_string()) {
@@ -161,6 +161,58 @@ pub fn prepare_in_child(id_count: u32) -> Result<OwnedFd, (&'static str, io::Err
         }
     }
     Ok(fd)
+}
+
+/// Stack of the short-lived child that makes U2 (it shares our memory, see below).
+struct ChildStack(std::cell::UnsafeCell<[u8; 16 * 1024]>);
+// SAFETY: only the child (on its own) ever touches it, and only one child uses it at a time.
+unsafe impl Sync for ChildStack {}
+static CHILD_STACK: ChildStack = ChildStack(std::cell::UnsafeCell::new([0; 16 * 1024]));
+
+extern "C" fn hold_until_eof(arg: *mut libc::c_void) -> libc::c_int {
+    let fds = arg as usize;
+    let (r, w) = ((fds & 0xffff) as libc::c_int, (fds >> 16) as libc::c_int);
+    let mut b = 0u8;
+    // SAFETY: plain syscalls on inherited fds and a local buffer, then exit.
+    unsafe {
+        libc::close(w);
+        libc::read(r, (&mut b as *mut u8).cast(), 1);
+        libc::_exit(0)
+    }
+}
+
+/// Make U2: a child cloned into a new user namespace with `CLONE_VM` (no copy of our page
+/// tables) waits on a pipe while we write its maps and open its namespace; it exits when the
+/// pipe closes and is not waited for (`SA_NOCLDWAIT`, or the agent's reaper, collects it).
+fn workload_userns(map: &str) -> io::Result<OwnedFd> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let arg = (r.as_raw_fd() as usize) | ((w.as_raw_fd() as usize) << 16);
+    // SAFETY: the child runs `hold_until_eof` on CHILD_STACK (the stack grows down from its
+    // end) and only makes syscalls; this process is single-threaded and never touches the
+    // stack, which stays valid in the shared memory until the child exits (also across our
+    // exec: the child keeps the old address space).
+    let pid = unsafe {
+        let top = CHILD_STACK.0.get().cast::<u8>().add(16 * 1024);
+        libc::clone(
+            hold_until_eof,
+            top.cast(),
+            libc::CLONE_NEWUSER | libc::CLONE_VM | libc::SIGCHLD,
+            arg as *mut libc::c_void,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(r);
+    let res = (|| {
+        std::fs::write(format!("/proc/{pid}/uid_map"), map)?;
+        std::fs::write(format!("/proc/{pid}/gid_map"), map)?;
+        Ok(OwnedFd::from(std::fs::File::open(format!(
+            "/proc/{pid}/ns/user"
+        ))?))
+    })();
+    drop(w);
+    res
 }
 
 #[cfg(test)]
