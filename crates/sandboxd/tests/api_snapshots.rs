@@ -281,6 +281,24 @@ async fn out_as(d: &Daemon, v: &Value, user: &str, script: &str) -> String {
     r.text().await.unwrap()
 }
 
+/// Runs `path arg` as host user nobody, without any capability (setpriv keeps its own until
+/// exec, so a shell in between does the exec of `path`).
+fn as_host_nobody(path: &std::path::Path, arg: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+        ])
+        .arg("exec \"$0\" \"$1\"")
+        .arg(path)
+        .arg(arg)
+        .output()
+        .unwrap()
+}
+
 /// Every entry under `dir` (not following symlinks).
 fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, std::fs::Metadata)>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
@@ -299,7 +317,7 @@ fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, std::fs::Metad
 /// with 507, no host path in the message and nothing left behind.
 #[tokio::test]
 async fn snapshots_are_safe_on_the_host_sparse_and_bounded() {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if !require_root("snapshots_are_safe_on_the_host_sparse_and_bounded") {
         return;
     }
@@ -380,29 +398,36 @@ async fn snapshots_are_safe_on_the_host_sparse_and_bounded() {
         hex.len() == 48 && hex.ends_with("a0860100"),
         "only for the sandbox's root: {raw}"
     );
-    // a host user cannot run them at all; and host root's copy gives no capabilities
-    let as_nobody = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&host_suid)
-        .arg("-u")
-        .output()
+    // a host user cannot reach them at all ...
+    let r = as_host_nobody(&host_suid, "-u");
+    assert!(!r.status.success(), "a host user ran a snapshot's file: {r:?}");
+    // ... and copies made where they can (owner, mode and xattrs kept) give them nothing
+    let open = tempfile::Builder::new()
+        .prefix("snap-exposed-")
+        .tempdir()
         .unwrap();
+    std::fs::set_permissions(open.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in [&host_suid, &host_cap] {
+        let st = std::process::Command::new("cp")
+            .arg("--preserve=mode,ownership,xattr")
+            .arg(f)
+            .arg(open.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let r = as_host_nobody(&open.path().join("suid"), "-u");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "100000\n", "{r:?}");
+    let r = as_host_nobody(&open.path().join("capcat"), "/etc/shadow");
+    assert!(!r.status.success(), "host /etc/shadow read: {r:?}");
+    // nor the source's own copy in its upper dir (setuid for the sandbox range's root)
+    let upper_suid = d.data_dir.join("sandboxes").join(&id).join("upper/root/tmp/suid");
+    assert_eq!(std::fs::metadata(&upper_suid).unwrap().uid(), 100000);
+    let r = as_host_nobody(&upper_suid, "-u");
     assert!(
-        !String::from_utf8_lossy(&as_nobody.stdout).starts_with('0'),
-        "euid 0 for a host user: {as_nobody:?}"
+        !r.status.success(),
+        "a host user ran the sandbox's setuid file: {r:?}"
     );
-    let shadow = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(&host_cap)
-        .arg("/etc/shadow")
-        .output()
-        .unwrap();
-    assert!(!shadow.status.success(), "host /etc/shadow read: {shadow:?}");
     // the sparse file stays sparse on the host
     let sparse = std::fs::metadata(tpl.join("root/0/home/user/sparse")).unwrap();
     assert_eq!(sparse.len(), (15u64 << 40) + 4);

@@ -547,7 +547,11 @@ impl Inner {
             Err(e) => return Err(step("sandbox dirs", format!("creating {}: {e}", sbx.display()))),
         }
         let root = Some(self.cfg.idmap.root());
-        mkdir_owned(&sbx, 0o711, None)?;
+        // Only host root and the sandbox's root (group) may enter: the upper dirs hold files
+        // the sandbox made set-id for its host range, which no other host user may run.
+        mkdir_owned(&sbx, 0o710, None)?;
+        std::os::unix::fs::lchown(&sbx, None, root)
+            .map_err(|e| step("sandbox dirs", format!("chown {}: {e}", sbx.display())))?;
         // upper/ and work/ become symlinks into the disk quota filesystem (quota.rs)
         quota::prepare_layout(&*self.quota, &sbx, disk_mb)?;
         mkdir_owned(&sbx.join("upper"), 0o711, None)?;
