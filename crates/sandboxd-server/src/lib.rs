@@ -25,7 +25,7 @@ pub mod upstream;
 
 pub use config::{DaemonLimits, ServerConfig, TemplateDefaults};
 pub use error::{ApiError, ServerError};
-pub use server::Server;
+pub use server::{Claim, Server};
 pub use unavailable::UnavailableBackend;
 
 #[cfg(test)]

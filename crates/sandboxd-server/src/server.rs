@@ -17,6 +17,7 @@ use sandboxd_store::Store;
 use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -35,6 +36,13 @@ struct Shared {
     control: Router,
     keepalive_idle: Duration,
     first_request_timeout: Duration,
+}
+
+/// The data dir's lock and the bound listener ([`Server::claim`]).
+#[derive(Debug)]
+pub struct Claim {
+    lock: nix::fcntl::Flock<File>,
+    listener: std::net::TcpListener,
 }
 
 /// The daemon: bound, cleaned up, ready to [`Server::run`].
@@ -56,13 +64,20 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Takes the data dir (lock), opens the registry, binds the listener and cleans up
-    /// sandboxes left by an earlier run. The returned server accepts work once run.
+    /// Takes the data dir and the listen address ([`Server::claim`]), then
+    /// [`Server::bind_claimed`].
     pub async fn bind(config: ServerConfig, backend: Arc<dyn SandboxBackend>) -> Result<Self, ServerError> {
-        let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ServerError::io(format!("creating {}", dir.display()), e))?;
-        let lock_path = dir.join(LOCK_FILE);
+        let claim = Self::claim(&config.data_dir, config.listen)?;
+        Self::bind_claimed(config, backend, claim).await
+    }
+
+    /// What a daemon takes before it touches anything: the data dir's lock (a second daemon on
+    /// it stops here) and the listen address (a port in use stops it here too). `sandboxd
+    /// serve` claims before its backend cleans up anything of the data dir.
+    pub fn claim(data_dir: &Path, listen: SocketAddr) -> Result<Claim, ServerError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| ServerError::io(format!("creating {}", data_dir.display()), e))?;
+        let lock_path = data_dir.join(LOCK_FILE);
         let lock_file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -72,18 +87,40 @@ impl Server {
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
             |(_, errno)| {
                 ServerError::Config(format!(
-                    "data dir {} is in use by another sandboxd ({errno})",
-                    dir.display()
+                    "data dir {} is in use by another sandboxd ({errno}); stop it first, or pass another --data-dir",
+                    data_dir.display()
                 ))
             },
         )?;
+        let listener = std::net::TcpListener::bind(listen).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                ": another program (or another sandboxd) uses that port; pick another with --listen"
+            } else {
+                ""
+            };
+            ServerError::io(format!("cannot listen on {listen}{hint}"), e)
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| ServerError::io("setting the listener non-blocking", e))?;
+        Ok(Claim { lock, listener })
+    }
+
+    /// Opens the registry on a claimed data dir, serves on the claimed listener and re-adopts
+    /// or cleans up the sandboxes of an earlier run. The returned server accepts work once run.
+    pub async fn bind_claimed(
+        config: ServerConfig,
+        backend: Arc<dyn SandboxBackend>,
+        claim: Claim,
+    ) -> Result<Self, ServerError> {
+        let Claim { lock, listener } = claim;
+        let dir = &config.data_dir;
         let budget = FdBudget::raise_and_compute(config.limits.max_sandboxes)?;
         let max_connections = config.max_connections.unwrap_or(budget.max_connections);
         tracing::info!(nofile = budget.nofile, max_connections, "file descriptor budget");
         let store = Arc::new(Store::open(dir)?);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| ServerError::io(format!("binding {}", config.listen), e))?;
+        let listener = TcpListener::from_std(listener)
+            .map_err(|e| ServerError::io(format!("listening on {}", config.listen), e))?;
         let local_addr = listener
             .local_addr()
             .map_err(|e| ServerError::io("reading the listen address", e))?;

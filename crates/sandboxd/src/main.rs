@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod bench_cmd;
 mod interpreter_cmd;
+mod logging;
 mod serve_cmd;
 
 use clap::{Parser, Subcommand};

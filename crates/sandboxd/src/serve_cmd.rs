@@ -55,6 +55,18 @@ pub struct ServeArgs {
     /// Repeatable. See docs/pool.md.
     #[arg(long = "pool", value_name = "TEMPLATE=MIN[:MAX[:IDLE_SECS]]")]
     pub pool: Vec<sandboxd_server::pool::PoolSpec>,
+    /// Log format on stderr or in --log-file.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
+    /// Log to this file instead of stderr, rotated by size (PATH.1 … PATH.N hold older logs).
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+    /// Rotate --log-file once it reaches this many MiB.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub log_max_mb: u64,
+    /// Rotated log files kept.
+    #[arg(long, default_value_t = 5)]
+    pub log_keep: usize,
     /// JSON config file: {"pool": [{"template": "base", "min": 2, "max": 8, "idleTimeoutSecs": 600}]}.
     /// --pool flags override its entries per template.
     #[arg(long, value_name = "FILE")]
@@ -163,13 +175,12 @@ async fn shutdown_signal() {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    crate::logging::init(&crate::logging::LogOptions {
+        format: args.log_format,
+        file: args.log_file.clone(),
+        max_bytes: args.log_max_mb.saturating_mul(1024 * 1024),
+        keep: args.log_keep,
+    })?;
     let data_dir = match args.data_dir {
         Some(d) => d,
         None => default_data_dir()?,
@@ -178,6 +189,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = data_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", data_dir.display()))?;
+    // Before anything touches the data dir (the backend clears its pool slots and trash): a
+    // second daemon on it, or a port in use, stops here.
+    let claim = Server::claim(&data_dir, args.listen)?;
     let key = api_key(&data_dir, std::env::var("SANDBOXD_API_KEY").ok())?;
     if args.max_timeout == 0 || args.max_sandboxes == 0 || args.max_cpu == 0 {
         anyhow::bail!("--max-timeout, --max-sandboxes and --max-cpu must be greater than 0");
@@ -217,7 +231,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .context("backend start-up task")??;
         tracing::info!(backend = backend.name(), data_dir = %data_dir.display(), "starting");
         sandboxd_server::pool::check_templates(backend.as_ref(), &config.pool).map_err(anyhow::Error::msg)?;
-        let server = Server::bind(config, backend.clone()).await?;
+        let server = Server::bind_claimed(config, backend.clone(), claim).await?;
         let addr = server.local_addr();
         {
             let mut out = std::io::stdout().lock();
