@@ -73,10 +73,7 @@ impl RotatingFile {
                 }
             }
             std::fs::rename(&self.path, self.rotated(1))?;
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         }
         self.size = 0;
         Ok(())

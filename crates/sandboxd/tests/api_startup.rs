@@ -109,7 +109,10 @@ async fn second_daemon_on_a_data_dir_in_use_leaves_the_first_working() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
-    assert!(!first.logs().contains('\u{1b}'), "colour codes in a non-terminal log");
+    assert!(
+        !first.logs().contains('\u{1b}'),
+        "colour codes in a non-terminal log"
+    );
 }
 
 #[tokio::test]
@@ -145,7 +148,11 @@ async fn json_log_file() {
             .any(|l| l["fields"]["message"] == "sandboxd is serving"),
         "{text}"
     );
-    assert!(lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
     // the log went to the file, not to stderr
     assert!(!d.logs().contains("sandboxd is serving"), "{}", d.logs());
 }
