@@ -65,6 +65,22 @@ for (const { label, e2b } of ROWS) {
       assert.equal(await sbx.files.exists('/home/user/d'), false)
     })
 
+    test('a symlink shows its target type and resolved target (neither JS row reads isSymlink)', async () => {
+      await sbx.files.write('/home/user/ln/target.txt', 't')
+      await sbx.commands.run('ln -s target.txt link', { cwd: '/home/user/ln' })
+      const info = await sbx.files.getInfo('/home/user/ln/link')
+      assert.equal(info.type, e2b.FileType.FILE)
+      assert.equal(info.symlinkTarget, '/home/user/ln/target.txt')
+      const listed = await sbx.files.list('/home/user/ln')
+      assert.deepEqual(
+        listed.map((e) => [e.name, e.type]),
+        [
+          ['link', e2b.FileType.FILE],
+          ['target.txt', e2b.FileType.FILE],
+        ]
+      )
+    })
+
     test('missing paths raise NotFoundError', async () => {
       await assert.rejects(sbx.files.read('/home/user/nope'), e2b.NotFoundError)
       await assert.rejects(sbx.files.getInfo('/home/user/nope'), e2b.NotFoundError)

@@ -172,6 +172,7 @@ pub fn entry_from_metadata(path: &str, md: &std::fs::Metadata, names: &mut NameC
         modified_time: mtime(md),
         symlink_target,
         metadata: xattr::read_metadata(Path::new(path)),
+        is_symlink: is_link,
     }
 }
 
@@ -227,6 +228,7 @@ mod tests {
         assert_eq!(e.file_type, FileType::File);
         assert_eq!((e.size, e.mode, e.permissions.as_str()), (4, 0o644, "-rw-r--r--"));
         assert_eq!(e.symlink_target, None);
+        assert!(!e.is_symlink);
         assert!(e.metadata.is_empty());
         let md = std::fs::metadata(&file).unwrap();
         assert_eq!(e.owner, users::uid_name(md.uid()));
@@ -244,6 +246,7 @@ mod tests {
         assert_eq!(e.mode, 0o644);
         assert_eq!(e.permissions, "Lrwxrwxrwx");
         assert_eq!(e.symlink_target.as_deref(), real.to_str());
+        assert!(e.is_symlink);
 
         let e = entry_info(&format!("{d}/ld"), &mut names).unwrap();
         assert_eq!(e.file_type, FileType::Directory);
@@ -251,6 +254,7 @@ mod tests {
 
         let e = entry_info(&format!("{d}/lb"), &mut names).unwrap();
         assert_eq!(e.file_type, FileType::Unspecified);
+        assert!(e.is_symlink);
         assert_eq!(e.symlink_target.as_deref(), Some(format!("{d}/lb").as_str()));
 
         assert_eq!(

@@ -119,6 +119,10 @@ pub struct EntryInfo {
     /// `user.e2b.*` extended attributes without the prefix; left out when empty.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The entry itself is a symlink (field 12; `type` describes its target). The SDKs from
+    /// e2b 2.51 show such an entry as a symlink; older ones ignore the field.
+    #[serde(skip_serializing_if = "pj::is_default", alias = "is_symlink")]
+    pub is_symlink: bool,
 }
 
 impl Default for EntryInfo {
@@ -135,6 +139,7 @@ impl Default for EntryInfo {
             modified_time: unix_epoch(),
             symlink_target: None,
             metadata: BTreeMap::new(),
+            is_symlink: false,
         }
     }
 }
@@ -309,6 +314,7 @@ mod tests {
             modified_time: Utc.timestamp_opt(1_767_323_045, 123_456_789).unwrap(),
             symlink_target: None,
             metadata: BTreeMap::new(),
+            is_symlink: false,
         }
     }
 
@@ -321,11 +327,13 @@ mod tests {
         );
         let mut e = sample();
         e.symlink_target = Some("/home/user/b".into());
+        e.is_symlink = true;
         e.metadata.insert("k".into(), "v".into());
         e.size = 0;
         e.modified_time = Utc.timestamp_opt(1_767_323_045, 0).unwrap();
         let s = serde_json::to_string(&e).unwrap();
         assert!(s.contains(r#""symlinkTarget":"/home/user/b""#), "{s}");
+        assert!(s.contains(r#""isSymlink":true"#), "{s}");
         assert!(s.contains(r#""metadata":{"k":"v"}"#), "{s}");
         assert!(s.contains(r#""modifiedTime":"2026-01-02T03:04:05Z""#), "{s}");
         assert!(!s.contains("size"), "{s}");

@@ -158,22 +158,48 @@ def test_get_info_file_and_dir(sandbox: Sandbox):
         sandbox.files.get_info(_name("nope"))
 
 
-def test_symlink_info(sandbox: Sandbox):
+def _make_links(sandbox: Sandbox) -> str:
+    """A dir with target.txt, tdir/ and links to them (flink, dlink) and a broken link."""
     d = _name("links")
     sandbox.files.write(f"{d}/target.txt", "t")
     sandbox.files.make_dir(f"{d}/tdir")
     sandbox.commands.run("ln -s target.txt flink && ln -s tdir dlink && ln -s gone broken", cwd=f"{HOME}/{d}")
+    return d
+
+
+def test_symlink_info(sandbox: Sandbox):
+    d = _make_links(sandbox)
     f = sandbox.files.get_info(f"{d}/flink")
-    assert f.type == FileType.FILE
     assert f.symlink_target == f"{HOME}/{d}/target.txt"
     assert f.permissions == "Lrwxrwxrwx"
     assert f.mode == 0o644
     dl = sandbox.files.get_info(f"{d}/dlink")
-    assert dl.type == FileType.DIR
     assert dl.symlink_target == f"{HOME}/{d}/tdir"
     names = [e.name for e in sandbox.files.list(d)]
     # The broken link has no type and is dropped by the SDK.
     assert names == ["dlink", "flink", "target.txt", "tdir"]
+
+
+@pytest.mark.sdk(below="2.51.0")
+def test_symlink_type_is_the_targets_before_e2b_2_51(sandbox: Sandbox):
+    d = _make_links(sandbox)
+    assert sandbox.files.get_info(f"{d}/flink").type == FileType.FILE
+    assert sandbox.files.get_info(f"{d}/dlink").type == FileType.DIR
+
+
+@pytest.mark.sdk(min="2.51.0")
+def test_symlink_type_is_symlink_from_e2b_2_51(sandbox: Sandbox):
+    """envd's EntryInfo.isSymlink: the newer SDKs show the link itself as a symlink."""
+    d = _make_links(sandbox)
+    assert sandbox.files.get_info(f"{d}/flink").type == FileType.SYMLINK
+    assert sandbox.files.get_info(f"{d}/dlink").type == FileType.SYMLINK
+    types = {e.name: e.type for e in sandbox.files.list(d)}
+    assert types == {
+        "dlink": FileType.SYMLINK,
+        "flink": FileType.SYMLINK,
+        "target.txt": FileType.FILE,
+        "tdir": FileType.DIR,
+    }
 
 
 def test_list_depths_exact_order(sandbox: Sandbox):
