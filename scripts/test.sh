@@ -32,7 +32,7 @@ pytest_args=(-n 4 -p no:cacheprovider --reruns 1 --reruns-delay 1 -rfER)
 status=0
 
 echo "== Python SDK tests: oldest supported SDKs (.venv), whole suite"
-.venv/bin/python -m pytest tests/python "${pytest_args[@]}" "$@" || status=1
+.venv/bin/python -m pytest tests/python "${pytest_args[@]}" --ignore=tests/python/attack "$@" || status=1
 
 echo "== Python SDK tests: newest SDKs (.venv-newest), representative subset"
 # create, commands, files, PTY, watch, pause/resume, snapshots, volumes, code interpreter, the README
@@ -49,4 +49,10 @@ newest_subset=(
 
 echo "== JS SDK tests (tests/js, node --test): ${SANDBOXD_JS_SDK_ROWS:-all} rows"
 (cd tests/js && node --test --test-reporter=spec --test-concurrency=2 ./*.test.mjs) || status=1
+
+echo "== Attack suite"
+# Escape attempts from inside sandboxes and through the API, checked by host-side canaries
+# (docs/security.md). Abuse attempts measure a neighbour's latency, so they run alone, after.
+.venv/bin/python -m pytest tests/python/attack -n 2 -p no:cacheprovider -rfE -m "not abuse" || status=1
+.venv/bin/python -m pytest tests/python/attack -p no:cacheprovider --reruns 1 --reruns-delay 1 -rfER -m abuse || status=1
 exit "$status"
