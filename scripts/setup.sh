@@ -67,6 +67,20 @@ if [ "$want_tests" = 1 ]; then
   fi
 fi
 
+# cargo-fuzz for the fuzz smoke run (docs/fuzzing.md); the targets need a nightly toolchain.
+if [ "$want_tests" = 1 ] && ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz" >&2
+  cargo install --locked -q cargo-fuzz
+fi
+if [ "$want_tests" = 1 ] && ! cargo +nightly --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    echo "setup: installing the nightly toolchain (fuzzing)" >&2
+    rustup toolchain install nightly --profile minimal
+  else
+    echo "setup: no nightly toolchain and no rustup: fuzzing will not run" >&2
+  fi
+fi
+
 # Extra set-up of the code-interpreter template (kernels and their packages), if present.
 if [ -x scripts/setup-interpreter.sh ]; then
   scripts/setup-interpreter.sh

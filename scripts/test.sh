@@ -23,6 +23,9 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
+echo "== Fuzz smoke run (docs/fuzzing.md)"
+scripts/fuzz.sh smoke 15
+
 # The SDK suites run once per row of README "Supported SDKs" (pins: tests/python/requirements-*.txt,
 # tests/js/package.json); a failing row does not stop the next one, the exit status covers all.
 # Four workers on a 2-core machine make timing noisy: a failed test is retried once, and every

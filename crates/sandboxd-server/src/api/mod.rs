@@ -120,13 +120,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             }
             other => ApiError::BadRequest(format!("cannot read request body: {other}")),
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::BadRequest("request body is required".into()));
-        }
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
+        parse_json_body(&bytes).map(JsonBody)
     }
+}
+
+/// Decode a JSON request body once it is read: what [`JsonBody`] answers (400 for an empty or
+/// invalid body). Public for the fuzz targets.
+pub fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::BadRequest("request body is required".into()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
 }
 
 /// A sandbox id from the path (`-<clientID>` stripped, validated).

@@ -75,6 +75,13 @@ pub(super) enum CreateApi {
     V2,
 }
 
+/// A create body as the daemon reads it (`POST /sandboxes`, or `POST /v2/sandboxes` when `v2`):
+/// the parameters handed to the manager, or the 4xx answered. Public for the fuzz targets.
+pub fn parse_create_body(bytes: &[u8], v2: bool) -> Result<CreateParams, ApiError> {
+    let api = if v2 { CreateApi::V2 } else { CreateApi::V1 };
+    super::parse_json_body::<NewSandbox>(bytes)?.into_params(api)
+}
+
 impl NewSandbox {
     fn into_params(self, api: CreateApi) -> Result<CreateParams, ApiError> {
         let metadata = self.metadata.unwrap_or_default();
