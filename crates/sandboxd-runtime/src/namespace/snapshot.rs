@@ -57,14 +57,23 @@ pub const TMP_PREFIX: &str = ".tmp-snap-";
 /// Room kept free on the data dir's filesystem whatever the limits say.
 const FREE_RESERVE: u64 = 256 << 20;
 
-/// The bytes a new snapshot may take: its own limit, what the store limit leaves (the sizes
-/// recorded in every snapshot manifest) and the free space of the disk minus a reserve.
-fn snapshot_budget(templates: &Path, limits: SnapshotLimits) -> Result<u64, RuntimeError> {
-    let mut budget = if limits.max_bytes == 0 {
-        u64::MAX
-    } else {
-        limits.max_bytes
+/// The budget of a new snapshot: the smallest of its own limit, what the store limit leaves
+/// (the sizes recorded in every snapshot manifest) and the free space of the disk minus a
+/// reserve, saying which one it is.
+fn snapshot_budget(templates: &Path, limits: SnapshotLimits) -> Result<Budget, RuntimeError> {
+    let mib = |b: u64| b >> 20;
+    let mut best = Budget::because(u64::MAX, String::new());
+    let mut pick = |bytes: u64, what: String| {
+        if bytes < best.limit {
+            best = Budget::because(bytes, what);
+        }
     };
+    if limits.max_bytes > 0 {
+        pick(
+            limits.max_bytes,
+            format!("its limit of {} MiB", mib(limits.max_bytes)),
+        );
+    }
     if limits.store_max_bytes > 0 {
         let used: u64 = std::fs::read_dir(templates)
             .map_err(|e| step("snapshot", format!("listing templates: {}", e.kind())))?
@@ -80,16 +89,31 @@ fn snapshot_budget(templates: &Path, limits: SnapshotLimits) -> Result<u64, Runt
         if left == 0 {
             return Err(RuntimeError::StorageFull(format!(
                 "the snapshot store is full ({} of {} MiB used): delete snapshots first",
-                used >> 20,
-                limits.store_max_bytes >> 20
+                mib(used),
+                mib(limits.store_max_bytes)
             )));
         }
-        budget = budget.min(left);
+        pick(
+            left,
+            format!(
+                "what the snapshot store limit leaves ({} of {} MiB)",
+                mib(left),
+                mib(limits.store_max_bytes)
+            ),
+        );
     }
     let fs = nix::sys::statvfs::statvfs(templates)
         .map_err(|e| step("snapshot", format!("checking free space: {e}")))?;
     let free = (fs.blocks_available() as u64).saturating_mul(fs.fragment_size() as u64);
-    Ok(budget.min(free.saturating_sub(FREE_RESERVE)))
+    pick(
+        free.saturating_sub(FREE_RESERVE),
+        format!(
+            "the host's free disk space ({} MiB, of which {} MiB stay free)",
+            mib(free),
+            mib(FREE_RESERVE)
+        ),
+    );
+    Ok(best)
 }
 
 /// Whether `p` is a safe relative layer path: normal components of `[A-Za-z0-9._-]`, none
@@ -292,6 +316,8 @@ pub struct CopyOpts {
 pub struct Budget {
     left: u64,
     limit: u64,
+    /// What set the limit, for the error ("its limit of 16 MiB").
+    what: String,
 }
 
 /// Sizes [`Budget`] charges: a data block (and a directory), an inode.
@@ -300,7 +326,16 @@ const INODE: u64 = 256;
 
 impl Budget {
     pub fn new(limit: u64) -> Self {
-        Self { left: limit, limit }
+        Self::because(limit, format!("its limit of {} MiB", limit.div_ceil(1 << 20)))
+    }
+
+    /// A budget of `limit` bytes set by `what`.
+    pub fn because(limit: u64, what: String) -> Self {
+        Self {
+            left: limit,
+            limit,
+            what,
+        }
     }
 
     /// Bytes charged so far.
@@ -316,10 +351,7 @@ impl Budget {
             }
             None => Err(io::Error::new(
                 ErrorKind::StorageFull,
-                format!(
-                    "the copy is larger than its limit of {} MiB",
-                    self.limit.div_ceil(1 << 20)
-                ),
+                format!("the copy is larger than {}", self.what),
             )),
         }
     }
@@ -589,7 +621,7 @@ impl NamespaceBackend {
                 "template '{name}' already exists"
             )));
         }
-        let mut budget = Budget::new(snapshot_budget(&templates, limits)?);
+        let mut budget = snapshot_budget(&templates, limits)?;
         let tmp = templates.join(format!("{TMP_PREFIX}{}", unique()));
         let r = self.build_snapshot(id, &tmp, name, &parent, source_template, &mut budget);
         let r = r.and_then(|()| {
@@ -751,6 +783,33 @@ mod tests {
         base: 100000,
         count: 65536,
     };
+
+    #[test]
+    fn budget_says_what_limits_it() {
+        let d = tempfile::tempdir().unwrap();
+        let lim = |max_bytes, store_max_bytes| SnapshotLimits {
+            max_bytes,
+            store_max_bytes,
+        };
+        let b = snapshot_budget(d.path(), lim(1 << 20, 0)).unwrap();
+        assert_eq!((b.limit, b.what.as_str()), (1 << 20, "its limit of 1 MiB"));
+        let b = snapshot_budget(d.path(), lim(0, 0)).unwrap();
+        assert!(b.what.contains("free disk space"), "{}", b.what);
+        std::fs::create_dir(d.path().join("s1")).unwrap();
+        std::fs::write(
+            d.path().join("s1").join(LAYERS_FILE),
+            r#"{"base":"base","hostIds":true,"bytes":3145728}"#,
+        )
+        .unwrap();
+        let b = snapshot_budget(d.path(), lim(0, 5 << 20)).unwrap();
+        assert_eq!(b.limit, 2 << 20, "{}", b.what);
+        assert!(b.what.contains("snapshot store"), "{}", b.what);
+        let e = snapshot_budget(d.path(), lim(0, 3 << 20)).unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::StorageFull(m) if m.contains("store is full")),
+            "{e}"
+        );
+    }
 
     #[test]
     fn owners_stay_in_the_sandbox_range() {
