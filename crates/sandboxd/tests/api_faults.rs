@@ -354,5 +354,59 @@ async fn deep_trees_under_many_watchers_keep_the_agent_responsive() {
     .await;
     assert_eq!(s, 400, "{v}");
     assert_eq!(health(&d, &id).await, 204);
+
+    // A process makes a tree ten times deeper than the API allows: the watchers' work happens
+    // off the request path, so the agent keeps answering while they catch up.
+    let env = common::connect_envelope(
+        &json!({"process": {"cmd": "mkdir", "args": ["-p", format!("/home/user/w/{}", "p/".repeat(1200))]}}),
+    );
+    let r = d
+        .sandbox(reqwest::Method::POST, &id, "/process.Process/Start")
+        .header("Content-Type", "application/connect+json")
+        .header("Connect-Protocol-Version", "1")
+        .body(env)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        assert_eq!(health(&d, &id).await, 204);
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "/health took {:?}",
+            t0.elapsed()
+        );
+        let t0 = Instant::now();
+        let (s, v) = unary(
+            &d,
+            &id,
+            "/filesystem.Filesystem/Stat",
+            json!({"path": "/home/user/w"}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "Stat took {:?}",
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t0 = Instant::now();
+    let (s, v) = unary(
+        &d,
+        &id,
+        "/filesystem.Filesystem/MakeDir",
+        json!({"path": "/home/user/w/after"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "MakeDir took {:?}",
+        t0.elapsed()
+    );
     d.kill_all_sandboxes();
 }

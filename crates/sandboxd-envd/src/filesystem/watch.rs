@@ -13,12 +13,12 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDe
 use sandboxd_protocol::connect::{Code, ConnectError};
 use sandboxd_protocol::filesystem::{EventType, FilesystemEvent};
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::io::unix::AsyncFd;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Most inotify watches (directories) one agent holds at a time.
@@ -27,6 +27,14 @@ pub const MAX_WATCHES: usize = 8192;
 pub const MAX_SUBSCRIBERS: usize = 256;
 /// Most undelivered events per subscriber before it fails with `resource_exhausted`.
 pub const MAX_PENDING: usize = 65_536;
+/// Deepest directory a recursive watch follows below its root; deeper ones are not watched
+/// (their creation is still reported), so one deep tree costs bounded work per subscriber.
+pub const MAX_WATCH_DEPTH: usize = 128;
+/// Longest a request waits for queued events to be processed (`WatcherTable::sync`, new
+/// subscriptions, `GetWatcherEvents`); what is left is handled by the reader thread.
+const REQUEST_DRAIN_BUDGET: Duration = Duration::from_millis(100);
+/// Longest the reader thread holds the watch state at a time, so requests get their turn.
+const READER_SLICE: Duration = Duration::from_millis(20);
 
 /// The inotify events a watch asks for.
 fn watch_mask() -> AddWatchFlags {
@@ -60,6 +68,15 @@ pub fn event_types(mask: u32) -> Vec<EventType> {
         out.push(EventType::Remove);
     }
     out
+}
+
+/// Levels of a path relative to a watch root ("" is the root itself).
+fn rel_depth(rel: &str) -> usize {
+    if rel.is_empty() {
+        0
+    } else {
+        rel.matches('/').count() + 1
+    }
 }
 
 fn join_rel(rel: &str, name: &str) -> String {
@@ -152,14 +169,6 @@ struct Watcher {
     state: Mutex<WatchState>,
 }
 
-struct WatcherFd(Arc<Watcher>);
-
-impl AsRawFd for WatcherFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.inotify.as_fd().as_raw_fd()
-    }
-}
-
 fn lock(m: &Mutex<WatchState>) -> MutexGuard<'_, WatchState> {
     match m.lock() {
         Ok(g) => g,
@@ -168,27 +177,58 @@ fn lock(m: &Mutex<WatchState>) -> MutexGuard<'_, WatchState> {
 }
 
 impl Watcher {
-    /// Read and dispatch every queued inotify event. `Err(WouldBlock)` once the queue is empty.
-    fn drain_locked(&self, st: &mut WatchState) -> std::io::Result<()> {
+    /// Read and dispatch queued inotify events until the queue is empty (`Ok(true)`) or
+    /// `budget` has passed (`Ok(false)`).
+    fn drain_locked(&self, st: &mut WatchState, budget: Duration) -> std::io::Result<bool> {
+        let deadline = Instant::now() + budget;
         loop {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
             match self.inotify.read_events() {
-                Ok(events) if events.is_empty() => return Ok(()),
+                Ok(events) if events.is_empty() => return Ok(true),
                 Ok(events) => {
                     let mut names = NameCache::default();
                     for ev in events {
                         self.dispatch(st, ev, &mut names);
                     }
                 }
-                Err(Errno::EAGAIN) => return Err(std::io::ErrorKind::WouldBlock.into()),
+                Err(Errno::EAGAIN) => return Ok(true),
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    fn drain(&self) -> std::io::Result<()> {
-        let mut st = lock(&self.state);
-        self.drain_locked(&mut st)
+    /// The reader thread: waits for events and processes them in slices, taking the state
+    /// lock for at most [`READER_SLICE`] at a time. Ends when the watcher is dropped.
+    fn read_loop(weak: std::sync::Weak<Watcher>) {
+        loop {
+            let Some(w) = weak.upgrade() else { return };
+            let mut pfd = libc::pollfd {
+                fd: w.inotify.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd on an fd `w` keeps open; bounded wait so a dropped
+            // watcher is noticed.
+            let rc = unsafe { libc::poll(&mut pfd, 1, 500) };
+            if rc <= 0 {
+                continue;
+            }
+            loop {
+                let done = w.drain_locked(&mut lock(&w.state), READER_SLICE);
+                match done {
+                    Ok(true) => break,
+                    Ok(false) => std::thread::yield_now(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading inotify events");
+                        std::thread::sleep(Duration::from_millis(100));
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Add a watch on `dir` for subscriber `sub_id` with relative path `rel`.
@@ -257,7 +297,7 @@ impl Watcher {
             if emit {
                 self.deliver(st, sub_id, &child, &child_rel, EventType::Create, names);
             }
-            if is_dir {
+            if is_dir && rel_depth(&child_rel) <= MAX_WATCH_DEPTH {
                 match self.add(st, sub_id, &child, &child_rel, false) {
                     Ok(_) => self.add_tree(st, sub_id, &child, &child_rel, emit, names)?,
                     Err(e) if e.code == Code::ResourceExhausted => return Err(e),
@@ -380,6 +420,9 @@ impl Watcher {
             }
             if recursive && is_dir && ev.name.is_some() {
                 if mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO) {
+                    if rel_depth(&name) > MAX_WATCH_DEPTH {
+                        continue;
+                    }
                     // Watch the new directory, then rescan it: entries created before the watch
                     // existed get a CREATE.
                     match self.add(st, sub_id, &abs, &name, false) {
@@ -520,26 +563,12 @@ impl WatcherTable {
             limits: self.limits,
             state: Mutex::new(WatchState::default()),
         });
-        // SAFETY: the fd belongs to the `Inotify` inside the `Arc<Watcher>` that `WatcherFd`
-        // holds, so it stays open and unchanged for as long as the `AsyncFd` exists.
-        let afd =
-            unsafe { AsyncFd::register_with_interest(WatcherFd(w.clone()), tokio::io::Interest::READABLE) }
-                .map_err(|e| ConnectError::internal(format!("registering inotify: {}", e.into_parts().1)))?;
-        tokio::spawn(async move {
-            loop {
-                let mut guard = match afd.readable().await {
-                    Ok(g) => g,
-                    Err(e) => {
-                        tracing::error!(error = %e, "inotify reader stopped");
-                        return;
-                    }
-                };
-                if let Ok(Err(e)) = guard.try_io(|inner| inner.get_ref().0.drain()) {
-                    tracing::error!(error = %e, "reading inotify events");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        });
+        // Events are handled on a thread of their own, off the runtime and the request path.
+        let weak = Arc::downgrade(&w);
+        std::thread::Builder::new()
+            .name("sandboxd-inotify".into())
+            .spawn(move || Watcher::read_loop(weak))
+            .map_err(|e| ConnectError::internal(format!("starting the watch reader: {e}")))?;
         *slot = Some(w.clone());
         Ok(w)
     }
@@ -555,7 +584,7 @@ impl WatcherTable {
         let w = self.get()?;
         let mut st = lock(&w.state);
         // Events queued before this watch existed must not reach it.
-        let _ = w.drain_locked(&mut st);
+        let _ = w.drain_locked(&mut st, REQUEST_DRAIN_BUDGET);
         if st.subs.len() >= w.limits.max_subscribers {
             return Err(ConnectError::new(
                 Code::ResourceExhausted,
@@ -643,7 +672,7 @@ impl WatcherTable {
         let not_found = || ConnectError::not_found(format!("watcher with id {id} not found"));
         let w = self.existing().ok_or_else(not_found)?;
         let mut st = lock(&w.state);
-        let _ = w.drain_locked(&mut st);
+        let _ = w.drain_locked(&mut st, REQUEST_DRAIN_BUDGET);
         let sub_id = *st.polling.get(id).ok_or_else(not_found)?;
         let sub = st.subs.get_mut(&sub_id).ok_or_else(not_found)?;
         match &mut sub.sink {
@@ -675,7 +704,7 @@ impl WatcherTable {
         if let Some(w) = self.existing() {
             let mut st = lock(&w.state);
             if !st.subs.is_empty() {
-                let _ = w.drain_locked(&mut st);
+                let _ = w.drain_locked(&mut st, REQUEST_DRAIN_BUDGET);
             }
         }
     }
@@ -816,6 +845,26 @@ mod tests {
         assert_eq!(table.watch_count(), 1);
         table.remove_polling(&id).unwrap();
         assert_eq!(table.watch_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn recursive_watches_stop_at_the_depth_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = WatcherTable::default();
+        let id = table.create_polling(&opts(dir.path(), true)).unwrap();
+        let deep = dir.path().join("d/".repeat(MAX_WATCH_DEPTH + 50));
+        std::fs::create_dir_all(&deep).unwrap();
+        let t0 = std::time::Instant::now();
+        while table.watch_count() < MAX_WATCH_DEPTH + 1 && t0.elapsed() < Duration::from_secs(10) {
+            table.sync();
+        }
+        table.sync();
+        // the root and MAX_WATCH_DEPTH levels below it; every level's creation is reported
+        assert_eq!(table.watch_count(), MAX_WATCH_DEPTH + 1);
+        let ev = types(&table.take_events(&id).unwrap());
+        let created = ev.iter().filter(|(_, t)| *t == EventType::Create).count();
+        assert!(created >= MAX_WATCH_DEPTH, "{created} creates");
+        table.remove_polling(&id).unwrap();
     }
 
     #[tokio::test]
