@@ -2,38 +2,42 @@
 # Installs what the code-interpreter kernels need (template `code-interpreter-v1`), idempotently.
 #
 # - Debian packages (into /usr, which every sandbox sees through its idmapped /usr overlay):
-#   python3-ipykernel, python3-matplotlib, python3-pandas, python3-pip (to fill the layer below).
+#   python3-ipykernel (the Python kernel), python3-pip (to fill the layer below) and
+#   r-cran-irkernel (the R kernel, `language="r"`; skip it with --no-r).
 # - The interpreter layer, SANDBOXD_INTERPRETER_DIR (default /opt/sandboxd/interpreter), which the
 #   template mounts read-only at the same path inside the sandbox (/usr/local is not visible there):
-#     python/   pip --target: e2b-charts (matplotlib -> chart dicts), pydantic 2 (its dependency;
-#               Debian 12 only has pydantic 1), bash_kernel and filetype. Added to the kernels'
-#               PYTHONPATH by `sandboxd interpreter`.
+#     python/   pip --target --no-deps: the pinned packages of scripts/interpreter-requirements.txt
+#               (E2B's template set: numpy, pandas, matplotlib, scipy, scikit-learn, seaborn,
+#               plotly, ...), plus e2b-charts (matplotlib -> chart dicts), bash_kernel and
+#               filetype. First on the kernels' PYTHONPATH (`sandboxd interpreter`), so these
+#               shadow any Debian copies: one consistent set.
 #     deno/     the npm package `deno` (its Jupyter kernel serves javascript and typescript)
 #     bin/deno  symlink to the deno binary
 #     .stamp    versions installed; a second run with the same versions does nothing
-# Options: --force reinstalls the layer; --with-r also installs Debian's IRkernel (r-cran-irkernel,
-# ~35 MB download) so that `language="r"` works.
+# Options: --force reinstalls the layer; --no-r skips the R kernel.
 set -euo pipefail
 
 DIR="${SANDBOXD_INTERPRETER_DIR:-/opt/sandboxd/interpreter}"
 DENO_VERSION="${SANDBOXD_DENO_VERSION:-2.9.6}"
-# e2b-charts 1.0.0 declares matplotlib>=3.10/numpy>=2, but works with Debian 12's matplotlib 3.6
-# and numpy 1.24 (checked by tests/python/interpreter); installing its declared deps would shadow
-# Debian's numpy and break Debian's pandas, so deps are listed here explicitly.
-PY_PKGS=(e2b-charts==1.0.0 "pydantic>=2.9,<3" bash_kernel==0.10.0 filetype)
-STAMP_WANT="deno=${DENO_VERSION} py=${PY_PKGS[*]} layout=1"
+REQUIREMENTS="$(dirname "$0")/interpreter-requirements.txt"
+# e2b-charts 1.0.0 declares matplotlib>=3.10/numpy>=2, but works with the template's matplotlib
+# 3.9 and numpy 1.26 (checked by tests/python/interpreter): installed without its declared deps.
+PY_PKGS=(e2b-charts==1.0.0 bash_kernel==0.10.0 filetype==1.2.0)
+REQ_SUM="$(grep -v '^#' "$REQUIREMENTS" | sha256sum | cut -c1-16)"
+STAMP_WANT="deno=${DENO_VERSION} py=${PY_PKGS[*]} requirements=${REQ_SUM} layout=2"
 
 force=0
-with_r=0
+with_r=1
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
-    --with-r) with_r=1 ;;
+    --no-r) with_r=0 ;;
+    --with-r) with_r=1 ;; # the default now; kept for older callers
     *) echo "setup-interpreter: unknown option $arg" >&2; exit 2 ;;
   esac
 done
 
-apt_pkgs=(python3 python3-ipykernel python3-matplotlib python3-pandas python3-pip)
+apt_pkgs=(python3 python3-ipykernel python3-pip)
 [ "$with_r" = 1 ] && apt_pkgs+=(r-cran-irkernel)
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -69,14 +73,14 @@ tmp="$(mktemp -d "$DIR/.new.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
 # Python packages for the kernels (Debian's python3 runs them; pip's --target skips PEP 668).
+# Binary wheels only, exact pins, no resolver: the set is the one in the requirements file.
 /usr/bin/python3 -m pip install -q --root-user-action=ignore --disable-pip-version-check --no-warn-script-location \
-  --no-compile --target "$tmp/python" --no-deps "${PY_PKGS[@]}"
-# pydantic's own dependencies (binary pydantic-core wheel for this Python).
-/usr/bin/python3 -m pip install -q --root-user-action=ignore --disable-pip-version-check --no-warn-script-location \
-  --no-compile --target "$tmp/python-deps" "pydantic>=2.9,<3"
-cp -a "$tmp/python-deps/." "$tmp/python/"
-rm -rf "$tmp/python-deps" "$tmp/python/bin"
-# Keep only what Debian lacks: typing_extensions from pip is newer and needed by pydantic 2.
+  --no-compile --only-binary=:all: --no-deps --target "$tmp/python" -r "$REQUIREMENTS" "${PY_PKGS[@]}"
+rm -rf "$tmp/python/bin"
+# (A host python3-matplotlib's nspkg .pth claims mpl_toolkits at start-up: the kernels' extension
+# puts the layer's first, see sandboxd_ipython.py; this check ignores the warning it causes.)
+PYTHONPATH="$tmp/python" /usr/bin/python3 -W ignore::UserWarning -c \
+  'import numpy, pandas, matplotlib, scipy, sklearn, seaborn, plotly, PIL, e2b_charts, pydantic'
 
 # deno from npm (the platform binary comes as an optional dependency).
 npm install --silent --no-audit --no-fund --prefix "$tmp/deno" "deno@${DENO_VERSION}" >/dev/null 2>&1

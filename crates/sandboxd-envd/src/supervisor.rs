@@ -62,10 +62,8 @@ pub fn service_spec(name: &str, config: &AgentConfig, exe: &str) -> Option<Servi
         argv.push("--default-cwd".into());
         argv.push(cwd.clone());
     }
-    if !config.default_user.is_empty() {
-        argv.push("--user".into());
-        argv.push(config.default_user.clone());
-    }
+    // Kernels run as root, like the Jupyter server of E2B's template (not as the sandbox's
+    // default user): `create_code_context(cwd="/root")` works, files they write are root's.
     Some(ServiceSpec {
         name: name.to_string(),
         program: exe.to_string(),
@@ -225,14 +223,7 @@ mod tests {
         assert_eq!(s.program, "/proc/self/exe");
         assert_eq!(
             s.argv,
-            [
-                "sandboxd",
-                "interpreter",
-                "--default-cwd",
-                "/home/user",
-                "--user",
-                "user"
-            ]
+            ["sandboxd", "interpreter", "--default-cwd", "/home/user",]
         );
         // sandbox code never gets the token
         assert!(!s.env.values().any(|v| v.contains("secret-token")), "{:?}", s.env);

@@ -1,7 +1,8 @@
 //! The code-interpreter server of sandboxd (E2B's port-49999 API, `code-interpreter.md`).
 //!
 //! It runs inside a sandbox as `sandboxd interpreter`, a child process the agent supervises.
-//! Each context is one Jupyter kernel that this server spawns itself (as the sandbox user) and
+//! Each context is one Jupyter kernel that this server spawns itself (as root, like upstream's
+//! Jupyter server, unless configured otherwise) and
 //! talks to over ZeroMQ (ipc:// where the kernel supports it, loopback TCP for Deno and IJava).
 
 pub mod context;

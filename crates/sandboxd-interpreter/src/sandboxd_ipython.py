@@ -7,12 +7,18 @@ It adds the display formats of the E2B code-interpreter API:
 * ``e2b/chart``: a matplotlib Figure as a chart dict, made by the ``e2b_charts`` package;
 * ``application/json``: lists and dicts (numpy scalars and arrays converted).
 
-The formatters are registered by type *name*, so pandas and matplotlib are only imported when
-user code imports them: the kernel starts as fast as a plain ipykernel.
+Like E2B's template, saving a PIL image to a path (``img.save("x.png")``) or showing it
+(``img.show()``) also displays it, so the run returns it as a PNG result.
+
+The formatters are registered by type *name*, and PIL is patched when user code imports it, so
+pandas, matplotlib and PIL are only imported when user code imports them: the kernel starts as
+fast as a plain ipykernel.
 """
 
+import importlib.abc
 import json
 import math
+import os
 import sys
 
 from IPython.core.formatters import BaseFormatter, JSONFormatter, catch_format_error
@@ -138,8 +144,86 @@ def _bound_stream_messages():
     OutStream._sandboxd_bounded = True
 
 
+def _patch_pil_image(module):
+    """Display images that are saved to a path or shown (E2B's template does the same)."""
+    if getattr(module.Image, "_sandboxd_display", False):
+        return
+    from IPython.display import display
+
+    original_save = module.Image.save
+
+    def save(self, fp, format=None, **params):
+        if isinstance(fp, (str, os.PathLike)):
+            display(self)
+        return original_save(self, fp, format, **params)
+
+    def show(self, title=None):
+        display(self)
+
+    module.Image.save = save
+    module.Image.show = show
+    module.Image._sandboxd_display = True
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs ``patch(module)`` right after ``name`` is first imported (nothing is imported early)."""
+
+    def __init__(self, name, patch):
+        self.name = name
+        self.patch = patch
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and hasattr(spec.loader, "exec_module"):
+                # the loader is this spec's own (path finders make one per spec)
+                exec_module, patch = spec.loader.exec_module, self.patch
+
+                def exec_and_patch(module):
+                    exec_module(module)
+                    try:
+                        patch(module)
+                    except Exception:  # noqa: BLE001 - never break the import
+                        pass
+
+                spec.loader.exec_module = exec_and_patch
+                return spec
+        return None
+
+
+def _patch_when_imported(name, patch):
+    module = sys.modules.get(name)
+    if module is not None:
+        patch(module)
+    elif not any(isinstance(f, _PatchOnImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchOnImport(name, patch))
+
+
+def _layer_mpl_toolkits_first():
+    """A Debian python3-matplotlib on the host installs an nspkg ``.pth`` that creates
+    ``mpl_toolkits`` at interpreter start, pointing at its own (older) copy, which shadows the
+    layer's and breaks 3D axes: put the layer's directory first (matplotlib is not imported)."""
+    toolkits = sys.modules.get("mpl_toolkits")
+    if toolkits is None or not isinstance(getattr(toolkits, "__path__", None), list):
+        return
+    import importlib.util
+
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.origin:
+        return
+    ours = os.path.join(os.path.dirname(os.path.dirname(spec.origin)), "mpl_toolkits")
+    if os.path.isdir(ours) and toolkits.__path__[:1] != [ours]:
+        toolkits.__path__.insert(0, ours)
+
+
 def load_ipython_extension(ip):
     _bound_stream_messages()
+    _layer_mpl_toolkits_first()
+    _patch_when_imported("PIL.Image", _patch_pil_image)
     formatters = ip.display_formatter.formatters
     data = E2BDataFormatter(parent=ip.display_formatter)
     data.for_type_by_name("pandas.core.frame", "DataFrame", _dataframe_data)

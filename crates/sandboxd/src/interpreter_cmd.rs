@@ -15,8 +15,9 @@ pub struct InterpreterArgs {
     /// Kernel connection files and ipc sockets (default /run/sandboxd-interpreter as root).
     #[arg(long, env = "SANDBOXD_INTERPRETER_RUNTIME_DIR")]
     pub runtime_dir: Option<PathBuf>,
-    /// User the kernels run as when this server runs as root (a name or a uid).
-    #[arg(long, default_value = "user", env = "SANDBOXD_INTERPRETER_USER")]
+    /// User the kernels run as when this server runs as root (a name or a uid). Root by
+    /// default, like the Jupyter server of E2B's code-interpreter template.
+    #[arg(long, default_value = "root", env = "SANDBOXD_INTERPRETER_USER")]
     pub user: String,
     /// envd base URL for the sandbox-global env vars (GET /envs).
     #[arg(
