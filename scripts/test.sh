@@ -46,6 +46,7 @@ newest_subset=(
   tests/python/envd/test_watch_sync.py tests/python/envd/test_watch_async.py
   tests/python/test_pause.py tests/python/test_snapshot_api.py tests/python/test_volumes.py
   tests/python/interpreter/test_execution.py tests/python/interpreter/test_contexts.py
+  tests/python/interpreter/test_parity.py
   tests/python/test_readme.py
 )
 .venv-newest/bin/python -m pytest "${newest_subset[@]}" "${pytest_args[@]}" || status=1
