@@ -1,5 +1,5 @@
 """Control plane through the official SDK: create, info, list filters and paging, kill, timeout,
-connect, secure tokens, sandbox env vars (e2b-compat/control-plane.md §2)."""
+connect, secure tokens, sandbox env vars (api/openapi.yaml)."""
 
 import time
 import uuid

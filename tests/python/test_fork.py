@@ -1,4 +1,4 @@
-"""Fork through the E2B SDK (e2b-compat/control-plane.md §2.8)."""
+"""Fork through the E2B SDK (api/openapi.yaml)."""
 
 import pytest
 from e2b import Sandbox

@@ -1,4 +1,4 @@
-"""Persistent snapshots through the E2B SDK (e2b-compat/control-plane.md §2.9-§2.11)."""
+"""Persistent snapshots through the E2B SDK (api/openapi.yaml.9-§2.11)."""
 
 import uuid
 

@@ -1,4 +1,4 @@
-//! Access token of secure sandboxes (`e2b-compat/envd.md` §1.2) and RPC user selection (§1.3).
+//! Access token of secure sandboxes (`docs/contract.md` §6.1) and RPC user selection (§1.3).
 
 use crate::state::AgentState;
 use crate::users::{self, UserInfo};

@@ -1,4 +1,4 @@
-//! Connect-RPC server glue for axum handlers (JSON codec; `e2b-compat/connect-protocol.md`).
+//! Connect-RPC server glue for axum handlers (JSON codec; `docs/contract.md` §7).
 //!
 //! Unary handlers: [`read_unary`] the request, answer with [`unary_ok`] or a [`ConnectError`]
 //! (which implements `IntoResponse` as a unary error). Server-streaming handlers:
@@ -71,7 +71,7 @@ fn content_type(headers: &HeaderMap) -> &str {
         .unwrap_or("")
 }
 
-/// The SDKs never compress Connect messages (`connect-protocol.md` §7): only identity is accepted.
+/// The SDKs never compress Connect messages (`docs/contract.md` §7): only identity is accepted.
 fn check_encoding(headers: &HeaderMap, name: &str) -> Result<(), ConnectError> {
     match headers.get(name).map(|v| v.as_bytes()) {
         None | Some(b"identity") => Ok(()),

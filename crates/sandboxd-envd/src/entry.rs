@@ -1,4 +1,4 @@
-//! Building `EntryInfo` for a path (`e2b-compat/envd.md` §3): Go `FileMode` permission strings,
+//! Building `EntryInfo` for a path (`docs/contract.md` §6.3): Go `FileMode` permission strings,
 //! symlink handling (type and mode of the target, resolved target path), owner and group names
 //! and metadata from `user.e2b.*` extended attributes.
 

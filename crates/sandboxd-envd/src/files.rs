@@ -1,4 +1,4 @@
-//! `GET /files` (download) and `POST /files` (upload) (`e2b-compat/envd.md` §2.4–2.5).
+//! `GET /files` (download) and `POST /files` (upload) (`docs/contract.md` §6.2).
 //!
 //! Both directions stream in constant memory: downloads read the file in 64 KiB chunks (gzip
 //! on the fly when the client asks for it), uploads write each body chunk as it arrives

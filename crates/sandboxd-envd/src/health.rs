@@ -1,4 +1,4 @@
-//! `GET /health`, `GET /envs` and `GET /metrics` (`e2b-compat/envd.md` §2.1–2.3).
+//! `GET /health`, `GET /envs` and `GET /metrics` (`docs/contract.md` §6).
 
 use crate::state::AgentState;
 use axum::Json;

@@ -3,7 +3,7 @@
 //! One module per envd resource: [`process`] (`process.Process` RPCs), [`filesystem`]
 //! (`filesystem.Filesystem` RPCs), [`files`] (`GET/POST /files`), plus [`health`] (`/health`,
 //! `/envs`, `/metrics`). [`connect`] is the Connect-RPC glue, [`auth`] the access-token check,
-//! [`users`] and [`paths`] the user and path rules of `e2b-compat/envd.md` §1.3–1.4.
+//! [`users`] and [`paths`] the user and path rules of `docs/contract.md` §3.
 
 pub mod auth;
 pub mod connect;

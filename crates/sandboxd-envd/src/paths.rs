@@ -1,4 +1,4 @@
-//! Path resolution for every path-taking API (`e2b-compat/envd.md` §1.4).
+//! Path resolution for every path-taking API (`docs/contract.md` §3).
 
 use crate::users::UserInfo;
 

@@ -69,7 +69,7 @@ pub fn parse_target(authority: &str) -> Result<u16, String> {
     }
 }
 
-/// The 502 body of a port nothing listens on (`e2b-compat/README.md` §1).
+/// The 502 body of a port nothing listens on (`docs/contract.md` §1).
 pub fn port_closed_body(sandbox_id: &str, port: u16) -> String {
     serde_json::json!({
         "sandboxId": sandbox_id,

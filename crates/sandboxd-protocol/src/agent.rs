@@ -53,7 +53,7 @@ impl AgentConfig {
         }
     }
 
-    /// The sandbox-global variables every process sees (`e2b-compat/README.md` §5, step 3).
+    /// The sandbox-global variables every process sees (`docs/contract.md` §4, step 3).
     pub fn global_env(&self) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         env.insert("E2B_SANDBOX".to_string(), "true".to_string());

@@ -1,6 +1,6 @@
 //! Connect-RPC framing and errors, as the E2B SDKs use them (JSON codec only).
 //!
-//! See `e2b-compat/connect-protocol.md`. Unary calls carry a bare JSON body; streaming calls
+//! See `docs/contract.md` §7. Unary calls carry a bare JSON body; streaming calls
 //! carry envelopes: 1 flag byte, a big-endian u32 length, then the JSON payload. The last
 //! envelope of a server stream has flag [`FLAG_END_STREAM`] and carries `{}` or `{"error":...}`.
 
@@ -62,7 +62,7 @@ impl Code {
         }
     }
 
-    /// HTTP status for a unary error with this code (`connect-protocol.md` §5).
+    /// HTTP status for a unary error with this code (`docs/contract.md` §7).
     pub fn http_status(self) -> u16 {
         match self {
             Code::Canceled => 499,

@@ -1,6 +1,6 @@
-//! Messages of the envd `filesystem.Filesystem` service (`e2b-compat/envd.md` §4.1).
+//! Messages of the envd `filesystem.Filesystem` service (`api/envd/filesystem/filesystem.proto`).
 //!
-//! Encoded as Go's `protojson` does it (`connect-protocol.md` §4): lowerCamelCase names,
+//! Encoded as Go's `protojson` does it (`docs/contract.md` §7): lowerCamelCase names,
 //! default values left out, `size` (int64) as a decimal string, enums by name, the
 //! `google.protobuf.Timestamp` as RFC 3339 with `Z`, `symlinkTarget` only when set and the
 //! `WatchDirResponse` oneof member at the top level. Decoders also accept the snake_case names,
@@ -90,7 +90,7 @@ fn unix_epoch() -> DateTime<Utc> {
     DateTime::<Utc>::UNIX_EPOCH
 }
 
-/// `filesystem.EntryInfo` (`envd.md` §3).
+/// `filesystem.EntryInfo` (`api/envd/filesystem/filesystem.proto`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct EntryInfo {
@@ -284,7 +284,7 @@ pub struct GetWatcherEventsResponse {
     pub events: Vec<FilesystemEvent>,
 }
 
-/// One entry of the `POST /files` response array (`envd.md` §2.5).
+/// One entry of the `POST /files` response array (`docs/contract.md` §6.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UploadedEntry {
     pub path: String,

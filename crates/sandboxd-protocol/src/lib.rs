@@ -1,8 +1,8 @@
 //! Wire types shared by the daemon, the in-sandbox agent (envd) and clients (tests, bench, CLI).
 //!
-//! - [`connect`]: Connect-RPC framing, error codes and error bodies (`e2b-compat/connect-protocol.md`).
+//! - [`connect`]: Connect-RPC framing, error codes and error bodies (`docs/contract.md` §7).
 //! - [`pj`]: serde helpers for protobuf-JSON encoding rules (int64 as strings, bytes as base64, ...).
-//! - [`process`], [`filesystem`]: the envd message types (`e2b-compat/envd.md` §4, §5).
+//! - [`process`], [`filesystem`]: the envd message types (`api/envd/`, `docs/contract.md` §6).
 //! - [`agent`]: the configuration the daemon hands to each sandbox's agent.
 
 pub mod agent;
@@ -12,7 +12,7 @@ pub mod pj;
 pub mod process;
 pub mod signing;
 
-/// The envd version advertised to SDKs (`e2b-compat/README.md` §6).
+/// The envd version advertised to SDKs (`docs/contract.md` §5).
 pub const ENVD_VERSION: &str = "0.6.13";
 /// The port envd listens on inside a sandbox.
 pub const ENVD_PORT: u16 = 49983;

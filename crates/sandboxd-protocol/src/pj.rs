@@ -1,4 +1,4 @@
-//! serde helpers for protobuf-JSON as Go's `protojson` writes it (`connect-protocol.md` §4).
+//! serde helpers for protobuf-JSON as Go's `protojson` writes it (`docs/contract.md` §7).
 //!
 //! Use with `#[serde(with = "...")]`. Decoders accept both the string and number forms.
 

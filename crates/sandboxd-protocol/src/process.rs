@@ -1,6 +1,6 @@
-//! Messages of the envd `process.Process` service (`e2b-compat/envd.md` §5.1).
+//! Messages of the envd `process.Process` service (`api/envd/process/process.proto`).
 //!
-//! Encoded as Go's `protojson` does it (`connect-protocol.md` §4): lowerCamelCase names,
+//! Encoded as Go's `protojson` does it (`docs/contract.md` §7): lowerCamelCase names,
 //! default values left out, `optional` fields (`cwd`, `tag`, `stdin`, `error`) only when set,
 //! `Signal` by name, bytes as padded standard base64, `exitCode` (sint32) as a number, and
 //! oneof members keyed by their own field name (`{"event":{"start":{"pid":1}}}`,

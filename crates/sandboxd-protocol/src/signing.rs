@@ -1,4 +1,4 @@
-//! Signed `/files` URLs (`e2b-compat/envd.md` §2.4): the one recipe the daemon (routing by
+//! Signed `/files` URLs (`docs/contract.md` §6.2): the one recipe the daemon (routing by
 //! signature) and the agent (checking it) share.
 
 use base64::Engine;

@@ -1,5 +1,5 @@
 //! Client connections: the per-connection control block and the stream wrapper that turns a
-//! close into a TCP reset when asked (`LINUX-NOTES.md`, "TCP reset on kill").
+//! close into a TCP reset when asked (`docs/control-plane.md`, the proxy's reset rules).
 //!
 //! An SDK tells "the sandbox was killed" apart from other failures only when an open stream
 //! fails with a transport error (connection reset). A FIN in the middle of a chunked body reads

@@ -1,8 +1,8 @@
 //! Every error the daemon answers with, mapped to a status and a JSON body in one place.
 //!
-//! Control-plane errors are `{"code":<int>,"message":<str>}` (`e2b-compat/control-plane.md`);
+//! Control-plane errors are `{"code":<int>,"message":<str>}` (`api/openapi.yaml`);
 //! sandbox traffic to a sandbox that is not running gets the E2B proxy's 502 body with a
-//! `sandboxId` (`e2b-compat/README.md` §1).
+//! `sandboxId` (`docs/contract.md` §1).
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -77,7 +77,7 @@ pub enum ApiError {
     #[error("The sandbox is running but port is not open")]
     PortNotOpen { sandbox_id: String, port: u16 },
     /// 502: the sandbox runs but its agent failed to answer this request. Never says "not
-    /// found": SDKs read that as "the sandbox is gone" (`e2b-compat/newest-sdks.md`).
+    /// found": SDKs read that as "the sandbox is gone" (`docs/contract.md` §2).
     #[error("The sandbox is running but its agent failed to answer: {reason}")]
     AgentFailed { sandbox_id: String, reason: String },
 }

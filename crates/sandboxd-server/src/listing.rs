@@ -1,4 +1,4 @@
-//! Query parsing, filtering, ordering and paging of sandbox lists (`control-plane.md` §2.2).
+//! Query parsing, filtering, ordering and paging of sandbox lists (`GET /v2/sandboxes` in `api/openapi.yaml`).
 
 use crate::error::ApiError;
 use crate::ids::parse_query_time;

@@ -1,4 +1,4 @@
-//! Per-request routing (`e2b-compat/README.md` §1) and the signed-URL check (`envd.md` §2.4).
+//! Per-request routing (`docs/contract.md` §1) and the signed-URL check (§6.2).
 
 use crate::error::ApiError;
 use crate::ids::is_valid_sandbox_id;

@@ -1,4 +1,4 @@
-//! Snapshots and fork (`docs/snapshots.md`, `e2b-compat/control-plane.md` §2.8–§2.11).
+//! Snapshots and fork (`docs/snapshots.md`, `api/openapi.yaml`).
 //!
 //! A snapshot is a read-only template made by the backend from a running sandbox's writable
 //! layers; its row lives in the registry's `snapshots` table. Its template id (the directory

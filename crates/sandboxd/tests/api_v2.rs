@@ -1,6 +1,6 @@
 //! The v2 control-plane routes of the newest SDKs (e2b ≥ 2.51: `POST /v2/sandboxes`,
 //! `POST /v2/sandboxes/{id}/connect`) with the exact bodies they send
-//! (`e2b-compat/newest-sdks.md`), against the real binary. The sandbox tests need root
+//! (`docs/contract.md` §2), against the real binary. The sandbox tests need root
 //! (skipped otherwise; they fail with CI=true).
 
 mod common;

@@ -1,5 +1,5 @@
 """Files through the official sync SDK: write/read (multipart, octet-stream, gzip, streams),
-exists, get_info, list, make_dir, rename, remove, metadata (e2b-compat/envd.md §2.4-2.5, §3, §4)."""
+exists, get_info, list, make_dir, rename, remove, metadata (docs/contract.md §6.2-6.3)."""
 
 import io
 import uuid

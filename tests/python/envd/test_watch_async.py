@@ -1,4 +1,4 @@
-"""Async `watch_dir` (the `WatchDir` server stream, e2b-compat/envd.md §4.2-4.4)."""
+"""Async `watch_dir` (the `WatchDir` server stream, docs/contract.md §6.3)."""
 
 import asyncio
 import uuid

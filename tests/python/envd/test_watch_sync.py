@@ -1,5 +1,5 @@
 """Sync `watch_dir` (CreateWatcher / GetWatcherEvents / RemoveWatcher polling,
-e2b-compat/envd.md §4.2-4.4)."""
+docs/contract.md §6.3)."""
 
 import uuid
 

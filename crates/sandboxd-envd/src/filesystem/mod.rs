@@ -1,4 +1,4 @@
-//! `filesystem.Filesystem` service (`e2b-compat/envd.md` §4).
+//! `filesystem.Filesystem` service (`api/envd/filesystem/filesystem.proto`).
 //!
 //! [`ops`] holds the blocking file operations, [`watch`] the inotify-backed watches and
 //! [`xattr`] the `user.e2b.*` metadata helpers. This module decodes requests, resolves the user

@@ -1,5 +1,5 @@
 //! The blocking file operations behind the unary `filesystem.Filesystem` RPCs
-//! (`e2b-compat/envd.md` §4.2). Paths are already resolved (§1.4); the agent runs as root and
+//! (`docs/contract.md` §6.3). Paths are already resolved (§1.4); the agent runs as root and
 //! chowns what it creates to the requesting user.
 
 use crate::entry::{self, NameCache};

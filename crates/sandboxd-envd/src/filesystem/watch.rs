@@ -1,4 +1,4 @@
-//! Directory watches (`WatchDir`, `CreateWatcher`, `e2b-compat/envd.md` §4.2–4.4).
+//! Directory watches (`WatchDir`, `CreateWatcher`, `docs/contract.md` §6.3).
 //!
 //! One inotify instance per agent (inotify instances are a per-host-uid resource shared by every
 //! sandbox), created on first use. Each subscriber (a `WatchDir` stream or a polling watcher)

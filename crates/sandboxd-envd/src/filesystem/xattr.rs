@@ -1,4 +1,4 @@
-//! File metadata as `user.e2b.*` extended attributes (`e2b-compat/envd.md` §2.5, §3).
+//! File metadata as `user.e2b.*` extended attributes (`docs/contract.md` §6.2–6.3).
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};

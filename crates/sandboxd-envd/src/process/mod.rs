@@ -1,4 +1,4 @@
-//! `process.Process` service (`e2b-compat/envd.md` §5): Start, Connect, List, SendInput,
+//! `process.Process` service (`api/envd/process/process.proto`, `docs/contract.md` §6.4): Start, Connect, List, SendInput,
 //! StreamInput, CloseStdin, SendSignal, Update.
 
 pub mod spawn;

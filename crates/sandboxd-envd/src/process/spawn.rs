@@ -37,7 +37,7 @@ pub struct SpawnSpec {
     pub cgroup_fds: Vec<RawFd>,
 }
 
-/// The environment of a process (`e2b-compat/README.md` §5): `PATH` from the agent, then
+/// The environment of a process (`docs/contract.md` §4): `PATH` from the agent, then
 /// `HOME`/`USER`/`LOGNAME`, then the sandbox-global variables, then the per-command ones.
 pub fn build_env(
     path: &str,

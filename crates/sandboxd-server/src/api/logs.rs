@@ -1,5 +1,5 @@
 //! `GET /sandboxes/{id}/logs` (v1) and `GET /v2/sandboxes/{id}/logs`
-//! (`e2b-compat/control-plane.md` §2.14, `docs/observability.md`).
+//! (`api/openapi.yaml`, `docs/observability.md`).
 //!
 //! The log lives in the sandbox's agent (`sandboxd-envd` `log.rs`); the daemon validates the
 //! parameters, reports new OOM kills it sees on the host first (so the answer includes them),

@@ -1,5 +1,5 @@
 //! `GET /sandboxes/{id}/metrics`, `GET /sandboxes/metrics` and the daemon's Prometheus
-//! `GET /metrics` (`e2b-compat/control-plane.md` §2.12, §2.14; `docs/observability.md`).
+//! `GET /metrics` (`api/openapi.yaml`; `docs/observability.md`).
 
 use super::{SandboxId, json};
 use crate::error::ApiError;

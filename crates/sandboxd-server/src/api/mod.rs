@@ -1,4 +1,4 @@
-//! The control plane: the E2B REST API (`e2b-compat/control-plane.md`), one module per resource:
+//! The control plane: the E2B REST API (`api/openapi.yaml`), one module per resource:
 //! [`sandboxes`] (`/sandboxes…`, `/v2/sandboxes…`) and [`templates`] (`/templates…`).
 //!
 //! Routes match on the raw (still percent-encoded) path, so a template id sent as one encoded

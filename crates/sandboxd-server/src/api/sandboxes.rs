@@ -610,7 +610,7 @@ mod tests {
         parse_as(CreateApi::V1, v)
     }
 
-    /// The exact bodies the newest SDKs send to `POST /v2/sandboxes` (newest-sdks.md).
+    /// The exact bodies the newest SDKs send to `POST /v2/sandboxes` (`docs/contract.md` §2).
     #[test]
     fn v2_bodies_of_the_newest_sdks() {
         // js 2.51 create()
