@@ -50,17 +50,24 @@ impl FdBudget {
 
     /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the budget for it.
     pub fn raise_and_compute(max_sandboxes: usize) -> Result<Self, ServerError> {
-        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
-            .map_err(|e| ServerError::io("reading RLIMIT_NOFILE", e.into()))?;
-        let mut nofile = soft;
-        if hard > soft {
-            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                Ok(()) => nofile = hard,
-                Err(e) => tracing::warn!("raising RLIMIT_NOFILE from {soft} to {hard} failed: {e}"),
-            }
-        }
-        Self::for_limit(nofile.min(hard), max_sandboxes)
+        Self::for_limit(raise_nofile()?, max_sandboxes)
     }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (idempotent) and returns the limit in
+/// force; a hard limit under [`MIN_NOFILE`] is an error. The first thing a daemon does.
+pub fn raise_nofile() -> Result<u64, ServerError> {
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| ServerError::io("reading RLIMIT_NOFILE", e.into()))?;
+    let mut nofile = soft;
+    if hard > soft {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => nofile = hard,
+            Err(e) => tracing::warn!("raising RLIMIT_NOFILE from {soft} to {hard} failed: {e}"),
+        }
+    }
+    FdBudget::for_limit(nofile, 0)?;
+    Ok(nofile)
 }
 
 #[cfg(test)]

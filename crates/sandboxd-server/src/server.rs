@@ -75,6 +75,8 @@ impl Server {
     /// it stops here) and the listen address (a port in use stops it here too). `sandboxd
     /// serve` claims before its backend cleans up anything of the data dir.
     pub fn claim(data_dir: &Path, listen: SocketAddr) -> Result<Claim, ServerError> {
+        // before anything else: a descriptor limit too low to serve is a start-up error
+        crate::fd_budget::raise_nofile()?;
         std::fs::create_dir_all(data_dir)
             .map_err(|e| ServerError::io(format!("creating {}", data_dir.display()), e))?;
         let lock_path = data_dir.join(LOCK_FILE);
