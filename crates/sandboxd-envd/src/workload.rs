@@ -1,4 +1,4 @@
-//! The workload user namespace (`docs/security.md`, "Agent and workload user namespaces").
+//! The workload user namespace (`docs/security.md`, "two user namespaces").
 //!
 //! The agent runs in the sandbox's first user namespace (U1) and is not dumpable. Every process
 //! it starts (commands, PTYs, the code interpreter and therefore its kernels) joins the second

@@ -1,5 +1,5 @@
 //! The sandbox's two user namespaces and the kernel counters charged through them
-//! (`docs/security.md`, "Agent and workload user namespaces", "Shared kernel limits").
+//! (`docs/security.md`, "two user namespaces", "Shared kernel limits").
 //!
 //! The helper clones the sandbox init into user namespace U1 (owned by host root, sandbox ids
 //! mapped to the unprivileged host range). The agent runs in U1, and U1 owns the sandbox's
@@ -41,10 +41,10 @@ pub const SANDBOX_UCOUNT_LIMITS: &[(&str, u32)] = &[
 
 /// Per-sandbox rlimits the init sets (soft and hard) before it creates U2; they become U2's
 /// ceiling for the counters the kernel keeps per user namespace owner.
-pub const SANDBOX_RLIMITS: &[(&str, libc::__rlimit_resource_t, u64)] = &[
-    ("RLIMIT_MSGQUEUE", libc::RLIMIT_MSGQUEUE, 819_200),
-    ("RLIMIT_SIGPENDING", libc::RLIMIT_SIGPENDING, 16_384),
-    ("RLIMIT_MEMLOCK", libc::RLIMIT_MEMLOCK, 64 << 20),
+pub const SANDBOX_RLIMITS: &[(libc::__rlimit_resource_t, u64)] = &[
+    (libc::RLIMIT_MSGQUEUE, 819_200),
+    (libc::RLIMIT_SIGPENDING, 16_384),
+    (libc::RLIMIT_MEMLOCK, 64 << 20),
 ];
 
 /// Host-wide limits every sandbox's U1 is charged against as host root (their owner): raised
@@ -119,7 +119,7 @@ fn setrlimit(res: libc::__rlimit_resource_t, cur: u64, max: u64) -> io::Result<(
 /// these counters, see `docs/security.md`).
 pub fn lift_helper_rlimits() -> io::Result<()> {
     let mut first_err = None;
-    for (_, res, _) in SANDBOX_RLIMITS {
+    for (res, _) in SANDBOX_RLIMITS {
         if let Err(e) = setrlimit(*res, libc::RLIM_INFINITY, libc::RLIM_INFINITY) {
             first_err.get_or_insert(e);
             let hard = getrlimit(*res)?.rlim_max;
@@ -133,7 +133,7 @@ pub fn lift_helper_rlimits() -> io::Result<()> {
 /// `/proc`): set the per-sandbox rlimits, create U2 with an identity map of `id_count` ids,
 /// then cap U1's counters. Returns U2's fd.
 pub fn prepare_in_child(id_count: u32) -> Result<OwnedFd, (&'static str, io::Error)> {
-    for (_, res, value) in SANDBOX_RLIMITS {
+    for (res, value) in SANDBOX_RLIMITS {
         let hard = getrlimit(*res).map_err(|e| ("rlimits", e))?.rlim_max;
         let v = (*value).min(hard);
         setrlimit(*res, v, v).map_err(|e| ("rlimits", e))?;
