@@ -521,6 +521,39 @@ async fn secure_mode_files_and_rpcs() {
     assert_eq!(v["code"], 401);
 }
 
+/// `isSymlink` (EntryInfo field 12) from Stat and ListDir; `type` describes the target.
+#[tokio::test]
+async fn symlinks_show_as_symlinks() {
+    let (_s, app) = agent(None);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    std::fs::write(format!("{d}/f"), b"x").unwrap();
+    std::fs::create_dir(format!("{d}/sub")).unwrap();
+    std::os::unix::fs::symlink(format!("{d}/f"), format!("{d}/lf")).unwrap();
+    std::os::unix::fs::symlink("sub", format!("{d}/ld")).unwrap();
+    let (status, v) = rpc(&app, "Stat", json!({"path": format!("{d}/lf")})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["entry"]["isSymlink"], true);
+    assert_eq!(v["entry"]["type"], "FILE_TYPE_FILE");
+    let (_, v) = rpc(&app, "Stat", json!({"path": format!("{d}/f")})).await;
+    assert!(v["entry"].get("isSymlink").is_none(), "{v}");
+    let (status, v) = rpc(&app, "ListDir", json!({"path": d, "depth": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+    let by_name = |n: &str| {
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} not listed: {v}"))
+    };
+    assert_eq!(by_name("ld")["isSymlink"], true);
+    assert_eq!(by_name("ld")["type"], "FILE_TYPE_DIRECTORY");
+    assert_eq!(by_name("lf")["isSymlink"], true);
+    assert!(by_name("sub").get("isSymlink").is_none());
+}
+
 #[tokio::test]
 async fn unary_rpcs() {
     let (_s, app) = agent(None);
@@ -782,7 +815,14 @@ async fn watch_dir_stream() {
     assert_eq!(evs[0].1["filesystem"]["name"], "w.txt");
     assert_eq!(evs[0].1["filesystem"]["type"], "EVENT_TYPE_CREATE");
     assert_eq!(evs[0].1["filesystem"]["entry"]["path"], format!("{d}/w.txt"));
+    assert!(evs[0].1["filesystem"]["entry"].get("isSymlink").is_none());
     assert_eq!(evs[1].1["filesystem"]["type"], "EVENT_TYPE_WRITE");
+    // a new symlink shows as one (field 12), its type the target's
+    std::os::unix::fs::symlink(dir.path().join("w.txt"), dir.path().join("l")).unwrap();
+    let evs = next_envelopes(&mut body, &mut dec, 1).await;
+    assert_eq!(evs[0].1["filesystem"]["name"], "l");
+    assert_eq!(evs[0].1["filesystem"]["entry"]["isSymlink"], true);
+    assert_eq!(evs[0].1["filesystem"]["entry"]["type"], "FILE_TYPE_FILE");
     // Idle: a keepalive after about one second.
     let ka = next_envelopes(&mut body, &mut dec, 1).await;
     assert_eq!(ka, vec![(0, json!({"keepalive": {}}))]);
