@@ -662,6 +662,28 @@ mod tests {
         assert!(!p.secure);
     }
 
+    /// Keys of newer API versions never fail a request (upstream ignores them too).
+    #[test]
+    fn unknown_keys_are_accepted_in_every_body() {
+        let p = parse_as(
+            CreateApi::V2,
+            serde_json::json!({"templateID":"base","someNewerField":{"x":1},"secure":true}),
+        )
+        .unwrap();
+        assert_eq!(p.template, "base");
+        let extra = br#"{"someNewerField": 1}"#;
+        assert!(
+            optional_body::<PauseBody>(br#"{"memory":true,"requireHealthyGuest":true}"#)
+                .unwrap()
+                .memory
+        );
+        assert_eq!(optional_body::<ResumeBody>(extra).unwrap().timeout, 15);
+        assert_eq!(optional_body::<RefreshBody>(extra).unwrap().duration, None);
+        assert_eq!(optional_body::<ConnectBody>(extra).unwrap().timeout, None);
+        let t: TimeoutBody = serde_json::from_slice(br#"{"timeout":5,"someNewerField":1}"#).unwrap();
+        assert_eq!(t.timeout, 5);
+    }
+
     /// Connect bodies: `{}` and `{"memory": false}` (newest SDKs), `{"timeout": n}` (older).
     #[test]
     fn connect_bodies() {
