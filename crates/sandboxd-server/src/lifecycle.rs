@@ -25,8 +25,8 @@ use crate::sandbox::LiveSandbox;
 use crate::upstream::AgentClient;
 use chrono::Utc;
 use sandboxd_protocol::agent::AgentConfig;
-use sandboxd_runtime::{AgentEndpoint, Limits, RuntimeError, SandboxHandle, SandboxSpec, VolumeMount};
-use sandboxd_store::{SandboxRecord, SandboxState, Store, StoreError, trunc_micros};
+use sandboxd_runtime::{AgentEndpoint, Limits, RuntimeError, SandboxHandle, SandboxSpec};
+use sandboxd_store::{SandboxRecord, SandboxState, trunc_micros};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -135,20 +135,6 @@ pub enum Resumed {
     WasRunning(Arc<LiveSandbox>),
 }
 
-async fn db<T: Send + 'static>(
-    mgr: &Manager,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let store = mgr.store().clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(r) => r,
-        Err(e) => Err(StoreError::Corrupt {
-            id: String::new(),
-            message: format!("registry task failed: {e}"),
-        }),
-    }
-}
-
 fn to_json(lc: &Lifecycle) -> serde_json::Value {
     serde_json::to_value(lc).unwrap_or_default()
 }
@@ -175,14 +161,7 @@ fn live(
 /// volumes).
 async fn spec_of(mgr: &Manager, rec: &SandboxRecord) -> Result<SandboxSpec, ApiError> {
     let id = rec.id.clone();
-    let volumes = db(mgr, move |s| s.sandbox_volumes(&id))
-        .await?
-        .into_iter()
-        .map(|m| VolumeMount {
-            volume_id: m.volume_id,
-            path: m.path,
-        })
-        .collect();
+    let volumes = crate::manager::volume_mounts(mgr.db(move |s| s.sandbox_volumes(&id)).await?);
     let mut agent = AgentConfig::new(rec.id.clone(), rec.template_id.clone());
     agent.env_vars = rec.env_vars.clone();
     agent.access_token = rec.access_token.clone();
@@ -207,7 +186,7 @@ pub async fn store_settings(mgr: &Manager, id: &str, lc: Lifecycle) -> Result<()
         return Ok(());
     }
     let (id2, doc) = (id.to_string(), to_json(&lc));
-    db(mgr, move |s| s.set_lifecycle(&id2, &doc)).await?;
+    mgr.db(move |s| s.set_lifecycle(&id2, &doc)).await?;
     mgr.lifecycle.set(id, lc);
     Ok(())
 }
@@ -244,10 +223,8 @@ async fn pause_locked(
     lc.note = None;
     // registry first: a crash from here on is finished by the next start
     let (id2, doc) = (id.clone(), to_json(&lc));
-    db(mgr, move |st| {
-        st.set_lifecycle_state(&id2, SandboxState::Paused, paused_at, None, &doc)
-    })
-    .await?;
+    mgr.db(move |st| st.set_lifecycle_state(&id2, SandboxState::Paused, paused_at, None, &doc))
+        .await?;
     // no new traffic; in-flight requests are reset (a frozen agent would never answer)
     let resets = s.stop(SandboxState::Paused);
     let acted = if memory {
@@ -265,10 +242,8 @@ async fn pause_locked(
             let end_at = s.end_at();
             let (id2, doc) = (id.clone(), to_json(&lc));
             let pid = (s.handle.agent_pid, s.handle.agent_start_time);
-            db(mgr, move |st| {
-                st.set_lifecycle_state(&id2, SandboxState::Running, end_at, Some(pid), &doc)
-            })
-            .await?;
+            mgr.db(move |st| st.set_lifecycle_state(&id2, SandboxState::Running, end_at, Some(pid), &doc))
+                .await?;
             mgr.sandboxes.insert(live(
                 s.current_rec(),
                 SandboxState::Running,
@@ -377,10 +352,8 @@ async fn resume_locked(
     lc.paused_memory = None;
     let (id2, doc) = (id.clone(), to_json(&lc));
     let agent = (handle.agent_pid, handle.agent_start_time);
-    db(mgr, move |st| {
-        st.set_lifecycle_state(&id2, SandboxState::Running, end_at, Some(agent), &doc)
-    })
-    .await?;
+    mgr.db(move |st| st.set_lifecycle_state(&id2, SandboxState::Running, end_at, Some(agent), &doc))
+        .await?;
     mgr.lifecycle.set(&id, lc);
     let new = live(s.current_rec(), SandboxState::Running, end_at, handle)?;
     mgr.sandboxes.insert(new.clone());
@@ -447,8 +420,8 @@ pub async fn before_proxy(mgr: &Arc<Manager>, s: Arc<LiveSandbox>) -> Arc<LiveSa
 /// Re-adopts the sandboxes of an earlier run and cleans up what cannot be adopted (see the
 /// table at the top). Returns the ids removed.
 pub async fn reconcile_at_start(mgr: &Arc<Manager>) -> Result<Vec<String>, crate::error::ServerError> {
-    let rows = db(mgr, |s| s.list()).await?;
-    let mut docs = db(mgr, |s| s.lifecycles()).await?;
+    let rows = mgr.db(|s| s.list()).await?;
+    let mut docs = mgr.db(|s| s.lifecycles()).await?;
     let mut removed = Vec::new();
     let mut known = std::collections::HashSet::new();
     for rec in rows {
@@ -476,7 +449,7 @@ pub async fn reconcile_at_start(mgr: &Arc<Manager>) -> Result<Vec<String>, crate
         if !keep {
             mgr.backend().destroy(&id).await?;
             let id2 = id.clone();
-            db(mgr, move |s| s.delete(&id2)).await?;
+            mgr.db(move |s| s.delete(&id2)).await?;
             removed.push(id);
         }
     }
@@ -550,10 +523,8 @@ async fn adopt_one(mgr: &Arc<Manager>, rec: &SandboxRecord, lc: &mut Lifecycle) 
         }
         if changed {
             let (id2, doc, end) = (id.clone(), to_json(lc), rec.end_at);
-            db(mgr, move |s| {
-                s.set_lifecycle_state(&id2, SandboxState::Paused, end, None, &doc)
-            })
-            .await?;
+            mgr.db(move |s| s.set_lifecycle_state(&id2, SandboxState::Paused, end, None, &doc))
+                .await?;
         }
         tracing::info!(sandbox = %id, memory = lc.paused_memory == Some(true), "re-adopted paused sandbox");
         live(rec.clone(), SandboxState::Paused, rec.end_at, adopted.handle)?

@@ -148,6 +148,16 @@ pub fn parse_template_ref(raw: &str) -> Result<(String, Option<String>), ApiErro
     Ok((name.to_string(), tag.map(str::to_string)))
 }
 
+/// The runtime's view of a sandbox's volume rows.
+pub(crate) fn volume_mounts(rows: Vec<sandboxd_store::MountRow>) -> Vec<VolumeMount> {
+    rows.into_iter()
+        .map(|m| VolumeMount {
+            volume_id: m.volume_id,
+            path: m.path,
+        })
+        .collect()
+}
+
 pub(crate) struct Reservation<'a>(&'a Mutex<usize>);
 
 impl Drop for Reservation<'_> {
@@ -422,14 +432,9 @@ impl Manager {
             return Ok(Vec::new());
         }
         let id = id.to_string();
-        let rows = self.db(move |s| s.attach_volumes(&id, &mounts)).await?;
-        Ok(rows
-            .into_iter()
-            .map(|m| VolumeMount {
-                volume_id: m.volume_id,
-                path: m.path,
-            })
-            .collect())
+        Ok(volume_mounts(
+            self.db(move |s| s.attach_volumes(&id, &mounts)).await?,
+        ))
     }
 
     /// Kills a sandbox: it vanishes from the API at once, its traffic gets 502, in-flight
