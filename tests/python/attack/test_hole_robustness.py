@@ -154,6 +154,13 @@ def _start_daemon(data_dir: str, nofile: int | None = None):
     return proc, f"http://127.0.0.1:{port}", key
 
 
+def _remove(path: str):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _stop(proc, url, key):
     from sandboxd_daemon import _kill_all
     _kill_all(url, key)
@@ -197,6 +204,7 @@ def test_idle_connections_do_not_kill_sandboxes():
             c.close()
         _stop(proc, url, key)
         shutil.rmtree(data_dir, ignore_errors=True)
+        _remove(data_dir + ".log")
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
@@ -217,6 +225,7 @@ def test_low_nofile_is_a_clear_startup_error():
     finally:
         _stop(proc, url, key)
         shutil.rmtree(data_dir, ignore_errors=True)
+        _remove(data_dir + ".log")
 
 
 def test_413_message_names_the_limit(daemon):

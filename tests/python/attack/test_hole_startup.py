@@ -17,7 +17,7 @@ import time
 import pytest
 from attacklib import Escape
 from sandboxd_daemon import _wait_healthy
-from test_hole_robustness import _start_daemon, _stop
+from test_hole_robustness import _remove, _start_daemon, _stop
 
 pytestmark = [pytest.mark.host_unsafe, pytest.mark.timeout(180)]
 
@@ -44,3 +44,4 @@ def test_kill_during_startup_leaves_nothing_mounted():
         subprocess.run(["sh", "-c", f"grep -o '{data_dir}[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l"],
                        capture_output=True)
         shutil.rmtree(data_dir, ignore_errors=True)
+        _remove(data_dir + ".log")
