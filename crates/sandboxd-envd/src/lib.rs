@@ -23,5 +23,8 @@ pub mod tunnel;
 pub mod users;
 pub mod workload;
 
+#[cfg(test)]
+mod contract_tests;
+
 pub use server::router;
 pub use state::AgentState;

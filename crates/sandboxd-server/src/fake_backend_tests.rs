@@ -1160,3 +1160,48 @@ async fn connection_budget_and_silent_connections() {
     assert!(head.starts_with("HTTP/1.1 2"), "{head}");
     h.stop().await;
 }
+
+/// Whether an answer is the router's own "no such route" (404 `no route for …`) or "no such
+/// method" (405), rather than a handler's.
+async fn is_unrouted(r: reqwest::Response) -> (bool, String) {
+    let status = r.status();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    let message = body["message"].as_str().unwrap_or_default().to_string();
+    let unrouted = status == StatusCode::METHOD_NOT_ALLOWED
+        || (status == StatusCode::NOT_FOUND && message.starts_with("no route for"));
+    (unrouted, format!("{status} {message}"))
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_routed() {
+    let h = Harness::start(DaemonLimits::default()).await;
+    // The check can fail: an undocumented path and an unrouted method are told apart.
+    for (method, path) in [
+        (reqwest::Method::GET, "/sandboxes/abc/nope"),
+        (reqwest::Method::DELETE, "/volumes"),
+    ] {
+        let (unrouted, what) = is_unrouted(h.api(method.clone(), path).send().await.unwrap()).await;
+        assert!(unrouted, "{method} {path}: {what}");
+    }
+    let ops = crate::contract_tests::documented_operations();
+    assert!(ops.len() > 20, "{ops:?}");
+    for (method, path) in ops {
+        // Every path parameter gets a well-formed id of nothing that exists.
+        let concrete: String = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "inoroute0" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = h.api(m, &concrete);
+        if matches!(method.as_str(), "POST" | "PUT") {
+            req = req.json(&json!({}));
+        }
+        let (unrouted, what) = is_unrouted(req.send().await.unwrap()).await;
+        assert!(
+            !unrouted,
+            "{method} {path} ({concrete}) is documented but not routed: {what}"
+        );
+    }
+    h.stop().await;
+}

@@ -29,4 +29,6 @@ pub use server::{Claim, Server};
 pub use unavailable::UnavailableBackend;
 
 #[cfg(test)]
+mod contract_tests;
+#[cfg(test)]
 mod fake_backend_tests;
