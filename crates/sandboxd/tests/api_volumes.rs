@@ -171,6 +171,23 @@ async fn volumes_api_mounts_quota_and_bad_input() {
         .await,
         "hi\nroot\n"
     );
+    // a set-id file made in the volume stays out of other host users' reach: the volume's
+    // host directory is host root's alone (its files are owned by the sandbox range)
+    assert_eq!(
+        out(
+            &d,
+            &a,
+            "root",
+            "cp /usr/bin/id /data/suid && chmod 4755 /data/suid && echo ok"
+        )
+        .await,
+        "ok\n"
+    );
+    for e in volume_dirs(&d.data_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", e.path().display());
+    }
     let (_, detail) = d.get(&format!("/sandboxes/{}", sid(&a))).await;
     assert_eq!(
         detail["volumeMounts"],

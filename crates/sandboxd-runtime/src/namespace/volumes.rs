@@ -93,7 +93,8 @@ fn verr(message: String) -> RuntimeError {
 }
 
 /// Make volume `id` (its directory must not exist): the quota filesystem of `size_mb` MiB and
-/// its content dir (0755, owned by `owner`, the host uid and gid of the sandboxes' `user`).
+/// its content dir (0755, owned by `owner`, the host uid and gid of the sandboxes' `user`)
+/// inside a directory only host root may enter.
 /// On error nothing is left.
 pub fn create(
     quota: &dyn DiskQuota,
@@ -107,7 +108,10 @@ pub fn create(
     let vol = volume_dir(data_dir, id);
     std::fs::create_dir(&vol).map_err(|e| verr(format!("creating {}: {e}", vol.display())))?;
     let r = (|| {
-        std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o711))
+        // Host root only: the volume holds files the sandboxes made (set-id ones included, owned
+        // by the sandbox range), which no other host user may reach. The sandbox init opens the
+        // source while it still has host root's owner access (`open_sources`).
+        std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| verr(format!("chmod {}: {e}", vol.display())))?;
         quota.attach(&vol.join(quota::DISK_DIR), size_mb)?;
         let data = content_dir(&vol);
