@@ -364,8 +364,8 @@ async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
     let d = Daemon::start();
     let network = json!({
         "allowPublicTraffic": null,
-        "allowOut": ["example.com", "10.0.0.0/8"],
-        "dnsServers": ["9.9.9.9"],
+        "allowOut": ["example.com", "203.0.113.0/24"],
+        "dnsServers": ["192.0.2.53"],
         "httpsPorts": [8443],
         "egressProxy": {"address": "127.0.0.1:1080", "username": "u", "password": "secret-pw",
             "tls": {"enabled": true, "serverName": "proxy.local",
@@ -376,7 +376,7 @@ async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
     for (net, field) in [
         (json!({"dnsServers": ["8.8.8"]}), "dnsServers"),
         (json!({"httpsPorts": [49983]}), "httpsPorts"),
-        (json!({"allowOut": ["10.0.0.0/40"]}), "allowOut"),
+        (json!({"allowOut": ["203.0.113.0/40"]}), "allowOut"),
         (json!({"egressProxy": {"address": "nohost"}}), "egressProxy"),
     ] {
         let (s, v) = post_raw(
@@ -402,7 +402,7 @@ async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
     );
     let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
     let net = &info["network"];
-    assert_eq!(net["dnsServers"], json!(["9.9.9.9"]));
+    assert_eq!(net["dnsServers"], json!(["192.0.2.53"]));
     assert_eq!(net["httpsPorts"], json!([8443]));
     assert_eq!(net["egressProxy"]["username"], "u");
     assert_eq!(net["egressProxy"]["tls"]["serverName"], "proxy.local");
@@ -419,14 +419,15 @@ async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
             .json(&body)
             .send()
     };
-    let r = put(json!({"dnsServers": ["1.1.1.1"], "egressProxy": {"address": "h:1", "password": "pw2"}}))
-        .await
-        .unwrap();
+    let r =
+        put(json!({"dnsServers": ["198.51.100.53"], "egressProxy": {"address": "h:1", "password": "pw2"}}))
+            .await
+            .unwrap();
     assert_eq!(r.status(), 204);
     let r = put(json!({"dnsServers": ["one.one.one.one"]})).await.unwrap();
     assert_eq!(r.status(), 400);
     let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
-    assert_eq!(info["network"]["dnsServers"], json!(["1.1.1.1"]));
+    assert_eq!(info["network"]["dnsServers"], json!(["198.51.100.53"]));
     assert_eq!(info["network"]["httpsPorts"], json!([8443]));
     assert!(info["network"].get("allowOut").is_none());
     assert!(!info.to_string().contains("pw2"), "{info}");
