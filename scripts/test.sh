@@ -23,8 +23,11 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
+# From here on a failing step does not stop the next one; the exit status covers all of them.
+status=0
+
 echo "== Fuzz smoke run (docs/fuzzing.md)"
-scripts/fuzz.sh smoke 15
+scripts/fuzz.sh smoke 15 || status=1
 
 # The SDK suites run once per row of README "Supported SDKs" (pins: tests/python/requirements-*.txt,
 # tests/js/package.json); a failing row does not stop the next one, the exit status covers all.
@@ -32,7 +35,6 @@ scripts/fuzz.sh smoke 15
 # retry is reported ("R" in the progress line, "rerun" in the summary) so flakes stay visible.
 # Extra arguments go to the first Python row.
 pytest_args=(-n 4 -p no:cacheprovider --reruns 1 --reruns-delay 1 -rfER)
-status=0
 
 echo "== Python SDK tests: oldest supported SDKs (.venv), whole suite"
 .venv/bin/python -m pytest tests/python "${pytest_args[@]}" --ignore=tests/python/attack "$@" || status=1
