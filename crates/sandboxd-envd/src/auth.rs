@@ -48,6 +48,7 @@ pub async fn require_token(State(state): State<Arc<AgentState>>, req: Request, n
     if let Some(token) = config.access_token.as_deref() {
         let given = req.headers().get("x-access-token").and_then(|v| v.to_str().ok());
         if !given.is_some_and(|g| ct_eq(g, token)) {
+            crate::connect::drain(req.into_body()).await;
             return json_response(StatusCode::UNAUTHORIZED, UNAUTHORIZED_BODY.to_string());
         }
     }

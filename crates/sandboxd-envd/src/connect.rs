@@ -104,12 +104,19 @@ pub async fn read_body_limited(body: Body, limit: usize) -> Result<Bytes, Connec
     Ok(buf.freeze())
 }
 
-/// Reads and drops a request body we refuse (up to [`MAX_UNARY_BODY`], for a few seconds), so
-/// the refusal reaches the client instead of a connection closed under its upload; returns `err`.
+/// Reads and drops a request body we refuse, then returns `err` (see [`drain`]).
 pub async fn drain_then(body: Body, err: ConnectError) -> ConnectError {
+    drain(body).await;
+    err
+}
+
+/// Reads and drops a request body we refuse (up to [`MAX_UNARY_BODY`], for a few seconds), so
+/// the refusal reaches the client instead of a connection closed under its upload or under its
+/// next keep-alive request.
+pub async fn drain(body: Body) {
     let mut stream = body.into_data_stream();
     let mut seen = 0usize;
-    let drain = async {
+    let read_all = async {
         while let Some(Ok(chunk)) = stream.next().await {
             seen += chunk.len();
             if seen > MAX_UNARY_BODY {
@@ -117,8 +124,7 @@ pub async fn drain_then(body: Body, err: ConnectError) -> ConnectError {
             }
         }
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
-    err
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_all).await;
 }
 
 /// Decode a JSON message; errors are `invalid_argument` with the serde message.
