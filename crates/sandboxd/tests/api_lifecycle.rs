@@ -82,17 +82,6 @@ async fn state(d: &Daemon, id: &str) -> (u16, String) {
     (s, v["state"].as_str().unwrap_or("").to_string())
 }
 
-async fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
-    let r = d
-        .api(reqwest::Method::POST, path)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
 fn sigkill(d: &mut Daemon) {
     let mut c = d.child.take().expect("daemon running");
     c.kill().unwrap();
@@ -168,18 +157,13 @@ async fn readoption_after_sigkill_and_sigterm() {
         sbx.push((kind, id, token));
     }
     assert_eq!(
-        post(
-            &d,
-            &format!("/sandboxes/{}/pause", sbx[1].1),
-            json!({"memory": true})
-        )
-        .await
-        .0,
+        d.post(&format!("/sandboxes/{}/pause", sbx[1].1), json!({"memory": true}))
+            .await
+            .0,
         204
     );
     assert_eq!(
-        post(
-            &d,
+        d.post(
             &format!("/sandboxes/{}/pause", sbx[2].1),
             json!({"memory": false})
         )
@@ -223,21 +207,18 @@ async fn readoption_after_sigkill_and_sigterm() {
             continue;
         }
         // memory resume: processes still there; filesystem resume: files only
-        let (s, v) = post(
-            &d,
-            &format!("/sandboxes/{}/connect", memory.1),
-            json!({"timeout": 60}),
-        )
-        .await;
+        let (s, v) = d
+            .post(
+                &format!("/sandboxes/{}/connect", memory.1),
+                json!({"timeout": 60}),
+            )
+            .await;
         assert_eq!(s, 201, "{v}");
         assert_eq!(v["envdAccessToken"].as_str(), Some(memory.2.as_str()));
         assert!(processes(&d, &memory.1, &memory.2).await.contains("4242"));
-        let (s, _) = post(
-            &d,
-            &format!("/sandboxes/{}/connect", fs.1),
-            json!({"timeout": 60}),
-        )
-        .await;
+        let (s, _) = d
+            .post(&format!("/sandboxes/{}/connect", fs.1), json!({"timeout": 60}))
+            .await;
         assert_eq!(s, 201);
         assert_eq!(
             download(&d, &fs.1, &fs.2, "/home/user/kind").await,
@@ -322,7 +303,9 @@ async fn crash_during_creates_pauses_and_upload_loses_nothing() {
             let (s, st) = state(&d, id).await;
             assert_eq!(s, 200);
             if st == "paused" {
-                let (s, v) = post(&d, &format!("/sandboxes/{id}/connect"), json!({"timeout": 60})).await;
+                let (s, v) = d
+                    .post(&format!("/sandboxes/{id}/connect"), json!({"timeout": 60}))
+                    .await;
                 assert_eq!(s, 201, "round {round}: {v}\n{}", d.logs());
             }
             assert_eq!(
@@ -708,7 +691,9 @@ async fn crash_at_random_moments_leaks_and_loses_nothing() {
         let (s, st) = state(&d, id).await;
         assert_eq!(s, 200);
         if st == "paused" {
-            let (s, v) = post(&d, &format!("/sandboxes/{id}/connect"), json!({"timeout": 60})).await;
+            let (s, v) = d
+                .post(&format!("/sandboxes/{id}/connect"), json!({"timeout": 60}))
+                .await;
             assert_eq!(s, 201, "{v}\n{}", d.logs());
         }
         assert_eq!(

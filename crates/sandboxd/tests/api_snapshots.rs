@@ -52,17 +52,6 @@ async fn out(d: &Daemon, v: &Value, script: &str) -> String {
     r.text().await.unwrap()
 }
 
-async fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
-    let r = d
-        .api(reqwest::Method::POST, path)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn snapshot_fork_and_bad_input() {
     if !require_root("snapshot_fork_and_bad_input") {
@@ -76,58 +65,48 @@ async fn snapshot_fork_and_bad_input() {
 
     // bad input
     assert_eq!(
-        post(
-            &d,
-            &format!("/sandboxes/{id}/snapshots"),
-            json!({"name":"Bad Name"})
-        )
-        .await
-        .0,
-        400
-    );
-    assert_eq!(
-        post(&d, &format!("/sandboxes/{id}/snapshots"), json!({"name":"a/b"}))
+        d.post(&format!("/sandboxes/{id}/snapshots"), json!({"name":"Bad Name"}))
             .await
             .0,
         400
     );
     assert_eq!(
-        post(&d, "/sandboxes/nonexisting/snapshots", json!({})).await.0,
-        404
+        d.post(&format!("/sandboxes/{id}/snapshots"), json!({"name":"a/b"}))
+            .await
+            .0,
+        400
     );
+    assert_eq!(d.post("/sandboxes/nonexisting/snapshots", json!({})).await.0, 404);
     assert_eq!(
-        post(&d, &format!("/sandboxes/{id}/fork"), json!({"count":0}))
+        d.post(&format!("/sandboxes/{id}/fork"), json!({"count":0}))
             .await
             .0,
         400
     );
     assert_eq!(
-        post(&d, &format!("/sandboxes/{id}/fork"), json!({"count":101}))
+        d.post(&format!("/sandboxes/{id}/fork"), json!({"count":101}))
             .await
             .0,
         400
     );
     assert_eq!(
-        post(&d, &format!("/sandboxes/{id}/fork"), json!({"timeout":0}))
+        d.post(&format!("/sandboxes/{id}/fork"), json!({"timeout":0}))
             .await
             .0,
         400
     );
-    assert_eq!(post(&d, "/sandboxes/nonexisting/fork", json!({})).await.0, 404);
+    assert_eq!(d.post("/sandboxes/nonexisting/fork", json!({})).await.0, 404);
     assert_eq!(d.delete("/templates/base").await, 400, "built-in templates stay");
     assert_eq!(d.delete("/templates/nosuch%3Adefault").await, 404);
 
     // unnamed and named snapshots
-    let (s, un) = post(&d, &format!("/sandboxes/{id}/snapshots"), json!({})).await;
+    let (s, un) = d.post(&format!("/sandboxes/{id}/snapshots"), json!({})).await;
     assert_eq!(s, 201, "{un}");
     let un_id = un["snapshotID"].as_str().unwrap().to_string();
     assert!(un_id.ends_with(":default") && un["names"] == json!([]), "{un}");
-    let (s, named) = post(
-        &d,
-        &format!("/sandboxes/{id}/snapshots"),
-        json!({"name":"my-snap"}),
-    )
-    .await;
+    let (s, named) = d
+        .post(&format!("/sandboxes/{id}/snapshots"), json!({"name":"my-snap"}))
+        .await;
     assert_eq!(s, 201, "{named}");
     assert_eq!(named, json!({"snapshotID":"my-snap:default","names":["my-snap"]}));
 
@@ -205,12 +184,9 @@ async fn snapshot_fork_and_bad_input() {
 
     // fork: files, independence, settings, source untouched
     let (_, before) = d.get(&format!("/sandboxes/{id}")).await;
-    let (s, forks) = post(
-        &d,
-        &format!("/sandboxes/{id}/fork"),
-        json!({"timeout":60,"count":2}),
-    )
-    .await;
+    let (s, forks) = d
+        .post(&format!("/sandboxes/{id}/fork"), json!({"timeout":60,"count":2}))
+        .await;
     assert_eq!(s, 201, "{forks}");
     let forks = forks.as_array().unwrap().clone();
     assert_eq!(forks.len(), 2);
@@ -344,7 +320,7 @@ async fn snapshots_are_safe_on_the_host_sparse_and_bounded() {
     );
 
     let t0 = std::time::Instant::now();
-    let (s, snap) = post(&d, &format!("/sandboxes/{id}/snapshots"), json!({})).await;
+    let (s, snap) = d.post(&format!("/sandboxes/{id}/snapshots"), json!({})).await;
     assert_eq!(s, 201, "{snap}");
     assert!(
         t0.elapsed() < std::time::Duration::from_secs(20),
@@ -477,7 +453,7 @@ async fn snapshots_are_safe_on_the_host_sparse_and_bounded() {
         .flatten()
         .map(|e| e.file_name())
         .collect();
-    let (s, e) = post(&d, &format!("/sandboxes/{id}/snapshots"), json!({})).await;
+    let (s, e) = d.post(&format!("/sandboxes/{id}/snapshots"), json!({})).await;
     assert_eq!(s, 507, "{e}");
     let msg = e["message"].as_str().unwrap();
     assert!(msg.contains("limit of 16 MiB"), "{msg}");

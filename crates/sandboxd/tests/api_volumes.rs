@@ -54,17 +54,6 @@ async fn out(d: &Daemon, v: &Value, user: &str, script: &str) -> String {
     r.text().await.unwrap()
 }
 
-async fn post(d: &Daemon, path: &str, body: Value) -> (u16, Value) {
-    let r = d
-        .api(reqwest::Method::POST, path)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn sandbox_with(d: &Daemon, mounts: Value) -> (u16, Value) {
     d.create(json!({"templateID": "base", "timeout": 120, "volumeMounts": mounts}))
         .await
@@ -95,7 +84,7 @@ async fn volumes_api_mounts_quota_and_bad_input() {
     let _unmount = UnmountVolumes(d.data_dir.clone());
 
     // the API
-    let (s, vol) = post(&d, "/volumes", json!({"name": "shared", "sizeMB": 16})).await;
+    let (s, vol) = d.post("/volumes", json!({"name": "shared", "sizeMB": 16})).await;
     assert_eq!(s, 201, "{vol}");
     let vid = vol["volumeID"].as_str().unwrap().to_string();
     assert!(
@@ -106,7 +95,7 @@ async fn volumes_api_mounts_quota_and_bad_input() {
         (vol["name"].clone(), vol["sizeMB"].clone()),
         (json!("shared"), json!(16))
     );
-    let (s, body) = post(&d, "/volumes", json!({"name": "shared"})).await;
+    let (s, body) = d.post("/volumes", json!({"name": "shared"})).await;
     assert_eq!(s, 409, "duplicate name: {body}");
     for bad in [
         json!({"name": ""}),
@@ -115,7 +104,7 @@ async fn volumes_api_mounts_quota_and_bad_input() {
         json!({"name": "x", "sizeMB": 1_i64 << 40}),
         json!({}),
     ] {
-        let (s, body) = post(&d, "/volumes", bad.clone()).await;
+        let (s, body) = d.post("/volumes", bad.clone()).await;
         assert_eq!(s, 400, "{bad} -> {body}");
     }
     let (s, list) = d.get("/volumes").await;
@@ -253,7 +242,7 @@ async fn volume_contents_survive_sandbox_kill_and_daemon_restart() {
     };
     let mut d = Daemon::start_in(&data, opts.clone()).expect("daemon");
     let _unmount = UnmountVolumes(data.clone());
-    let (s, vol) = post(&d, "/volumes", json!({"name": "keep", "sizeMB": 32})).await;
+    let (s, vol) = d.post("/volumes", json!({"name": "keep", "sizeMB": 32})).await;
     assert_eq!(s, 201, "{vol}");
     let (s, a) = sandbox_with(&d, json!([{"name": "keep", "path": "/mnt/keep"}])).await;
     assert_eq!(s, 201, "{a}");

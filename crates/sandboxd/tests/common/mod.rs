@@ -166,8 +166,13 @@ impl Daemon {
 
     /// `POST /sandboxes`; returns status and body.
     pub async fn create(&self, body: Value) -> (u16, Value) {
+        self.post("/sandboxes", body).await
+    }
+
+    /// A control-plane `POST` with a JSON body; returns status and body (`null` if not JSON).
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
-            .api(reqwest::Method::POST, "/sandboxes")
+            .api(reqwest::Method::POST, path)
             .json(&body)
             .send()
             .await
