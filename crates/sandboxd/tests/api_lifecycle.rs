@@ -62,21 +62,6 @@ async fn start_sleep(d: &Daemon, id: &str, token: &str, secs: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(10), r.chunk()).await;
 }
 
-/// Command lines of the sandbox's processes (`Process.List`).
-async fn processes(d: &Daemon, id: &str, token: &str) -> String {
-    let r = d
-        .sandbox(reqwest::Method::POST, id, "/process.Process/List")
-        .header("X-Access-Token", token)
-        .header("Content-Type", "application/json")
-        .header("Connect-Protocol-Version", "1")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
 async fn state(d: &Daemon, id: &str) -> (u16, String) {
     let (s, v) = d.get(&format!("/sandboxes/{id}")).await;
     (s, v["state"].as_str().unwrap_or("").to_string())
@@ -191,7 +176,7 @@ async fn readoption_after_sigkill_and_sigterm() {
             (200, "running".into())
         );
         assert!(
-            processes(&d, &running.1, &running.2).await.contains("4242"),
+            d.process_list(&running.1, &running.2).await.contains("4242"),
             "{round}"
         );
         assert_eq!(state(&d, &memory.1).await, (200, "paused".into()), "{round}");
@@ -215,7 +200,7 @@ async fn readoption_after_sigkill_and_sigterm() {
             .await;
         assert_eq!(s, 201, "{v}");
         assert_eq!(v["envdAccessToken"].as_str(), Some(memory.2.as_str()));
-        assert!(processes(&d, &memory.1, &memory.2).await.contains("4242"));
+        assert!(d.process_list(&memory.1, &memory.2).await.contains("4242"));
         let (s, _) = d
             .post(&format!("/sandboxes/{}/connect", fs.1), json!({"timeout": 60}))
             .await;
@@ -224,7 +209,7 @@ async fn readoption_after_sigkill_and_sigterm() {
             download(&d, &fs.1, &fs.2, "/home/user/kind").await,
             (200, "filesystem".into())
         );
-        assert!(!processes(&d, &fs.1, &fs.2).await.contains("4242"));
+        assert!(!d.process_list(&fs.1, &fs.2).await.contains("4242"));
     }
     let ids: BTreeSet<String> = sbx.iter().map(|s| s.1.clone()).collect();
     assert_eq!(listed(&d).await, ids);

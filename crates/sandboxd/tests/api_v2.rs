@@ -49,17 +49,7 @@ async fn start_sleep(d: &Daemon, id: &str, token: &str) {
 
 /// Whether `sleep 1000` runs in the sandbox (`Process.List`).
 async fn sleep_runs(d: &Daemon, id: &str, token: &str) -> bool {
-    let r = d
-        .sandbox(reqwest::Method::POST, id, "/process.Process/List")
-        .header("X-Access-Token", token)
-        .header("Content-Type", "application/json")
-        .header("Connect-Protocol-Version", "1")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap().contains("1000")
+    d.process_list(id, token).await.contains("1000")
 }
 
 async fn write_file(d: &Daemon, id: &str, token: &str, path: &str, body: &str) {

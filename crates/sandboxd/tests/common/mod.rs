@@ -181,6 +181,21 @@ impl Daemon {
         (s, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The sandbox's `Process.List` answer (JSON text) through the proxy, with its envd token.
+    pub async fn process_list(&self, id: &str, token: &str) -> String {
+        let r = self
+            .sandbox(reqwest::Method::POST, id, "/process.Process/List")
+            .header("X-Access-Token", token)
+            .header("Content-Type", "application/json")
+            .header("Connect-Protocol-Version", "1")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let r = self.api(reqwest::Method::GET, path).send().await.unwrap();
         let s = r.status().as_u16();
