@@ -76,6 +76,16 @@ impl ConnCtl {
     }
 }
 
+impl sandboxd_daemon::ClientConnection for ConnCtl {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn abort(&self) {
+        ConnCtl::abort(self);
+    }
+}
+
 /// Sets `SO_LINGER {on, 0}`: the next close sends RST and drops unsent data.
 pub fn set_linger_zero<F: AsFd>(fd: &F) -> io::Result<()> {
     let linger = libc::linger {

@@ -7,6 +7,7 @@
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use sandboxd_daemon::DaemonError;
 use sandboxd_runtime::RuntimeError;
 use sandboxd_store::StoreError;
 
@@ -209,24 +210,37 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The one mapping of domain errors to API errors (statuses and bodies follow from the
+/// [`ApiError`] variant).
+impl From<DaemonError> for ApiError {
+    fn from(e: DaemonError) -> Self {
+        match e {
+            DaemonError::InvalidInput(m) => ApiError::BadRequest(m),
+            DaemonError::SandboxNotFound(id) => ApiError::SandboxNotFound(id),
+            DaemonError::TemplateNotFound(t) => ApiError::TemplateNotFound(t),
+            DaemonError::NotFound(m) => ApiError::NotFound(m),
+            DaemonError::Conflict(m) => ApiError::Conflict(m),
+            DaemonError::TooManySandboxes(m) => ApiError::TooManySandboxes(m),
+            DaemonError::Unavailable(m) => ApiError::Unavailable(m),
+            DaemonError::NotSupportedHere(m) => ApiError::NotSupportedHere(m),
+            DaemonError::InsufficientStorage(m) => ApiError::InsufficientStorage(m),
+            DaemonError::IdempotencyMismatch(k) => ApiError::IdempotencyMismatch(k),
+            DaemonError::IdempotencyInProgress(k) => ApiError::IdempotencyInProgress(k),
+            DaemonError::IdempotencyOutcomeUnknown(k) => ApiError::IdempotencyOutcomeUnknown(k),
+            DaemonError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
-        match e {
-            RuntimeError::TemplateNotFound(t) => ApiError::TemplateNotFound(t),
-            RuntimeError::InvalidSpec(m) => ApiError::BadRequest(m),
-            RuntimeError::Unsupported(m) => ApiError::NotSupportedHere(m),
-            RuntimeError::StorageFull(m) => ApiError::InsufficientStorage(m),
-            other => ApiError::Internal(format!("sandbox backend: {other}")),
-        }
+        DaemonError::from(e).into()
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::VolumeNotFound(_) => ApiError::NotFound(e.to_string()),
-            _ => ApiError::Internal(e.to_string()),
-        }
+        DaemonError::from(e).into()
     }
 }
 
@@ -237,6 +251,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
     #[error("{context}: {source}")]
     Io {
         context: String,

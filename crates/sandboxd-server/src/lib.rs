@@ -1,4 +1,8 @@
-//! The sandboxd daemon: control plane, router and sandbox proxy (`docs/control-plane.md`).
+//! The sandboxd HTTP layer (`docs/control-plane.md`): one listener, the routing decision per
+//! request, the E2B REST API ([`api`], one module per resource, each handler calling one
+//! [`sandboxd_daemon::Daemon`] method), the sandbox proxy ([`proxy`]) and the one place where
+//! a domain error becomes a status and body ([`error`]). The domain itself is
+//! `sandboxd-daemon`.
 //!
 //! Entry point: [`Server::bind`] with a [`ServerConfig`] and a
 //! [`sandboxd_runtime::SandboxBackend`], then [`Server::run`].
@@ -9,19 +13,12 @@ pub mod conn;
 pub mod error;
 pub mod fd_budget;
 pub mod ids;
-pub mod lifecycle;
 pub mod listing;
-pub mod manager;
-pub mod metrics;
-pub mod pool;
-pub mod prometheus;
 pub mod proxy;
+pub mod query;
 pub mod routing;
-pub mod sandbox;
 pub mod server;
-pub mod snapshots;
 pub mod unavailable;
-pub mod upstream;
 
 pub use config::{DaemonLimits, ServerConfig, TemplateDefaults};
 pub use error::{ApiError, ServerError};

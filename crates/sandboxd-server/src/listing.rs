@@ -4,6 +4,7 @@ use crate::error::ApiError;
 use crate::ids::parse_query_time;
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use sandboxd_daemon::SandboxView;
 use sandboxd_store::SandboxState;
 use std::collections::{BTreeMap, HashMap};
 
@@ -261,6 +262,24 @@ pub fn page<T: Listable>(
         .encode()
     });
     (items, token)
+}
+
+impl Listable for SandboxView {
+    fn list_id(&self) -> &str {
+        &self.rec.id
+    }
+    fn list_started_at(&self) -> DateTime<Utc> {
+        self.rec.started_at
+    }
+    fn list_state(&self) -> SandboxState {
+        self.state
+    }
+    fn list_template(&self) -> &str {
+        &self.rec.template_id
+    }
+    fn list_metadata(&self) -> &BTreeMap<String, String> {
+        &self.rec.metadata
+    }
 }
 
 #[cfg(test)]

@@ -14,10 +14,7 @@
 
 use crate::conn::ConnCtl;
 use crate::error::ApiError;
-use crate::manager::Manager;
 use crate::routing::SignedFileRequest;
-use crate::sandbox::{InflightGuard, LiveSandbox};
-use crate::upstream::UpstreamError;
 use axum::body::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -25,6 +22,8 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use sandboxd_daemon::agent::{AgentError, send_error};
+use sandboxd_daemon::{Daemon, InflightGuard, LiveSandbox};
 use sandboxd_protocol::ENVD_PORT;
 use std::future::Future;
 use std::pin::Pin;
@@ -100,45 +99,45 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Proxies a request routed to `port` of sandbox `id`.
 pub async fn forward(
-    mgr: &Arc<Manager>,
+    daemon: &Arc<Daemon>,
     conn: &Arc<ConnCtl>,
     id: &str,
     port: u16,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, SandboxStopped> {
-    mgr.observability.counters.proxied();
-    let Some(sandbox) = mgr.sandboxes.get(id) else {
+    daemon.counters().proxied();
+    let Some(sandbox) = daemon.sandbox(id) else {
         return Ok(ApiError::SandboxNotRunning(id.to_string()).to_response());
     };
     // autoResume: traffic to a paused sandbox resumes it first (lifecycle.rs)
-    let sandbox = crate::lifecycle::before_proxy(mgr, sandbox).await;
-    forward_to(mgr, sandbox, conn, port, req).await
+    let sandbox = daemon.resume_for_traffic(sandbox).await;
+    forward_to(daemon, sandbox, conn, port, req).await
 }
 
 /// Proxies a signed `/files` request to the sandbox whose token made the signature.
 pub async fn forward_signed(
-    mgr: &Arc<Manager>,
+    daemon: &Arc<Daemon>,
     conn: &Arc<ConnCtl>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, SandboxStopped> {
-    mgr.observability.counters.proxied();
+    daemon.counters().proxied();
     let Some(signed) = SignedFileRequest::from_request(req.method(), req.uri()) else {
         return Ok(crate::routing::no_signature_match().to_response());
     };
-    let found = mgr.sandboxes.all().into_iter().find(|s| {
+    let found = daemon.sandboxes().into_iter().find(|s| {
         s.rec
             .access_token
             .as_deref()
             .is_some_and(|t| signed.is_signed_with(t))
     });
     match found {
-        Some(s) => forward_to(mgr, s, conn, ENVD_PORT, req).await,
+        Some(s) => forward_to(daemon, s, conn, ENVD_PORT, req).await,
         None => Ok(crate::routing::no_signature_match().to_response()),
     }
 }
 
 async fn forward_to(
-    mgr: &Arc<Manager>,
+    daemon: &Arc<Daemon>,
     sandbox: Arc<LiveSandbox>,
     conn: &Arc<ConnCtl>,
     port: u16,
@@ -181,15 +180,15 @@ async fn forward_to(
     let send = async {
         if port == ENVD_PORT {
             let uri =
-                Uri::try_from(format!("http://agent{pq}")).map_err(|e| UpstreamError::Http(e.to_string()))?;
+                Uri::try_from(format!("http://agent{pq}")).map_err(|e| AgentError::Http(e.to_string()))?;
             *req.uri_mut() = uri;
             sandbox.agent.send(req).await
         } else {
-            *req.uri_mut() = Uri::try_from(pq).map_err(|e| UpstreamError::Http(e.to_string()))?;
+            *req.uri_mut() = Uri::try_from(pq).map_err(|e| AgentError::Http(e.to_string()))?;
             send_tunneled(&sandbox, port, req).await
         }
     };
-    let result: Result<Response<Incoming>, UpstreamError> = tokio::select! {
+    let result: Result<Response<Incoming>, AgentError> = tokio::select! {
         r = send => r,
         _ = stopped.cancelled() => {
             if let Some(c) = h1_conn { c.abort(); }
@@ -208,7 +207,7 @@ async fn forward_to(
                 }
                 return Err(SandboxStopped(id));
             }
-            return Ok(upstream_failure(mgr, &sandbox, port, e).to_response());
+            return Ok(upstream_failure(daemon, &sandbox, port, e).to_response());
         }
     };
 
@@ -238,11 +237,11 @@ async fn forward_to(
 /// The answer to a request the agent did not answer while the sandbox is still registered as
 /// running: only evidence that the agent is gone says "not found" (SDKs then report the
 /// sandbox as gone); a broken client body is the client's error.
-fn upstream_failure(mgr: &Manager, sandbox: &LiveSandbox, port: u16, e: UpstreamError) -> ApiError {
+fn upstream_failure(daemon: &Daemon, sandbox: &LiveSandbox, port: u16, e: AgentError) -> ApiError {
     let id = sandbox.id().to_string();
     match e {
-        UpstreamError::ClientBody(m) => ApiError::BadRequest(format!("reading the request body failed: {m}")),
-        _ if !mgr.backend().is_alive(&sandbox.handle) => ApiError::SandboxNotRunning(id),
+        AgentError::ClientBody(m) => ApiError::BadRequest(format!("reading the request body failed: {m}")),
+        _ if !daemon.backend().is_alive(&sandbox.handle) => ApiError::SandboxNotRunning(id),
         _ if port != ENVD_PORT => ApiError::PortNotOpen { sandbox_id: id, port },
         e => ApiError::AgentFailed {
             sandbox_id: id,
@@ -257,7 +256,7 @@ async fn send_tunneled(
     sandbox: &LiveSandbox,
     port: u16,
     req: Request<Incoming>,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<Response<Incoming>, AgentError> {
     let stream = match sandbox.agent.tunnel(port).await? {
         Ok(s) => s,
         Err(refusal) => return Ok(refusal),
@@ -265,16 +264,13 @@ async fn send_tunneled(
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, Incoming>(stream)
         .await
-        .map_err(|e| UpstreamError::Http(e.to_string()))?;
+        .map_err(|e| AgentError::Http(e.to_string()))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("tunneled connection ended: {e}");
         }
     });
-    sender
-        .send_request(req)
-        .await
-        .map_err(crate::upstream::send_error)
+    sender.send_request(req).await.map_err(send_error)
 }
 
 async fn splice_upgraded(

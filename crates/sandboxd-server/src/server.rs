@@ -4,7 +4,6 @@ use crate::config::ServerConfig;
 use crate::conn::{ConnCtl, TrackedStream};
 use crate::error::{ApiError, ServerError};
 use crate::fd_budget::FdBudget;
-use crate::manager::Manager;
 use crate::proxy::{self, SandboxStopped};
 use crate::routing::{self, Route};
 use axum::Router;
@@ -12,6 +11,7 @@ use axum::body::Body;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sandboxd_daemon::Daemon;
 use sandboxd_runtime::SandboxBackend;
 use sandboxd_store::Store;
 use std::fs::File;
@@ -32,7 +32,7 @@ pub const LOCK_FILE: &str = "sandboxd.lock";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Shared {
-    mgr: Arc<Manager>,
+    daemon: Arc<Daemon>,
     control: Router,
     keepalive_idle: Duration,
     first_request_timeout: Duration,
@@ -132,15 +132,15 @@ impl Server {
             .unwrap_or_else(|| format!("localhost:{}", local_addr.port()));
         let keepalive_idle = config.keepalive_idle;
         let first_request_timeout = config.first_request_timeout;
-        let mgr = Arc::new(Manager::new(config, domain, backend, store));
-        let cleaned = mgr.cleanup_leftovers().await?;
+        let daemon = Arc::new(Daemon::new(config.daemon_config(), domain, backend, store));
+        let cleaned = daemon.reconcile_at_start().await?;
         if !cleaned.is_empty() {
             tracing::info!(count = cleaned.len(), "cleaned up sandboxes of an earlier run");
         }
-        let control = crate::api::router(mgr.clone());
+        let control = crate::api::router(daemon.clone(), &config.api_key, config.max_body_bytes);
         Ok(Self {
             shared: Arc::new(Shared {
-                mgr,
+                daemon,
                 control,
                 keepalive_idle,
                 first_request_timeout,
@@ -159,20 +159,20 @@ impl Server {
 
     /// The domain returned to SDKs.
     pub fn domain(&self) -> &str {
-        self.shared.mgr.domain()
+        self.shared.daemon.domain()
     }
 
-    /// The lifecycle manager (tests and embedding).
-    pub fn manager(&self) -> &Arc<Manager> {
-        &self.shared.mgr
+    /// The domain (tests and embedding).
+    pub fn daemon(&self) -> &Arc<Daemon> {
+        &self.shared.daemon
     }
 
     /// Serves until `shutdown` completes, then lets open connections finish for a few
     /// seconds. Sandboxes keep running.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
-        let reaper = tokio::spawn(self.shared.mgr.clone().run_reaper());
-        let sampler = tokio::spawn(crate::metrics::run_sampler(self.shared.mgr.clone()));
-        let pool = tokio::spawn(crate::pool::run(self.shared.mgr.clone()));
+        let reaper = tokio::spawn(self.shared.daemon.clone().run_reaper());
+        let sampler = tokio::spawn(self.shared.daemon.clone().run_sampler());
+        let pool = tokio::spawn(self.shared.daemon.clone().run_pool());
         let drain = CancellationToken::new();
         let tracker = TaskTracker::new();
         tokio::pin!(shutdown);
@@ -203,7 +203,7 @@ impl Server {
             }
         }
         tracing::info!("shutting down; sandboxes keep running");
-        self.shared.mgr.begin_shutdown();
+        self.shared.daemon.begin_shutdown();
         drop(self.listener);
         drain.cancel();
         tracker.close();
@@ -216,7 +216,7 @@ impl Server {
         reaper.abort();
         sampler.abort();
         // pooled (never claimed) sandboxes are destroyed; claimed ones keep running
-        crate::pool::shutdown(&self.shared.mgr, pool).await;
+        self.shared.daemon.shutdown_pool(pool).await;
         Ok(())
     }
 }
@@ -291,8 +291,8 @@ async fn dispatch(
             Ok(r) => Ok(r),
             Err(never) => match never {},
         },
-        Route::Sandbox { id, port } => proxy::forward(&shared.mgr, ctl, &id, port, req).await,
-        Route::SignedFiles => proxy::forward_signed(&shared.mgr, ctl, req).await,
+        Route::Sandbox { id, port } => proxy::forward(&shared.daemon, ctl, &id, port, req).await,
+        Route::SignedFiles => proxy::forward_signed(&shared.daemon, ctl, req).await,
         Route::Invalid(msg) => Ok(ApiError::BadRequest(msg).to_response()),
     }
 }

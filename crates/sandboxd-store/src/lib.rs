@@ -5,13 +5,15 @@
 //! every host sandbox the backend finds is either re-adopted or cleaned up.
 //!
 //! The database lives in `<data dir>/sandboxd.db`, in WAL mode with `synchronous=FULL`: a
-//! committed write survives a power cut. All calls are synchronous and short; async callers
-//! run them on a blocking thread if they care about latency.
+//! committed write survives a power cut. [`Store`]'s calls are synchronous and short; async
+//! callers use [`Registry`], which runs them on the blocking pool.
 
 mod idempotency;
+mod registry;
 mod snapshots;
 mod volumes;
 pub use idempotency::IdempotencyClaim;
+pub use registry::Registry;
 pub use snapshots::SnapshotRow;
 pub use volumes::{MountRow, VolumeDeletion, VolumeRow};
 
@@ -59,6 +61,9 @@ pub enum StoreError {
     /// The database was written by a newer sandboxd.
     #[error("registry schema version {found} is newer than this sandboxd supports ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
+    /// The blocking task running a registry call failed (panicked or was cancelled).
+    #[error("registry task failed: {0}")]
+    TaskFailed(String),
 }
 
 /// Lifecycle state of a registry row.

@@ -54,7 +54,7 @@ pub struct ServeArgs {
     /// (e.g. base=2:8:600; MAX defaults to MIN, IDLE_SECS to 600, 0 = never recycled).
     /// Repeatable. See docs/pool.md.
     #[arg(long = "pool", value_name = "TEMPLATE=MIN[:MAX[:IDLE_SECS]]")]
-    pub pool: Vec<sandboxd_server::pool::PoolSpec>,
+    pub pool: Vec<sandboxd_daemon::pool::PoolSpec>,
     /// Log format on stderr or in --log-file.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: crate::logging::LogFormat,
@@ -209,13 +209,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let file_pools = match &args.config {
         Some(path) => {
-            sandboxd_server::pool::ConfigFile::load(path)
+            sandboxd_daemon::pool::ConfigFile::load(path)
                 .map_err(anyhow::Error::msg)?
                 .pool
         }
         None => Vec::new(),
     };
-    config.pool = sandboxd_server::pool::merge_specs(file_pools, args.pool);
+    config.pool = sandboxd_daemon::pool::merge_specs(file_pools, args.pool);
     if !args.listen.ip().is_loopback() {
         tracing::warn!(
             "listening on {} (not loopback) without TLS: the API key and sandbox traffic travel in clear text",
@@ -230,7 +230,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("backend start-up task")??;
         tracing::info!(backend = backend.name(), data_dir = %data_dir.display(), "starting");
-        sandboxd_server::pool::check_templates(backend.as_ref(), &config.pool).map_err(anyhow::Error::msg)?;
+        sandboxd_daemon::pool::check_templates(backend.as_ref(), &config.pool).map_err(anyhow::Error::msg)?;
         let server = Server::bind_claimed(config, backend.clone(), claim).await?;
         let addr = server.local_addr();
         {

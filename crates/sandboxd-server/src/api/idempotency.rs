@@ -6,19 +6,16 @@
 //! response (201, same body); another body → 422 `idempotency_request_mismatch`; still being
 //! created → 409 `idempotency_in_progress` (with `Should-Retry: true`, `Retry-After: 1`); cut
 //! short by a daemon restart → 409 `idempotency_outcome_unknown`. A failed create frees the key.
-//! Keys are remembered for [`KEY_TTL`].
+//! Keys are remembered for [`sandboxd_daemon::idempotency::KEY_TTL`].
 
-use super::sandboxes::sandbox_out;
+use super::sandbox_view::sandbox_out;
 use crate::error::ApiError;
-use crate::manager::{CreateParams, Manager};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use sandboxd_store::IdempotencyClaim;
+use sandboxd_daemon::idempotency::Idempotent;
+use sandboxd_daemon::{CreateParams, Daemon, LiveSandbox};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-
-/// How long a key is remembered.
-pub const KEY_TTL: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// The request header.
 const HEADER: &str = "idempotency-key";
@@ -78,41 +75,24 @@ pub fn fingerprint(body: &serde_json::Value) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
-/// Creates the sandbox at most once per key. Runs in its own task, so the outcome is recorded
-/// even if the client hangs up.
+/// Creates the sandbox at most once per key; the response of the first attempt is replayed.
 pub async fn create_once(
-    mgr: &Arc<Manager>,
+    daemon: &Arc<Daemon>,
     key: String,
     fingerprint: String,
     params: CreateParams,
 ) -> Response {
-    let mgr = mgr.clone();
-    match tokio::spawn(async move { create_once_inner(&mgr, key, fingerprint, params).await }).await {
-        Ok(r) => r,
-        Err(e) => ApiError::Internal(format!("create task failed: {e}")).into_response(),
-    }
-}
-
-async fn create_once_inner(
-    mgr: &Arc<Manager>,
-    key: String,
-    fingerprint: String,
-    params: CreateParams,
-) -> Response {
-    let now = chrono::Utc::now();
-    let (now_us, expire_us) = (now.timestamp_micros(), (now - KEY_TTL).timestamp_micros());
-    let (k, run) = (key.clone(), mgr.run_id().to_string());
-    let claim = mgr
-        .db(move |s| s.idempotency_claim(&k, &fingerprint, &run, now_us, expire_us))
-        .await;
-    match claim {
+    let answer = |s: &LiveSandbox, domain: &str| {
+        serde_json::to_string(&sandbox_out(s, domain)).map_err(|e| e.to_string())
+    };
+    match daemon.create_once(key, fingerprint, params, answer).await {
         Err(e) => ApiError::from(e).into_response(),
-        Ok(IdempotencyClaim::Mismatch) => ApiError::IdempotencyMismatch(key).into_response(),
-        Ok(IdempotencyClaim::InProgress) => ApiError::IdempotencyInProgress(key).into_response(),
-        Ok(IdempotencyClaim::OutcomeUnknown) => ApiError::IdempotencyOutcomeUnknown(key).into_response(),
-        Ok(IdempotencyClaim::Done { status, body }) => {
-            tracing::info!(key = %key, "idempotent create replayed");
-            let mut r = (StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED), body).into_response();
+        Ok(Idempotent::Replayed { status, answer }) => {
+            let mut r = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED),
+                answer,
+            )
+                .into_response();
             let h = r.headers_mut();
             h.insert(
                 http::header::CONTENT_TYPE,
@@ -121,32 +101,14 @@ async fn create_once_inner(
             h.insert("idempotent-replayed", HeaderValue::from_static("true"));
             r
         }
-        Ok(IdempotencyClaim::Claimed) => match mgr.create(params).await {
-            Ok(s) => {
-                let body = match serde_json::to_string(&sandbox_out(&s, mgr.domain())) {
-                    Ok(b) => b,
-                    Err(e) => return ApiError::Internal(format!("encoding response: {e}")).into_response(),
-                };
-                let (k, b) = (key.clone(), body.clone());
-                if let Err(e) = mgr.db(move |st| st.idempotency_finish(&k, 201, &b)).await {
-                    // the sandbox exists: answer it; a retry with this key gets 409 until expiry
-                    tracing::error!(key = %key, sandbox = %s.id(), "recording the idempotent create: {e}");
-                }
-                let mut r = (StatusCode::CREATED, body).into_response();
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                r
-            }
-            Err(e) => {
-                let k = key.clone();
-                if let Err(de) = mgr.db(move |st| st.idempotency_release(&k)).await {
-                    tracing::error!(key = %key, "releasing the key of a failed create: {de}");
-                }
-                e.into_response()
-            }
-        },
+        Ok(Idempotent::Created { answer, .. }) => {
+            let mut r = (StatusCode::CREATED, answer).into_response();
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
     }
 }
 

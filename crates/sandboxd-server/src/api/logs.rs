@@ -5,80 +5,22 @@
 //! parameters, reports new OOM kills it sees on the host first (so the answer includes them),
 //! fetches the entries over the internal control socket and shapes them like E2B.
 
-use super::metrics::query_pairs;
-use super::{SandboxId, json};
+use super::extract::{SandboxId, json};
 use crate::error::ApiError;
 use crate::ids::format_time;
-use crate::manager::Manager;
-use crate::upstream::UnixConnector;
+use crate::query::query_pairs;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use bytes::Bytes;
 use chrono::DateTime;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use sandboxd_runtime::AgentEndpoint;
-use sandboxd_store::SandboxState;
-use serde::{Deserialize, Serialize};
+use sandboxd_daemon::Daemon;
+use sandboxd_daemon::logs::{LogQuery, LogRecord};
+use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Largest page (also the v1 default).
 pub const MAX_LIMIT: usize = 1000;
-/// Time limit of one control-socket request.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest control-socket answer read.
-const MAX_CONTROL_BODY: usize = 16 << 20;
-
-/// One request to an agent's control socket; returns the status and body.
-pub async fn control_request(
-    sock: &Path,
-    method: http::Method,
-    path_and_query: &str,
-    body: String,
-) -> Result<(StatusCode, Bytes), String> {
-    let fut = async {
-        let conn = UnixConnector::new(sock).map_err(|e| e.to_string())?;
-        let stream = conn.connect().await.map_err(|e| format!("connecting: {e}"))?;
-        let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = driver.await;
-        });
-        let req = http::Request::builder()
-            .method(method)
-            .uri(path_and_query)
-            .header(http::header::HOST, "agent")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), MAX_CONTROL_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        Ok::<_, String>((status, body))
-    };
-    tokio::time::timeout(CONTROL_TIMEOUT, fut)
-        .await
-        .map_err(|_| "the agent did not answer in time".to_string())?
-}
-
-/// An entry as the agent sends it.
-#[derive(Debug, Deserialize)]
-struct AgentEntry {
-    timestamp: i64,
-    level: String,
-    message: String,
-    #[serde(default)]
-    fields: BTreeMap<String, String>,
-}
 
 /// `SandboxLogEntry`.
 #[derive(Debug, Serialize)]
@@ -100,34 +42,6 @@ fn ms_time(ms: i64) -> String {
     format_time(DateTime::from_timestamp_millis(ms).unwrap_or_default())
 }
 
-/// The agent's query string for validated parameters.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct AgentQuery {
-    pub cursor: Option<i64>,
-    pub limit: usize,
-    pub backward: bool,
-    pub level: Option<String>,
-    pub search: Option<String>,
-}
-
-impl AgentQuery {
-    fn to_query_string(&self) -> String {
-        let mut s = url::form_urlencoded::Serializer::new(String::new());
-        if let Some(c) = self.cursor {
-            s.append_pair("cursor", &c.to_string());
-        }
-        s.append_pair("limit", &self.limit.to_string());
-        s.append_pair("direction", if self.backward { "backward" } else { "forward" });
-        if let Some(l) = &self.level {
-            s.append_pair("level", l);
-        }
-        if let Some(q) = &self.search {
-            s.append_pair("search", q);
-        }
-        s.finish()
-    }
-}
-
 fn parse_limit(v: &str) -> Result<usize, ApiError> {
     match v.trim().parse::<usize>() {
         Ok(n) if n <= MAX_LIMIT => Ok(n),
@@ -146,10 +60,10 @@ fn parse_ms(name: &str, v: &str) -> Result<i64, ApiError> {
 }
 
 /// v1 parameters: `start` (ms), `limit` (default 1000).
-pub fn parse_v1(raw: Option<&str>) -> Result<AgentQuery, ApiError> {
-    let mut q = AgentQuery {
+pub fn parse_v1(raw: Option<&str>) -> Result<LogQuery, ApiError> {
+    let mut q = LogQuery {
         limit: MAX_LIMIT,
-        ..AgentQuery::default()
+        ..LogQuery::default()
     };
     for (k, v) in query_pairs(raw) {
         match k.as_str() {
@@ -163,10 +77,10 @@ pub fn parse_v1(raw: Option<&str>) -> Result<AgentQuery, ApiError> {
 
 /// v2 parameters: `cursor` (ms), `limit` (≤ 1000, default 1000), `direction`
 /// (`forward`|`backward`), `level` (minimum: `debug|info|warn|error`), `search`.
-pub fn parse_v2(raw: Option<&str>) -> Result<AgentQuery, ApiError> {
-    let mut q = AgentQuery {
+pub fn parse_v2(raw: Option<&str>) -> Result<LogQuery, ApiError> {
+    let mut q = LogQuery {
         limit: MAX_LIMIT,
-        ..AgentQuery::default()
+        ..LogQuery::default()
     };
     for (k, v) in query_pairs(raw) {
         match k.as_str() {
@@ -203,47 +117,7 @@ pub fn parse_v2(raw: Option<&str>) -> Result<AgentQuery, ApiError> {
     Ok(q)
 }
 
-async fn fetch(mgr: &Arc<Manager>, id: &str, q: &AgentQuery) -> Result<Vec<AgentEntry>, ApiError> {
-    let s = match mgr.sandboxes.get(id) {
-        Some(s) => s,
-        None => return Err(ApiError::SandboxNotFound(id.to_string())),
-    };
-    match s.state() {
-        SandboxState::Running => {}
-        SandboxState::Paused => {
-            return Err(ApiError::Conflict(format!(
-                "sandbox {id} is paused: its log is kept by its agent and readable once it runs again"
-            )));
-        }
-        _ => return Err(ApiError::SandboxNotFound(id.to_string())),
-    }
-    // OOM kills the host saw since the last sample go into the log first.
-    if let Ok(stats) = mgr.backend().stats(id).await
-        && !stats.frozen
-    {
-        crate::metrics::report_oom(mgr, &s, &stats).await;
-    }
-    let AgentEndpoint::Unix(sock) = &s.handle.control;
-    let path = format!("/logs?{}", q.to_query_string());
-    let (status, body) = control_request(sock, http::Method::GET, &path, String::new())
-        .await
-        .map_err(|e| ApiError::Internal(format!("reading the log of sandbox {id}: {e}")))?;
-    if !status.is_success() {
-        return Err(ApiError::Internal(format!(
-            "the agent of sandbox {id} answered {status} to a log request: {}",
-            String::from_utf8_lossy(&body)
-        )));
-    }
-    #[derive(Deserialize)]
-    struct Page {
-        entries: Vec<AgentEntry>,
-    }
-    let page: Page = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::Internal(format!("bad log answer from sandbox {id}: {e}")))?;
-    Ok(page.entries)
-}
-
-fn entry(e: AgentEntry) -> LogEntry {
+fn entry(e: LogRecord) -> LogEntry {
     LogEntry {
         timestamp: ms_time(e.timestamp),
         level: e.level,
@@ -255,12 +129,12 @@ fn entry(e: AgentEntry) -> LogEntry {
 /// `GET /sandboxes/{id}/logs?start=<ms>&limit=`: entries from `start` on, oldest first, as
 /// both `logs` (`{timestamp, line}`, the line a JSON object) and `logEntries`.
 pub async fn logs_v1(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = parse_v1(raw.as_deref())?;
-    let entries = fetch(&mgr, &id, &q).await?;
+    let entries = daemon.read_log(&id, &q).await?;
     let mut logs = Vec::with_capacity(entries.len());
     let mut log_entries = Vec::with_capacity(entries.len());
     for e in entries {
@@ -285,12 +159,12 @@ pub async fn logs_v1(
 /// `GET /v2/sandboxes/{id}/logs?cursor=&limit=&direction=&level=&search=`:
 /// `{"logs":[SandboxLogEntry]}` in the requested direction (backward: newest first).
 pub async fn logs_v2(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = parse_v2(raw.as_deref())?;
-    let entries = fetch(&mgr, &id, &q).await?;
+    let entries = daemon.read_log(&id, &q).await?;
     let logs: Vec<LogEntry> = entries.into_iter().map(entry).collect();
     Ok(json(StatusCode::OK, &serde_json::json!({ "logs": logs })))
 }
@@ -320,7 +194,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             q,
-            AgentQuery {
+            LogQuery {
                 cursor: Some(10),
                 limit: 2,
                 backward: true,

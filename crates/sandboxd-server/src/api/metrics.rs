@@ -1,16 +1,16 @@
 //! `GET /sandboxes/{id}/metrics`, `GET /sandboxes/metrics` and the daemon's Prometheus
 //! `GET /metrics` (`api/openapi.yaml`; `docs/observability.md`).
 
-use super::{SandboxId, json};
+use super::extract::{SandboxId, json};
 use crate::error::ApiError;
 use crate::ids::{format_time, is_valid_sandbox_id};
-use crate::manager::Manager;
-use crate::metrics::Sample;
+use crate::query::query_pairs;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::DateTime;
-use sandboxd_store::SandboxState;
+use sandboxd_daemon::Daemon;
+use sandboxd_daemon::metrics::Sample;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,13 +50,6 @@ impl From<Sample> for SandboxMetric {
     }
 }
 
-/// Decoded query pairs.
-pub(crate) fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(raw.unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
-}
-
 fn unix_param(name: &str, v: &str) -> Result<i64, ApiError> {
     v.trim()
         .parse::<i64>()
@@ -66,7 +59,7 @@ fn unix_param(name: &str, v: &str) -> Result<i64, ApiError> {
 /// `GET /sandboxes/{id}/metrics?start=&end=`: samples with `start <= timestampUnix <= end`,
 /// oldest first; `[]` when none (for example a range before the sandbox existed).
 pub async fn history(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -83,14 +76,8 @@ pub async fn history(
     {
         return Err(ApiError::BadRequest(format!("start ({s}) is after end ({e})")));
     }
-    match mgr.sandboxes.get(&id) {
-        Some(s) if matches!(s.state(), SandboxState::Running | SandboxState::Paused) => {}
-        _ => return Err(ApiError::SandboxNotFound(id)),
-    }
-    let out: Vec<SandboxMetric> = mgr
-        .observability
-        .store
-        .range(&id, start, end)
+    let out: Vec<SandboxMetric> = daemon
+        .metrics_history(&id, start, end)?
         .into_iter()
         .map(SandboxMetric::from)
         .collect();
@@ -100,7 +87,7 @@ pub async fn history(
 /// `GET /sandboxes/metrics?sandbox_ids=a,b`: `{"sandboxes": {id: latest SandboxMetric}}` for
 /// the listed sandboxes that exist and have a sample.
 pub async fn latest_many(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut ids: Vec<String> = Vec::new();
@@ -125,42 +112,26 @@ pub async fn latest_many(
             ids.len()
         )));
     }
-    let mut out = BTreeMap::new();
+    let mut checked = Vec::with_capacity(ids.len());
     for raw in ids {
         let id = raw.split_once('-').map_or(raw.as_str(), |(a, _)| a).to_string();
         if !is_valid_sandbox_id(&id) {
             return Err(ApiError::BadRequest(format!("Invalid sandbox ID '{raw}'")));
         }
-        if mgr.sandboxes.get(&id).is_none() {
-            continue;
-        }
-        if let Some(s) = mgr.observability.store.latest(&id) {
-            out.insert(id, SandboxMetric::from(s));
-        }
+        checked.push(id);
     }
+    let out: BTreeMap<String, SandboxMetric> = daemon
+        .latest_metrics(&checked)
+        .into_iter()
+        .map(|(id, s)| (id, SandboxMetric::from(s)))
+        .collect();
     Ok(json(StatusCode::OK, &serde_json::json!({ "sandboxes": out })))
 }
 
 /// `GET /metrics`: daemon counters in the Prometheus text format (needs the API key like the
 /// rest of the control plane).
-pub async fn prometheus(State(mgr): State<Arc<Manager>>) -> Response {
-    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for st in [
-        SandboxState::Creating,
-        SandboxState::Running,
-        SandboxState::Paused,
-        SandboxState::Killing,
-    ] {
-        counts.insert(st.as_str(), 0);
-    }
-    for s in mgr.sandboxes.all() {
-        *counts.entry(s.state().as_str()).or_default() += 1;
-    }
-    let states: Vec<(&str, usize)> = counts.into_iter().collect();
-    let body = mgr
-        .observability
-        .counters
-        .render(&states, mgr.observability.store.len());
+pub async fn prometheus(State(daemon): State<Arc<Daemon>>) -> Response {
+    let body = daemon.prometheus_text();
     let mut r = (StatusCode::OK, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -4,10 +4,15 @@
 //! accepted, as upstream does. Secrets (the egress proxy's `password` and `tls.caCert`) are
 //! stored but never returned ([`public_view`]).
 
+use super::extract::{JsonBody, SandboxId};
 use crate::error::ApiError;
+use axum::extract::State;
+use axum::http::StatusCode;
+use sandboxd_daemon::Daemon;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 /// Largest number of entries in `allowOut`, `denyOut`, `dnsServers`, `httpsPorts`, `rules`.
 const MAX_ENTRIES: usize = 1024;
@@ -277,6 +282,20 @@ pub fn public_view(network: &Value) -> Value {
         }
     }
     v
+}
+
+/// `PUT /sandboxes/{id}/network`: replace the egress settings (stored; not enforced yet).
+pub(super) async fn update(
+    State(daemon): State<Arc<Daemon>>,
+    SandboxId(id): SandboxId,
+    JsonBody(raw): JsonBody<Value>,
+) -> Result<StatusCode, ApiError> {
+    let body = serde_json::from_value::<NetworkUpdate>(raw.clone())
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
+    let allow = body.allow_internet_access;
+    let egress = body.into_egress(&raw)?;
+    daemon.update_network(&id, egress, allow).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -1,19 +1,16 @@
 //! `/sandboxes…` and `/v2/sandboxes…`: create, get, list, kill, timeout, connect, pause, resume.
 
-use super::network::{NetworkConfig, NetworkUpdate, public_view};
-use super::{JsonBody, SandboxId, json};
+use super::extract::{JsonBody, SandboxId, json, optional_body};
+use super::network::NetworkConfig;
+use super::sandbox_view::{DetailOut, detail_out, sandbox_detail, sandbox_out};
 use crate::error::ApiError;
-use crate::ids::{CLIENT_ID, format_time};
-use crate::lifecycle::Resumed;
 use crate::listing::{ListQuery, page};
-use crate::manager::{CreateParams, Manager};
-use crate::sandbox::{LiveSandbox, SandboxView};
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use sandboxd_protocol::ENVD_VERSION;
-use sandboxd_store::SandboxState;
-use serde::{Deserialize, Serialize};
+use sandboxd_daemon::lifecycle::Lifecycle;
+use sandboxd_daemon::{CreateParams, Daemon, Resumed};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -79,7 +76,7 @@ pub(super) enum CreateApi {
 /// the parameters handed to the manager, or the 4xx answered. Public for the fuzz targets.
 pub fn parse_create_body(bytes: &[u8], v2: bool) -> Result<CreateParams, ApiError> {
     let api = if v2 { CreateApi::V2 } else { CreateApi::V1 };
-    super::parse_json_body::<NewSandbox>(bytes)?.into_params(api)
+    super::extract::parse_json_body::<NewSandbox>(bytes)?.into_params(api)
 }
 
 impl NewSandbox {
@@ -103,7 +100,7 @@ impl NewSandbox {
                 }
             },
         };
-        let lifecycle = crate::lifecycle::Lifecycle {
+        let lifecycle = Lifecycle {
             auto_pause: self.auto_pause == Some(true),
             auto_pause_memory: self.auto_pause_memory.unwrap_or(true),
             auto_resume,
@@ -158,155 +155,20 @@ impl NewSandbox {
     }
 }
 
-/// `Sandbox` (create, connect).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct SandboxOut {
-    #[serde(rename = "templateID")]
-    template_id: String,
-    #[serde(rename = "sandboxID")]
-    sandbox_id: String,
-    #[serde(rename = "clientID")]
-    client_id: &'static str,
-    envd_version: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    alias: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    envd_access_token: Option<String>,
-    traffic_access_token: Option<String>,
-    domain: String,
-}
-
-pub(crate) fn sandbox_out(s: &LiveSandbox, domain: &str) -> SandboxOut {
-    SandboxOut {
-        template_id: s.rec.template_id.clone(),
-        sandbox_id: s.rec.id.clone(),
-        client_id: CLIENT_ID,
-        envd_version: ENVD_VERSION,
-        alias: s.rec.alias.clone(),
-        envd_access_token: s.rec.access_token.clone(),
-        traffic_access_token: s.rec.traffic_token.clone(),
-        domain: domain.to_string(),
-    }
-}
-
-/// `SandboxDetail` (GET) and, without the detail-only keys, `ListedSandbox`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DetailOut {
-    #[serde(rename = "templateID")]
-    template_id: String,
-    #[serde(rename = "sandboxID")]
-    sandbox_id: String,
-    #[serde(rename = "clientID")]
-    client_id: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    alias: Option<String>,
-    started_at: String,
-    end_at: String,
-    envd_version: &'static str,
-    cpu_count: u32,
-    #[serde(rename = "memoryMB")]
-    memory_mb: u64,
-    #[serde(rename = "diskSizeMB")]
-    disk_size_mb: u64,
-    state: &'static str,
-    metadata: BTreeMap<String, String>,
-    /// Paused sandboxes only: the snapshot was taken while envd did not answer. Always false
-    /// here: a memory pause freezes the whole sandbox at once, envd included.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    envd_unresponsive_at_pause: Option<bool>,
-    #[serde(flatten)]
-    detail: Option<DetailOnly>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DetailOnly {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    envd_access_token: Option<String>,
-    allow_internet_access: bool,
-    domain: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    network: Option<serde_json::Value>,
-    lifecycle: serde_json::Value,
-    /// Paused sandboxes only: what the pause kept, `full` (memory and files) or `filesystem`
-    /// (the SDK accepts no other value).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pause_mode: Option<&'static str>,
-    /// sandboxd-only: while paused, whether the pause kept memory.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    paused_with_memory: Option<bool>,
-    /// sandboxd-only: a lifecycle event the user should know about (memory lost by a reboot).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lifecycle_note: Option<String>,
-    /// sandboxd-only: what the sandbox can reach. Egress settings (`allowInternetAccess`,
-    /// `network`) are stored but not enforced yet: sandboxes have loopback only.
-    network_access: &'static str,
-    /// `[{name, path}]` of the volumes it mounts (`docs/volumes.md`).
-    volume_mounts: Vec<VolumeMountOut>,
-}
-
-#[derive(Debug, Serialize)]
-struct VolumeMountOut {
-    name: String,
-    path: String,
-}
-
-/// [`DetailOnly::network_access`] until egress networking lands.
-const NETWORK_ACCESS: &str = "loopback-only";
-
-fn api_state(s: SandboxState) -> &'static str {
-    match s {
-        SandboxState::Paused => "paused",
-        _ => "running",
-    }
-}
-
-fn detail_out(v: &SandboxView, domain: Option<&str>) -> DetailOut {
-    DetailOut {
-        template_id: v.rec.template_id.clone(),
-        sandbox_id: v.rec.id.clone(),
-        client_id: CLIENT_ID,
-        alias: v.rec.alias.clone(),
-        started_at: format_time(v.rec.started_at),
-        end_at: format_time(v.end_at),
-        envd_version: ENVD_VERSION,
-        cpu_count: v.rec.limits.cpu_count,
-        memory_mb: v.rec.limits.memory_mb,
-        disk_size_mb: v.rec.limits.disk_mb,
-        state: api_state(v.state),
-        metadata: v.rec.metadata.clone(),
-        envd_unresponsive_at_pause: (v.state == SandboxState::Paused).then_some(false),
-        detail: domain.map(|d| DetailOnly {
-            envd_access_token: v.rec.access_token.clone(),
-            allow_internet_access: v.rec.allow_internet_access,
-            domain: d.to_string(),
-            network: v.rec.network.as_ref().map(public_view),
-            lifecycle: serde_json::json!({"autoResume": false, "onTimeout": "kill"}),
-            pause_mode: None,
-            paused_with_memory: None,
-            lifecycle_note: None,
-            network_access: NETWORK_ACCESS,
-            volume_mounts: Vec::new(),
-        }),
-    }
-}
-
 /// `POST /sandboxes`.
 pub(super) async fn create(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     JsonBody(body): JsonBody<NewSandbox>,
 ) -> Response {
     match body.into_params(CreateApi::V1) {
-        Ok(params) => create_with(&mgr, params).await,
+        Ok(params) => create_with(&daemon, params).await,
         Err(e) => e.into_response(),
     }
 }
 
 /// `POST /v2/sandboxes`, with an optional `Idempotency-Key` (`idempotency.rs`).
 pub(super) async fn create_v2(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     headers: axum::http::HeaderMap,
     JsonBody(raw): JsonBody<serde_json::Value>,
 ) -> Response {
@@ -324,58 +186,36 @@ pub(super) async fn create_v2(
         Err(e) => return e.into_response(),
     };
     match key.zip(fingerprint) {
-        Some((key, fp)) => super::idempotency::create_once(&mgr, key, fp, params).await,
-        None => create_with(&mgr, params).await,
+        Some((key, fp)) => super::idempotency::create_once(&daemon, key, fp, params).await,
+        None => create_with(&daemon, params).await,
     }
 }
 
-async fn create_with(mgr: &Arc<Manager>, params: CreateParams) -> Response {
-    match mgr.create(params).await {
-        Ok(s) => json(StatusCode::CREATED, &sandbox_out(&s, mgr.domain())),
-        Err(e) => e.into_response(),
+async fn create_with(daemon: &Arc<Daemon>, params: CreateParams) -> Response {
+    match daemon.create(params).await {
+        Ok(s) => json(StatusCode::CREATED, &sandbox_out(&s, daemon.domain())),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 /// `GET /sandboxes/{id}`.
-pub(super) async fn get(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId) -> Response {
-    match mgr.sandboxes.get(&id) {
-        Some(s) if matches!(s.state(), SandboxState::Running | SandboxState::Paused) => {
-            let view = SandboxView::of(&s);
-            let mut out = detail_out(&view, Some(mgr.domain()));
-            if let Some(d) = out.detail.as_mut() {
-                let lc = mgr.lifecycle.get(&id);
-                d.lifecycle = lc.detail_json();
-                d.paused_with_memory = lc.paused_memory.filter(|_| view.state == SandboxState::Paused);
-                d.pause_mode = d
-                    .paused_with_memory
-                    .map(|m| if m { "full" } else { "filesystem" });
-                d.lifecycle_note = lc.note;
-                let id2 = id.clone();
-                match mgr.db(move |s| s.sandbox_volumes(&id2)).await {
-                    Ok(m) => {
-                        d.volume_mounts = m
-                            .into_iter()
-                            .map(|m| VolumeMountOut {
-                                name: m.name,
-                                path: m.path,
-                            })
-                            .collect();
-                    }
-                    Err(e) => return ApiError::from(e).into_response(),
-                }
-            }
-            json(StatusCode::OK, &out)
-        }
-        _ => ApiError::SandboxNotFound(id).into_response(),
-    }
+pub(super) async fn get(
+    State(daemon): State<Arc<Daemon>>,
+    SandboxId(id): SandboxId,
+) -> Result<Response, ApiError> {
+    let d = daemon.sandbox_detail(&id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &sandbox_detail(&d.view, daemon.domain(), &d.lifecycle, d.volumes),
+    ))
 }
 
 /// `DELETE /sandboxes/{id}`.
-pub(super) async fn kill(State(mgr): State<Arc<Manager>>, SandboxId(id): SandboxId) -> Response {
-    match mgr.kill(&id, "killed by API").await {
+pub(super) async fn kill(State(daemon): State<Arc<Daemon>>, SandboxId(id): SandboxId) -> Response {
+    match daemon.kill(&id, "killed by API").await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => ApiError::SandboxNotFound(id).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -386,13 +226,13 @@ pub(super) struct TimeoutBody {
 
 /// `POST /sandboxes/{id}/timeout`.
 pub(super) async fn set_timeout(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     JsonBody(body): JsonBody<TimeoutBody>,
 ) -> Response {
-    match mgr.set_timeout(&id, body.timeout).await {
+    match daemon.set_timeout(&id, body.timeout).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -405,7 +245,7 @@ pub(super) struct RefreshBody {
 /// `POST /sandboxes/{id}/refreshes` (deprecated upstream): keep the sandbox alive for
 /// `duration` seconds more (0..3600, default 15).
 pub(super) async fn refresh(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     body: axum::body::Bytes,
 ) -> Response {
@@ -416,30 +256,9 @@ pub(super) async fn refresh(
     if !(0..=3600).contains(&secs) {
         return ApiError::BadRequest("duration must be between 0 and 3600 seconds".into()).into_response();
     }
-    match mgr.refresh(&id, secs as u64).await {
+    match daemon.refresh(&id, secs as u64).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// `PUT /sandboxes/{id}/network`: replace the egress settings (stored; not enforced yet).
-pub(super) async fn update_network(
-    State(mgr): State<Arc<Manager>>,
-    SandboxId(id): SandboxId,
-    JsonBody(raw): JsonBody<serde_json::Value>,
-) -> Response {
-    let parsed = serde_json::from_value::<NetworkUpdate>(raw.clone())
-        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")));
-    let (egress, allow) = match parsed.and_then(|b| {
-        let allow = b.allow_internet_access;
-        b.into_egress(&raw).map(|e| (e, allow))
-    }) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    match mgr.update_network(&id, egress, allow).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -458,19 +277,19 @@ const V2_CONNECT_TIMEOUT_SECS: i64 = 300;
 
 /// `POST /sandboxes/{id}/connect`.
 pub(super) async fn connect(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     JsonBody(body): JsonBody<ConnectBody>,
 ) -> Response {
     let Some(secs) = body.timeout else {
         return ApiError::BadRequest("invalid request body: missing field `timeout`".into()).into_response();
     };
-    connect_with(&mgr, &id, secs, body.memory).await
+    connect_with(&daemon, &id, secs, body.memory).await
 }
 
 /// `POST /v2/sandboxes/{id}/connect` (body optional).
 pub(super) async fn connect_v2(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     body: axum::body::Bytes,
 ) -> Response {
@@ -479,23 +298,15 @@ pub(super) async fn connect_v2(
         Err(e) => return e.into_response(),
     };
     let secs = body.timeout.unwrap_or(V2_CONNECT_TIMEOUT_SECS);
-    connect_with(&mgr, &id, secs, body.memory).await
+    connect_with(&daemon, &id, secs, body.memory).await
 }
 
-async fn connect_with(mgr: &Arc<Manager>, id: &str, secs: i64, memory: Option<bool>) -> Response {
-    match crate::lifecycle::connect(mgr, id, secs, memory != Some(false)).await {
-        Ok(Resumed::Resumed(s)) => json(StatusCode::CREATED, &sandbox_out(&s, mgr.domain())),
-        Ok(Resumed::WasRunning(s)) => json(StatusCode::OK, &sandbox_out(&s, mgr.domain())),
-        Err(e) => e.into_response(),
+async fn connect_with(daemon: &Arc<Daemon>, id: &str, secs: i64, memory: Option<bool>) -> Response {
+    match daemon.connect(id, secs, memory != Some(false)).await {
+        Ok(Resumed::Resumed(s)) => json(StatusCode::CREATED, &sandbox_out(&s, daemon.domain())),
+        Ok(Resumed::WasRunning(s)) => json(StatusCode::OK, &sandbox_out(&s, daemon.domain())),
+        Err(e) => ApiError::from(e).into_response(),
     }
-}
-
-/// Parses an optional JSON body (missing or empty: the defaults).
-fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,7 +323,7 @@ impl Default for PauseBody {
 
 /// `POST /sandboxes/{id}/pause` `{"memory": bool = true}`: 204; 409 already paused; 404.
 pub(super) async fn pause(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     body: axum::body::Bytes,
 ) -> Response {
@@ -520,9 +331,9 @@ pub(super) async fn pause(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    match crate::lifecycle::pause(&mgr, &id, body.memory).await {
+    match daemon.pause(&id, body.memory).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -549,7 +360,7 @@ impl Default for ResumeBody {
 /// `POST /sandboxes/{id}/resume` (deprecated) `{"timeout"?: 15, "memory"?: bool}`: 201; 409
 /// if running; 404.
 pub(super) async fn resume(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     body: axum::body::Bytes,
 ) -> Response {
@@ -557,30 +368,25 @@ pub(super) async fn resume(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    match crate::lifecycle::resume(&mgr, &id, body.timeout, body.memory != Some(false)).await {
-        Ok(s) => json(StatusCode::CREATED, &sandbox_out(&s, mgr.domain())),
-        Err(e) => e.into_response(),
+    match daemon.resume(&id, body.timeout, body.memory != Some(false)).await {
+        Ok(s) => json(StatusCode::CREATED, &sandbox_out(&s, daemon.domain())),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
-fn list_response(mgr: &Manager, q: &ListQuery) -> (Vec<DetailOut>, Option<String>) {
-    let template = match &q.template {
-        None => None,
-        Some(t) if mgr.template_exists(t) => Some(t.clone()),
-        // An unknown template matches nothing (200 []).
-        Some(_) => return (Vec::new(), None),
-    };
-    let (items, token) = page(mgr.views(), q, template.as_deref());
+fn list_response(daemon: &Daemon, q: &ListQuery) -> (Vec<DetailOut>, Option<String>) {
+    let views = daemon.list_sandboxes(q.template.as_deref());
+    let (items, token) = page(views, q, q.template.as_deref());
     (items.iter().map(|v| detail_out(v, None)).collect(), token)
 }
 
 /// `GET /v2/sandboxes`.
-pub(super) async fn list_v2(State(mgr): State<Arc<Manager>>, uri: Uri) -> Response {
+pub(super) async fn list_v2(State(daemon): State<Arc<Daemon>>, uri: Uri) -> Response {
     let q = match ListQuery::parse_v2(uri.query()) {
         Ok(q) => q,
         Err(e) => return e.into_response(),
     };
-    let (items, token) = list_response(&mgr, &q);
+    let (items, token) = list_response(&daemon, &q);
     let mut resp = json(StatusCode::OK, &items);
     if let Some(t) = token.and_then(|t| HeaderValue::from_str(&t).ok()) {
         resp.headers_mut().insert("x-next-token", t);
@@ -589,9 +395,9 @@ pub(super) async fn list_v2(State(mgr): State<Arc<Manager>>, uri: Uri) -> Respon
 }
 
 /// `GET /sandboxes` (v1: running only).
-pub(super) async fn list_v1(State(mgr): State<Arc<Manager>>, uri: Uri) -> Response {
+pub(super) async fn list_v1(State(daemon): State<Arc<Daemon>>, uri: Uri) -> Response {
     match ListQuery::parse_v1(uri.query()) {
-        Ok(q) => json(StatusCode::OK, &list_response(&mgr, &q).0),
+        Ok(q) => json(StatusCode::OK, &list_response(&daemon, &q).0),
         Err(e) => e.into_response(),
     }
 }
@@ -599,6 +405,8 @@ pub(super) async fn list_v1(State(mgr): State<Arc<Manager>>, uri: Uri) -> Respon
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sandboxd_daemon::SandboxView;
+    use sandboxd_store::SandboxState;
 
     fn parse_as(api: CreateApi, v: serde_json::Value) -> Result<CreateParams, ApiError> {
         serde_json::from_value::<NewSandbox>(v)

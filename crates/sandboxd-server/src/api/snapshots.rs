@@ -1,13 +1,15 @@
 //! `/sandboxes/{id}/snapshots`, `/snapshots`, `/sandboxes/{id}/fork` and snapshot deletion
-//! (`DELETE /templates/{id}`); the logic is in [`crate::snapshots`].
+//! (`DELETE /templates/{id}`); the logic is in `sandboxd-daemon` `snapshots.rs`.
 
-use super::{JsonBody, SandboxId, json};
+use super::extract::{JsonBody, SandboxId, json};
+use super::sandbox_view::sandbox_out;
 use crate::error::ApiError;
-use crate::manager::Manager;
-use crate::snapshots::{self, ListQuery};
-use axum::extract::{Path, Query, State};
+use crate::query::query_pairs;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use sandboxd_daemon::Daemon;
+use sandboxd_daemon::snapshots::SnapshotQuery;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ pub(super) struct NewSnapshot {
 
 /// `POST /sandboxes/{id}/snapshots`: 201 `SnapshotInfo`.
 pub(super) async fn create(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     JsonBody(body): JsonBody<NewSnapshot>,
 ) -> Response {
@@ -37,17 +39,15 @@ pub(super) async fn create(
         )
         .into_response();
     }
-    match snapshots::create(&mgr, &id, body.name).await {
+    match daemon.create_snapshot(&id, body.name).await {
         Ok(info) => json(StatusCode::CREATED, &info),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 /// `GET /snapshots?sandboxID=&name=&limit=&nextToken=`.
-pub(super) async fn list(
-    State(mgr): State<Arc<Manager>>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
+pub(super) async fn list(State(daemon): State<Arc<Daemon>>, RawQuery(raw): RawQuery) -> Response {
+    let q: HashMap<String, String> = query_pairs(raw.as_deref()).into_iter().collect();
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
         None => 100,
         Some(Ok(l)) if (1..=100).contains(&l) => l,
@@ -62,13 +62,13 @@ pub(super) async fn list(
             _ => return ApiError::BadRequest("invalid nextToken".into()).into_response(),
         },
     };
-    let query = ListQuery {
+    let query = SnapshotQuery {
         sandbox_id: q.get("sandboxID").filter(|s| !s.is_empty()).cloned(),
         name: q.get("name").filter(|s| !s.is_empty()).cloned(),
         limit,
         after_seq,
     };
-    match snapshots::list(&mgr, query).await {
+    match daemon.list_snapshots(query).await {
         Ok((items, next)) => {
             let mut r = json(StatusCode::OK, &items);
             if let Some(n) = next.and_then(|n| HeaderValue::from_str(&n).ok()) {
@@ -76,17 +76,17 @@ pub(super) async fn list(
             }
             r
         }
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 /// `DELETE /templates/{templateID}` (the segment is matched raw and decoded by the extractor):
 /// 204, or 404 when unknown or already deleted.
-pub(super) async fn delete_template(State(mgr): State<Arc<Manager>>, Path(raw): Path<String>) -> Response {
-    match snapshots::delete(&mgr, &raw).await {
+pub(super) async fn delete_template(State(daemon): State<Arc<Daemon>>, Path(raw): Path<String>) -> Response {
+    match daemon.delete_template(&raw).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => ApiError::TemplateNotFound(raw).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 
@@ -109,7 +109,7 @@ fn default_count() -> i64 {
 
 /// `POST /sandboxes/{id}/fork`: 201 with one `{"sandbox"}` or `{"error"}` entry per fork.
 pub(super) async fn fork(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,
     body: axum::body::Bytes,
 ) -> Response {
@@ -122,19 +122,20 @@ pub(super) async fn fork(
             Err(e) => return ApiError::BadRequest(format!("invalid request body: {e}")).into_response(),
         }
     };
-    match snapshots::fork(&mgr, &id, timeout, count).await {
+    match daemon.fork(&id, timeout, count).await {
         Ok(results) => {
             let items: Vec<serde_json::Value> = results
-                .iter()
+                .into_iter()
                 .map(|r| match r {
-                    Ok(s) => serde_json::json!({"sandbox": super::sandboxes::sandbox_out(s, mgr.domain())}),
+                    Ok(s) => serde_json::json!({"sandbox": sandbox_out(&s, daemon.domain())}),
                     Err(e) => {
+                        let e = ApiError::from(e);
                         serde_json::json!({"error": {"code": e.status().as_u16(), "message": e.to_string()}})
                     }
                 })
                 .collect();
             json(StatusCode::CREATED, &items)
         }
-        Err(e) => e.into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -1,20 +1,20 @@
 //! `/templates…`: template lookup.
 
-use super::json;
+use super::extract::json;
 use crate::error::ApiError;
-use crate::manager::Manager;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use sandboxd_daemon::Daemon;
 use std::sync::Arc;
 
 /// `GET /templates/aliases/{alias}`: 200 when the template exists (`Template.exists`).
 pub(super) async fn alias(
-    State(mgr): State<Arc<Manager>>,
+    State(daemon): State<Arc<Daemon>>,
     Path(alias): Path<String>,
     _h: HeaderMap,
 ) -> Response {
-    if mgr.template_exists(&alias) {
+    if daemon.template_exists(&alias) {
         json(
             StatusCode::OK,
             &serde_json::json!({"templateID": alias, "public": true}),

@@ -1,5 +1,6 @@
-//! Per-sandbox resource metrics (`GET /sandboxes/{id}/metrics`, `docs/observability.md`): the
-//! sampler and a bounded in-memory history per sandbox.
+//! Per-sandbox resource metrics (`GET /sandboxes/{id}/metrics`, `docs/observability.md`): a
+//! bounded in-memory history per sandbox, filled by the sampler (`sampler.rs`) and read by
+//! `metrics.rs`.
 //!
 //! The sampler wakes every [`TICK`]. A sandbox seen for the first time gets a baseline reading
 //! (CPU counters need two readings for a rate); its first sample follows one tick later, so
@@ -8,15 +9,11 @@
 //! `stats` reads host-side files only, never the sandbox. History is kept for the sandbox's
 //! life (bounded by [`DEFAULT_RETENTION`] samples, oldest dropped first) and dropped with it.
 
-use crate::manager::Manager;
-use crate::prometheus::ServerMetrics;
 use crate::sandbox::LiveSandbox;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use sandboxd_runtime::{AgentEndpoint, SandboxStats};
-use sandboxd_store::SandboxState;
+use sandboxd_runtime::SandboxStats;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// How often the sampler wakes up.
@@ -25,8 +22,6 @@ pub const TICK: Duration = Duration::from_secs(1);
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Samples kept per sandbox: 24 h at 5 s (about 1 MiB for a sandbox that lives that long).
 pub const DEFAULT_RETENTION: usize = 24 * 3600 / 5;
-/// Sandboxes read at the same time by one sampler pass.
-const PARALLEL_READS: usize = 8;
 
 /// One metrics sample, as served (`SandboxMetric`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,7 +47,7 @@ pub struct Fallback {
 }
 
 impl Fallback {
-    fn of(s: &LiveSandbox) -> Self {
+    pub(crate) fn of(s: &LiveSandbox) -> Self {
         let l = &s.rec.limits;
         Self {
             cpu_count: l.cpu_count,
@@ -201,69 +196,6 @@ impl MetricsStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// Everything observability keeps in the daemon: sample histories and Prometheus counters.
-#[derive(Debug, Default)]
-pub struct Observability {
-    pub store: MetricsStore,
-    pub counters: ServerMetrics,
-}
-
-/// Read one sandbox, record the sample and report new OOM kills to its log.
-pub async fn sample_one(mgr: &Manager, s: &Arc<LiveSandbox>) {
-    let obs = &mgr.observability;
-    let id = s.id();
-    let stats = match mgr.backend().stats(id).await {
-        Ok(st) => st,
-        Err(e) => {
-            tracing::debug!(sandbox = %id, "stats failed: {e}");
-            return;
-        }
-    };
-    // Paused meanwhile, or frozen under our feet: no sample, no contact.
-    if stats.frozen || s.state() != SandboxState::Running {
-        return;
-    }
-    obs.store
-        .record(id, &stats, Fallback::of(s), Instant::now(), Utc::now());
-    report_oom(mgr, s, &stats).await;
-}
-
-/// If the sandbox's OOM-kill counter grew, tell its agent (`POST /logs/oom` on the control
-/// socket), which logs which processes the memory limit killed.
-pub async fn report_oom(mgr: &Manager, s: &Arc<LiveSandbox>, stats: &SandboxStats) {
-    let delta = mgr.observability.store.take_oom_delta(s.id(), stats.oom_kills);
-    if delta == 0 {
-        return;
-    }
-    let limit = stats.mem_total.unwrap_or(s.rec.limits.memory_mb << 20);
-    let body = serde_json::json!({"count": delta, "memoryLimitBytes": limit}).to_string();
-    let AgentEndpoint::Unix(path) = &s.handle.control;
-    if let Err(e) = crate::api::logs::control_request(path, http::Method::POST, "/logs/oom", body).await {
-        tracing::warn!(sandbox = %s.id(), "reporting {delta} OOM kill(s) to the agent: {e}");
-    }
-}
-
-/// Samples every running sandbox; runs until the process ends.
-pub async fn run_sampler(mgr: Arc<Manager>) {
-    loop {
-        tokio::time::sleep(TICK).await;
-        let now = Instant::now();
-        let all = mgr.sandboxes.all();
-        let store = &mgr.observability.store;
-        store.retain(|id| mgr.sandboxes.get(id).is_some());
-        let due: Vec<_> = all
-            .into_iter()
-            .filter(|s| s.state() == SandboxState::Running && store.due(s.id(), now))
-            .collect();
-        futures::stream::iter(due)
-            .for_each_concurrent(PARALLEL_READS, |s| {
-                let mgr = mgr.clone();
-                async move { sample_one(&mgr, &s).await }
-            })
-            .await;
     }
 }
 

@@ -1,9 +1,11 @@
-//! Connections to a sandbox's agent over its unix socket: a pooled HTTP/1.1 client for the envd
-//! API (port 49983) and `CONNECT` tunnels to any other port inside the sandbox.
+//! The one client for every call into a sandbox's agent, over its unix sockets: a pooled
+//! HTTP/1.1 client for the envd API (port 49983), `CONNECT` tunnels to any other port inside
+//! the sandbox, and requests to the agent's internal control socket (config hand-over of a
+//! pooled sandbox, log reads, OOM reports).
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode, header};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,6 +22,10 @@ use tokio::net::UnixStream;
 /// `sun_path` holds 108 bytes including the NUL; longer paths are reached through an
 /// `O_PATH` fd of their directory (`/proc/self/fd/<fd>/<name>`).
 const MAX_SUN_PATH: usize = 107;
+/// Time limit of one control-socket request.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest control-socket answer read.
+const MAX_CONTROL_BODY: usize = 16 << 20;
 
 /// Connects to one unix socket path, however long.
 #[derive(Debug, Clone)]
@@ -106,7 +112,7 @@ pub struct AgentClient {
 
 /// Errors talking to an agent.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub enum AgentError {
     #[error("agent connection failed: {0}")]
     Connect(#[source] io::Error),
     #[error("agent request failed: {0}")]
@@ -132,11 +138,11 @@ fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The error of a request sent on a hyper connection.
-pub fn send_error(e: hyper::Error) -> UpstreamError {
+pub fn send_error(e: hyper::Error) -> AgentError {
     if is_client_body_error(&e) {
-        UpstreamError::ClientBody(body_cause(&e))
+        AgentError::ClientBody(body_cause(&e))
     } else {
-        UpstreamError::Http(e.to_string())
+        AgentError::Http(e.to_string())
     }
 }
 
@@ -162,16 +168,16 @@ impl AgentClient {
     }
 
     /// Sends a request to the envd API. The URI must be absolute (`http://agent/<path>`).
-    pub async fn send(&self, req: Request<Incoming>) -> Result<http::Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, req: Request<Incoming>) -> Result<http::Response<Incoming>, AgentError> {
         self.client.request(req).await.map_err(|e| {
             // Unwrap the connect error so callers can tell "agent gone" from other failures.
             let msg = e.to_string();
             if e.is_connect() {
-                UpstreamError::Connect(io::Error::new(io::ErrorKind::ConnectionRefused, msg))
+                AgentError::Connect(io::Error::new(io::ErrorKind::ConnectionRefused, msg))
             } else if is_client_body_error(&e) {
-                UpstreamError::ClientBody(body_cause(&e))
+                AgentError::ClientBody(body_cause(&e))
             } else {
-                UpstreamError::Http(format!("{msg}: {:?}", std::error::Error::source(&e)))
+                AgentError::Http(format!("{msg}: {:?}", std::error::Error::source(&e)))
             }
         })
     }
@@ -182,13 +188,13 @@ impl AgentClient {
     pub async fn tunnel(
         &self,
         port: u16,
-    ) -> Result<Result<hyper::upgrade::Upgraded, http::Response<Incoming>>, UpstreamError> {
-        let stream = self.connector.connect().await.map_err(UpstreamError::Connect)?;
+    ) -> Result<Result<hyper::upgrade::Upgraded, http::Response<Incoming>>, AgentError> {
+        let stream = self.connector.connect().await.map_err(AgentError::Connect)?;
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .title_case_headers(true)
             .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
-            .map_err(|e| UpstreamError::Http(e.to_string()))?;
+            .map_err(|e| AgentError::Http(e.to_string()))?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!("tunnel connection ended: {e}");
@@ -200,19 +206,87 @@ impl AgentClient {
             .uri(&target)
             .header(header::HOST, &target)
             .body(Empty::new())
-            .map_err(|e| UpstreamError::Http(e.to_string()))?;
+            .map_err(|e| AgentError::Http(e.to_string()))?;
         let resp = sender
             .send_request(req)
             .await
-            .map_err(|e| UpstreamError::Http(e.to_string()))?;
+            .map_err(|e| AgentError::Http(e.to_string()))?;
         if resp.status() != StatusCode::OK {
             return Ok(Err(resp));
         }
         let upgraded = hyper::upgrade::on(resp)
             .await
-            .map_err(|e| UpstreamError::Http(format!("tunnel upgrade: {e}")))?;
+            .map_err(|e| AgentError::Http(format!("tunnel upgrade: {e}")))?;
         Ok(Ok(upgraded))
     }
+}
+
+/// An open HTTP/1.1 connection to an agent's control socket.
+pub type ControlSender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Opens an HTTP/1.1 connection to an agent's control socket (`None`: it cannot be reached).
+pub async fn control_connection(sock: &Path) -> Option<ControlSender> {
+    let stream = UnixConnector::new(sock).ok()?.connect().await.ok()?;
+    let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = driver.await;
+    });
+    Some(sender)
+}
+
+/// One request on an open control connection, within `limit`; returns the status and body.
+pub async fn control_send(
+    sender: &mut ControlSender,
+    method: http::Method,
+    path_and_query: &str,
+    body: String,
+    limit: Duration,
+) -> Result<(StatusCode, Bytes), String> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(http::header::HOST, "agent")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_CONTROL_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| "the agent did not answer in time".to_string())?
+}
+
+/// One request to an agent's control socket on a new connection; returns the status and body.
+pub async fn control_request(
+    sock: &Path,
+    method: http::Method,
+    path_and_query: &str,
+    body: String,
+) -> Result<(StatusCode, Bytes), String> {
+    let fut = async {
+        let conn = UnixConnector::new(sock).map_err(|e| e.to_string())?;
+        let stream = conn.connect().await.map_err(|e| format!("connecting: {e}"))?;
+        let (mut sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        control_send(&mut sender, method, path_and_query, body, CONTROL_TIMEOUT).await
+    };
+    tokio::time::timeout(CONTROL_TIMEOUT, fut)
+        .await
+        .map_err(|_| "the agent did not answer in time".to_string())?
 }
 
 #[cfg(test)]

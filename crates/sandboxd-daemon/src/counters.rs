@@ -2,7 +2,7 @@
 //! plane, `docs/observability.md`).
 //!
 //! Hand-written rather than the `metrics` + `metrics-exporter-prometheus` crates: a handful of
-//! atomics cover what is exported, every `Manager` (tests run several daemons in one process)
+//! atomics cover what is exported, every `Daemon` (tests run several daemons in one process)
 //! keeps its own counters instead of sharing a process-global recorder, and no dependency tree
 //! is added to a build that already runs on two shared cores.
 
@@ -58,7 +58,7 @@ impl Histogram {
 
 /// The daemon's counters. Cheap to update from any task.
 #[derive(Debug)]
-pub struct ServerMetrics {
+pub struct DaemonCounters {
     pub creates: AtomicU64,
     pub creates_failed: AtomicU64,
     pub create_seconds: Histogram,
@@ -72,7 +72,7 @@ pub struct ServerMetrics {
     pub proxy_requests: AtomicU64,
 }
 
-impl Default for ServerMetrics {
+impl Default for DaemonCounters {
     fn default() -> Self {
         Self {
             creates: AtomicU64::new(0),
@@ -90,7 +90,7 @@ fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-impl ServerMetrics {
+impl DaemonCounters {
     /// A create finished (`ok` or not) after `took`.
     pub fn create_done(&self, ok: bool, took: Duration) {
         if ok {
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn exposition_text() {
-        let m = ServerMetrics::default();
+        let m = DaemonCounters::default();
         m.create_done(true, Duration::from_millis(8));
         m.create_done(true, Duration::from_millis(30));
         m.create_done(false, Duration::from_millis(1));

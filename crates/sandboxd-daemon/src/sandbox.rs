@@ -1,15 +1,23 @@
 //! Live sandboxes in memory: what the router and the control plane read on every request.
 //! The registry ([`sandboxd_store::Store`]) is the durable copy; this map is written through.
 
-use crate::conn::ConnCtl;
-use crate::listing::Listable;
-use crate::upstream::AgentClient;
+use crate::agent::AgentClient;
+use crate::error::DaemonError;
 use chrono::{DateTime, Utc};
-use sandboxd_runtime::SandboxHandle;
+use sandboxd_runtime::{AgentEndpoint, SandboxHandle};
 use sandboxd_store::{SandboxRecord, SandboxState};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio_util::sync::CancellationToken;
+
+/// A client connection the HTTP layer resets when the sandbox its request targets stops
+/// (an SDK reads only a reset, not a clean close, as "the sandbox was killed").
+pub trait ClientConnection: Send + Sync + std::fmt::Debug {
+    /// Unique id of the connection.
+    fn id(&self) -> u64;
+    /// Resets the connection now.
+    fn abort(&self);
+}
 
 /// A sandbox known to the daemon (running, or later paused).
 pub struct LiveSandbox {
@@ -33,7 +41,7 @@ pub struct Dynamic {
     pub allow_internet_access: bool,
     /// HTTP/1.1 client connections with an in-flight request to this sandbox (count per
     /// connection), reset when it stops.
-    inflight: HashMap<u64, (usize, Arc<ConnCtl>)>,
+    inflight: HashMap<u64, (usize, Arc<dyn ClientConnection>)>,
 }
 
 impl std::fmt::Debug for LiveSandbox {
@@ -58,6 +66,24 @@ impl LiveSandbox {
             stopped: CancellationToken::new(),
             dynamic: Mutex::new(dynamic),
         })
+    }
+
+    /// A live-map entry for `rec` in `state` with the agent of `handle` (a new object per
+    /// create, pause and resume: a stopped sandbox's cancellation token cannot be reused).
+    pub(crate) fn from_handle(
+        mut rec: SandboxRecord,
+        state: SandboxState,
+        end_at: DateTime<Utc>,
+        handle: SandboxHandle,
+    ) -> Result<Arc<Self>, DaemonError> {
+        let AgentEndpoint::Unix(path) = &handle.api;
+        let client = AgentClient::new(path)
+            .map_err(|e| DaemonError::Internal(format!("agent socket of sandbox {}: {e}", rec.id)))?;
+        rec.state = state;
+        rec.end_at = end_at;
+        rec.agent_pid = Some(handle.agent_pid);
+        rec.agent_start_time = Some(handle.agent_start_time);
+        Ok(Self::new(rec, handle, client))
     }
 
     pub fn id(&self) -> &str {
@@ -98,24 +124,28 @@ impl LiveSandbox {
     /// caller answers 502). `conn` is the HTTP/1.1 client connection to reset if the sandbox
     /// stops before the response is done; HTTP/2 requests pass `None` (their stream is reset
     /// through [`LiveSandbox::stopped`] instead).
-    pub fn begin_request(self: &Arc<Self>, conn: Option<&Arc<ConnCtl>>) -> Option<InflightGuard> {
+    pub fn begin_request<C: ClientConnection + 'static>(
+        self: &Arc<Self>,
+        conn: Option<&Arc<C>>,
+    ) -> Option<InflightGuard> {
         let mut d = self.lock();
         if d.state != SandboxState::Running || self.stopped.is_cancelled() {
             return None;
         }
         if let Some(c) = conn {
-            d.inflight.entry(c.id).or_insert_with(|| (0, c.clone())).0 += 1;
+            let entry: Arc<dyn ClientConnection> = c.clone();
+            d.inflight.entry(c.id()).or_insert_with(|| (0, entry)).0 += 1;
         }
         Some(InflightGuard {
             sandbox: self.clone(),
-            conn: conn.map(|c| c.id),
+            conn: conn.map(|c| c.id()),
         })
     }
 
     /// Stops serving: sets `state`, cancels [`LiveSandbox::stopped`] and resets every client
     /// connection with an in-flight request here. Returns how many connections were reset.
     pub fn stop(&self, state: SandboxState) -> usize {
-        let conns: Vec<Arc<ConnCtl>> = {
+        let conns: Vec<Arc<dyn ClientConnection>> = {
             let mut d = self.lock();
             d.state = state;
             self.stopped.cancel();
@@ -125,11 +155,6 @@ impl LiveSandbox {
             c.abort();
         }
         conns.len()
-    }
-
-    /// Number of client connections with an in-flight request (tests, metrics).
-    pub fn inflight_connections(&self) -> usize {
-        self.lock().inflight.len()
     }
 }
 
@@ -176,24 +201,6 @@ impl SandboxView {
             end_at: rec.end_at,
             rec,
         }
-    }
-}
-
-impl Listable for SandboxView {
-    fn list_id(&self) -> &str {
-        &self.rec.id
-    }
-    fn list_started_at(&self) -> DateTime<Utc> {
-        self.rec.started_at
-    }
-    fn list_state(&self) -> SandboxState {
-        self.state
-    }
-    fn list_template(&self) -> &str {
-        &self.rec.template_id
-    }
-    fn list_metadata(&self) -> &BTreeMap<String, String> {
-        &self.rec.metadata
     }
 }
 

@@ -8,33 +8,27 @@
 //! request's metadata, times and token, and the sandbox enters the live map. A claimed sandbox
 //! never goes back; any failure destroys it (and the create falls back to a cold boot).
 //!
-//! A background task ([`run`]) keeps `target` sandboxes per template ready or booting:
+//! A background task (`refill.rs`) keeps `target` sandboxes per template ready or booting:
 //! `target` starts at `min`, grows by one (up to `max`) on each create that found the pool
 //! empty, and shrinks by one (down to `min`) for each pooled sandbox idle longer than the idle
 //! timeout. Idle sandboxes older than the idle timeout are destroyed and, while below
 //! `target`, replaced by fresh ones. Pooled sandboxes are destroyed at shutdown; after a crash
 //! the next start finds them on the host without a registry row and destroys them.
 
+mod claim;
+mod refill;
+mod status;
+
+use crate::agent::ControlSender;
 use crate::config::{DaemonLimits, TemplateDefaults};
-use crate::error::ApiError;
-use crate::ids::{new_sandbox_id, new_token};
-use crate::manager::{CreateParams, Manager, resolve_limits};
-use crate::sandbox::LiveSandbox;
-use crate::upstream::AgentClient;
-use axum::Json;
-use axum::extract::State;
-use bytes::Bytes;
-use chrono::Utc;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use crate::limits::resolve_limits;
 use sandboxd_protocol::agent::AgentConfig;
-use sandboxd_runtime::{AgentEndpoint, Limits, RuntimeError, SandboxBackend, SandboxHandle, SandboxSpec};
-use sandboxd_store::{SandboxRecord, SandboxState, StoreError, StoredLimits, trunc_micros};
+use sandboxd_runtime::{Limits, RuntimeError, SandboxBackend, SandboxHandle};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -50,8 +44,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// needs), but never postpone a boot by more than `REFILL_MAX_POSTPONE`.
 const REFILL_QUIET: Duration = Duration::from_millis(20);
 const REFILL_MAX_POSTPONE: Duration = Duration::from_millis(250);
-/// Time limit of the config hand-over at claim.
-const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for a boot in progress.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 
@@ -205,8 +197,6 @@ pub(crate) struct Pooled {
     pub control: Mutex<Option<ControlSender>>,
 }
 
-type ControlSender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
 /// The state of one template's pool. Pure bookkeeping, tested without sandboxes.
 #[derive(Debug)]
 struct TemplatePool {
@@ -342,7 +332,7 @@ impl TemplatePool {
     }
 }
 
-/// The warm pool of a [`Manager`].
+/// The warm pool of a [`crate::Daemon`].
 #[derive(Debug)]
 pub struct Pool {
     templates: Mutex<BTreeMap<String, TemplatePool>>,
@@ -450,166 +440,6 @@ impl Pool {
     }
 }
 
-/// `GET /pool`: the pool of every template (counts only; pooled ids are never shown).
-pub async fn api_status(State(mgr): State<Arc<Manager>>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "templates": mgr.pool.views() }))
-}
-
-/// Serves a create from the pool. `None`: no pooled sandbox fits (or the hand-over failed and
-/// the pooled sandbox was destroyed): the caller boots one cold.
-pub(crate) async fn claim(
-    mgr: &Arc<Manager>,
-    params: &CreateParams,
-    timeout: Duration,
-    limits: Limits,
-    template_id: &str,
-    alias: &str,
-) -> Option<Result<Arc<LiveSandbox>, ApiError>> {
-    // pooled sandboxes were booted without volumes
-    if !params.volume_mounts.is_empty() || !mgr.pool.lock().contains_key(template_id) {
-        return None;
-    }
-    let t0 = Instant::now();
-    let reservation = mgr.reserve().ok()?; // at the limit: the cold path answers 429
-    let pooled = mgr.pool.take(template_id, &limits)?;
-    let _refill = ClaimDone(&mgr.pool);
-    let id = pooled.id.clone();
-    let started_at = trunc_micros(Utc::now());
-    let end_at = trunc_micros(started_at + timeout);
-    let access_token = params.secure.then(new_token);
-
-    // The agent's new config (the placeholder token stops working once it is applied).
-    let mut agent = pooled.agent.clone();
-    agent.env_vars = params.env_vars.clone();
-    agent.access_token = access_token.clone();
-
-    // The registry row. With default lifecycle settings it is written once, as running,
-    // while the agent gets its config (both before the 201): a crash before the row commits
-    // leaves a host-only sandbox (destroyed at start); after it, a sandbox the client may
-    // never have heard of, which expires at its timeout, like a cold create whose 201 was
-    // lost. With lifecycle settings: creating, settings, running, as for a cold create.
-    let with_settings = !params.lifecycle.is_default();
-    let rec = SandboxRecord {
-        seq: 0,
-        id: id.clone(),
-        template_id: template_id.to_string(),
-        alias: Some(alias.to_string()),
-        state: if with_settings {
-            SandboxState::Creating
-        } else {
-            SandboxState::Running
-        },
-        limits: StoredLimits {
-            cpu_count: limits.cpu_count,
-            memory_mb: limits.memory_mb,
-            disk_mb: limits.disk_mb,
-            pids: limits.pids,
-        },
-        metadata: params.metadata.clone(),
-        env_vars: params.env_vars.clone(),
-        access_token,
-        traffic_token: params.restrict_public_traffic.then(new_token),
-        allow_internet_access: params.allow_internet_access,
-        network: params.network.clone(),
-        started_at,
-        end_at,
-        agent_pid: Some(pooled.handle.agent_pid),
-        agent_start_time: Some(pooled.handle.agent_start_time),
-    };
-    let store = mgr.store().clone();
-    let insert = async move {
-        match tokio::task::spawn_blocking(move || store.insert_unsynced(&rec)).await {
-            Ok(r) => r.map_err(ApiError::from),
-            Err(e) => Err(ApiError::Internal(format!("registry task failed: {e}"))),
-        }
-    };
-    let ((config, config_t), (row, row_t)) = tokio::join!(
-        async {
-            let t = Instant::now();
-            (hand_over(&pooled, &agent).await, t.elapsed())
-        },
-        async {
-            let t = Instant::now();
-            (insert.await, t.elapsed())
-        }
-    );
-    let t_config = t0.elapsed();
-    let mut rec = match (config, row) {
-        (Ok(()), Ok(rec)) => rec,
-        (Err(e), row) => {
-            tracing::warn!(sandbox = %id, "pool hand-over failed ({e}); destroying it and booting cold");
-            mgr.pool.count_failure(template_id);
-            match row {
-                Ok(_) => remove_row_and_discard(mgr, id),
-                Err(_) => discard(mgr, id),
-            }
-            return None;
-        }
-        (Ok(()), Err(e)) => {
-            discard(mgr, id);
-            return Some(Err(e));
-        }
-    };
-    if with_settings {
-        let mut lc = params.lifecycle.clone();
-        lc.timeout_secs = timeout.as_secs() as i64;
-        let store = mgr.store().clone();
-        let (pid, start) = (pooled.handle.agent_pid, pooled.handle.agent_start_time);
-        let r = match crate::lifecycle::store_settings(mgr, &id, lc).await {
-            Ok(()) => {
-                let id2 = id.clone();
-                match tokio::task::spawn_blocking(move || store.set_running(&id2, pid, start)).await {
-                    Ok(r) => r.map_err(ApiError::from),
-                    Err(e) => Err(ApiError::Internal(format!("registry task failed: {e}"))),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = r {
-            mgr.lifecycle.forget(&id);
-            remove_row_and_discard(mgr, id);
-            return Some(Err(e));
-        }
-        rec.state = SandboxState::Running;
-    }
-
-    // 3. Live: routable from now on.
-    let AgentEndpoint::Unix(api) = &pooled.handle.api;
-    let client = match AgentClient::new(api) {
-        Ok(c) => c,
-        Err(e) => {
-            remove_row_and_discard(mgr, id.clone());
-            return Some(Err(ApiError::Internal(format!(
-                "agent socket of sandbox {id}: {e}"
-            ))));
-        }
-    };
-    let live = LiveSandbox::new(rec, pooled.handle, client);
-    mgr.sandboxes.insert(live.clone());
-    drop(reservation);
-    tracing::info!(
-        sandbox = %id,
-        template = template_id,
-        us = t0.elapsed().as_micros() as u64,
-        handover_us = t_config.as_micros() as u64,
-        config_us = config_t.as_micros() as u64,
-        row_us = row_t.as_micros() as u64,
-        idle_ms = pooled.born.elapsed().as_millis() as u64,
-        "sandbox created from the pool"
-    );
-    Some(Ok(live))
-}
-
-/// Notes the end of a claim (whichever way it ends) and wakes the refiller.
-struct ClaimDone<'a>(&'a Pool);
-
-impl Drop for ClaimDone<'_> {
-    fn drop(&mut self) {
-        *self.0.last_claim.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        self.0.wake.notify_one();
-    }
-}
-
 /// How long a due boot should still wait: until `REFILL_QUIET` after the last claim, unless it
 /// has been postponed for `REFILL_MAX_POSTPONE` already (`postponed`: since when).
 fn refill_delay(
@@ -630,249 +460,10 @@ fn refill_delay(
     Some(quiet_at - now)
 }
 
-/// `POST /config` on the agent's control socket with the full new config, over the
-/// connection opened when the sandbox joined the pool (a new one if that is gone).
-async fn hand_over(pooled: &Pooled, agent: &AgentConfig) -> Result<(), String> {
-    let body = serde_json::to_string(agent).map_err(|e| e.to_string())?;
-    let mut sender = pooled.control.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(s) = sender.as_mut()
-        && s.ready().await.is_err()
-    {
-        sender = None;
-    }
-    let (status, answer) = match sender {
-        Some(mut sender) => {
-            let req = http::Request::post("/config")
-                .header(http::header::HOST, "agent")
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body)))
-                .map_err(|e| e.to_string())?;
-            let fut = async {
-                let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-                let status = resp.status();
-                let body = http_body_util::Limited::new(resp.into_body(), 64 << 10)
-                    .collect()
-                    .await
-                    .map_err(|e| format!("reading the answer: {e}"))?
-                    .to_bytes();
-                Ok::<_, String>((status, body))
-            };
-            tokio::time::timeout(HANDOVER_TIMEOUT, fut)
-                .await
-                .map_err(|_| "the agent did not answer in time".to_string())??
-        }
-        None => {
-            let AgentEndpoint::Unix(sock) = &pooled.handle.control;
-            crate::api::logs::control_request(sock, http::Method::POST, "/config", body).await?
-        }
-    };
-    if status != http::StatusCode::NO_CONTENT {
-        return Err(format!(
-            "the agent answered {status}: {}",
-            String::from_utf8_lossy(&answer)
-        ));
-    }
-    Ok(())
-}
-
-/// Opens an HTTP/1.1 connection to a pooled sandbox's control socket, kept for the claim.
-async fn control_connection(handle: &SandboxHandle) -> Option<ControlSender> {
-    let AgentEndpoint::Unix(sock) = &handle.control;
-    let stream = crate::upstream::UnixConnector::new(sock)
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let (sender, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(async move {
-        let _ = driver.await;
-    });
-    Some(sender)
-}
-
-/// Destroys a pooled sandbox that has no registry row, in the background.
-fn discard(mgr: &Arc<Manager>, id: String) {
-    let backend = mgr.backend().clone();
-    tokio::spawn(async move {
-        if let Err(e) = backend.destroy(&id).await {
-            tracing::error!(sandbox = %id, "destroying a pooled sandbox failed (removed at the next start): {e}");
-        }
-    });
-}
-
-/// Destroys a claimed sandbox whose registry row exists, then deletes the row.
-fn remove_row_and_discard(mgr: &Arc<Manager>, id: String) {
-    let backend = mgr.backend().clone();
-    let store = mgr.store().clone();
-    tokio::spawn(async move {
-        if let Err(e) = backend.destroy(&id).await {
-            tracing::error!(sandbox = %id, "destroying a claimed sandbox failed (row kept for the next start): {e}");
-            return;
-        }
-        let id2 = id.clone();
-        match tokio::task::spawn_blocking(move || store.delete(&id2)).await {
-            Ok(Ok(_)) | Ok(Err(StoreError::NotFound(_))) => {}
-            Ok(Err(e)) => tracing::error!(sandbox = %id, "removing the row of a failed claim: {e}"),
-            Err(e) => tracing::error!(sandbox = %id, "removing the row of a failed claim: {e}"),
-        }
-    });
-}
-
-/// Keeps the pools filled and recycles idle sandboxes until [`shutdown`]. Boots one sandbox
-/// at a time (the host's cores are shared with the sandboxes).
-pub async fn run(mgr: Arc<Manager>) {
-    if !mgr.pool.is_enabled() {
-        return;
-    }
-    disable_shadowed(&mgr);
-    let pool = &mgr.pool;
-    let mut postponed = None;
-    loop {
-        if pool.stop.is_cancelled() {
-            return;
-        }
-        let now = Instant::now();
-        // recycle
-        let expired: Vec<Pooled> = pool.lock().values_mut().flat_map(|t| t.expire(now)).collect();
-        for p in expired {
-            tracing::info!(sandbox = %p.id, "recycling an idle pooled sandbox");
-            if let Err(e) = mgr.backend().destroy(&p.id).await {
-                tracing::error!(sandbox = %p.id, "destroying a pooled sandbox failed: {e}");
-            }
-        }
-        // refill: pooled sandboxes only use room the daemon-wide limit leaves
-        let room = mgr
-            .config()
-            .limits
-            .max_sandboxes
-            .saturating_sub(mgr.sandboxes.len() + pool.len());
-        let due = pool.lock().values().any(|t| t.wants_boot(now, room));
-        let last_claim = *pool.last_claim.lock().unwrap_or_else(|p| p.into_inner());
-        if due && let Some(wait) = refill_delay(last_claim, now, &mut postponed) {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = pool.stop.cancelled() => return,
-            }
-            continue;
-        }
-        let next = {
-            let mut g = pool.lock();
-            g.values_mut().find(|t| t.wants_boot(now, room)).map(|t| {
-                t.boot_started();
-                (t.spec.template.clone(), t.limits)
-            })
-        };
-        if let Some((template, limits)) = next {
-            boot_one(&mgr, &template, limits).await;
-            continue;
-        }
-        tokio::select! {
-            _ = pool.wake.notified() => {}
-            _ = tokio::time::sleep(TICK) => {}
-            _ = pool.stop.cancelled() => return,
-        }
-    }
-}
-
-/// A pooled template whose name a snapshot now shadows would never be claimed (creates
-/// resolve the name to the snapshot): disable it.
-fn disable_shadowed(mgr: &Arc<Manager>) {
-    let names: Vec<String> = mgr.pool.lock().keys().cloned().collect();
-    for name in names {
-        let why = match mgr.resolve_template(&name) {
-            Ok((id, _)) if id == name => continue,
-            Ok((id, _)) => format!("'{name}' resolves to the snapshot template {id}"),
-            Err(e) => e.to_string(),
-        };
-        tracing::error!(template = %name, "pool disabled: {why}");
-        if let Some(t) = mgr.pool.lock().get_mut(&name) {
-            t.disabled = Some(why);
-        }
-    }
-}
-
-async fn boot_one(mgr: &Arc<Manager>, template: &str, limits: Limits) {
-    let id = new_sandbox_id();
-    let mut agent = AgentConfig::new(id.clone(), template.to_string());
-    // A placeholder nobody knows: the sandbox answers no request before it is claimed.
-    agent.access_token = Some(new_token());
-    let spec = SandboxSpec {
-        id: id.clone(),
-        template: template.to_string(),
-        limits,
-        agent: agent.clone(),
-        volumes: Vec::new(),
-    };
-    let t0 = Instant::now();
-    let r = mgr.backend().create(spec).await;
-    let now = Instant::now();
-    let control = match &r {
-        Ok(handle) => control_connection(handle).await,
-        Err(_) => None,
-    };
-    let outcome = match &r {
-        Ok(handle) => Ok(Pooled {
-            id: id.clone(),
-            handle: handle.clone(),
-            agent,
-            born: now,
-            control: Mutex::new(control),
-        }),
-        Err(e) => Err(e),
-    };
-    let left_over = match mgr.pool.lock().get_mut(template) {
-        Some(t) => t.boot_done(outcome, now),
-        None => None,
-    };
-    match &r {
-        Ok(_) => {
-            tracing::debug!(sandbox = %id, template, ms = t0.elapsed().as_millis() as u64, "pooled sandbox ready")
-        }
-        Err(e) => tracing::warn!(template, "booting a pooled sandbox failed: {e}"),
-    }
-    let stopped = mgr.pool.stop.is_cancelled();
-    if let Some(p) = left_over {
-        let _ = mgr.backend().destroy(&p.id).await;
-    } else if stopped && r.is_ok() {
-        // shutdown raced the boot: drain() may have run already
-        let taken = mgr.pool.lock().get_mut(template).and_then(|t| {
-            let pos = t.ready.iter().position(|p| p.id == id)?;
-            t.ready.remove(pos)
-        });
-        if let Some(p) = taken {
-            let _ = mgr.backend().destroy(&p.id).await;
-        }
-    }
-}
-
-/// Stops the pool task and destroys every pooled sandbox (daemon shutdown). Claimed sandboxes
-/// are not affected.
-pub async fn shutdown(mgr: &Arc<Manager>, task: tokio::task::JoinHandle<()>) {
-    mgr.pool.stop.cancel();
-    if tokio::time::timeout(SHUTDOWN_WAIT, task).await.is_err() {
-        tracing::warn!("the pool task did not stop in time");
-    }
-    let all: Vec<Pooled> = mgr
-        .pool
-        .lock()
-        .values_mut()
-        .flat_map(|t| t.ready.drain(..).collect::<Vec<_>>())
-        .collect();
-    if !all.is_empty() {
-        tracing::info!(count = all.len(), "destroying pooled sandboxes");
-    }
-    for p in all {
-        if let Err(e) = mgr.backend().destroy(&p.id).await {
-            tracing::error!(sandbox = %p.id, "destroying a pooled sandbox failed (removed at the next start): {e}");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sandboxd_runtime::AgentEndpoint;
 
     fn spec(min: usize, max: usize, idle: u64) -> PoolSpec {
         PoolSpec {

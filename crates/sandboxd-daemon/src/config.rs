@@ -1,0 +1,102 @@
+//! The domain's configuration: daemon-wide limits, template defaults, warm pools.
+
+use std::time::Duration;
+
+/// Daemon-wide maxima. Requests above them are rejected with a clear 400 (timeouts, limits)
+/// or 429 (concurrency).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonLimits {
+    /// Largest `cpuCount` a sandbox may get.
+    pub max_cpu: u32,
+    /// Largest `memoryMB` a sandbox may get.
+    pub max_memory_mb: u64,
+    /// Largest `diskSizeMB` a sandbox may get.
+    pub max_disk_mb: u64,
+    /// Longest sandbox timeout (create, set_timeout, connect).
+    pub max_timeout: Duration,
+    /// Sandboxes that may exist at once (running, paused and being created).
+    pub max_sandboxes: usize,
+    /// Largest snapshot (or fork checkpoint), in MiB; a sandbox's own `diskSizeMB` limits its
+    /// snapshots too. 0: no limit but the disk quota and the host's free space.
+    pub max_snapshot_mb: u64,
+    /// Most MiB all snapshots together may take (0: no limit but the host's free space).
+    pub max_snapshot_store_mb: u64,
+}
+
+impl Default for DaemonLimits {
+    fn default() -> Self {
+        Self {
+            max_cpu: 8,
+            max_memory_mb: 8192,
+            max_disk_mb: 10240,
+            max_timeout: Duration::from_secs(24 * 3600),
+            max_sandboxes: 1000,
+            max_snapshot_mb: 10240,
+            max_snapshot_store_mb: 0,
+        }
+    }
+}
+
+/// Template defaults when a create request gives no limits (E2B's base template).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateDefaults {
+    pub cpu_count: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub pids: u64,
+}
+
+impl Default for TemplateDefaults {
+    fn default() -> Self {
+        Self {
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_mb: 1024,
+            pids: 1024,
+        }
+    }
+}
+
+/// Memory default of the code-interpreter templates: the Python kernel with pandas and
+/// matplotlib takes ~150 MiB and starting Deno's JavaScript kernel peaks ~200 MiB more, so two
+/// or three contexts do not fit in the base template's 512 MiB.
+pub const INTERPRETER_MEMORY_MB: u64 = 1024;
+
+impl TemplateDefaults {
+    /// The defaults of one template (resolved id): the base defaults, with more memory for the
+    /// code-interpreter templates.
+    pub fn for_template(&self, template_id: &str) -> Self {
+        let mut d = *self;
+        if template_id.starts_with("code-interpreter") {
+            d.memory_mb = d.memory_mb.max(INTERPRETER_MEMORY_MB);
+        }
+        d
+    }
+}
+
+/// What the [`crate::Daemon`] needs: limits, template defaults and warm pools.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonConfig {
+    pub limits: DaemonLimits,
+    pub template_defaults: TemplateDefaults,
+    /// Warm pools of booted, idle sandboxes per template (`pool/`, `docs/pool.md`).
+    pub pool: Vec<crate::pool::PoolSpec>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpreter_templates_get_more_memory() {
+        let d = TemplateDefaults::default();
+        assert_eq!(d.for_template("base"), d);
+        assert_eq!(
+            d.for_template("code-interpreter-v1").memory_mb,
+            INTERPRETER_MEMORY_MB
+        );
+        assert_eq!(d.for_template("code-interpreter").cpu_count, d.cpu_count);
+        let big = TemplateDefaults { memory_mb: 4096, ..d };
+        assert_eq!(big.for_template("code-interpreter-v1").memory_mb, 4096);
+    }
+}

@@ -1,0 +1,183 @@
+//! Create: a new sandbox from a template (or a warm-pool one), registry row first.
+//!
+//! The row exists before anything is spawned, so a daemon that dies at any point can
+//! reconcile at its next start. The work runs in its own task: a client that disconnects
+//! mid-request cannot leave a half-made sandbox behind.
+
+use crate::daemon::Daemon;
+use crate::error::DaemonError;
+use crate::ids::{new_sandbox_id, new_token};
+use crate::lifecycle::Lifecycle;
+use crate::limits::{resolve_limits, validate_timeout};
+use crate::sandbox::LiveSandbox;
+use crate::spec::{new_record, spec_of, volume_mounts};
+use chrono::Utc;
+use sandboxd_runtime::{Limits, VolumeMount};
+use sandboxd_store::{SandboxState, StoreError, trunc_micros};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A validated create request (the control plane parses the JSON into this).
+#[derive(Debug, Clone, Default)]
+pub struct CreateParams {
+    /// Template reference as sent: id or alias, optionally `namespace/` and `:tag`.
+    pub template: String,
+    /// Seconds; must be in `1..=max_timeout`.
+    pub timeout_secs: i64,
+    pub secure: bool,
+    pub allow_internet_access: bool,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub network: Option<serde_json::Value>,
+    /// `network.allowPublicTraffic == false`: ports other than 49983 need a traffic token.
+    pub restrict_public_traffic: bool,
+    pub cpu_count: Option<i64>,
+    pub memory_mb: Option<i64>,
+    pub disk_mb: Option<i64>,
+    /// autoPause / autoPauseMemory / autoResume (`lifecycle.rs`).
+    pub lifecycle: Lifecycle,
+    /// `volumeMounts`, checked: `(volume name, absolute path)` (`docs/volumes.md`).
+    pub volume_mounts: Vec<(String, String)>,
+}
+
+impl Daemon {
+    /// Creates a sandbox and returns it once its agent answers.
+    pub async fn create(self: &Arc<Self>, params: CreateParams) -> Result<Arc<LiveSandbox>, DaemonError> {
+        if self.is_shutting_down() {
+            return Err(DaemonError::Unavailable(
+                "sandboxd is shutting down; retry once it is back".into(),
+            ));
+        }
+        let timeout = validate_timeout(params.timeout_secs, &self.config.limits)?;
+        let (template_id, alias) = self.resolve_template(&params.template).await?;
+        let limits = resolve_limits(
+            &self.config.template_defaults.for_template(&template_id),
+            &self.config.limits,
+            params.cpu_count,
+            params.memory_mb,
+            params.disk_mb,
+        )?;
+        let this = self.clone();
+        let t0 = std::time::Instant::now();
+        // Own task: a client that hangs up must not abandon a half-created sandbox.
+        let r = match tokio::spawn(async move {
+            // a warm-pool sandbox of this template and limits, if one is ready (pool/claim.rs)
+            if let Some(r) = this
+                .claim_pooled(&params, timeout, limits, &template_id, &alias)
+                .await
+            {
+                return r;
+            }
+            this.create_inner(params, timeout, limits, template_id, alias)
+                .await
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => Err(DaemonError::Internal(format!("create task failed: {e}"))),
+        };
+        self.counters.create_done(r.is_ok(), t0.elapsed());
+        r
+    }
+
+    async fn create_inner(
+        self: Arc<Self>,
+        params: CreateParams,
+        timeout: Duration,
+        limits: Limits,
+        template_id: String,
+        alias: String,
+    ) -> Result<Arc<LiveSandbox>, DaemonError> {
+        let _slot = self.reserve()?;
+        let started_at = trunc_micros(Utc::now());
+        let end_at = trunc_micros(started_at + timeout);
+        let mut rec = new_record(
+            new_sandbox_id(),
+            &template_id,
+            &alias,
+            SandboxState::Creating,
+            &limits,
+            &params,
+            params.secure.then(new_token),
+            params.restrict_public_traffic.then(new_token),
+            started_at,
+            end_at,
+        );
+        // The row exists before anything is spawned; a fresh id on the (unlikely) collision.
+        let mut attempts = 0;
+        rec = loop {
+            let r = rec.clone();
+            match self.registry.call(move |s| s.insert(&r)).await {
+                Ok(inserted) => break inserted,
+                Err(StoreError::Duplicate(_)) if attempts < 5 => {
+                    attempts += 1;
+                    rec.id = new_sandbox_id();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let id = rec.id.clone();
+        let mut lc = params.lifecycle;
+        lc.timeout_secs = timeout.as_secs() as i64;
+        if let Err(e) = self.store_settings(&id, lc).await {
+            let id2 = id.clone();
+            let _ = self.registry.call(move |s| s.delete(&id2)).await;
+            return Err(e);
+        }
+        let volumes = match self.attach_volumes(&id, params.volume_mounts).await {
+            Ok(v) => v,
+            Err(e) => {
+                let id2 = id.clone();
+                let _ = self.registry.call(move |s| s.delete(&id2)).await;
+                return Err(e);
+            }
+        };
+        let t0 = std::time::Instant::now();
+        let handle = match self.backend.create(spec_of(&rec, volumes)).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, "create failed: {e}");
+                let id2 = id.clone();
+                if let Err(de) = self.registry.call(move |s| s.delete(&id2)).await {
+                    tracing::error!(sandbox = %id, "removing registry row after failed create: {de}");
+                }
+                return Err(e.into());
+            }
+        };
+        let (pid, start) = (handle.agent_pid, handle.agent_start_time);
+        let live = match LiveSandbox::from_handle(rec, SandboxState::Running, end_at, handle) {
+            Ok(l) => l,
+            Err(e) => {
+                self.teardown(&id).await;
+                return Err(e);
+            }
+        };
+        let id2 = id.clone();
+        if let Err(e) = self.registry.call(move |s| s.set_running(&id2, pid, start)).await {
+            self.teardown(&id).await;
+            return Err(e.into());
+        }
+        self.sandboxes.insert(live.clone());
+        tracing::info!(sandbox = %id, ms = t0.elapsed().as_millis() as u64, "sandbox created");
+        Ok(live)
+    }
+
+    /// Records the volumes a new sandbox (its row exists) mounts; a volume deleted meanwhile is
+    /// a 404 (the registry decides: a mounted volume cannot be deleted).
+    async fn attach_volumes(
+        &self,
+        id: &str,
+        mounts: Vec<(String, String)>,
+    ) -> Result<Vec<VolumeMount>, DaemonError> {
+        if mounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id = id.to_string();
+        Ok(volume_mounts(
+            self.registry
+                .call(move |s| s.attach_volumes(&id, &mounts))
+                .await?,
+        ))
+    }
+}

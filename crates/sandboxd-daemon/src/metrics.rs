@@ -1,0 +1,50 @@
+//! Metrics reads: a sandbox's sample history, the latest samples of several sandboxes and the
+//! daemon counters as Prometheus text (`docs/observability.md`).
+
+use crate::daemon::Daemon;
+use crate::error::DaemonError;
+pub use crate::metrics_store::Sample;
+use sandboxd_store::SandboxState;
+use std::collections::BTreeMap;
+
+impl Daemon {
+    /// Samples of a running or paused sandbox with `start <= unix seconds <= end`, oldest first.
+    pub fn metrics_history(
+        &self,
+        id: &str,
+        start: Option<i64>,
+        end: Option<i64>,
+    ) -> Result<Vec<Sample>, DaemonError> {
+        match self.sandboxes.get(id) {
+            Some(s) if matches!(s.state(), SandboxState::Running | SandboxState::Paused) => {}
+            _ => return Err(DaemonError::SandboxNotFound(id.to_string())),
+        }
+        Ok(self.metrics.range(id, start, end))
+    }
+
+    /// The latest sample of each listed sandbox that exists and has one.
+    pub fn latest_metrics(&self, ids: &[String]) -> BTreeMap<String, Sample> {
+        ids.iter()
+            .filter(|id| self.sandboxes.get(id).is_some())
+            .filter_map(|id| Some((id.clone(), self.metrics.latest(id)?)))
+            .collect()
+    }
+
+    /// The daemon counters and sandbox counts per state in the Prometheus text format.
+    pub fn prometheus_text(&self) -> String {
+        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for st in [
+            SandboxState::Creating,
+            SandboxState::Running,
+            SandboxState::Paused,
+            SandboxState::Killing,
+        ] {
+            counts.insert(st.as_str(), 0);
+        }
+        for s in self.sandboxes.all() {
+            *counts.entry(s.state().as_str()).or_default() += 1;
+        }
+        let states: Vec<(&str, usize)> = counts.into_iter().collect();
+        self.counters.render(&states, self.metrics.len())
+    }
+}
