@@ -134,6 +134,21 @@ impl Daemon {
             }
         };
         let t0 = std::time::Instant::now();
+        // the egress policy is in place before the sandbox's first packet (docs/network.md)
+        let null = serde_json::Value::Null;
+        if let Err(e) = self
+            .backend
+            .set_egress(
+                &id,
+                rec.network.as_ref().unwrap_or(&null),
+                rec.allow_internet_access,
+            )
+            .await
+        {
+            let id2 = id.clone();
+            let _ = self.registry.call(move |s| s.delete(&id2)).await;
+            return Err(e.into());
+        }
         let handle = match self.backend.create(spec_of(&rec, volumes)).await {
             Ok(h) => h,
             Err(e) => {

@@ -9,8 +9,8 @@ impl Daemon {
     /// `PUT /sandboxes/{id}/network`: replace the egress settings (`allowOut`, `denyOut`,
     /// `dnsServers`, `egressProxy`, `rules`; a field left out is cleared) and
     /// `allow_internet_access`, keeping the ingress ones (`allowPublicTraffic`,
-    /// `maskRequestHost`, `httpsPorts`). Stored; egress is not
-    /// enforced yet (sandboxes have loopback only).
+    /// `maskRequestHost`, `httpsPorts`). Stored, and enforced at once by the
+    /// backend's networking (`docs/network.md`).
     pub async fn update_network(
         self: &Arc<Self>,
         id: &str,
@@ -47,6 +47,11 @@ impl Daemon {
             }
             (d.network.clone(), d.allow_internet_access)
         };
+        // applied by the packet filter at once (connections to now-denied places are cut)
+        let null = serde_json::Value::Null;
+        self.backend()
+            .set_egress(id, network.as_ref().unwrap_or(&null), allow)
+            .await?;
         let id2 = id.to_string();
         match self
             .registry

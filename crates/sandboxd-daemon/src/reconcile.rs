@@ -64,6 +64,18 @@ impl Daemon {
     ) -> Result<bool, DaemonError> {
         let id = rec.id.clone();
         let (pid, start) = (rec.agent_pid.unwrap_or(0), rec.agent_start_time.unwrap_or(0));
+        let null = serde_json::Value::Null;
+        if let Err(e) = self
+            .backend()
+            .set_egress(
+                &id,
+                rec.network.as_ref().unwrap_or(&null),
+                rec.allow_internet_access,
+            )
+            .await
+        {
+            tracing::error!(sandbox = %id, "restoring the egress policy: {e}");
+        }
         let adopted = match self.backend().adopt(&id, pid, start).await {
             Ok(a) => a,
             Err(RuntimeError::Unsupported(m)) => {

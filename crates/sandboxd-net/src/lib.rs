@@ -1,8 +1,17 @@
-//! Sandbox networking: the egress policy model ([`policy`]) and the lookup the daemon's
-//! egress proxy uses to find a connection's sandbox and policy by source address.
+//! Sandbox networking (`docs/network.md`): the egress policy model ([`policy`]), the address
+//! plan ([`plan`]), veth links over rtnetlink ([`link`]), the nftables packet filter
+//! ([`filter`]), the DNS forwarder ([`dns`]), and the daemon-side manager and backend
+//! decorator ([`egress`]).
 
+pub mod dns;
+pub mod egress;
+pub mod filter;
+pub mod link;
+pub mod plan;
 pub mod policy;
 
+pub use egress::{Network, NetworkConfig, NetworkedBackend};
+pub use plan::AddressPlan;
 pub use policy::{Destination, DomainPattern, Policy, PolicyError, Verdict};
 
 use std::net::Ipv4Addr;

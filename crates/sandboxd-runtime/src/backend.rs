@@ -240,6 +240,25 @@ pub trait SandboxBackend: Send + Sync + 'static {
         )))
     }
 
+    /// Networking (`docs/network.md`): the egress policy of sandbox `id` from its stored
+    /// `network` object and `allow_internet_access`, applied at once when it runs and at each
+    /// boot. Backends without networking accept it (their sandboxes have loopback only).
+    async fn set_egress(
+        &self,
+        id: &str,
+        network: &serde_json::Value,
+        allow_internet_access: bool,
+    ) -> Result<(), RuntimeError> {
+        let _ = (id, network, allow_internet_access);
+        Ok(())
+    }
+
+    /// Networking: the sandbox's own address, when it has a network link.
+    fn network_address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        let _ = id;
+        None
+    }
+
     /// The error of the default lifecycle methods.
     fn lifecycle_unsupported(&self, what: &str) -> RuntimeError {
         RuntimeError::Unsupported(format!("the {} backend does not support {what}", self.name()))

@@ -71,6 +71,27 @@ pub struct ServeArgs {
     /// --pool flags override its entries per template.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Address range of sandboxes (each gets one address; the first is their gateway and
+    /// DNS resolver). See docs/network.md.
+    #[arg(long, value_name = "CIDR", default_value = sandboxd_net::plan::DEFAULT_CIDR)]
+    pub sandbox_cidr: ipnet::Ipv4Net,
+    /// Resolver the sandboxes' DNS queries go to (IP or IP:PORT; repeatable; default: the
+    /// host's /etc/resolv.conf). A sandbox's own dnsServers take precedence.
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]", value_parser = parse_dns_upstream)]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// Let sandboxes reach private ranges (RFC 1918, 100.64.0.0/10, 198.18.0.0/15); never the
+    /// host itself, loopback, link-local or other sandboxes.
+    #[arg(long)]
+    pub allow_private_egress: bool,
+    /// Sandboxes get loopback only: no link, no egress (E2B's network settings are stored).
+    #[arg(long)]
+    pub no_network: bool,
+}
+
+fn parse_dns_upstream(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{s:?} is not an IP address or IP:PORT"))
 }
 
 fn default_data_dir() -> anyhow::Result<PathBuf> {
@@ -229,6 +250,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let backend = tokio::task::spawn_blocking(move || backend(&dir))
             .await
             .context("backend start-up task")??;
+        let backend = if args.no_network || backend.name() != "namespace" {
+            backend
+        } else {
+            let plan = sandboxd_net::AddressPlan::new(
+                args.sandbox_cidr,
+                &sandboxd_net::AddressPlan::tag_for(&data_dir.to_string_lossy()),
+            )
+            .map_err(anyhow::Error::msg)?;
+            let net = sandboxd_net::Network::start(sandboxd_net::NetworkConfig {
+                plan,
+                dns_upstreams: args.dns_upstream.clone(),
+                allow_private: args.allow_private_egress,
+                proxy_port: None,
+                state_dir: data_dir.join("network"),
+            })
+            .await
+            .context(
+                "starting sandbox networking (needs nftables; --no-network for loopback-only sandboxes)",
+            )?;
+            Arc::new(sandboxd_net::NetworkedBackend::new(backend, net)) as Arc<dyn SandboxBackend>
+        };
         tracing::info!(backend = backend.name(), data_dir = %data_dir.display(), "starting");
         sandboxd_daemon::pool::check_templates(backend.as_ref(), &config.pool).map_err(anyhow::Error::msg)?;
         let server = Server::bind_claimed(config, backend.clone(), claim).await?;

@@ -128,7 +128,7 @@ async fn isolation_from_inside() {
         &format!(
             "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; \
          (echo > /dev/tcp/127.0.0.1/{port}) 2>&1 | tail -1; (echo > /dev/tcp/10.0.2.2/80) 2>&1 | tail -1; \
-         (echo > /dev/tcp/1.1.1.1/53) 2>&1 | tail -1"
+         (echo > /dev/tcp/198.51.100.1/53) 2>&1 | tail -1"
         ),
     )
     .await;

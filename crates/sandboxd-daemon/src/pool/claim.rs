@@ -38,6 +38,21 @@ impl Daemon {
         let pooled = self.pool.take(template_id, &limits)?;
         let _refill = ClaimDone(&self.pool);
         let id = pooled.id.clone();
+        // the pooled sandbox's link is up already; only its policy changes (docs/network.md)
+        let null = serde_json::Value::Null;
+        if let Err(e) = self
+            .backend()
+            .set_egress(
+                &id,
+                params.network.as_ref().unwrap_or(&null),
+                params.allow_internet_access,
+            )
+            .await
+        {
+            tracing::warn!(sandbox = %id, "egress policy of a claimed sandbox: {e}; booting a fresh one");
+            self.discard(id);
+            return None;
+        }
         let started_at = trunc_micros(Utc::now());
         let end_at = trunc_micros(started_at + timeout);
         let access_token = params.secure.then(new_token);

@@ -455,8 +455,10 @@ fn getrandom(buf: &mut [u8]) {
     }
 }
 
-/// `/etc/resolv.conf` of a sandbox (loopback-only networking for now).
-pub const RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions ndots:0\n";
+/// `/etc/resolv.conf` of a sandbox: the gateway of the default `--sandbox-cidr`. Every query to
+/// port 53 reaches the daemon's resolver whatever the address (the packet filter redirects it;
+/// `docs/network.md`).
+pub const RESOLV_CONF: &str = "nameserver 10.213.0.1\noptions ndots:0\n";
 
 /// `/etc/hosts` of a sandbox with this hostname.
 pub fn hosts_file(hostname: &str) -> String {

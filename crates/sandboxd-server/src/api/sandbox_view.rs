@@ -93,9 +93,12 @@ struct DetailOnly {
     /// sandboxd-only: a lifecycle event the user should know about (memory lost by a reboot).
     #[serde(skip_serializing_if = "Option::is_none")]
     lifecycle_note: Option<String>,
-    /// sandboxd-only: what the sandbox can reach. Egress settings (`allowInternetAccess`,
-    /// `network`) are stored but not enforced yet: sandboxes have loopback only.
+    /// sandboxd-only: `egress` when the sandbox has a network link (its policy enforced,
+    /// `docs/network.md`), `loopback-only` when the daemon runs without networking.
     network_access: &'static str,
+    /// sandboxd-only: the sandbox's own address on the daemon's sandbox range.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network_address: Option<String>,
     /// `[{name, path}]` of the volumes it mounts (`docs/volumes.md`).
     volume_mounts: Vec<VolumeMountOut>,
 }
@@ -106,7 +109,7 @@ struct VolumeMountOut {
     path: String,
 }
 
-/// [`DetailOnly::network_access`] until egress networking lands.
+/// [`DetailOnly::network_access`] of a sandbox without a network link.
 const NETWORK_ACCESS: &str = "loopback-only";
 
 fn api_state(s: SandboxState) -> &'static str {
@@ -142,16 +145,27 @@ pub fn detail_out(v: &SandboxView, domain: Option<&str>) -> DetailOut {
             paused_with_memory: None,
             lifecycle_note: None,
             network_access: NETWORK_ACCESS,
+            network_address: None,
             volume_mounts: Vec::new(),
         }),
     }
 }
 
 /// `SandboxDetail`: the listed shape plus the detail-only keys, the lifecycle settings and the
-/// volumes it mounts.
-pub fn sandbox_detail(v: &SandboxView, domain: &str, lc: &Lifecycle, mounts: Vec<MountRow>) -> DetailOut {
+/// volumes it mounts, and its network address when it has a link.
+pub fn sandbox_detail(
+    v: &SandboxView,
+    domain: &str,
+    lc: &Lifecycle,
+    mounts: Vec<MountRow>,
+    address: Option<std::net::Ipv4Addr>,
+) -> DetailOut {
     let mut out = detail_out(v, Some(domain));
     if let Some(d) = out.detail.as_mut() {
+        if let Some(a) = address {
+            d.network_access = "egress";
+            d.network_address = Some(a.to_string());
+        }
         d.lifecycle = lc.detail_json();
         d.paused_with_memory = lc.paused_memory.filter(|_| v.state == SandboxState::Paused);
         d.pause_mode = d

@@ -206,7 +206,13 @@ pub(super) async fn get(
     let d = daemon.sandbox_detail(&id).await?;
     Ok(json(
         StatusCode::OK,
-        &sandbox_detail(&d.view, daemon.domain(), &d.lifecycle, d.volumes),
+        &sandbox_detail(
+            &d.view,
+            daemon.domain(),
+            &d.lifecycle,
+            d.volumes,
+            daemon.backend().network_address(&id),
+        ),
     ))
 }
 

@@ -1,0 +1,483 @@
+//! One daemon's sandbox networking ([`Network`]) and the backend decorator that gives every
+//! sandbox the backend boots its link ([`NetworkedBackend`]).
+//!
+//! A sandbox is connected right after its agent exists (create, filesystem-only resume), so a
+//! warm-pool sandbox is connected while it waits in the pool, off the create path. Its policy
+//! is set by the daemon ([`SandboxBackend::set_egress`]) before the create returns, at a pool
+//! claim, on `PUT /sandboxes/{id}/network` and at re-adoption; a policy that is not wide open
+//! rewrites the packet filter table at once. The host link goes away with the sandbox's network
+//! namespace; destroy removes it and the slot explicitly.
+
+use crate::filter::{self, Enforced, Ruleset};
+use crate::link::{self, AttachError, Traffic};
+use crate::plan::AddressPlan;
+use crate::{Policy, PolicyLookup, SandboxPolicy};
+use async_trait::async_trait;
+use sandboxd_runtime::{
+    Adopted, RuntimeError, SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats, SnapshotLimits,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Settings of [`Network::start`].
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub plan: AddressPlan,
+    /// Where queries go when a sandbox has no `dnsServers` (empty: the host's resolvers).
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// `--allow-private-egress`: RFC 1918 and CGNAT destinations become reachable.
+    pub allow_private: bool,
+    /// The egress proxy's port on the gateway, when one runs (domain rules need it).
+    pub proxy_port: Option<u16>,
+    /// One small file per connected sandbox (its slot), for re-adoption after a restart.
+    pub state_dir: PathBuf,
+}
+
+struct Entry {
+    slot: Option<u32>,
+    policy: Arc<Policy>,
+}
+
+#[derive(Default)]
+struct State {
+    by_id: HashMap<String, Entry>,
+    by_slot: BTreeMap<u32, String>,
+}
+
+/// The sandbox networking of one daemon.
+pub struct Network {
+    cfg: NetworkConfig,
+    host: rtnetlink::Handle,
+    dns_port: u16,
+    /// The host's on-link networks at start-up (refused unless `allow_private`).
+    lan: Vec<ipnet::Ipv4Net>,
+    state: Mutex<State>,
+    /// Serialises packet filter writes (each write renders the whole table from `state`).
+    filter: tokio::sync::Mutex<()>,
+}
+
+fn io_step(step: &'static str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Step {
+        step,
+        message: e.to_string(),
+    }
+}
+
+impl Network {
+    /// Turns on IPv4 forwarding, starts the DNS resolver and writes the packet filter table
+    /// (replacing what an earlier run of this daemon left).
+    pub async fn start(mut cfg: NetworkConfig) -> Result<Arc<Self>, RuntimeError> {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| io_step("ip_forward", e))?;
+        if cfg.dns_upstreams.is_empty() {
+            cfg.dns_upstreams = crate::dns::host_resolvers();
+        }
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| io_step("network state dir", e))?;
+        let host = link::host_handle().map_err(|e| io_step("netlink", e))?;
+        let (udp, tcp) = bind_dns().await.map_err(|e| io_step("dns listener", e))?;
+        let dns_port = udp.local_addr().map_err(|e| io_step("dns listener", e))?.port();
+        let lan = link::on_link_networks(&std::fs::read_to_string("/proc/net/route").unwrap_or_default());
+        let net = Arc::new(Self {
+            cfg,
+            host,
+            dns_port,
+            lan,
+            state: Mutex::new(State::default()),
+            filter: tokio::sync::Mutex::new(()),
+        });
+        let lookup: Arc<dyn PolicyLookup> = Arc::new(Lookup(Arc::downgrade(&net)));
+        let resolver = Arc::new(crate::dns::Resolver::new(
+            net.cfg.dns_upstreams.clone(),
+            net.cfg.allow_private,
+            lookup,
+        ));
+        tokio::spawn(resolver.clone().serve_udp(udp));
+        tokio::spawn(resolver.serve_tcp(tcp));
+        net.write_filter().await?;
+        net.sweep_stale_tables().await;
+        tracing::info!(
+            cidr = %net.cfg.plan.cidr(),
+            gateway = %net.cfg.plan.gateway(),
+            dns_port,
+            upstreams = ?net.cfg.dns_upstreams,
+            lan = ?net.lan,
+            "sandbox networking ready"
+        );
+        Ok(net)
+    }
+
+    /// Removes the tables of daemons that are gone and left no sandbox behind.
+    async fn sweep_stale_tables(&self) {
+        let links = link::names_with_prefix(&self.host, crate::plan::IFACE_PREFIX)
+            .await
+            .unwrap_or_default();
+        let own = self.cfg.plan.table();
+        for t in filter::stale_tables(&links).await.unwrap_or_default() {
+            if t != own {
+                let script = format!("delete table inet {t}\n");
+                match filter::apply(&script).await {
+                    Ok(()) => {
+                        tracing::info!(table = %t, "removed the packet filter table of a stopped daemon")
+                    }
+                    Err(e) => tracing::warn!(table = %t, "removing a stale table: {e}"),
+                }
+            }
+        }
+    }
+
+    pub fn plan(&self) -> &AddressPlan {
+        &self.cfg.plan
+    }
+
+    /// The resolver's port on the gateway address.
+    pub fn dns_port(&self) -> u16 {
+        self.dns_port
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Renders and writes the whole table.
+    async fn write_filter(&self) -> Result<(), RuntimeError> {
+        let _w = self.filter.lock().await;
+        let script = {
+            let st = self.lock();
+            let mut enforced: Vec<(u32, String, Arc<Policy>)> = st
+                .by_id
+                .iter()
+                .filter_map(|(id, e)| Some((e.slot?, id.clone(), e.policy.clone())))
+                .filter(|(_, _, p)| !p.is_open())
+                .collect();
+            enforced.sort_by_key(|e| e.0);
+            Ruleset {
+                plan: &self.cfg.plan,
+                dns_port: self.dns_port,
+                proxy_port: self.cfg.proxy_port,
+                allow_private: self.cfg.allow_private,
+                lan: &self.lan,
+                enforced: enforced
+                    .iter()
+                    .map(|(slot, id, p)| Enforced {
+                        sandbox_id: id,
+                        slot: *slot,
+                        address: self.cfg.plan.address(*slot),
+                        policy: p,
+                    })
+                    .collect(),
+            }
+            .render()
+        };
+        filter::apply(&script)
+            .await
+            .map_err(|e| io_step("packet filter", e))
+    }
+
+    /// Sets a sandbox's policy; writes the filter when the sandbox is connected and the
+    /// change matters to the kernel.
+    pub async fn set_policy(&self, id: &str, policy: Policy) -> Result<(), RuntimeError> {
+        let policy = Arc::new(policy);
+        let rewrite = {
+            let mut st = self.lock();
+            let e = st.by_id.entry(id.to_string()).or_insert_with(|| Entry {
+                slot: None,
+                policy: Arc::new(Policy::default()),
+            });
+            let rewrite = e.slot.is_some() && !(e.policy.is_open() && policy.is_open());
+            e.policy = policy;
+            rewrite
+        };
+        if rewrite {
+            self.write_filter().await?;
+        }
+        Ok(())
+    }
+
+    /// Connects sandbox `id` (agent `pid`) on the lowest free slot.
+    pub async fn attach(&self, id: &str, pid: i32) -> Result<(), RuntimeError> {
+        let mut skip = std::collections::BTreeSet::new();
+        loop {
+            let slot = {
+                let mut st = self.lock();
+                let slot = (0..self.cfg.plan.slots())
+                    .find(|s| !st.by_slot.contains_key(s) && !skip.contains(s))
+                    .ok_or_else(|| io_step("network", "no free address in --sandbox-cidr"))?;
+                st.by_slot.insert(slot, id.to_string());
+                slot
+            };
+            match link::attach(&self.host, &self.cfg.plan, slot, pid).await {
+                Ok(()) => return self.attached(id, slot).await,
+                Err(e) => {
+                    self.lock().by_slot.remove(&slot);
+                    match e {
+                        AttachError::AddressTaken if skip.len() < 64 => {
+                            skip.insert(slot);
+                        }
+                        AttachError::AddressTaken => return Err(io_step("network", "no free address")),
+                        AttachError::Io(e) => return Err(io_step("network", e)),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn attached(&self, id: &str, slot: u32) -> Result<(), RuntimeError> {
+        let enforce = {
+            let mut st = self.lock();
+            let e = st.by_id.entry(id.to_string()).or_insert_with(|| Entry {
+                slot: None,
+                policy: Arc::new(Policy::default()),
+            });
+            e.slot = Some(slot);
+            !e.policy.is_open()
+        };
+        let _ = std::fs::write(self.cfg.state_dir.join(id), slot.to_string());
+        if enforce {
+            self.write_filter().await?;
+        }
+        Ok(())
+    }
+
+    /// Re-attaches to the link of a sandbox of an earlier daemon run, or connects it anew.
+    pub async fn adopt(&self, id: &str, pid: i32) -> Result<(), RuntimeError> {
+        let slot = std::fs::read_to_string(self.cfg.state_dir.join(id))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|s| *s < self.cfg.plan.slots());
+        if let Some(slot) = slot
+            && link::index_of(&self.host, &self.cfg.plan.iface(slot))
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        {
+            let free = {
+                let mut st = self.lock();
+                match st.by_slot.get(&slot) {
+                    Some(other) if other != id => false,
+                    _ => {
+                        st.by_slot.insert(slot, id.to_string());
+                        true
+                    }
+                }
+            };
+            if free {
+                return self.attached(id, slot).await;
+            }
+        }
+        self.attach(id, pid).await
+    }
+
+    /// Disconnects a sandbox; `forget` also drops its policy (destroy), else it is kept for
+    /// the next boot (filesystem-only pause).
+    pub async fn detach(&self, id: &str, forget: bool) {
+        let (slot, enforced) = {
+            let mut st = self.lock();
+            let (slot, enforced) = match st.by_id.get_mut(id) {
+                Some(e) => (e.slot.take(), !e.policy.is_open()),
+                None => (None, false),
+            };
+            if forget {
+                st.by_id.remove(id);
+            }
+            if let Some(s) = slot {
+                st.by_slot.remove(&s);
+            }
+            (slot, enforced)
+        };
+        let _ = std::fs::remove_file(self.cfg.state_dir.join(id));
+        if let Some(slot) = slot {
+            if let Err(e) = link::delete(&self.host, &self.cfg.plan.iface(slot)).await {
+                tracing::warn!(sandbox = %id, "removing host link: {e}");
+            }
+            if enforced && let Err(e) = self.write_filter().await {
+                tracing::error!(sandbox = %id, "packet filter after detach: {e}");
+            }
+        }
+    }
+
+    /// At daemon stop: with no sandbox connected, the packet filter table goes too (a stopped
+    /// daemon with running sandboxes keeps it, they still need it). Blocking.
+    pub fn shutdown(&self) {
+        if !self.lock().by_slot.is_empty() {
+            return;
+        }
+        let script = filter::delete_script(&self.cfg.plan);
+        let r = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("piped").write_all(script.as_bytes())?;
+                c.wait()
+            });
+        if !r.is_ok_and(|s| s.success()) {
+            tracing::warn!("removing the packet filter table failed");
+        }
+    }
+
+    /// The address of a connected sandbox.
+    pub fn address_of(&self, id: &str) -> Option<Ipv4Addr> {
+        let slot = self.lock().by_id.get(id)?.slot?;
+        Some(self.cfg.plan.address(slot))
+    }
+
+    /// Traffic counters of a connected sandbox.
+    pub fn traffic(&self, id: &str) -> Option<Traffic> {
+        let slot = self.lock().by_id.get(id)?.slot?;
+        link::traffic(&self.cfg.plan.iface(slot)).ok()
+    }
+}
+
+/// [`PolicyLookup`] over a [`Network`] (weak: the resolver must not keep it alive).
+struct Lookup(std::sync::Weak<Network>);
+
+impl PolicyLookup for Lookup {
+    fn by_source(&self, addr: Ipv4Addr) -> Option<SandboxPolicy> {
+        self.0.upgrade()?.by_source(addr)
+    }
+}
+
+impl PolicyLookup for Network {
+    fn by_source(&self, addr: Ipv4Addr) -> Option<SandboxPolicy> {
+        let slot = self.cfg.plan.slot_of(addr)?;
+        let st = self.lock();
+        let id = st.by_slot.get(&slot)?;
+        let e = st.by_id.get(id)?;
+        (e.slot == Some(slot)).then(|| SandboxPolicy {
+            sandbox_id: id.clone(),
+            policy: e.policy.clone(),
+        })
+    }
+}
+
+/// A UDP socket and a TCP listener on the same free port of all addresses (the packet filter
+/// admits only sandboxes, on the gateway address).
+async fn bind_dns() -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+        let port = udp.local_addr()?.port();
+        match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
+/// A backend whose sandboxes get [`Network`] links.
+pub struct NetworkedBackend {
+    inner: Arc<dyn SandboxBackend>,
+    net: Arc<Network>,
+}
+
+impl NetworkedBackend {
+    pub fn new(inner: Arc<dyn SandboxBackend>, net: Arc<Network>) -> Self {
+        Self { inner, net }
+    }
+
+    async fn connect(&self, handle: SandboxHandle) -> Result<SandboxHandle, RuntimeError> {
+        if let Err(e) = self.net.attach(&handle.id, handle.agent_pid).await {
+            let _ = self.inner.destroy(&handle.id).await;
+            self.net.detach(&handle.id, true).await;
+            return Err(e);
+        }
+        Ok(handle)
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for NetworkedBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn has_template(&self, template: &str) -> bool {
+        self.inner.has_template(template)
+    }
+    async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        let h = self.inner.create(spec).await?;
+        self.connect(h).await
+    }
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        let r = self.inner.destroy(id).await;
+        if r.is_ok() {
+            self.net.detach(id, true).await;
+        }
+        r
+    }
+    fn is_alive(&self, handle: &SandboxHandle) -> bool {
+        self.inner.is_alive(handle)
+    }
+    async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
+        self.inner.list_host_sandboxes().await
+    }
+    fn shutdown(&self) {
+        self.inner.shutdown();
+        self.net.shutdown();
+    }
+    async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
+        self.inner.stats(id).await
+    }
+    async fn adopt(&self, id: &str, agent_pid: i32, agent_start_time: u64) -> Result<Adopted, RuntimeError> {
+        let a = self.inner.adopt(id, agent_pid, agent_start_time).await?;
+        if a.agent_alive
+            && let Err(e) = self.net.adopt(id, agent_pid).await
+        {
+            tracing::error!(sandbox = %id, "re-adopting the sandbox's network: {e}");
+        }
+        Ok(a)
+    }
+    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.freeze(id).await
+    }
+    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.thaw(id).await
+    }
+    async fn stop_keep_files(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.stop_keep_files(id).await?;
+        self.net.detach(id, false).await;
+        Ok(())
+    }
+    async fn boot_existing(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        let h = self.inner.boot_existing(spec).await?;
+        if let Err(e) = self.net.attach(&h.id, h.agent_pid).await {
+            let _ = self.inner.stop_keep_files(&h.id).await;
+            return Err(e);
+        }
+        Ok(h)
+    }
+    async fn snapshot(
+        &self,
+        id: &str,
+        source_template: &str,
+        name: &str,
+        limits: SnapshotLimits,
+    ) -> Result<(), RuntimeError> {
+        self.inner.snapshot(id, source_template, name, limits).await
+    }
+    async fn delete_snapshot_template(&self, name: &str) -> Result<bool, RuntimeError> {
+        self.inner.delete_snapshot_template(name).await
+    }
+    async fn create_volume(&self, id: &str, size_mb: u64) -> Result<(), RuntimeError> {
+        self.inner.create_volume(id, size_mb).await
+    }
+    async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.inner.delete_volume(id).await
+    }
+    async fn set_egress(
+        &self,
+        id: &str,
+        network: &serde_json::Value,
+        allow_internet_access: bool,
+    ) -> Result<(), RuntimeError> {
+        let policy = Policy::from_network(network, allow_internet_access)
+            .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
+        self.net.set_policy(id, policy).await
+    }
+    fn network_address(&self, id: &str) -> Option<Ipv4Addr> {
+        self.net.address_of(id)
+    }
+}

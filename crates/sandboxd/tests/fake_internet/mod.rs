@@ -1,0 +1,183 @@
+//! A "fake internet" for network tests: a network namespace with test servers at
+//! documentation addresses, routed from the host, so no test traffic ever leaves the machine.
+//!
+//! - transit link: host `fkinet0` 198.18.0.1/30 ↔ namespace `eth0` 198.18.0.2/30 (the
+//!   benchmarking block: hosts here use 192.0.2.0/24 for their real network)
+//! - the host routes 198.51.100.0/24 and 203.0.113.0/24 into the namespace
+//! - HTTP on port 80 of [`WEB`] and [`OTHER`] (files of [`FakeInternet::docroot`]);
+//!   `hello.txt` holds [`HELLO`]
+//! - a line echo server on port 9000 of both (for connections held open)
+//! - DNS (dnsmasq) on [`DNS`]: `web.test` → [`WEB`], `other.test` → [`OTHER`]
+//!
+//! One at a time on a host (the routes are global): [`FakeInternet::up`] takes an exclusive
+//! lock on `/run/sandboxd-fake-internet.lock` for its lifetime. Needs root, `ip`, `dnsmasq`
+//! and `python3`.
+#![allow(dead_code)]
+
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NETNS: &str = "sbxtest-inet";
+pub const WEB: &str = "198.51.100.10";
+pub const DNS: &str = "198.51.100.53";
+pub const OTHER: &str = "203.0.113.10";
+/// The host's end of the transit link (a host address).
+pub const HOST_TRANSIT: &str = "198.18.0.1";
+pub const HELLO: &str = "hello from the fake internet";
+const HOST_IF: &str = "fkinet0";
+
+pub struct FakeInternet {
+    servers: Vec<Child>,
+    pub docroot: tempfile::TempDir,
+    _lock: std::fs::File,
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "fake internet set-up: `{cmd}` failed");
+}
+
+fn sh_quiet(cmd: &str) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .status();
+}
+
+const ECHO_SERVER: &str = r#"
+import socket, sys, threading
+def serve(addr):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 9000)); s.listen(64)
+    while True:
+        c, _ = s.accept()
+        def h(c=c):
+            f = c.makefile('rwb', buffering=0)
+            for line in f:
+                f.write(b'echo ' + line)
+        threading.Thread(target=h, daemon=True).start()
+for a in sys.argv[1:]:
+    threading.Thread(target=serve, args=(a,), daemon=True).start()
+threading.Event().wait()
+"#;
+
+impl FakeInternet {
+    /// Builds the namespace and starts its servers; waits until they answer.
+    pub fn up() -> Self {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/sandboxd-fake-internet.lock")
+            .expect("lock file");
+        // SAFETY: flock on an open fd we own.
+        assert_eq!(
+            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) },
+            0,
+            "flock"
+        );
+        Self::teardown_namespace();
+        sh(&format!(
+            "ip netns add {NETNS} && ip link add {HOST_IF} type veth peer name eth0 netns {NETNS} && \
+             ip addr add 198.18.0.1/30 dev {HOST_IF} && ip link set {HOST_IF} up && \
+             ip -n {NETNS} link set lo up && ip -n {NETNS} addr add 198.18.0.2/30 dev eth0 && \
+             ip -n {NETNS} link set eth0 up && \
+             ip -n {NETNS} addr add {WEB}/32 dev lo && ip -n {NETNS} addr add {DNS}/32 dev lo && \
+             ip -n {NETNS} addr add {OTHER}/32 dev lo && \
+             ip -n {NETNS} route add default via 198.18.0.1 && \
+             ip route replace 198.51.100.0/24 via 198.18.0.2 && ip route replace 203.0.113.0/24 via 198.18.0.2"
+        ));
+        let docroot = tempfile::tempdir().unwrap();
+        std::fs::write(docroot.path().join("hello.txt"), HELLO).unwrap();
+        let netns = |args: &[&str]| {
+            Command::new("ip")
+                .args(["netns", "exec", NETNS])
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn in the fake internet")
+        };
+        let http = netns(&[
+            "python3",
+            "-m",
+            "http.server",
+            "80",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+            docroot.path().to_str().unwrap(),
+        ]);
+        let echo = netns(&["python3", "-c", ECHO_SERVER, WEB, OTHER]);
+        let dns = netns(&[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &format!("--listen-address={DNS}"),
+            &format!("--address=/web.test/{WEB}"),
+            &format!("--address=/other.test/{OTHER}"),
+            "--pid-file=",
+            "--user=root",
+        ]);
+        let me = Self {
+            servers: vec![http, echo, dns],
+            docroot,
+            _lock: lock,
+        };
+        me.wait_ready();
+        me
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = [WEB, OTHER].iter().all(|a| {
+                std::net::TcpStream::connect_timeout(
+                    &format!("{a}:80").parse().unwrap(),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+                    && std::net::TcpStream::connect_timeout(
+                        &format!("{a}:9000").parse().unwrap(),
+                        Duration::from_millis(200),
+                    )
+                    .is_ok()
+            });
+            let dns = Command::new("ip")
+                .args(["netns", "exec", NETNS, "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/{DNS}/53"))
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok && dns {
+                return;
+            }
+            assert!(Instant::now() < deadline, "fake internet servers did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn teardown_namespace() {
+        sh_quiet("ip route del 198.51.100.0/24 via 198.18.0.2");
+        sh_quiet("ip route del 203.0.113.0/24 via 198.18.0.2");
+        sh_quiet(&format!("ip link del {HOST_IF}"));
+        // processes left in it by a killed run
+        sh_quiet(&format!("ip netns pids {NETNS} | xargs -r kill -9"));
+        sh_quiet(&format!("ip netns del {NETNS}"));
+    }
+}
+
+impl Drop for FakeInternet {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Self::teardown_namespace();
+    }
+}

@@ -1,0 +1,308 @@
+//! Sandbox egress end to end (docs/network.md), against the fake internet
+//! (`fake_internet/mod.rs`): default on, internet off, allow-list by IP and CIDR with deny-all,
+//! allow wins over deny, DNS through the daemon's resolver, a live update cutting an open
+//! connection, the host, the daemon's port, metadata and other sandboxes out of reach, bad
+//! policies refused, policies kept across a daemon `kill -9`.
+
+mod common;
+mod fake_internet;
+
+use base64::Engine;
+use common::{Daemon, Opts, connect_envelope, require_root, test_key};
+use fake_internet::{FakeInternet, HELLO, OTHER, WEB};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn sid(v: &Value) -> String {
+    v["sandboxID"].as_str().unwrap().to_string()
+}
+
+/// Runs `bash -c script` in a sandbox; returns its stdout.
+async fn sh(d: &Daemon, id: &str, tok: &str, script: &str) -> String {
+    let r = d
+        .sandbox(reqwest::Method::POST, id, "/process.Process/Start")
+        .header("X-Access-Token", tok)
+        .header("Content-Type", "application/connect+json")
+        .header("Connect-Protocol-Version", "1")
+        .timeout(Duration::from_secs(60))
+        .body(connect_envelope(
+            &json!({"process": {"cmd": "/bin/bash", "args": ["-c", script]}}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.bytes().await.unwrap();
+    let mut out = String::new();
+    let mut i = 0;
+    while i + 5 <= body.len() {
+        let len = u32::from_be_bytes(body[i + 1..i + 5].try_into().unwrap()) as usize;
+        let msg: Value = serde_json::from_slice(&body[i + 5..i + 5 + len]).unwrap();
+        i += 5 + len;
+        if let Some(d) = msg["event"]["data"]["stdout"].as_str() {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(d).unwrap();
+            out.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    out
+}
+
+/// `ok` if a TCP connection to `addr:port` opens within 2 s, else `refused`.
+fn probe(addr: &str, port: u16) -> String {
+    format!("(timeout 2 bash -c 'exec 3<>/dev/tcp/{addr}/{port}' 2>/dev/null && echo ok || echo refused)")
+}
+
+/// The host's first global IPv4 address outside sandboxd's and the test's links.
+fn host_address() -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ip -4 -o addr show scope global | grep -v -e ' sx' -e ' fkinet0' | awk '{print $4}' | cut -d/ -f1 | head -1")
+        .output()
+        .unwrap();
+    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!ip.is_empty(), "no host address");
+    ip
+}
+
+async fn create(d: &Daemon, body: Value) -> (String, String) {
+    let (s, v) = d.create(body).await;
+    assert_eq!(s, 201, "{v}");
+    (
+        sid(&v),
+        v["envdAccessToken"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+fn start(data: &std::path::Path, key: &str) -> Daemon {
+    Daemon::start_in(
+        data,
+        Opts {
+            key: Some(key.to_string()),
+            args: vec!["--dns-upstream".into(), fake_internet::DNS.into()],
+        },
+    )
+    .expect("daemon")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn egress_policies_against_the_fake_internet() {
+    if !require_root("egress_policies_against_the_fake_internet") {
+        return;
+    }
+    let _inet = FakeInternet::up();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = test_key();
+    let mut d = start(&data, &key);
+    let port = d.addr.port();
+
+    // default: on, with names from the daemon's resolver
+    let (open, open_tok) = create(&d, json!({"templateID": "base", "timeout": 300})).await;
+    let out = sh(
+        &d,
+        &open,
+        &open_tok,
+        "curl -sS --max-time 5 http://web.test/hello.txt 2>&1",
+    )
+    .await;
+    if out != HELLO {
+        let diag = sh(&d, &open, &open_tok, "ip addr 2>&1; ip route 2>&1; cat /etc/resolv.conf; getent hosts web.test; curl -sS --max-time 3 http://198.51.100.10/hello.txt 2>&1").await;
+        panic!(
+            "default sandbox fetches by name: {out:?}\n{diag}\n{}",
+            std::process::Command::new("nft")
+                .args(["list", "ruleset"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        );
+    }
+    let out = sh(
+        &d,
+        &open,
+        &open_tok,
+        &format!("curl -sS --max-time 5 http://{OTHER}/hello.txt"),
+    )
+    .await;
+    assert_eq!(out, HELLO);
+    // the host, the daemon, metadata, loopback of the host, other sandboxes: never
+    let (other, other_tok) = create(&d, json!({"templateID": "base", "timeout": 300})).await;
+    let other_ip = sh(
+        &d,
+        &other,
+        &other_tok,
+        "ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1",
+    )
+    .await;
+    let other_ip = other_ip.trim();
+    assert!(other_ip.starts_with("10.213."), "{other_ip}");
+    let (_, info) = d.get(&format!("/sandboxes/{other}")).await;
+    assert_eq!(info["networkAccess"], "egress");
+    assert_eq!(info["networkAddress"], other_ip);
+    let host_ip = host_address();
+    let script = [
+        probe("10.213.0.1", port),
+        probe(&host_ip, port),
+        probe(&host_ip, 22),
+        probe(fake_internet::HOST_TRANSIT, port),
+        probe("169.254.169.254", 80),
+        probe(other_ip, 49983),
+        probe("10.213.0.1", 80),
+    ]
+    .join("; ");
+    let out = sh(&d, &open, &open_tok, &script).await;
+    assert_eq!(
+        out,
+        "refused\n".repeat(7),
+        "host, daemon, metadata, neighbour must be out of reach"
+    );
+    // names of the host are not resolvable
+    let host_name = nix::unistd::gethostname().unwrap().to_string_lossy().into_owned();
+    let out = sh(
+        &d,
+        &open,
+        &open_tok,
+        &format!("getent hosts {host_name} localhost.localdomain nas.local || echo none"),
+    )
+    .await;
+    assert_eq!(out.trim(), "none", "the host's names");
+
+    // internet off
+    let (off, off_tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300, "allow_internet_access": false}),
+    )
+    .await;
+    let out = sh(
+        &d,
+        &off,
+        &off_tok,
+        &format!("{}; {}", probe(WEB, 80), probe(OTHER, 9000)),
+    )
+    .await;
+    assert_eq!(out, "refused\nrefused\n");
+
+    // deny all, allow one IP and one CIDR; allow wins over deny
+    let (list, list_tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300,
+               "network": {"denyOut": ["0.0.0.0/0"], "allowOut": [WEB, "203.0.113.8/29"]}}),
+    )
+    .await;
+    let out = sh(
+        &d,
+        &list,
+        &list_tok,
+        &format!(
+            "{}; {}; {}",
+            probe(WEB, 80),
+            probe(OTHER, 80),
+            probe("198.51.100.11", 80)
+        ),
+    )
+    .await;
+    assert_eq!(out, "ok\nok\nrefused\n");
+    let (list2, list2_tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300,
+               "network": {"denyOut": ["203.0.113.0/24"], "allowOut": [OTHER]}}),
+    )
+    .await;
+    let out = sh(
+        &d,
+        &list2,
+        &list2_tok,
+        &format!("{}; {}", probe(OTHER, 80), probe(WEB, 80)),
+    )
+    .await;
+    assert_eq!(out, "ok\nok\n", "allow wins over deny; the rest stays open");
+
+    // live update: an open connection to a now-denied place is cut at once
+    let d2 = &d;
+    let script = format!(
+        "exec 3<>/dev/tcp/{OTHER}/9000; echo a >&3; read -t 3 l <&3; echo \"$l\"; \
+         touch /tmp/held; for i in $(seq 50); do [ -e /tmp/go ] && break; sleep 0.1; done; \
+         echo b >&3 2>/dev/null; read -t 3 l <&3 && echo \"$l\" || echo cut"
+    );
+    let conn = sh(d2, &open, &open_tok, &script);
+    let update = async {
+        assert!(
+            common::wait_until(Duration::from_secs(5), || async {
+                sh(d2, &open, &open_tok, "[ -e /tmp/held ] && echo y").await == "y\n"
+            })
+            .await
+        );
+        let r = d2
+            .api(reqwest::Method::PUT, &format!("/sandboxes/{open}/network"))
+            .json(&json!({"denyOut": ["203.0.113.0/24"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        sh(d2, &open, &open_tok, "touch /tmp/go").await;
+    };
+    let (out, ()) = tokio::join!(conn, update);
+    assert_eq!(out, "echo a\ncut\n", "the held connection is cut by the update");
+    let out = sh(
+        &d,
+        &open,
+        &open_tok,
+        &format!("{}; {}", probe(OTHER, 80), probe(WEB, 80)),
+    )
+    .await;
+    assert_eq!(out, "refused\nok\n");
+
+    // bad policies: clear 400s, nothing changes
+    let many: Vec<String> = (0..10_000)
+        .map(|i| format!("198.51.{}.{}", i / 256 % 256, i % 256))
+        .collect();
+    for bad in [
+        json!({"denyOut": ["10.0.0.0/33"]}),
+        json!({"allowOut": many}),
+        json!({"denyOut": ["web.test"]}),
+    ] {
+        let r = d
+            .api(reqwest::Method::PUT, &format!("/sandboxes/{open}/network"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+    }
+    let (s, _) = d
+        .create(json!({"templateID": "base", "network": {"allowOut": ["1.2.3.4/40"]}}))
+        .await;
+    assert_eq!(s, 400);
+
+    // kill -9 and restart: links and policies are kept
+    let _ = d.child.as_mut().unwrap().kill();
+    let _ = d.child.as_mut().unwrap().wait();
+    d.child = None;
+    let d = start(&data, &key);
+    let out = sh(
+        &d,
+        &open,
+        &open_tok,
+        &format!("{}; {}", probe(OTHER, 80), probe(WEB, 80)),
+    )
+    .await;
+    assert_eq!(out, "refused\nok\n", "live-updated policy after kill -9");
+    let out = sh(
+        &d,
+        &list,
+        &list_tok,
+        &format!("{}; {}", probe(WEB, 80), probe("198.51.100.11", 80)),
+    )
+    .await;
+    assert_eq!(out, "ok\nrefused\n", "create-time policy after kill -9");
+    let out = sh(
+        &d,
+        &other,
+        &other_tok,
+        "curl -sS --max-time 5 http://web.test/hello.txt",
+    )
+    .await;
+    assert_eq!(out, HELLO, "default sandbox after kill -9");
+    let out = sh(&d, &off, &off_tok, &probe(WEB, 80)).await;
+    assert_eq!(out, "refused\n");
+    d.kill_all_sandboxes();
+}
