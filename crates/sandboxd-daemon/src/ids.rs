@@ -21,10 +21,8 @@ pub fn new_token() -> String {
     random_from(ALNUM_LOWER, 48)
 }
 
-/// Whether `id` matches `^[a-z0-9]+$`.
-pub fn is_valid_sandbox_id(id: &str) -> bool {
-    !id.is_empty() && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-}
+/// The one sandbox-id rule (`^[a-z0-9]{1,64}$`), shared with the runtime.
+pub use sandboxd_protocol::ids::is_valid_sandbox_id;
 
 #[cfg(test)]
 mod tests {

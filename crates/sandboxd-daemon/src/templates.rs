@@ -45,7 +45,7 @@ impl Daemon {
         }
         if tag.as_deref().is_some_and(|t| t != "default") || !self.backend.has_template(&name) {
             // a known template whose host layer is missing: say how to install it
-            if let Some(why) = sandboxd_runtime::namespace::templates_extra::missing_reason(&name) {
+            if let Some(why) = self.backend.template_missing_reason(&name) {
                 return Err(DaemonError::NotFound(why));
             }
             return Err(DaemonError::TemplateNotFound(raw.trim().to_string()));

@@ -18,8 +18,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Service name of the code-interpreter server.
-pub const INTERPRETER: &str = "interpreter";
+use sandboxd_protocol::INTERPRETER_SERVICE as INTERPRETER;
 
 /// First restart delay; doubled after each quick exit, up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);

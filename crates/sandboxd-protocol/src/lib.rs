@@ -4,10 +4,12 @@
 //! - [`pj`]: serde helpers for protobuf-JSON encoding rules (int64 as strings, bytes as base64, ...).
 //! - [`process`], [`filesystem`]: the envd message types (`api/envd/`, `docs/contract.md` §6).
 //! - [`agent`]: the configuration the daemon hands to each sandbox's agent.
+//! - [`ids`]: the sandbox-id rule.
 
 pub mod agent;
 pub mod connect;
 pub mod filesystem;
+pub mod ids;
 pub mod pj;
 pub mod process;
 pub mod signing;
@@ -18,3 +20,6 @@ pub const ENVD_VERSION: &str = "0.6.13";
 pub const ENVD_PORT: u16 = 49983;
 /// The port the code interpreter listens on inside a sandbox.
 pub const INTERPRETER_PORT: u16 = 49999;
+/// The agent service name of the code interpreter (`sandboxd interpreter`), as listed in
+/// [`agent::AgentConfig::services`].
+pub const INTERPRETER_SERVICE: &str = "interpreter";

@@ -17,7 +17,7 @@ pub fn new_api_key() -> String {
 }
 
 /// A sandbox id from a URL path: a `-<clientID>` suffix is removed, the rest must match
-/// `^[a-z0-9]+$` (else 400 `Invalid sandbox ID`).
+/// `^[a-z0-9]{1,64}$` (else 400 `Invalid sandbox ID`).
 pub fn parse_path_sandbox_id(raw: &str) -> Result<String, ApiError> {
     let id = raw.split('-').next().unwrap_or_default();
     if is_valid_sandbox_id(id) {

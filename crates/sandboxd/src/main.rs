@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench_cmd::run(args),
         Command::SpawnHelper => {
             // Owned by the runtime crate: it must stay single-threaded (no tokio here).
-            sandboxd_runtime::namespace::helper::run_spawn_helper()?;
+            sandboxd_runtime::namespace::spawn_helper::run_spawn_helper()?;
             Ok(())
         }
     }

@@ -165,16 +165,12 @@ pub fn merge_specs(file: Vec<PoolSpec>, flags: Vec<PoolSpec>) -> Vec<PoolSpec> {
 pub fn check_templates(backend: &dyn SandboxBackend, specs: &[PoolSpec]) -> Result<(), String> {
     for p in specs {
         if !backend.has_template(&p.template) {
-            return Err(
-                match sandboxd_runtime::namespace::templates_extra::missing_reason(&p.template) {
-                    Some(why) => format!("pool {}: {why}", p.template),
-                    None => format!("pool {}: no such template", p.template),
-                },
-            );
+            return Err(match backend.template_missing_reason(&p.template) {
+                Some(why) => format!("pool {}: {why}", p.template),
+                None => format!("pool {}: no such template", p.template),
+            });
         }
-        if sandboxd_runtime::namespace::templates_extra::resolve(&p.template)
-            .is_some_and(|t| !t.services.is_empty())
-        {
+        if backend.template_has_services(&p.template) {
             return Err(format!(
                 "pool {}: templates with services (the code interpreter) cannot be pooled: their \
                  services read env vars and the access token at boot",

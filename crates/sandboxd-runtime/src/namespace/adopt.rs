@@ -4,7 +4,9 @@
 //! unrelated process that happens to match is not either). Nothing here contacts the agent: it
 //! may be frozen.
 
-use super::{AgentRecord, NamespaceBackend, step, sys, valid_id};
+use super::names::is_valid_sandbox_id;
+use super::namespace_backend::AgentRecord;
+use super::{NamespaceBackend, step, sys};
 use crate::RuntimeError;
 use crate::backend::{Adopted, AgentEndpoint, SandboxHandle};
 use std::sync::Arc;
@@ -22,7 +24,7 @@ pub fn in_agent_cgroup(proc_cgroup: &str, root: &str, id: &str) -> bool {
 impl NamespaceBackend {
     /// See [`crate::SandboxBackend::adopt`].
     pub(super) async fn adopt_impl(&self, id: &str, pid: i32, start: u64) -> Result<Adopted, RuntimeError> {
-        if !valid_id(id) {
+        if !is_valid_sandbox_id(id) {
             return Err(RuntimeError::InvalidSpec(format!("bad sandbox id '{id}'")));
         }
         let sbx = self.sandbox_dir(id);

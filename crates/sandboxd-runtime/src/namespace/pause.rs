@@ -11,7 +11,9 @@
 //! against a fake tree.
 
 use super::cgroup::CgroupLayout;
-use super::{AgentRecord, ExecTarget, Inner, NamespaceBackend, step, sys, valid_id};
+use super::names::is_valid_sandbox_id;
+use super::namespace_backend::{AgentRecord, Inner};
+use super::{ExecTarget, NamespaceBackend, step, sys};
 use crate::RuntimeError;
 use crate::backend::{AgentEndpoint, SandboxHandle, SandboxSpec};
 use std::io::ErrorKind;
@@ -133,7 +135,7 @@ impl FreezerFiles {
 
 impl Inner {
     fn freezer(&self, id: &str) -> Result<FreezerFiles, RuntimeError> {
-        if !valid_id(id) {
+        if !is_valid_sandbox_id(id) {
             return Err(RuntimeError::InvalidSpec(format!("bad sandbox id '{id}'")));
         }
         FreezerFiles::of(self.cgroups.layout(), &self.cfg.cgroup_root, id).ok_or_else(|| {
@@ -164,7 +166,7 @@ impl Inner {
 
     /// Kill every process of the sandbox and remove its cgroups and sockets; keep the directory.
     pub(super) fn stop_keep_files(&self, id: &str) -> Result<(), RuntimeError> {
-        if !valid_id(id) {
+        if !is_valid_sandbox_id(id) {
             return Err(RuntimeError::InvalidSpec(format!("bad sandbox id '{id}'")));
         }
         let rec = self.agents.lock().ok().and_then(|mut m| m.remove(id));
@@ -264,7 +266,7 @@ impl NamespaceBackend {
     pub(super) async fn boot_existing_impl(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         let id = spec.id.clone();
         // layered templates (code interpreter): the service must answer too, as at create
-        let service_ready = super::templates_extra::resolve(&spec.template).and_then(|t| t.ready);
+        let service_ready = super::layered_template::resolve(&spec.template).and_then(|t| t.ready);
         let inner = self.inner.clone();
         let spawned = tokio::task::spawn_blocking(move || inner.spawn_existing(spec))
             .await

@@ -89,7 +89,7 @@ impl DiskQuota for NoQuota {
 
     fn usage(&self, dir: &Path) -> Result<DiskUsage, RuntimeError> {
         Ok(DiskUsage {
-            used: super::stats::dir_usage(&[dir.to_path_buf()], super::stats::MAX_WALK_ENTRIES),
+            used: super::disk_usage::dir_usage(&[dir.to_path_buf()], super::disk_usage::MAX_WALK_ENTRIES),
             total: None,
         })
     }

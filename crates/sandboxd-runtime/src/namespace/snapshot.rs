@@ -15,7 +15,8 @@
 //! `root/<n>`, `usr/<n>` (hard-linked copies of the source template's own snapshot layers, so
 //! every snapshot template can be deleted on its own).
 
-use super::{IdMap, NamespaceBackend, step, valid_id, valid_template};
+use super::names::{is_valid_sandbox_id, valid_template};
+use super::{IdMap, NamespaceBackend, step};
 use crate::{RuntimeError, SnapshotLimits};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -607,7 +608,7 @@ impl NamespaceBackend {
         name: &str,
         limits: SnapshotLimits,
     ) -> Result<(), RuntimeError> {
-        if !valid_id(id) {
+        if !is_valid_sandbox_id(id) {
             return Err(RuntimeError::InvalidSpec(format!("bad sandbox id '{id}'")));
         }
         if !valid_template(name) {
@@ -625,7 +626,8 @@ impl NamespaceBackend {
         let tmp = templates.join(format!("{TMP_PREFIX}{}", unique()));
         let r = self.build_snapshot(id, &tmp, name, &parent, source_template, &mut budget);
         let r = r.and_then(|()| {
-            super::rename_noreplace(&tmp, &final_dir).map_err(|e| step("snapshot", format!("renaming: {e}")))
+            super::sandbox_dirs::rename_noreplace(&tmp, &final_dir)
+                .map_err(|e| step("snapshot", format!("renaming: {e}")))
         });
         if let Err(e) = &r {
             tracing::warn!(sandbox = id, template = name, "snapshot failed: {e}");
@@ -724,7 +726,10 @@ impl NamespaceBackend {
         if read_layers(&templates, name)?.is_none() {
             return Ok(false);
         }
-        let t = super::move_to_trash(&templates.join(name), &self.inner.cfg.data_dir.join(".trash"))?;
+        let t = super::sandbox_dirs::move_to_trash(
+            &templates.join(name),
+            &self.inner.cfg.data_dir.join(".trash"),
+        )?;
         if let Some(t) = t {
             self.inner.delete_later(t);
         }

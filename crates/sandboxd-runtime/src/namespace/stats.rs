@@ -18,18 +18,13 @@
 
 use super::NamespaceBackend;
 use super::cgroup::CgroupLayout;
+use super::disk_usage::{MAX_WALK_ENTRIES, dir_usage};
+use super::names::is_valid_sandbox_id;
+use super::quota::DISK_DIR;
 use crate::RuntimeError;
 use crate::backend::SandboxStats;
-use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
+
 use std::path::{Path, PathBuf};
-
-/// Stop a disk walk after this many entries (a sandbox with millions of files must not make
-/// every sample expensive); the usage is then a lower bound.
-pub const MAX_WALK_ENTRIES: usize = 500_000;
-
-/// Where a sandbox's quota'd filesystem is mounted, relative to its directory.
-pub const DISK_DIR: &str = "disk";
 
 fn stats_err(message: String) -> RuntimeError {
     RuntimeError::Step {
@@ -161,49 +156,10 @@ pub fn read_cgroup_stats(layout: &CgroupLayout, root: &str, id: &str) -> Result<
     Ok(st)
 }
 
-/// Bytes allocated (`st_blocks * 512`) by everything under `dirs`, each inode counted once;
-/// does not follow symlinks or cross into other filesystems. Missing dirs count as 0. Stops
-/// after `max_entries` entries (the result is then a lower bound).
-pub fn dir_usage(dirs: &[PathBuf], max_entries: usize) -> u64 {
-    let mut seen: HashSet<(u64, u64)> = HashSet::new();
-    let mut total = 0u64;
-    let mut entries = 0usize;
-    let mut stack: Vec<PathBuf> = Vec::new();
-    for d in dirs {
-        let Ok(m) = std::fs::symlink_metadata(d) else {
-            continue;
-        };
-        let dev = m.dev();
-        total += m.blocks() * 512;
-        stack.push(d.clone());
-        while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
-            for e in rd.flatten() {
-                entries += 1;
-                if entries > max_entries {
-                    return total;
-                }
-                let Ok(m) = e.metadata() else { continue };
-                if m.dev() != dev {
-                    continue;
-                }
-                if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-                    continue;
-                }
-                total += m.blocks() * 512;
-                if m.is_dir() {
-                    stack.push(e.path());
-                }
-            }
-        }
-    }
-    total
-}
-
 impl NamespaceBackend {
     /// Stats of sandbox `id` (blocking: file reads and a walk of its upper dirs).
     pub fn stats_blocking(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
-        if !super::valid_id(id) {
+        if !is_valid_sandbox_id(id) {
             return Err(RuntimeError::InvalidSpec(format!("bad sandbox id '{id}'")));
         }
         let inner = &self.inner;
@@ -338,27 +294,5 @@ mod tests {
         assert!(st.frozen);
         assert_eq!(st.cpu_count, None);
         assert!(read_cgroup_stats(&layout, "sandboxd", "s2").is_err());
-    }
-
-    #[test]
-    fn disk_usage_walk() {
-        let t = tempfile::tempdir().unwrap();
-        let a = t.path().join("a");
-        std::fs::create_dir_all(a.join("x/y")).unwrap();
-        std::fs::write(a.join("x/y/big"), vec![1u8; 256 << 10]).unwrap();
-        std::fs::hard_link(a.join("x/y/big"), a.join("x/link")).unwrap();
-        std::os::unix::fs::symlink("/usr", a.join("sym")).unwrap();
-        let used = dir_usage(&[a.clone(), t.path().join("missing")], MAX_WALK_ENTRIES);
-        assert!(used >= 256 << 10, "{used}");
-        assert!(
-            used < (256 << 10) * 2,
-            "hard link counted once, symlink not followed: {used}"
-        );
-        // A sparse file counts by its allocated blocks, not its size.
-        let f = std::fs::File::create(a.join("sparse")).unwrap();
-        f.set_len(1 << 30).unwrap();
-        assert!(dir_usage(std::slice::from_ref(&a), MAX_WALK_ENTRIES) < (1 << 20));
-        // The entry cap bounds the walk.
-        assert!(dir_usage(&[a], 1) < 256 << 10);
     }
 }

@@ -188,7 +188,7 @@ pub fn mount_in_child(rootfs: &Path, binds: &[VolumeBind], fds: &[RawFd]) -> io:
     use nix::mount::{MsFlags, mount};
     use nix::sys::statvfs::{FsFlags, fstatvfs};
     for (b, fd) in binds.iter().zip(fds) {
-        let dir = super::templates_extra::mount_point(rootfs, &b.target)?;
+        let dir = super::mounts::mount_point(rootfs, &b.target)?;
         let src = PathBuf::from(format!("/proc/self/fd/{fd}"));
         let ctx = |what: &str, e: nix::Error| io::Error::other(format!("{what} volume at {}: {e}", b.target));
         mount(Some(&src), &dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)

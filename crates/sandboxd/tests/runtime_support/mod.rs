@@ -40,7 +40,7 @@ impl Drop for TestBackend {
             if let Ok(rd) = std::fs::read_dir(place) {
                 for e in rd.flatten() {
                     let id = e.file_name().to_string_lossy().into_owned();
-                    if sandboxd_runtime::namespace::valid_id(&id) && e.path().is_dir() {
+                    if sandboxd_runtime::namespace::is_valid_sandbox_id(&id) && e.path().is_dir() {
                         ids.insert(id);
                     }
                 }

@@ -6,10 +6,7 @@
 //! bind-mounted read-only at the same path, and `sandboxd interpreter` supervised by the agent.
 //! A template of this kind exists only while its layers are installed on the host.
 
-use serde::{Deserialize, Serialize};
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,25 +19,14 @@ pub const INTERPRETER_LAYER: &str = "/opt/sandboxd/interpreter";
 /// Environment variable that moves the host side of the interpreter layer (tests, set-ups that
 /// keep it elsewhere). Inside, it is always at [`INTERPRETER_LAYER`].
 pub const INTERPRETER_LAYER_ENV: &str = "SANDBOXD_INTERPRETER_DIR";
-/// The agent service name of `sandboxd interpreter` (`AgentConfig::services`).
-pub const INTERPRETER_SERVICE: &str = "interpreter";
-/// Port of the code-interpreter API inside the sandbox.
-pub const INTERPRETER_PORT: u16 = 49999;
+pub use super::mounts::ReadOnlyBind;
+pub use sandboxd_protocol::{INTERPRETER_PORT, INTERPRETER_SERVICE};
 /// Path polled for readiness: answers once the default Python kernel runs.
 pub const INTERPRETER_READY_PATH: &str = "/ready";
 
 /// Host configuration directories the interpreter's kernels need, bound read-only at the same
 /// path when they exist on the host (no secrets: R's site configuration).
 pub const HOST_CONFIG_BINDS: &[&str] = &["/etc/R"];
-
-/// A host directory bind-mounted read-only into a sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadOnlyBind {
-    /// Absolute host path.
-    pub source: PathBuf,
-    /// Absolute path inside the sandbox (created in the root overlay if missing).
-    pub target: String,
-}
 
 /// An HTTP endpoint inside the sandbox that must answer 200 before the sandbox is ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,92 +135,6 @@ pub fn log_availability() {
 /// agent: create, and a filesystem-only resume).
 pub fn ready_check(template: &str) -> Option<ReadyCheck> {
     resolve(template).and_then(|t| t.ready)
-}
-
-fn cpath(p: &[u8]) -> io::Result<CString> {
-    CString::new(p).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
-}
-
-/// Validate a bind target: absolute, normal components only, not `/`.
-fn target_parts(target: &str) -> io::Result<Vec<&str>> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("bad bind target '{target}'"));
-    if !target.starts_with('/') {
-        return Err(bad());
-    }
-    let parts: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
-    if parts.is_empty() || parts.iter().any(|p| *p == "." || *p == "..") {
-        return Err(bad());
-    }
-    Ok(parts)
-}
-
-/// The directory `target` (absolute, validated) under `rootfs`, created (0755) in the root
-/// overlay where missing. Fails on a component that is not a directory (a symlink included),
-/// so a mount never follows a link planted inside the sandbox.
-pub(super) fn mount_point(rootfs: &Path, target: &str) -> io::Result<PathBuf> {
-    let mut dir = rootfs.to_path_buf();
-    for p in target_parts(target)? {
-        dir.push(p);
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(io::Error::other(format!(
-                    "mount target {target} exists and is not a directory"
-                )));
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::create_dir(&dir)?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(dir)
-}
-
-/// Bind every entry of `binds` read-only (and nosuid, nodev) under `rootfs` (the sandbox's new
-/// root, before `pivot_root`). Runs in the sandbox init as the sandbox's root; mount points are
-/// created in the root overlay when missing. Never follows symlinks inside the sandbox root.
-pub fn mount_binds(rootfs: &Path, binds: &[ReadOnlyBind]) -> io::Result<()> {
-    for b in binds {
-        let dir = mount_point(rootfs, &b.target)?;
-        let src = cpath(b.source.as_os_str().as_bytes())?;
-        let dst = cpath(dir.as_os_str().as_bytes())?;
-        // SAFETY: valid NUL-terminated strings; a null fstype/data is allowed for MS_BIND.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("bind {} at {}: {e}", b.source.display(), b.target),
-            ));
-        }
-        // SAFETY: as above; remounting the bind we just made.
-        let rc = unsafe {
-            libc::mount(
-                std::ptr::null(),
-                dst.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("read-only remount of {}: {e}", b.target),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Send one `GET <path>` through the agent's `CONNECT` tunnel to `127.0.0.1:<port>` and return
@@ -346,14 +246,6 @@ mod tests {
         // a stamp without the python dir is a half-finished set-up
         std::fs::write(missing.path().join(".stamp"), "x").unwrap();
         assert!(resolve_with(CODE_INTERPRETER, missing.path()).is_none());
-    }
-
-    #[test]
-    fn bind_targets_are_checked() {
-        assert_eq!(target_parts("/opt/a/b").unwrap(), vec!["opt", "a", "b"]);
-        for bad in ["", "/", "opt", "/opt/../etc", "/./x"] {
-            assert!(target_parts(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

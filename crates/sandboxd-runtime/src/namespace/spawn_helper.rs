@@ -7,200 +7,17 @@
 //! are the overlay lower layers without per-sandbox `open_tree` calls. It removes them when
 //! the daemon closes the socket; a later helper removes those of dead helpers.
 
-use super::child::{ChildCtx, ExecTarget};
+use super::mounts::{cpath, idmapped_bind};
+use super::sandbox_init::ChildCtx;
 use super::seccomp::SeccompProgram;
+use super::spawn_protocol::{HELPER_FD, HELPER_SUBCOMMAND, HelperInit, HelperReply, SpawnRequest};
 use super::sys::{self, cvt};
 use crate::RuntimeError;
-use serde::{Deserialize, Serialize};
+
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-/// The fd number on which the helper finds its end of the socket pair.
-pub const HELPER_FD: RawFd = 3;
-/// Subcommand that runs the helper.
-pub const HELPER_SUBCOMMAND: &str = "__spawn-helper";
-
-/// First message from the backend.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct HelperInit {
-    pub usr_source: PathBuf,
-    pub templates_source: PathBuf,
-    /// `<data>/.helper`: the helper mounts its staging views under `<stage_dir>/<its pid>/`.
-    pub stage_dir: PathBuf,
-    pub uid_base: u32,
-    pub uid_count: u32,
-}
-
-/// A request to clone one sandbox. Fds sent with it, in order: the config (memfd), the
-/// agent log, `agent_procs` files that move the init into the agent group, `work_procs` files
-/// that move a process into the work group (see `cgroup::SandboxCgroupFiles`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SpawnRequest {
-    pub id: String,
-    pub sandbox_dir: PathBuf,
-    pub template: String,
-    /// Extra read-only layers of the template for `/` and for `/usr`, top first, as paths
-    /// relative to the templates directory (reached through its idmapped staging view).
-    #[serde(default)]
-    pub root_layers: Vec<String>,
-    #[serde(default)]
-    pub usr_layers: Vec<String>,
-    /// The layers hold host ids (current snapshots): mounted from the templates directory
-    /// itself, not through the idmapped view (snapshot.rs).
-    #[serde(default)]
-    pub layers_host_ids: bool,
-    /// Read-only host directories bound into the root (layered templates, templates_extra.rs).
-    #[serde(default)]
-    pub binds: Vec<super::templates_extra::ReadOnlyBind>,
-    /// Volumes bound read-write (volumes.rs).
-    #[serde(default)]
-    pub volumes: Vec<super::volumes::VolumeBind>,
-    pub hostname: String,
-    pub mount_sys: bool,
-    /// The sandbox's `memoryMB`: `/dev/shm` gets that size (0: the kernel's default).
-    #[serde(default)]
-    pub memory_mb: u64,
-    pub exec: ExecTarget,
-    pub agent_procs: usize,
-    pub work_procs: usize,
-    pub timeout_ms: u64,
-}
-
-/// The helper's answer. `Spawned` carries the init's pidfd.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub enum HelperReply {
-    Ready,
-    Spawned { pid: i32, start_time: u64 },
-    Failed { step: String, message: String },
-}
-
-/// Map a step name from the helper to the static names [`RuntimeError::Step`] uses.
-pub fn static_step(s: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "helper init",
-        "request",
-        "clone",
-        "uid map",
-        "gid map",
-        "cgroup attach",
-        "oom_score_adj",
-        "open sandbox dir",
-        "open template",
-        "open template layer",
-        "mount template binds",
-        "open volumes",
-        "mount volumes",
-        "open usr",
-        "setgroups",
-        "setresgid",
-        "setresuid",
-        "make mounts private",
-        "cgroup namespace",
-        "mount root overlay",
-        "mount usr overlay",
-        "chdir rootfs",
-        "mount /dev",
-        "create /dev node",
-        "bind /dev node",
-        "mkdir /dev/pts",
-        "mount devpts",
-        "link /dev/ptmx",
-        "mkdir /dev/shm",
-        "mount /dev/shm",
-        "link /dev entries",
-        "mount /proc",
-        "bind boot_id",
-        "remount boot_id",
-        "bind meminfo",
-        "pin cpus",
-        "mount /sys",
-        "bind agent.sock",
-        "bind control.sock",
-        "pivot_root",
-        "detach old root",
-        "chdir /",
-        "sethostname",
-        "workload user namespace",
-        "sandbox ucount limits",
-        "enter workload user namespace",
-        "rlimits",
-        "open /dev/null",
-        "arrange fds",
-        "seccomp",
-        "exec agent",
-        "exec program",
-        "spawn timeout",
-    ];
-    KNOWN.iter().find(|k| **k == s).copied().unwrap_or("spawn")
-}
-
-fn cpath(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
-}
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-
-/// Mount `src` at `target` (in the caller's mount namespace) idmapped through `userns`, and
-/// read-only: `open_tree(OPEN_TREE_CLONE)` + `mount_setattr(MOUNT_ATTR_IDMAP)` + `move_mount`.
-pub fn idmapped_bind(src: &Path, target: &Path, userns: &OwnedFd) -> io::Result<()> {
-    let (src, target) = (cpath(src)?, cpath(target)?);
-    // SAFETY: valid C string; result is a new fd we own.
-    let tree = cvt(unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            src.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    })?;
-    // SAFETY: fresh fd from the kernel.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    // SAFETY: valid fd, empty path with AT_EMPTY_PATH, attr struct of the size we pass.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    })?;
-    // SAFETY: valid fd and C strings.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    })?;
-    Ok(())
-}
 
 /// Unmount and remove a helper's staging directory (`<stage_dir>/<pid>`).
 fn unstage(own: &Path) {
@@ -466,7 +283,7 @@ impl Helper {
         // execs or `_exit`s.
         let pid = unsafe { raw_clone(flags, Some(&mut pidfd)) }.map_err(|e| fail("clone", e))?;
         if pid == 0 {
-            super::child::run(&ctx);
+            super::sandbox_init::run(&ctx);
         }
         // SAFETY: CLONE_PIDFD stored a new fd we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };

@@ -31,8 +31,8 @@ pub struct ChildCtx<'a> {
     /// (snapshot and template layers; see `snapshot.rs`).
     pub root_layers: Vec<CString>,
     pub usr_layers: Vec<CString>,
-    /// Read-only host directories bound into the new root (templates_extra.rs).
-    pub binds: &'a [super::templates_extra::ReadOnlyBind],
+    /// Read-only host directories bound into the new root (layered_template.rs).
+    pub binds: &'a [super::mounts::ReadOnlyBind],
     /// Volumes bound read-write into the new root (volumes.rs).
     pub volumes: &'a [super::volumes::VolumeBind],
     pub hostname: CString,
@@ -269,7 +269,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     .map_err(os("mount usr overlay"))?;
     if !ctx.binds.is_empty() {
         let root = std::path::PathBuf::from(rootfs.to_string_lossy().into_owned());
-        super::templates_extra::mount_binds(&root, ctx.binds).map_err(os("mount template binds"))?;
+        super::mounts::mount_binds(&root, ctx.binds).map_err(os("mount template binds"))?;
     }
     if !ctx.volumes.is_empty() {
         let root = std::path::PathBuf::from(rootfs.to_string_lossy().into_owned());
