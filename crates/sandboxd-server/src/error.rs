@@ -1,7 +1,7 @@
 //! Every error the daemon answers with, mapped to a status and a JSON body in one place.
 //!
-//! Control-plane errors are `{"code":<int>,"message":<str>}` (`api/openapi.yaml`);
-//! sandbox traffic to a sandbox that is not running gets the E2B proxy's 502 body with a
+//! Control-plane errors are `{"code":<int>,"message":<str>,"error_code":<str>}`
+//! (`api/openapi.yaml`), with `resource` beside `error_code: "resource_exhausted"`; sandbox traffic to a sandbox that is not running gets the E2B proxy's 502 body with a
 //! `sandboxId` (`docs/contract.md` §1).
 
 use axum::body::Body;
@@ -13,6 +13,54 @@ use sandboxd_store::StoreError;
 
 /// Content type of JSON error bodies (what upstream's proxy sends).
 pub const JSON_UTF8: &str = "application/json; charset=utf-8";
+
+/// The stable, machine-readable kind of every error (`error_code` in its body): what clients
+/// branch on (`docs/sessions.md`, "Errors").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// An execution or operation ran past its time limit.
+    Timeout,
+    /// A limit of the sandbox or the daemon is reached ([`Resource`] says which).
+    ResourceExhausted,
+    /// Refused by a security rule: API key, access token, path or command policy.
+    SecurityDenied,
+    /// The sandbox or the daemon failed while doing what was asked.
+    RuntimeError,
+    /// The sandbox, session, file, template or route does not exist.
+    NotFound,
+    /// The request itself is wrong (body, parameters, state conflict).
+    InvalidRequest,
+}
+
+impl ErrorKind {
+    /// The wire name, for example `resource_exhausted`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::SecurityDenied => "security_denied",
+            ErrorKind::RuntimeError => "runtime_error",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::InvalidRequest => "invalid_request",
+        }
+    }
+}
+
+/// Fields of every error body that details never replace.
+const RESERVED_BODY_KEYS: [&str; 4] = ["code", "message", "error_code", "resource"];
+
+/// Which resource ran out (`resource` beside `error_code: "resource_exhausted"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    Memory,
+    Disk,
+    Processes,
+    Time,
+    /// The daemon's concurrent sandbox limit.
+    Sandboxes,
+}
 
 /// A request-level error.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +129,21 @@ pub enum ApiError {
     /// found": SDKs read that as "the sandbox is gone" (`docs/contract.md` §2).
     #[error("The sandbox is running but its agent failed to answer: {reason}")]
     AgentFailed { sandbox_id: String, reason: String },
+    /// 504: an execution ran past its time limit and was killed.
+    #[error("{0}")]
+    Timeout(String),
+    /// A limit was reached: 507 for disk and memory, 429 for processes, 408 for time.
+    #[error("{message}")]
+    ResourceExhausted { resource: Resource, message: String },
+    /// 403: refused by a path or command policy.
+    #[error("{0}")]
+    SecurityDenied(String),
+    /// An error with more fields in its body (for example the output of a failed execution).
+    #[error("{error}")]
+    WithDetails {
+        error: Box<ApiError>,
+        details: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 impl ApiError {
@@ -107,16 +170,76 @@ impl ApiError {
             ApiError::SandboxNotRunning(_) | ApiError::PortNotOpen { .. } | ApiError::AgentFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::ResourceExhausted { resource, .. } => match resource {
+                Resource::Disk | Resource::Memory => StatusCode::INSUFFICIENT_STORAGE,
+                Resource::Processes | Resource::Sandboxes => StatusCode::TOO_MANY_REQUESTS,
+                Resource::Time => StatusCode::REQUEST_TIMEOUT,
+            },
+            ApiError::SecurityDenied(_) => StatusCode::FORBIDDEN,
+            ApiError::WithDetails { error, .. } => error.status(),
         }
     }
 
-    /// Upstream's machine-readable `error_code`, where one applies.
-    pub fn error_code(&self) -> Option<&'static str> {
+    /// The stable kind of this error.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ApiError::IdempotencyMismatch(_) => Some("idempotency_request_mismatch"),
-            ApiError::IdempotencyInProgress(_) => Some("idempotency_in_progress"),
-            ApiError::IdempotencyOutcomeUnknown(_) => Some("idempotency_outcome_unknown"),
+            ApiError::BadRequest(_)
+            | ApiError::MethodNotAllowed
+            | ApiError::Conflict(_)
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::IdempotencyMismatch(_)
+            | ApiError::IdempotencyInProgress(_)
+            | ApiError::IdempotencyOutcomeUnknown(_) => ErrorKind::InvalidRequest,
+            ApiError::Unauthorized(_) | ApiError::Forbidden(_) | ApiError::SecurityDenied(_) => {
+                ErrorKind::SecurityDenied
+            }
+            ApiError::NotFound(_)
+            | ApiError::SandboxNotFound(_)
+            | ApiError::TemplateNotFound(_)
+            | ApiError::SandboxNotRunning(_) => ErrorKind::NotFound,
+            ApiError::TooManySandboxes(_)
+            | ApiError::InsufficientStorage(_)
+            | ApiError::ResourceExhausted { .. } => ErrorKind::ResourceExhausted,
+            ApiError::Internal(_)
+            | ApiError::NotSupportedHere(_)
+            | ApiError::Unavailable(_)
+            | ApiError::PortNotOpen { .. }
+            | ApiError::AgentFailed { .. } => ErrorKind::RuntimeError,
+            ApiError::Timeout(_) => ErrorKind::Timeout,
+            ApiError::WithDetails { error, .. } => error.kind(),
+        }
+    }
+
+    /// The resource that ran out, for `resource_exhausted` errors.
+    pub fn resource(&self) -> Option<Resource> {
+        match self {
+            ApiError::ResourceExhausted { resource, .. } => Some(*resource),
+            ApiError::TooManySandboxes(_) => Some(Resource::Sandboxes),
+            ApiError::InsufficientStorage(_) => Some(Resource::Disk),
+            ApiError::WithDetails { error, .. } => error.resource(),
             _ => None,
+        }
+    }
+
+    /// The `error_code` of the body: upstream's own code for the idempotency errors (which the
+    /// SDKs know), else the stable [`ErrorKind`].
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            ApiError::IdempotencyMismatch(_) => "idempotency_request_mismatch",
+            ApiError::IdempotencyInProgress(_) => "idempotency_in_progress",
+            ApiError::IdempotencyOutcomeUnknown(_) => "idempotency_outcome_unknown",
+            ApiError::WithDetails { error, .. } => error.error_code(),
+            other => other.kind().as_str(),
+        }
+    }
+
+    /// This error with more fields in its body (they never replace `code`, `message`,
+    /// `error_code` or `resource`).
+    pub fn with_details(self, details: serde_json::Map<String, serde_json::Value>) -> Self {
+        ApiError::WithDetails {
+            error: Box::new(self),
+            details,
         }
     }
 
@@ -125,6 +248,7 @@ impl ApiError {
     /// the JS SDK retries a 429 that has `Retry-After`.
     pub fn retry_hints(&self) -> (Option<u32>, Option<bool>) {
         match self {
+            ApiError::WithDetails { error, .. } => error.retry_hints(),
             ApiError::TooManySandboxes(_) | ApiError::Unavailable(_) => (Some(1), None),
             ApiError::IdempotencyInProgress(_) => (Some(1), Some(true)),
             ApiError::NotSupportedHere(_) => (None, Some(false)),
@@ -140,6 +264,8 @@ impl ApiError {
             sandbox_id: &'a str,
             message: String,
             code: u16,
+            #[serde(rename = "error_code")]
+            error_code: &'static str,
         }
         #[derive(serde::Serialize)]
         #[serde(rename_all = "camelCase")]
@@ -148,13 +274,18 @@ impl ApiError {
             message: String,
             port: u16,
             code: u16,
+            #[serde(rename = "error_code")]
+            error_code: &'static str,
         }
         #[derive(serde::Serialize)]
-        struct Plain {
+        struct Plain<'a> {
             code: u16,
             message: String,
+            error_code: &'static str,
             #[serde(skip_serializing_if = "Option::is_none")]
-            error_code: Option<&'static str>,
+            resource: Option<Resource>,
+            #[serde(flatten)]
+            details: Option<&'a serde_json::Map<String, serde_json::Value>>,
         }
         let code = self.status().as_u16();
         let message = self.to_string();
@@ -164,6 +295,7 @@ impl ApiError {
                     sandbox_id: id,
                     message,
                     code,
+                    error_code: self.error_code(),
                 })
             }
             ApiError::PortNotOpen { sandbox_id, port } => serde_json::to_string(&PortClosed {
@@ -171,12 +303,27 @@ impl ApiError {
                 message,
                 port: *port,
                 code,
-            }),
-            _ => serde_json::to_string(&Plain {
-                code,
-                message,
                 error_code: self.error_code(),
             }),
+            _ => {
+                let details = match self {
+                    ApiError::WithDetails { details, .. } => Some(
+                        details
+                            .iter()
+                            .filter(|(k, _)| !RESERVED_BODY_KEYS.contains(&k.as_str()))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    ),
+                    _ => None,
+                };
+                serde_json::to_string(&Plain {
+                    code,
+                    message,
+                    error_code: self.error_code(),
+                    resource: self.resource(),
+                    details: details.as_ref(),
+                })
+            }
         };
         encoded.unwrap_or_else(|_| format!("{{\"code\":{code},\"message\":\"error\"}}"))
     }
@@ -292,11 +439,11 @@ mod tests {
         assert_eq!(ct, "application/json; charset=utf-8");
         assert_eq!(
             ApiError::SandboxNotRunning("iabc".into()).body(),
-            r#"{"sandboxId":"iabc","message":"The sandbox was not found","code":502}"#
+            r#"{"sandboxId":"iabc","message":"The sandbox was not found","code":502,"error_code":"not_found"}"#
         );
         assert_eq!(
             body,
-            serde_json::json!({"sandboxId":"iabc","message":"The sandbox was not found","code":502})
+            serde_json::json!({"sandboxId":"iabc","message":"The sandbox was not found","code":502,"error_code":"not_found"})
         );
     }
 
@@ -306,7 +453,7 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(
             body,
-            serde_json::json!({"code":404,"message":"Sandbox \"abc\" doesn't exist or you don't have access to it"})
+            serde_json::json!({"code":404,"message":"Sandbox \"abc\" doesn't exist or you don't have access to it","error_code":"not_found"})
         );
         let (status, _, body) = parts(ApiError::TooManySandboxes("limit".into())).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
@@ -351,7 +498,49 @@ mod tests {
         let (_, _, body) = parts(ApiError::IdempotencyOutcomeUnknown("k".into())).await;
         assert_eq!(body["error_code"], "idempotency_outcome_unknown");
         let (_, _, body) = parts(ApiError::BadRequest("x".into())).await;
-        assert!(body.get("error_code").is_none(), "{body}");
+        assert_eq!(body["error_code"], "invalid_request", "{body}");
+    }
+
+    /// Every error carries a stable `error_code`, `resource` when a limit was reached, and
+    /// details beside (never instead of) the standard fields.
+    #[tokio::test]
+    async fn typed_error_codes() {
+        let cases = [
+            (ApiError::Timeout("t".into()), 504, "timeout"),
+            (ApiError::SecurityDenied("s".into()), 403, "security_denied"),
+            (ApiError::Unauthorized("k".into()), 401, "security_denied"),
+            (ApiError::Internal("i".into()), 500, "runtime_error"),
+            (ApiError::NotFound("n".into()), 404, "not_found"),
+            (ApiError::Conflict("c".into()), 409, "invalid_request"),
+            (
+                ApiError::InsufficientStorage("d".into()),
+                507,
+                "resource_exhausted",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let (s, _, body) = parts(e).await;
+            assert_eq!(
+                (s.as_u16(), body["error_code"].as_str()),
+                (status, Some(code)),
+                "{body}"
+            );
+        }
+        let e = ApiError::ResourceExhausted {
+            resource: Resource::Processes,
+            message: "process limit 5 reached".into(),
+        };
+        let mut details = serde_json::Map::new();
+        details.insert("stdout".into(), "partial".into());
+        details.insert("code".into(), 1.into());
+        let (s, _, body) = parts(e.with_details(details)).await;
+        assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["error_code"], "resource_exhausted");
+        assert_eq!(body["resource"], "processes");
+        assert_eq!(body["stdout"], "partial");
+        assert_eq!(body["message"], "process limit 5 reached");
+        let (_, _, body) = parts(ApiError::InsufficientStorage("full".into())).await;
+        assert_eq!(body["resource"], "disk");
     }
 
     #[test]

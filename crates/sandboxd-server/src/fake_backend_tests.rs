@@ -525,7 +525,7 @@ async fn create_get_list_kill() {
     assert_eq!(r.headers()["content-type"], "application/json; charset=utf-8");
     assert_eq!(
         r.json::<Value>().await.unwrap(),
-        json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502})
+        json!({"sandboxId": id, "message": "The sandbox was not found", "code": 502, "error_code": "not_found"})
     );
     // A failed create leaves no row and no sandbox.
     let (s, v) = h

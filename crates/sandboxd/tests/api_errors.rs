@@ -189,7 +189,9 @@ async fn sandbox_traffic_to_unknown_sandboxes_is_502_json() {
         assert_eq!(r.headers()["content-type"], "application/json; charset=utf-8");
         assert_eq!(
             r.text().await.unwrap(),
-            format!(r#"{{"sandboxId":"{id}","message":"The sandbox was not found","code":502}}"#)
+            format!(
+                r#"{{"sandboxId":"{id}","message":"The sandbox was not found","code":502,"error_code":"not_found"}}"#
+            )
         );
     }
     let r = d
