@@ -53,6 +53,17 @@ if [ "$want_tests" = 1 ]; then
   python_row .venv tests/python/requirements-oldest.txt
   python_row .venv-newest tests/python/requirements-newest.txt
 
+  # The session API's Python client (clients/python, docs/sessions.md) in .venv, where its suite
+  # (tests/python/sessions) runs; re-installed when its files change. Its one dependency, httpx,
+  # is already there (the e2b SDK's).
+  want=$(find clients/python -type f \( -name '*.py' -o -name pyproject.toml \) | sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
+  if [ "$(cat .venv/.sandbox-runtime 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing clients/python into .venv" >&2
+    .venv/bin/pip install -q --no-deps ./clients/python
+    rm -rf clients/python/build clients/python/*.egg-info
+    echo "$want" >.venv/.sandbox-runtime
+  fi
+
   # JS SDK tests: node >= 20.18.1 (what the e2b package requires; Debian 12's nodejs is 18) and
   # tests/js/node_modules from its package-lock.json, re-installed when the lock file changes.
   if ! node -e 'const [a, b, c] = process.versions.node.split(".").map(Number);

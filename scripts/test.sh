@@ -36,6 +36,7 @@ scripts/fuzz.sh smoke 15 || status=1
 # Extra arguments go to the first Python row.
 pytest_args=(-n 4 -p no:cacheprovider --reruns 1 --reruns-delay 1 -rfER)
 
+# (tests/python/sessions: the session API through its client sandbox_runtime, installed by setup.sh)
 echo "== Python SDK tests: oldest supported SDKs (.venv), whole suite"
 .venv/bin/python -m pytest tests/python "${pytest_args[@]}" --ignore=tests/python/attack "$@" || status=1
 

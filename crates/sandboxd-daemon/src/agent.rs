@@ -167,6 +167,11 @@ impl AgentClient {
         Ok(Self { connector, client })
     }
 
+    /// The agent socket's connector (for calls with bodies of the daemon's own making).
+    pub fn connector(&self) -> &UnixConnector {
+        &self.connector
+    }
+
     /// Sends a request to the envd API. The URI must be absolute (`http://agent/<path>`).
     pub async fn send(&self, req: Request<Incoming>) -> Result<http::Response<Incoming>, AgentError> {
         self.client.request(req).await.map_err(|e| {

@@ -38,6 +38,8 @@ pub struct Daemon {
     pub(crate) lifecycle: LifecycleState,
     /// Warm pool of booted, idle sandboxes (`pool/`).
     pub(crate) pool: Pool,
+    /// Sessions of the session API being created (`sessions/`).
+    pub(crate) sessions: crate::sessions::SessionRegistry,
     /// Random id of this daemon run (idempotency keys left pending by an earlier run).
     pub(crate) run_id: String,
     /// Set once a shutdown began: creates answer "unavailable".
@@ -81,6 +83,7 @@ impl Daemon {
             counters: DaemonCounters::default(),
             lifecycle: LifecycleState::default(),
             pool,
+            sessions: Default::default(),
             run_id: new_token(),
             shutting_down: AtomicBool::new(false),
         }

@@ -4,6 +4,18 @@
 use sandboxd_runtime::RuntimeError;
 use sandboxd_store::StoreError;
 
+/// Which resource ran out (`resource` beside `error_code: "resource_exhausted"` in bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    Memory,
+    Disk,
+    Processes,
+    Time,
+    /// The daemon's concurrent sandbox limit.
+    Sandboxes,
+}
+
 /// Why a daemon operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -48,6 +60,34 @@ pub enum DaemonError {
     /// A failure of the daemon or the host.
     #[error("{0}")]
     Internal(String),
+    /// The sandbox runs but its agent failed to answer a call of the daemon.
+    #[error("The sandbox is running but its agent failed to answer: {reason}")]
+    AgentFailed { sandbox_id: String, reason: String },
+    /// An execution ran past its time limit and was killed.
+    #[error("{0}")]
+    Timeout(String),
+    /// A limit of the sandbox was reached (disk full, OOM kill, process table, time).
+    #[error("{message}")]
+    ResourceExhausted { resource: Resource, message: String },
+    /// Refused by a path or command rule.
+    #[error("{0}")]
+    SecurityDenied(String),
+    /// An error with more fields for the client (for example a failed execution's output).
+    #[error("{error}")]
+    WithDetails {
+        error: Box<DaemonError>,
+        details: serde_json::Map<String, serde_json::Value>,
+    },
+}
+
+impl DaemonError {
+    /// This error with more fields in its body.
+    pub fn with_details(self, details: serde_json::Map<String, serde_json::Value>) -> Self {
+        DaemonError::WithDetails {
+            error: Box::new(self),
+            details,
+        }
+    }
 }
 
 impl From<RuntimeError> for DaemonError {

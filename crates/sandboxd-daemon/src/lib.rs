@@ -31,6 +31,7 @@ mod reaper;
 mod reconcile;
 mod sampler;
 pub mod sandbox;
+pub mod sessions;
 pub mod snapshots;
 mod spec;
 pub mod templates;

@@ -11,6 +11,10 @@ use std::path::Path;
 
 /// The OpenAPI document, from the repository root.
 const OPENAPI: &str = include_str!("../../../api/openapi.yaml");
+/// The session API's document (`/workspace/se/…` routes).
+const SESSIONS_OPENAPI: &str = include_str!("../../../api/sessions.yaml");
+/// Routes under this prefix are documented in [`SESSIONS_OPENAPI`], the rest in [`OPENAPI`].
+const SESSIONS_PREFIX: &str = "/workspace/se/";
 /// The source of the control-plane router.
 const ROUTER_SOURCE: &str = include_str!("api/mod.rs");
 
@@ -41,10 +45,15 @@ fn normalize(path: &str) -> String {
 /// a fixed layout — paths at two spaces under `paths:`, operations at four — and anything else
 /// at those levels fails the parse, so the layout cannot drift past this reader.
 pub(crate) fn documented_operations() -> Vec<(String, String)> {
+    operations_of(OPENAPI)
+}
+
+/// The operations of one OpenAPI document in the layout described above.
+fn operations_of(document: &str) -> Vec<(String, String)> {
     let mut ops = Vec::new();
     let mut in_paths = false;
     let mut path: Option<String> = None;
-    for (n, line) in OPENAPI.lines().enumerate() {
+    for (n, line) in document.lines().enumerate() {
         let n = n + 1;
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
@@ -158,10 +167,41 @@ fn normalized(ops: &[Operation]) -> BTreeSet<Operation> {
     ops.iter().map(|(m, p)| (m.clone(), normalize(p))).collect()
 }
 
+/// Routed operations in (`true`) or outside (`false`) the session API.
+fn routed_in(sessions: bool) -> Vec<Operation> {
+    routed_operations()
+        .into_iter()
+        .filter(|(_, p)| p.starts_with(SESSIONS_PREFIX) == sessions)
+        .collect()
+}
+
+#[test]
+fn session_router_and_sessions_yaml_agree() {
+    let documented = normalized(&operations_of(SESSIONS_OPENAPI));
+    let routed = normalized(&routed_in(true));
+    assert!(
+        routed.len() >= 12,
+        "parsed only {} session routes: {routed:?}",
+        routed.len()
+    );
+    assert!(
+        documented.iter().all(|(_, p)| p.starts_with(SESSIONS_PREFIX)),
+        "api/sessions.yaml documents a path outside {SESSIONS_PREFIX}: {documented:?}"
+    );
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "routed but not in api/sessions.yaml: {undocumented:?}; in api/sessions.yaml but not routed: {unrouted:?}"
+    );
+    // the daemon serves the same document
+    assert_eq!(crate::api::sessions::OPENAPI, SESSIONS_OPENAPI);
+}
+
 #[test]
 fn router_and_openapi_agree() {
     let documented = normalized(&documented_operations());
-    let routed = normalized(&routed_operations());
+    let routed = normalized(&routed_in(false));
     assert!(
         routed.len() > 20,
         "parsed only {} routes: {routed:?}",

@@ -1,7 +1,9 @@
 //! Every error the daemon answers with, mapped to a status and a JSON body in one place.
 //!
-//! Control-plane errors are `{"code":<int>,"message":<str>,"error_code":<str>}`
-//! (`api/openapi.yaml`), with `resource` beside `error_code: "resource_exhausted"`; sandbox traffic to a sandbox that is not running gets the E2B proxy's 502 body with a
+//! Control-plane and session errors are `{"code":<int>,"message":<str>,"error_code":<str>}`
+//! (`api/openapi.yaml`, `api/sessions.yaml`), with `resource` beside
+//! `error_code: "resource_exhausted"`; sandbox traffic to a sandbox that is not running gets the
+//! E2B proxy's 502 body with a
 //! `sandboxId` (`docs/contract.md` §1).
 
 use axum::body::Body;
@@ -50,17 +52,8 @@ impl ErrorKind {
 /// Fields of every error body that details never replace.
 const RESERVED_BODY_KEYS: [&str; 4] = ["code", "message", "error_code", "resource"];
 
-/// Which resource ran out (`resource` beside `error_code: "resource_exhausted"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resource {
-    Memory,
-    Disk,
-    Processes,
-    Time,
-    /// The daemon's concurrent sandbox limit.
-    Sandboxes,
-}
+/// Which resource ran out (the domain's type).
+pub use sandboxd_daemon::error::Resource;
 
 /// A request-level error.
 #[derive(Debug, thiserror::Error)]
@@ -375,6 +368,13 @@ impl From<DaemonError> for ApiError {
             DaemonError::IdempotencyInProgress(k) => ApiError::IdempotencyInProgress(k),
             DaemonError::IdempotencyOutcomeUnknown(k) => ApiError::IdempotencyOutcomeUnknown(k),
             DaemonError::Internal(m) => ApiError::Internal(m),
+            DaemonError::AgentFailed { sandbox_id, reason } => ApiError::AgentFailed { sandbox_id, reason },
+            DaemonError::Timeout(m) => ApiError::Timeout(m),
+            DaemonError::ResourceExhausted { resource, message } => {
+                ApiError::ResourceExhausted { resource, message }
+            }
+            DaemonError::SecurityDenied(m) => ApiError::SecurityDenied(m),
+            DaemonError::WithDetails { error, details } => ApiError::from(*error).with_details(details),
         }
     }
 }

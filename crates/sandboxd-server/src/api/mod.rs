@@ -3,6 +3,8 @@
 //! [`sandboxd_daemon::Daemon`] method: [`sandboxes`] (create, get, list, kill, timeout,
 //! refresh, connect, pause, resume), [`network`], [`snapshots`] (snapshots, fork, template
 //! delete), [`templates`], [`volumes`], [`metrics`], [`logs`], [`pool`].
+//! The session API (`/workspace/se/…`, `api/sessions.yaml`) is [`sessions`], each handler
+//! calling one operation of [`sandboxd_daemon::sessions`].
 //!
 //! Routes match on the raw (still percent-encoded) path, so a template id sent as one encoded
 //! segment (`team%2Fsnap%3Adefault`) stays one segment. Errors become responses in one place:
@@ -16,6 +18,7 @@ pub mod network;
 pub mod pool;
 pub mod sandbox_view;
 pub mod sandboxes;
+pub mod sessions;
 pub mod snapshots;
 pub mod templates;
 pub mod volumes;
@@ -68,6 +71,26 @@ pub fn router(daemon: Arc<Daemon>, api_key: &str, max_body: usize) -> Router {
         .route("/sandboxes/{id}/metrics", get(metrics::history))
         .route("/sandboxes/{id}/logs", get(logs::logs_v1))
         .route("/v2/sandboxes/{id}/logs", get(logs::logs_v2))
+        .route("/workspace/se/healthy", get(sessions::healthy))
+        .route("/workspace/se/openapi.yaml", get(sessions::openapi))
+        .route(
+            "/workspace/se/session/{session_id}",
+            post(sessions::create_session).delete(sessions::delete_session),
+        )
+        .route("/workspace/se/create/{session_id}", post(sessions::create_file))
+        .route("/workspace/se/files/{session_id}", get(sessions::list_files))
+        .route("/workspace/se/upload/{session_id}", post(sessions::upload))
+        .route(
+            "/workspace/se/download/{session_id}/{*filename}",
+            get(sessions::download),
+        )
+        .route("/workspace/se/execute/{session_id}", post(sessions::execute))
+        .route(
+            "/workspace/se/execute_code/{session_id}",
+            post(sessions::execute_code),
+        )
+        .route("/workspace/se/status/{session_id}", get(sessions::status))
+        .route("/workspace/se/cleanup-all", post(sessions::cleanup_all))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(api_key, require_api_key))
@@ -88,9 +111,10 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Every control-plane call but `GET /health` needs the API key (constant-time comparison).
+/// Every control-plane and session call but the two health checks needs the API key
+/// (constant-time comparison).
 async fn require_api_key(State(api_key): State<Arc<str>>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/health" {
+    if matches!(req.uri().path(), "/health" | "/workspace/se/healthy") {
         return next.run(req).await;
     }
     let Some(given) = req.headers().get("x-api-key") else {
