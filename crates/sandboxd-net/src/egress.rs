@@ -397,6 +397,12 @@ impl SandboxBackend for NetworkedBackend {
     fn has_template(&self, template: &str) -> bool {
         self.inner.has_template(template)
     }
+    fn template_missing_reason(&self, template: &str) -> Option<String> {
+        self.inner.template_missing_reason(template)
+    }
+    fn template_has_services(&self, template: &str) -> bool {
+        self.inner.template_has_services(template)
+    }
     async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         let h = self.inner.create(spec).await?;
         self.connect(h).await

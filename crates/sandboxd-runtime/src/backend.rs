@@ -131,15 +131,13 @@ pub trait SandboxBackend: Send + Sync + 'static {
     /// Why a template this backend knows cannot be used on this host right now (for example
     /// its host layer is not installed), for the error the daemon returns; `None` for names it
     /// does not know or that are usable.
-    fn template_missing_reason(&self, _template: &str) -> Option<String> {
-        None
-    }
+    /// No default: a decorator must forward it.
+    fn template_missing_reason(&self, template: &str) -> Option<String>;
 
     /// Whether sandboxes of `template` run services the agent supervises (they read env vars
     /// and the access token once at boot, so such sandboxes cannot be pooled).
-    fn template_has_services(&self, _template: &str) -> bool {
-        false
-    }
+    /// No default: a decorator must forward it.
+    fn template_has_services(&self, template: &str) -> bool;
 
     /// Create and boot a sandbox; returns once its agent answers `GET /health`.
     /// On error nothing of the sandbox is left behind.

@@ -69,6 +69,14 @@ impl SandboxBackend for FakeBackend {
         matches!(template, "base" | "code-interpreter-v1")
     }
 
+    fn template_missing_reason(&self, _template: &str) -> Option<String> {
+        None
+    }
+
+    fn template_has_services(&self, template: &str) -> bool {
+        template == "code-interpreter-v1"
+    }
+
     async fn create(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         if spec.agent.env_vars.contains_key("FAIL_CREATE") {
             return Err(RuntimeError::Step {

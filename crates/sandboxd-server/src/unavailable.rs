@@ -31,6 +31,14 @@ impl SandboxBackend for UnavailableBackend {
         template == "base"
     }
 
+    fn template_missing_reason(&self, _template: &str) -> Option<String> {
+        None
+    }
+
+    fn template_has_services(&self, _template: &str) -> bool {
+        false
+    }
+
     async fn create(&self, _spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
         Err(RuntimeError::Unsupported(format!(
             "this daemon cannot create sandboxes: {}",

@@ -356,6 +356,25 @@ async fn pool_flags_are_checked() {
         .unwrap_or_else(|| panic!("--pool {flag} was accepted"));
         assert!(err.contains(want), "--pool {flag}: {err}");
     }
+    // a template with services cannot be pooled; the backend (through the network decorator)
+    // says so, or why the template is missing on this host
+    let err = Daemon::start_in(
+        &tmp.path().join("data"),
+        Opts {
+            key: Some(common::test_key()),
+            args: vec!["--pool".into(), "code-interpreter-v1=1".into()],
+        },
+    )
+    .err()
+    .expect("a pool of the code interpreter was accepted");
+    if nix::unistd::geteuid().is_root() {
+        assert!(
+            err.contains("cannot be pooled") || err.contains("setup-interpreter.sh"),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("no such template"), "{err}");
+    }
     let cfg = tmp.path().join("c.json");
     std::fs::write(&cfg, r#"{"pool":[{"template":"base","min":1,"bogus":true}]}"#).unwrap();
     let err = Daemon::start_in(
