@@ -180,6 +180,49 @@ pub fn run(ctx: &ChildCtx<'_>) -> ! {
 }
 
 fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
+    wait_for_go(ctx);
+    let dirs = open_dirs(ctx)?;
+    mark(ctx, "opened dirs");
+    become_sandbox_root()?;
+    mark(ctx, "credentials");
+    enter_cgroups(ctx)?;
+    mount_root(ctx, &dirs)?;
+    mount_dev(ctx)?;
+    mark(ctx, "dev");
+    mount_proc_and_sys(ctx, dirs.sbx)?;
+    mark(ctx, "proc sys");
+    let (api, control) = bind_sockets(dirs.sbx)?;
+    mark(ctx, "sockets");
+    pivot_into_root(&dirs)?;
+    mark(ctx, "pivot");
+    set_hostname_and_rlimits(ctx)?;
+    // 8b. The workload user namespace, and the sandbox's caps on kernel counters (userns.rs).
+    let workload_userns = super::userns::prepare_in_child(ctx.workload_ids)?;
+    mark(ctx, "workload userns");
+    let fds = arrange_fds(ctx, api, control, &workload_userns)?;
+    mark(ctx, "fds");
+    reset_signals();
+    exec_init(ctx, &fds)
+}
+
+/// Directories opened before the credentials change (O_PATH fds) and the overlay lower-dir
+/// prefixes of the template's extra layers.
+struct OpenedDirs {
+    sbx: RawFd,
+    tpl: RawFd,
+    usr: RawFd,
+    lower_root: String,
+    lower_usr: String,
+    volume_fds: Vec<RawFd>,
+}
+
+/// Where [`arrange_fds`] put the executable and the error pipe.
+struct PlacedFds {
+    exe: RawFd,
+    report: RawFd,
+}
+
+fn wait_for_go(ctx: &ChildCtx<'_>) {
     // 1. Wait until the helper wrote our uid/gid maps and placed us in our cgroups.
     let mut b = [0u8; 1];
     // SAFETY: reading one byte into a local buffer.
@@ -192,7 +235,9 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     mark(ctx, "go");
     // SAFETY: detach from the daemon's session so terminal signals never reach sandboxes.
     unsafe { libc::setsid() };
+}
 
+fn open_dirs(ctx: &ChildCtx<'_>) -> StepResult<OpenedDirs> {
     // 2. Open the directories we need while we still have host uid 0 (owner access to
     //    root-owned parents, whatever their mode); afterwards everything is reached via these fds.
     let dflags = libc::O_PATH | libc::O_DIRECTORY;
@@ -211,8 +256,17 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         }
     }
     let volume_fds = super::volumes::open_sources(ctx.volumes).map_err(os("open volumes"))?;
+    Ok(OpenedDirs {
+        sbx,
+        tpl,
+        usr,
+        lower_root,
+        lower_usr,
+        volume_fds,
+    })
+}
 
-    mark(ctx, "opened dirs");
+fn become_sandbox_root() -> StepResult<()> {
     // 3. Become root of the sandbox (host uid = map base).
     // SAFETY: plain credential syscalls on our own process.
     unsafe {
@@ -226,8 +280,10 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
             return Err(last("setresuid"));
         }
     }
+    Ok(())
+}
 
-    mark(ctx, "credentials");
+fn enter_cgroups(ctx: &ChildCtx<'_>) -> StepResult<()> {
     // 4. cgroups: move ourselves into the agent group (fds opened by the host), then make it
     //    the root of a new cgroup namespace.
     for fd in &ctx.agent_fds {
@@ -241,6 +297,13 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
         return Err(last("cgroup namespace"));
     }
+    Ok(())
+}
+
+/// The root and `/usr` overlays, template binds and volumes; ends in the new root's directory.
+fn mount_root(ctx: &ChildCtx<'_>, dirs: &OpenedDirs) -> StepResult<()> {
+    let (sbx, tpl, usr) = (dirs.sbx, dirs.tpl, dirs.usr);
+    let (lower_root, lower_usr) = (&dirs.lower_root, &dirs.lower_usr);
     // 5. Mounts.
     mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(os("make mounts private"))?;
     let fdp = |fd: RawFd, rest: &str| cstr(format!("/proc/self/fd/{fd}{rest}"));
@@ -273,14 +336,17 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     }
     if !ctx.volumes.is_empty() {
         let root = std::path::PathBuf::from(rootfs.to_string_lossy().into_owned());
-        super::volumes::mount_in_child(&root, ctx.volumes, &volume_fds).map_err(os("mount volumes"))?;
+        super::volumes::mount_in_child(&root, ctx.volumes, &dirs.volume_fds).map_err(os("mount volumes"))?;
     }
     mark(ctx, "overlays");
     // SAFETY: valid C string.
     if unsafe { libc::chdir(rootfs.as_ptr()) } != 0 {
         return Err(last("chdir rootfs"));
     }
+    Ok(())
+}
 
+fn mount_dev(ctx: &ChildCtx<'_>) -> StepResult<()> {
     // /dev: a small tmpfs with bind-mounted host device nodes and a private devpts.
     mount(
         Some(c"tmpfs"),
@@ -329,8 +395,10 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     ] {
         symlink(target, link).map_err(os("link /dev entries"))?;
     }
+    Ok(())
+}
 
-    mark(ctx, "dev");
+fn mount_proc_and_sys(ctx: &ChildCtx<'_>, sbx: RawFd) -> StepResult<()> {
     // /proc of the new pid namespace, with this boot's boot_id.
     let pflags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount(Some(c"proc"), c"proc", Some(c"proc"), pflags, None).map_err(os("mount /proc"))?;
@@ -373,13 +441,18 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         )
         .map_err(os("mount /sys"))?;
     }
+    Ok(())
+}
 
-    mark(ctx, "proc sys");
+fn bind_sockets(sbx: RawFd) -> StepResult<(RawFd, RawFd)> {
+    let fdp = |fd: RawFd, rest: &str| cstr(format!("/proc/self/fd/{fd}{rest}"));
     // 6. Sockets in the run dir, bound while the host path is still reachable.
     let api = bind_socket(&fdp(sbx, "/run/agent.sock")).map_err(os("bind agent.sock"))?;
     let control = bind_socket(&fdp(sbx, "/run/control.sock")).map_err(os("bind control.sock"))?;
+    Ok((api, control))
+}
 
-    mark(ctx, "sockets");
+fn pivot_into_root(dirs: &OpenedDirs) -> StepResult<()> {
     // 7. pivot_root into the overlay and drop the old root.
     // SAFETY: path syscalls with valid C strings; "." is the new root (our cwd).
     unsafe {
@@ -392,12 +465,14 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         if libc::chdir(c"/".as_ptr()) != 0 {
             return Err(last("chdir /"));
         }
-        libc::close(sbx);
-        libc::close(tpl);
-        libc::close(usr);
+        libc::close(dirs.sbx);
+        libc::close(dirs.tpl);
+        libc::close(dirs.usr);
     }
+    Ok(())
+}
 
-    mark(ctx, "pivot");
+fn set_hostname_and_rlimits(ctx: &ChildCtx<'_>) -> StepResult<()> {
     // 8. Hostname.
     let h = ctx.hostname.to_bytes();
     // SAFETY: valid buffer and length.
@@ -425,10 +500,15 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
             libc::setrlimit(libc::RLIMIT_NOFILE, &nofile);
         }
     }
-    // 8b. The workload user namespace, and the sandbox's caps on kernel counters (userns.rs).
-    let workload_userns = super::userns::prepare_in_child(ctx.workload_ids)?;
-    mark(ctx, "workload userns");
+    Ok(())
+}
 
+fn arrange_fds(
+    ctx: &ChildCtx<'_>,
+    api: RawFd,
+    control: RawFd,
+    workload_userns: &std::os::fd::OwnedFd,
+) -> StepResult<PlacedFds> {
     // 9. File descriptors (boot_fds): 0 /dev/null, 1+2 agent log, 3 config, 4 agent.sock,
     //    5 control.sock, 6 the workload user namespace, 7.. work cgroup.procs; then
     //    (close-on-exec) the exe fd and the error pipe.
@@ -477,9 +557,13 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
         )
     };
     // From here errors must go to the moved pipe.
-    let report_fd = err_target;
+    Ok(PlacedFds {
+        exe: exe_target,
+        report: err_target,
+    })
+}
 
-    mark(ctx, "fds");
+fn reset_signals() {
     // 10. Signals: default dispositions and an empty mask for the agent.
     // SAFETY: resetting our own signal state.
     unsafe {
@@ -492,8 +576,12 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
             }
         }
     }
+}
 
+fn exec_init(ctx: &ChildCtx<'_>, fds: &PlacedFds) -> ! {
     // 11. seccomp (no no_new_privs), then exec.
+    let report_fd = fds.report;
+    let program = matches!(ctx.exec, ExecTarget::Program { .. });
     let fail = |step: &'static str, e: io::Error| -> ! {
         let msg = format!("{step}\0{e}");
         // SAFETY: reporting on our pipe and exiting the forked child.
@@ -532,7 +620,7 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
             unsafe {
                 libc::syscall(
                     libc::SYS_execveat,
-                    exe_target,
+                    fds.exe,
                     c"".as_ptr(),
                     argvp.as_ptr(),
                     envp.as_ptr(),
