@@ -35,6 +35,9 @@ pub struct CreateParams {
     pub cpu_count: Option<i64>,
     pub memory_mb: Option<i64>,
     pub disk_mb: Option<i64>,
+    /// `maxProcesses`: the workload's task limit (processes and threads; the agent is not
+    /// counted), at most the template's default.
+    pub max_processes: Option<i64>,
     /// autoPause / autoPauseMemory / autoResume (`lifecycle.rs`).
     pub lifecycle: Lifecycle,
     /// `volumeMounts`, checked: `(volume name, absolute path)` (`docs/volumes.md`).
@@ -51,13 +54,17 @@ impl Daemon {
         }
         let timeout = validate_timeout(params.timeout_secs, &self.config.limits)?;
         let (template_id, alias) = self.resolve_template(&params.template).await?;
-        let limits = resolve_limits(
-            &self.config.template_defaults.for_template(&template_id),
+        let defaults = self.config.template_defaults.for_template(&template_id);
+        let mut limits = resolve_limits(
+            &defaults,
             &self.config.limits,
             params.cpu_count,
             params.memory_mb,
             params.disk_mb,
         )?;
+        if let Some(n) = params.max_processes {
+            limits.pids = crate::limits::check_max_processes(n, defaults.pids)?;
+        }
         let this = self.clone();
         let t0 = std::time::Instant::now();
         // Own task: a client that hangs up must not abandon a half-created sandbox.

@@ -53,9 +53,29 @@ pub fn resolve_limits(
     })
 }
 
+/// A `maxProcesses` request: 1 up to the template's task limit (raising it could let one
+/// sandbox use up the host's pid space).
+pub fn check_max_processes(n: i64, template_pids: u64) -> Result<u64, DaemonError> {
+    if n < 1 || n as u64 > template_pids {
+        return Err(DaemonError::InvalidInput(format!(
+            "maxProcesses must be between 1 and {template_pids} (the template's limit), not {n}"
+        )));
+    }
+    Ok(n as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_processes_bounds() {
+        assert_eq!(check_max_processes(5, 1024).unwrap(), 5);
+        assert_eq!(check_max_processes(1024, 1024).unwrap(), 1024);
+        for bad in [0, -1, 1025] {
+            assert!(check_max_processes(bad, 1024).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn timeouts() {

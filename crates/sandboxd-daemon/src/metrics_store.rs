@@ -214,6 +214,7 @@ mod tests {
             disk_total: None,
             oom_kills: Some(0),
             frozen: false,
+            pids_limit_hits: None,
         }
     }
 

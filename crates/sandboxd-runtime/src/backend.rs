@@ -97,6 +97,9 @@ pub struct SandboxStats {
     pub oom_kills: Option<u64>,
     /// Whether the sandbox is frozen (paused): the daemon never samples or contacts it then.
     pub frozen: bool,
+    /// Forks and clones of user processes refused at the task limit so far (`pids.events`
+    /// `max` of the workload group; `None`: not available).
+    pub pids_limit_hits: Option<u64>,
 }
 
 /// What [`SandboxBackend::adopt`] found on the host for a sandbox of an earlier daemon run.

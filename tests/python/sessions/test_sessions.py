@@ -340,11 +340,54 @@ def test_out_of_memory_says_so_with_the_limit(client):
     client.delete_session(s)
 
 
+FORK_LOOP = """
+import os, time
+for i in range(50):
+    if os.fork() == 0:
+        time.sleep(3)
+        os._exit(0)
+print("all forked")
+"""
+
+
 def test_unenforced_options_are_refused_not_ignored(client):
-    for opts in [{"allowed_commands": ["node"]}, {"max_processes": 5}]:
-        with pytest.raises(SessionRuntimeError) as e:
-            client.create_session(sid(), **opts)
-        assert e.value.status == 501 and "not enforced" in e.value.message
+    with pytest.raises(SessionRuntimeError) as e:
+        client.create_session(sid(), allowed_commands=["node"])
+    assert e.value.status == 501 and "not enforced" in e.value.message
+
+
+def test_process_limit_with_a_fork_loop(client):
+    s = sid()
+    client.create_session(s, max_processes=5)
+    with pytest.raises(ResourceError) as e:
+        client.execute_code(s, FORK_LOOP, timeout=30)
+    assert e.value.status == 429 and e.value.resource == "processes"
+    assert "process limit 5 reached" in e.value.message
+    assert "all forked" not in e.value.stdout and "Resource temporarily unavailable" in e.value.stderr
+    # the forked children (at most 4 beside python) are all the session holds
+    assert len(client.get_status(s)["processes"]) <= 4
+    for bad in [0, -3, 100000]:
+        with pytest.raises(InvalidRequestError):
+            client.create_session(sid(), max_processes=bad)
+    client.delete_session(s)
+
+
+def test_max_processes_on_the_e2b_create(sandboxd):
+    """`maxProcesses` is a sandboxd-only create field: the same limit for SDK commands."""
+    from e2b import CommandExitException, Sandbox
+
+    url, key = sandboxd
+    r = httpx.post(f"{url}/sandboxes", json={"templateID": "base", "maxProcesses": 5, "timeout": 120},
+                   headers={"X-API-Key": key})
+    assert r.status_code == 201, r.text
+    sbx = Sandbox.connect(r.json()["sandboxID"])
+    try:
+        with pytest.raises(CommandExitException) as e:
+            sbx.commands.run(f"python3 -c '{FORK_LOOP}'", timeout=30)
+        assert "Resource temporarily unavailable" in e.value.stderr
+        assert "all forked" not in e.value.stdout
+    finally:
+        sbx.kill()
 
 
 async def test_two_servers_place_sessions_by_rendezvous_hashing(daemons):

@@ -48,6 +48,8 @@ pub struct SessionOptions {
     pub timeout_secs: Option<i64>,
     pub template: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// The workload's task limit (`maxProcesses`).
+    pub max_processes: Option<i64>,
 }
 
 /// What a session is, as the API shows it.
@@ -253,6 +255,7 @@ pub async fn create(
         metadata: BTreeMap::from([(SESSION_METADATA_KEY.to_string(), session_id.to_string())]),
         env_vars: opts.env,
         disk_mb: Some(size_mb as i64),
+        max_processes: opts.max_processes,
         ..Default::default()
     };
     let s = daemon.create(params).await?;
@@ -533,19 +536,23 @@ fn exec_timeout(s: &LiveSandbox, asked: Option<u64>) -> Result<Duration, DaemonE
     }
 }
 
+/// Runs `spec` and turns how it ended into the result or a typed error: a timeout (the
+/// process group killed), the task limit met during the run, an OOM kill.
 async fn run_checked(
     daemon: &Daemon,
     s: &LiveSandbox,
     envd: &Envd,
     spec: ExecSpec,
 ) -> Result<ExecResult, DaemonError> {
-    let oom_before = daemon
-        .backend()
-        .stats(s.id())
-        .await
-        .ok()
-        .and_then(|st| st.oom_kills);
-    let o = envd.run(&spec).await?;
+    let before = daemon.backend().stats(s.id()).await.ok();
+    let limit = s.rec.limits.pids;
+    let o = envd.run(&spec).await.map_err(|e| match e {
+        DaemonError::ResourceExhausted {
+            resource: Resource::Processes,
+            ..
+        } => process_limit_reached(limit, &spec.cmd),
+        other => other,
+    })?;
     let result = ExecResult::of(&o);
     if o.timed_out {
         // the agent killed the process; what it started lives on in its process group
@@ -561,27 +568,40 @@ async fn run_checked(
         ))
         .with_details(result.details()));
     }
-    if o.exit_code < 0 || o.status.contains("signal") {
-        let oom_after = daemon
-            .backend()
-            .stats(s.id())
-            .await
-            .ok()
-            .and_then(|st| st.oom_kills);
-        if let (Some(a), Some(b)) = (oom_before, oom_after)
-            && b > a
-        {
-            return Err(DaemonError::ResourceExhausted {
-                resource: Resource::Memory,
-                message: format!(
-                    "execution was killed: out of memory (the session's limit is {} MiB)",
-                    s.rec.limits.memory_mb
-                ),
-            }
-            .with_details(result.details()));
+    if o.exit_code == 0 {
+        return Ok(result);
+    }
+    let after = daemon.backend().stats(s.id()).await.ok();
+    let grew = |f: fn(&sandboxd_runtime::SandboxStats) -> Option<u64>| {
+        matches!(
+            (before.as_ref().and_then(f), after.as_ref().and_then(f)),
+            (Some(a), Some(b)) if b > a
+        )
+    };
+    // a fork refused during the run: the command (or a shell in it) met the task limit
+    if grew(|st| st.pids_limit_hits) {
+        return Err(process_limit_reached(limit, &spec.cmd).with_details(result.details()));
+    }
+    if (o.exit_code < 0 || o.status.contains("signal")) && grew(|st| st.oom_kills) {
+        return Err(DaemonError::ResourceExhausted {
+            resource: Resource::Memory,
+            message: format!(
+                "execution was killed: out of memory (the session's limit is {} MiB)",
+                s.rec.limits.memory_mb
+            ),
         }
+        .with_details(result.details()));
     }
     Ok(result)
+}
+
+fn process_limit_reached(limit: u64, cmd: &str) -> DaemonError {
+    DaemonError::ResourceExhausted {
+        resource: Resource::Processes,
+        message: format!(
+            "process limit {limit} reached: '{cmd}' could not start a process (the session's processes and threads together are limited to {limit})"
+        ),
+    }
 }
 
 /// Executes a command in the session's directory, without a shell unless asked.

@@ -42,9 +42,9 @@ impl Inner {
                 "memory_mb {memory_mb} out of range 16.."
             )));
         }
-        if !(16..=4_194_304).contains(&pids) {
+        if !(1..=4_194_304).contains(&pids) {
             return Err(RuntimeError::InvalidSpec(format!(
-                "pids limit {pids} out of range 16..=4194304"
+                "pids limit {pids} out of range 1..=4194304"
             )));
         }
         quota::validate_size(spec.limits.disk_mb)?;

@@ -119,6 +119,11 @@ pub fn read_cgroup_stats(layout: &CgroupLayout, root: &str, id: &str) -> Result<
                 let period = read_u64(&d.join("work/cpu.cfs_period_us")).unwrap_or(100_000);
                 st.cpu_count = quota.and_then(|q| cpus_of_quota(q, period));
             }
+            if let Some(d) = dir("pids") {
+                st.pids_limit_hits = std::fs::read_to_string(d.join("work/pids.events"))
+                    .ok()
+                    .and_then(|t| keyed(&t, "max"));
+            }
             if let Some(d) = dir("freezer") {
                 let s = std::fs::read_to_string(d.join("freezer.state")).unwrap_or_default();
                 st.frozen = matches!(s.trim(), "FROZEN" | "FREEZING");
@@ -145,6 +150,9 @@ pub fn read_cgroup_stats(layout: &CgroupLayout, root: &str, id: &str) -> Result<
                 .and_then(|t| keyed(&t, "usage_usec"))
                 .map(|us| us.saturating_mul(1000))
                 .unwrap_or(0);
+            st.pids_limit_hits = std::fs::read_to_string(sb.join("work/pids.events"))
+                .ok()
+                .and_then(|t| keyed(&t, "max"));
             st.cpu_count = std::fs::read_to_string(sb.join("work/cpu.max"))
                 .ok()
                 .and_then(|t| cpus_of_cpu_max(&t));
@@ -230,6 +238,7 @@ mod tests {
             "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n",
         );
         write(&sb.join("work/cpu.max"), "200000 100000\n");
+        write(&sb.join("work/pids.events"), "max 4\n");
         let layout = CgroupLayout::V2(m.to_path_buf());
         let st = read_cgroup_stats(&layout, "sandboxd", "abc").unwrap();
         assert_eq!(st.cpu_usage_ns, 2_500_000_000);
@@ -238,6 +247,7 @@ mod tests {
         assert_eq!(st.mem_cache, 41943040);
         assert_eq!(st.mem_total, Some(512 << 20));
         assert_eq!(st.oom_kills, Some(1));
+        assert_eq!(st.pids_limit_hits, Some(4));
         assert!(!st.frozen);
 
         write(&sb.join("cgroup.events"), "populated 1\nfrozen 1\n");

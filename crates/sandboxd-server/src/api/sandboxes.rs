@@ -41,6 +41,8 @@ pub(super) struct NewSandbox {
     memory_mb: Option<i64>,
     #[serde(rename = "diskSizeMB")]
     disk_size_mb: Option<i64>,
+    /// sandboxd-only: the workload's task limit (`docs/limits.md`).
+    max_processes: Option<i64>,
 }
 
 fn check_map(name: &str, m: &BTreeMap<String, String>, env: bool) -> Result<(), ApiError> {
@@ -149,6 +151,7 @@ impl NewSandbox {
             cpu_count: self.cpu_count,
             memory_mb: self.memory_mb,
             disk_mb: self.disk_size_mb,
+            max_processes: self.max_processes,
             lifecycle,
             volume_mounts,
         })

@@ -42,7 +42,7 @@ pub struct CreateSessionBody {
     #[serde(alias = "allowedCommands")]
     allowed_commands: Option<serde_json::Value>,
     #[serde(alias = "maxProcesses")]
-    max_processes: Option<serde_json::Value>,
+    max_processes: Option<i64>,
 }
 
 /// An optional JSON body: empty means defaults.
@@ -68,16 +68,12 @@ pub async fn create_session(
             "allowed_commands is not enforced by this sandboxd yet; it is refused rather than ignored".into(),
         ));
     }
-    if body.max_processes.is_some() {
-        return Err(ApiError::NotSupportedHere(
-            "max_processes is not enforced by this sandboxd yet; it is refused rather than ignored".into(),
-        ));
-    }
     let opts = SessionOptions {
         size_mb: body.size.as_ref().map(sessions::parse_size_mb).transpose()?,
         timeout_secs: body.timeout,
         template: body.template,
         env: body.env,
+        max_processes: body.max_processes,
     };
     let info = sessions::create(&daemon, &session_id, opts).await?;
     Ok(json(StatusCode::CREATED, &info))
