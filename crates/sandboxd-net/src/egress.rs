@@ -270,8 +270,9 @@ impl Network {
     }
 
     /// Disconnects a sandbox; `forget` also drops its policy (destroy), else it is kept for
-    /// the next boot (filesystem-only pause).
-    pub async fn detach(&self, id: &str, forget: bool) {
+    /// the next boot (filesystem-only pause). The host link is removed in the background (the
+    /// kernel takes tens of milliseconds to unregister a link); its slot stays taken until then.
+    pub async fn detach(self: &Arc<Self>, id: &str, forget: bool) {
         let (slot, enforced) = {
             let mut st = self.lock();
             let (slot, enforced) = match st.by_id.get_mut(id) {
@@ -281,20 +282,23 @@ impl Network {
             if forget {
                 st.by_id.remove(id);
             }
-            if let Some(s) = slot {
-                st.by_slot.remove(&s);
-            }
             (slot, enforced)
         };
         let _ = std::fs::remove_file(self.cfg.state_dir.join(id));
-        if let Some(slot) = slot {
-            if let Err(e) = link::delete(&self.host, &self.cfg.plan.iface(slot)).await {
+        let Some(slot) = slot else { return };
+        if enforced && let Err(e) = self.write_filter().await {
+            tracing::error!(sandbox = %id, "packet filter after detach: {e}");
+        }
+        let (this, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = link::delete(&this.host, &this.cfg.plan.iface(slot)).await {
                 tracing::warn!(sandbox = %id, "removing host link: {e}");
             }
-            if enforced && let Err(e) = self.write_filter().await {
-                tracing::error!(sandbox = %id, "packet filter after detach: {e}");
+            let mut st = this.lock();
+            if st.by_slot.get(&slot) == Some(&id) {
+                st.by_slot.remove(&slot);
             }
-        }
+        });
     }
 
     /// At daemon stop: with no sandbox connected, the packet filter table goes too (a stopped
@@ -380,7 +384,10 @@ impl NetworkedBackend {
     }
 
     async fn connect(&self, handle: SandboxHandle) -> Result<SandboxHandle, RuntimeError> {
-        if let Err(e) = self.net.attach(&handle.id, handle.agent_pid).await {
+        let t0 = std::time::Instant::now();
+        let r = self.net.attach(&handle.id, handle.agent_pid).await;
+        tracing::debug!(sandbox = %handle.id, us = t0.elapsed().as_micros() as u64, "network attached");
+        if let Err(e) = r {
             let _ = self.inner.destroy(&handle.id).await;
             self.net.detach(&handle.id, true).await;
             return Err(e);

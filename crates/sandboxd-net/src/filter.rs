@@ -255,11 +255,13 @@ pub async fn stale_tables(links: &[String]) -> std::io::Result<Vec<String>> {
         let Some(tag) = name.strip_prefix("sandboxd_") else {
             continue;
         };
-        let Some(pid) = t["comment"]
-            .as_str()
-            .and_then(|c| c.strip_prefix(OWNER_COMMENT))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        // `nft -j` (1.0.6) leaves table comments out: read the text form
+        let text = tokio::process::Command::new("nft")
+            .args(["list", "table", "inet", name])
+            .output()
+            .await?;
+        let text = String::from_utf8_lossy(&text.stdout);
+        let Some(pid) = owner_of(&text) else {
             continue;
         };
         let owner_alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
@@ -269,6 +271,16 @@ pub async fn stale_tables(links: &[String]) -> std::io::Result<Vec<String>> {
         }
     }
     Ok(stale)
+}
+
+/// The owner pid in the text form of a table (`comment "sandboxd pid=N"` near the top).
+fn owner_of(table_text: &str) -> Option<u32> {
+    table_text
+        .lines()
+        .take(3)
+        .find_map(|l| l.trim().strip_prefix("comment \""))
+        .and_then(|c| c.strip_prefix(OWNER_COMMENT))
+        .and_then(|c| c.trim_end_matches('"').parse().ok())
 }
 
 /// Script that removes the table (daemon start-up with networking off, tests).
@@ -369,6 +381,11 @@ mod tests {
         }
         .render();
         assert!(!open.contains("@private"));
+        assert_eq!(
+            owner_of("table inet sandboxd_00ab {\n\tcomment \"sandboxd pid=42\"\n"),
+            Some(42)
+        );
+        assert_eq!(owner_of("table inet x {\n\tset a {"), None);
         check_with_nft(&open);
     }
 

@@ -1,0 +1,121 @@
+"""A "fake internet" for the Python network tests: the same network namespace as the Rust
+harness (crates/sandboxd/tests/fake_internet/mod.rs), so no test traffic leaves the machine.
+
+- transit link: host `fkinet0` 198.18.0.1/30 <-> namespace `eth0` 198.18.0.2/30
+- the host routes 198.51.100.0/24 and 203.0.113.0/24 into the namespace
+- HTTP on port 80 of WEB and OTHER (docroot: hello.txt, and a package index under /simple)
+- DNS (dnsmasq) on DNS: web.test and pypi.test -> WEB, other.test -> OTHER
+
+One at a time per host: an exclusive flock on /run/sandboxd-fake-internet.lock while it exists.
+"""
+
+import base64
+import fcntl
+import hashlib
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import zipfile
+
+NETNS = "sbxtest-inet"
+HOST_IF = "fkinet0"
+WEB, DNS, OTHER = "198.51.100.10", "198.51.100.53", "203.0.113.10"
+HOST_TRANSIT = "198.18.0.1"
+HELLO = "hello from the fake internet"
+PACKAGE = "sbxdemo"
+
+
+def _sh(cmd: str, check: bool = True) -> None:
+    r = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"fake internet set-up: `{cmd}` failed: {r.stderr}")
+
+
+def _teardown_namespace() -> None:
+    _sh("ip route del 198.51.100.0/24 via 198.18.0.2", check=False)
+    _sh("ip route del 203.0.113.0/24 via 198.18.0.2", check=False)
+    _sh(f"ip link del {HOST_IF}", check=False)
+    _sh(f"ip netns pids {NETNS} | xargs -r kill -9", check=False)
+    _sh(f"ip netns del {NETNS}", check=False)
+
+
+def _wheel(root: str) -> None:
+    """A one-module pure-Python wheel `sbxdemo` and its PEP 503 index page."""
+    name = f"{PACKAGE}-1.0-py3-none-any.whl"
+    d = os.path.join(root, "simple", PACKAGE)
+    os.makedirs(d)
+    files = {
+        f"{PACKAGE}.py": b"GREETING = 'installed from the fake internet'\n",
+        f"{PACKAGE}-1.0.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {PACKAGE}\nVersion: 1.0\n".encode(),
+        f"{PACKAGE}-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: sandboxd-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
+    record.append(f"{PACKAGE}-1.0.dist-info/RECORD,,")
+    files[f"{PACKAGE}-1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    with zipfile.ZipFile(os.path.join(d, name), "w") as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+    with open(os.path.join(d, "index.html"), "w") as f:
+        f.write(f'<html><body><a href="{name}">{name}</a></body></html>\n')
+    with open(os.path.join(root, "simple", "index.html"), "w") as f:
+        f.write(f'<html><body><a href="{PACKAGE}/">{PACKAGE}</a></body></html>\n')
+
+
+class FakeInternet:
+    def __init__(self):
+        self._lock = open("/run/sandboxd-fake-internet.lock", "a")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        _teardown_namespace()
+        _sh(
+            f"ip netns add {NETNS} && ip link add {HOST_IF} type veth peer name eth0 netns {NETNS} && "
+            f"ip addr add 198.18.0.1/30 dev {HOST_IF} && ip link set {HOST_IF} up && "
+            f"ip -n {NETNS} link set lo up && ip -n {NETNS} addr add 198.18.0.2/30 dev eth0 && "
+            f"ip -n {NETNS} link set eth0 up && "
+            f"ip -n {NETNS} addr add {WEB}/32 dev lo && ip -n {NETNS} addr add {DNS}/32 dev lo && "
+            f"ip -n {NETNS} addr add {OTHER}/32 dev lo && ip -n {NETNS} route add default via 198.18.0.1 && "
+            "ip route replace 198.51.100.0/24 via 198.18.0.2 && ip route replace 203.0.113.0/24 via 198.18.0.2"
+        )
+        self._docroot = tempfile.TemporaryDirectory(prefix="sandboxd-fake-internet-")
+        root = self._docroot.name
+        with open(os.path.join(root, "hello.txt"), "w") as f:
+            f.write(HELLO)
+        _wheel(root)
+        run = ["ip", "netns", "exec", NETNS]
+        quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._procs = [
+            subprocess.Popen(run + ["python3", "-m", "http.server", "80", "--bind", "0.0.0.0", "--directory", root], **quiet),
+            subprocess.Popen(
+                run + ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-interfaces",
+                       f"--listen-address={DNS}", f"--address=/web.test/{WEB}", f"--address=/pypi.test/{WEB}",
+                       f"--address=/other.test/{OTHER}", "--pid-file=", "--user=root"],
+                **quiet,
+            ),
+        ]
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                for addr, port in ((WEB, 80), (OTHER, 80)):
+                    socket.create_connection((addr, port), timeout=0.3).close()
+                r = subprocess.run(run + ["bash", "-c", f"exec 3<>/dev/tcp/{DNS}/53"], capture_output=True)
+                if r.returncode == 0:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError("fake internet servers did not start")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        for p in self._procs:
+            p.kill()
+            p.wait()
+        _teardown_namespace()
+        self._docroot.cleanup()
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()

@@ -1,0 +1,139 @@
+"""Sandbox egress through the official SDK (docs/network.md), against a fake internet
+(fake_internet.py) and a daemon of this module started with --dns-upstream pointed there:
+default on (curl by name, pip install from a package index), allow_internet_access=False,
+network= allow/deny lists (allow wins), update_network cutting access at once, the daemon's
+port and metadata unreachable, bad policies refused."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+from e2b import Sandbox
+from e2b.exceptions import InvalidArgumentException, SandboxException
+
+import fake_internet as inet
+import sandboxd_daemon as conftest
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def egress_daemon(sandboxd):
+    """(url, key) of a daemon whose DNS upstream is the fake internet; E2B_* point at it."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("network egress tests need root (CI=true: not skipping)")
+        pytest.skip("network egress tests need root")
+    if os.environ.get("SANDBOXD_TEST_URL"):
+        pytest.skip("needs its own daemon (--dns-upstream to the fake internet)")
+    net = inet.FakeInternet()
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
+    data_dir = tempfile.mkdtemp(prefix="sandboxd-pytest-net-")
+    log_path = data_dir + ".log"
+    port = conftest._free_port()
+    url, key = f"http://127.0.0.1:{port}", "e2b_" + os.urandom(20).hex()
+    env = dict(os.environ, SANDBOXD_API_KEY=key, RUST_LOG="info")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [conftest.BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir,
+             "--dns-upstream", inet.DNS],
+            env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )
+    try:
+        conftest._wait_healthy(url, proc, log_path)
+        conftest._set_env(url, key)
+        yield url, key, port
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        conftest._kill_all(url, key)
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+        try:
+            os.unlink(log_path)
+        except OSError:
+            pass
+        net.close()
+
+
+def _probe(sbx: Sandbox, addr: str, port: int) -> str:
+    r = sbx.commands.run(
+        f"timeout 2 bash -c 'exec 3<>/dev/tcp/{addr}/{port}' 2>/dev/null && echo ok || echo refused"
+    )
+    return r.stdout.strip()
+
+
+def test_default_sandbox_reaches_the_internet_and_installs_packages(egress_daemon):
+    sbx = Sandbox.create(timeout=120)
+    try:
+        r = sbx.commands.run("curl -sS --max-time 5 http://web.test/hello.txt")
+        assert r.stdout == inet.HELLO
+        r = sbx.commands.run(
+            "python3 -m venv /tmp/venv && /tmp/venv/bin/pip install -q --disable-pip-version-check "
+            f"--index-url http://pypi.test/simple --trusted-host pypi.test {inet.PACKAGE} && "
+            f"/tmp/venv/bin/python -c 'import {inet.PACKAGE}; print({inet.PACKAGE}.GREETING)'",
+            timeout=120,
+        )
+        assert r.stdout.strip() == "installed from the fake internet"
+        # the daemon's API, the host's addresses and cloud metadata stay out of reach
+        _, _, port = egress_daemon
+        assert _probe(sbx, "10.213.0.1", port) == "refused"
+        assert _probe(sbx, inet.HOST_TRANSIT, port) == "refused"
+        assert _probe(sbx, "169.254.169.254", 80) == "refused"
+    finally:
+        sbx.kill()
+
+
+def test_internet_access_off(egress_daemon):
+    sbx = Sandbox.create(timeout=60, allow_internet_access=False)
+    try:
+        assert _probe(sbx, inet.WEB, 80) == "refused"
+        r = sbx.commands.run("curl -sS --max-time 3 http://web.test/hello.txt || echo failed")
+        assert r.stdout.strip().endswith("failed")
+    finally:
+        sbx.kill()
+
+
+def test_allow_and_deny_lists_and_live_updates(egress_daemon):
+    sbx = Sandbox.create(
+        timeout=120, network={"deny_out": ["0.0.0.0/0"], "allow_out": [inet.WEB, "203.0.113.0/28"]}
+    )
+    try:
+        assert _probe(sbx, inet.WEB, 80) == "ok"
+        assert _probe(sbx, inet.OTHER, 80) == "ok"
+        assert _probe(sbx, "198.51.100.11", 80) == "refused"
+        # deny one address only; allow wins over deny
+        sbx.update_network({"deny_out": ["198.51.100.0/24"], "allow_out": [inet.WEB]})
+        assert _probe(sbx, inet.WEB, 80) == "ok"
+        assert _probe(sbx, "198.51.100.11", 80) == "refused"
+        sbx.update_network({"deny_out": [inet.WEB]})
+        assert _probe(sbx, inet.WEB, 80) == "refused"
+        assert _probe(sbx, inet.OTHER, 80) == "ok"
+        # {} clears everything
+        sbx.update_network({})
+        assert _probe(sbx, inet.WEB, 80) == "ok"
+    finally:
+        sbx.kill()
+
+
+def test_bad_policies_are_refused(egress_daemon):
+    with pytest.raises((InvalidArgumentException, SandboxException)):
+        Sandbox.create(timeout=30, network={"deny_out": ["10.0.0.0/33"]})
+    sbx = Sandbox.create(timeout=60)
+    try:
+        with pytest.raises((InvalidArgumentException, SandboxException)):
+            sbx.update_network({"allow_out": [f"198.51.{i // 256}.{i % 256}" for i in range(10_000)]})
+        r = sbx.commands.run("curl -sS --max-time 5 http://web.test/hello.txt")
+        assert r.stdout == inet.HELLO
+    finally:
+        sbx.kill()
