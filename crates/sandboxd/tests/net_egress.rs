@@ -2,7 +2,8 @@
 //! (`fake_internet/mod.rs`): default on, internet off, allow-list by IP and CIDR with deny-all,
 //! allow wins over deny, DNS through the daemon's resolver, a live update cutting an open
 //! connection, the host, the daemon's port, metadata and other sandboxes out of reach, bad
-//! policies refused, policies kept across a daemon `kill -9`.
+//! policies refused, policies kept across pause/resume (memory and filesystem-only), fork and a
+//! daemon `kill -9`.
 
 mod common;
 mod fake_internet;
@@ -272,6 +273,54 @@ async fn egress_policies_against_the_fake_internet() {
         .create(json!({"templateID": "base", "network": {"allowOut": ["1.2.3.4/40"]}}))
         .await;
     assert_eq!(s, 400);
+
+    // pause and resume, memory and filesystem-only: the policy stays (a filesystem resume boots
+    // a fresh agent on a fresh link)
+    for (sbx, tok, memory) in [(&list, &list_tok, true), (&list2, &list2_tok, false)] {
+        let (s, v) = d
+            .post(&format!("/sandboxes/{sbx}/pause"), json!({"memory": memory}))
+            .await;
+        assert_eq!(s, 204, "{v}");
+        let (s, v) = d
+            .post(&format!("/sandboxes/{sbx}/connect"), json!({"timeout": 300}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let _ = tok;
+    }
+    let out = sh(
+        &d,
+        &list,
+        &list_tok,
+        &format!("{}; {}", probe(WEB, 80), probe("198.51.100.11", 80)),
+    )
+    .await;
+    assert_eq!(out, "ok\nrefused\n", "after a memory pause");
+    let out = sh(
+        &d,
+        &list2,
+        &list2_tok,
+        &format!("{}; {}", probe(OTHER, 80), probe("203.0.113.11", 80)),
+    )
+    .await;
+    assert_eq!(out, "ok\nrefused\n", "after a filesystem-only pause");
+    // a fork gets its source's policy
+    let (s, forks) = d
+        .post(&format!("/sandboxes/{list}/fork"), json!({"timeout": 60}))
+        .await;
+    assert_eq!(s, 201, "{forks}");
+    let fork = &forks[0]["sandbox"];
+    let (fork_id, fork_tok) = (
+        sid(fork),
+        fork["envdAccessToken"].as_str().unwrap_or_default().to_string(),
+    );
+    let out = sh(
+        &d,
+        &fork_id,
+        &fork_tok,
+        &format!("{}; {}", probe(WEB, 80), probe("198.51.100.11", 80)),
+    )
+    .await;
+    assert_eq!(out, "ok\nrefused\n", "fork");
 
     // kill -9 and restart: links and policies are kept
     let _ = d.child.as_mut().unwrap().kill();
