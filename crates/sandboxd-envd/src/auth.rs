@@ -13,12 +13,30 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// Body of the 401 answer for a missing or wrong access token (byte-exact).
-pub const UNAUTHORIZED_BODY: &str = r#"{"code":401,"message":"unauthorized access, please provide a valid access token or method signing if supported"}"#;
+pub const UNAUTHORIZED_BODY: &str = r#"{"code":401,"message":"unauthorized access, please provide a valid access token or method signing if supported","error_code":"security_denied"}"#;
 
 /// A JSON error response with `Content-Type: application/json; charset=utf-8`.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({"code": status.as_u16(), "message": message}).to_string();
+    let body = serde_json::json!({
+        "code": status.as_u16(),
+        "message": message,
+        "error_code": error_code(status),
+    })
+    .to_string();
     json_response(status, body)
+}
+
+/// The stable `error_code` of an error status, as the daemon's API sends it
+/// (`docs/sessions.md`, "Errors"); the SDKs ignore the field.
+pub fn error_code(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 | 403 => "security_denied",
+        404 => "not_found",
+        408 | 504 => "timeout",
+        429 | 507 => "resource_exhausted",
+        400..=499 => "invalid_request",
+        _ => "runtime_error",
+    }
 }
 
 /// A raw JSON response with the envd error content type.

@@ -76,6 +76,7 @@ pub fn port_closed_body(sandbox_id: &str, port: u16) -> String {
         "message": "The sandbox is running but port is not open",
         "port": port,
         "code": 502,
+        "error_code": "runtime_error",
     })
     .to_string()
 }
@@ -144,7 +145,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&port_closed_body("abc", 8000)).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"sandboxId":"abc","message":"The sandbox is running but port is not open","port":8000,"code":502})
+            serde_json::json!({"sandboxId":"abc","message":"The sandbox is running but port is not open","port":8000,"code":502,"error_code":"runtime_error"})
         );
     }
 }

@@ -243,7 +243,7 @@ async fn dev_mode_connect_tunnel() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
         v,
-        json!({"sandboxId": "tunsbx", "message": "The sandbox is running but port is not open", "port": closed, "code": 502})
+        json!({"sandboxId": "tunsbx", "message": "The sandbox is running but port is not open", "port": closed, "code": 502, "error_code": "runtime_error"})
     );
     // Only loopback targets inside the sandbox.
     let (status, _, _) = http(tcp(port).await, "CONNECT", "10.1.2.3:80", &[], b"").await;

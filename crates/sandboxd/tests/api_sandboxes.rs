@@ -300,7 +300,7 @@ async fn signed_file_urls_find_their_sandbox() {
     assert_eq!(r.status(), 401);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
-        json!({"code":401,"message":"signature is already expired"})
+        json!({"code":401,"message":"signature is already expired","error_code":"security_denied"})
     );
 }
 

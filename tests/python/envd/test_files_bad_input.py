@@ -68,7 +68,8 @@ def test_files_bad_uploads(sandbox: Sandbox):
 
     r = api.post("/files", content=b"x", headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 400
-    assert r.json() == {"code": 400, "message": "path query parameter is required for raw body upload"}
+    assert r.json() == {"code": 400, "message": "path query parameter is required for raw body upload",
+                        "error_code": "invalid_request"}
     assert r.headers["content-type"] == "application/json; charset=utf-8"
 
     r = api.post("/files", params={"path": name}, content=b"x", headers={"Content-Type": "text/plain"})
@@ -146,7 +147,8 @@ def test_files_bad_downloads(sandbox: Sandbox):
     missing = _name("missing")
     r = api.get("/files", params={"path": missing})
     assert r.status_code == 404
-    assert r.json() == {"code": 404, "message": f"path '{HOME}/{missing}' does not exist"}
+    assert r.json() == {"code": 404, "message": f"path '{HOME}/{missing}' does not exist",
+                        "error_code": "not_found"}
     r = api.get("/files", params={"path": HOME})
     assert r.status_code == 400
     assert r.json()["message"] == f"path '{HOME}' is a directory"
@@ -192,7 +194,8 @@ def test_signed_urls(sandbox: Sandbox):
     with pytest.raises(urllib.error.HTTPError) as e:
         fetch(sandbox.download_url(name, "user", use_signature_expiration=-120))
     assert e.value.code == 401
-    assert json.loads(e.value.read()) == {"code": 401, "message": "signature is already expired"}
+    assert json.loads(e.value.read()) == {"code": 401, "message": "signature is already expired",
+                                             "error_code": "security_denied"}
     status, body = fetch(sandbox.upload_url(name + ".up", "user"), data=b"uploaded")
     assert status == 200
     assert json.loads(body)[0]["path"] == f"{HOME}/{name}.up"

@@ -452,12 +452,12 @@ async fn secure_mode_files_and_rpcs() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         json_of(resp).await,
-        json!({"code": 401, "message": "missing signature query parameter"})
+        json!({"code": 401, "message": "missing signature query parameter", "error_code": "security_denied"})
     );
     let resp = send(&app, get(format!("path={}", enc(&p)), Some("wrong"))).await;
     assert_eq!(
         json_of(resp).await,
-        json!({"code": 401, "message": "access token present in header but does not match"})
+        json!({"code": 401, "message": "access token present in header but does not match", "error_code": "security_denied"})
     );
     assert_eq!(
         send(&app, get(format!("path={}", enc(&p)), Some("secret-token")))
@@ -501,7 +501,7 @@ async fn secure_mode_files_and_rpcs() {
     assert_eq!(resp.headers()["content-type"], "application/json; charset=utf-8");
     assert_eq!(
         body_bytes(resp).await.as_ref(),
-        br#"{"code":401,"message":"signature is already expired"}"#
+        br#"{"code":401,"error_code":"security_denied","message":"signature is already expired"}"#
     );
     let exp = chrono::Utc::now().timestamp() + 120;
     let sig = crate::files::file_signature(&p, "write", "", "secret-token", Some(exp));
@@ -918,6 +918,6 @@ async fn no_space_is_507() {
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
     assert_eq!(
         v,
-        json!({"code": 507, "message": "not enough disk space available"})
+        json!({"code": 507, "message": "not enough disk space available", "error_code": "resource_exhausted"})
     );
 }
