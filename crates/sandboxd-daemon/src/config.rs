@@ -80,7 +80,7 @@ pub struct DaemonConfig {
     pub limits: DaemonLimits,
     pub template_defaults: TemplateDefaults,
     /// Warm pools of booted, idle sandboxes per template (`pool/`, `docs/pool.md`).
-    pub pool: Vec<crate::pool::PoolSpec>,
+    pub pool: Vec<crate::pool::spec::PoolSpec>,
 }
 
 #[cfg(test)]

@@ -7,42 +7,15 @@
 use crate::daemon::Daemon;
 use crate::error::DaemonError;
 use crate::ids::{new_sandbox_id, new_token};
-use crate::lifecycle::Lifecycle;
 use crate::limits::{resolve_limits, validate_timeout};
+use crate::params::CreateParams;
 use crate::sandbox::LiveSandbox;
 use crate::spec::{new_record, spec_of, volume_mounts};
 use chrono::Utc;
 use sandboxd_runtime::{Limits, VolumeMount};
 use sandboxd_store::{SandboxState, StoreError, trunc_micros};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A validated create request (the control plane parses the JSON into this).
-#[derive(Debug, Clone, Default)]
-pub struct CreateParams {
-    /// Template reference as sent: id or alias, optionally `namespace/` and `:tag`.
-    pub template: String,
-    /// Seconds; must be in `1..=max_timeout`.
-    pub timeout_secs: i64,
-    pub secure: bool,
-    pub allow_internet_access: bool,
-    pub metadata: BTreeMap<String, String>,
-    pub env_vars: BTreeMap<String, String>,
-    pub network: Option<serde_json::Value>,
-    /// `network.allowPublicTraffic == false`: ports other than 49983 need a traffic token.
-    pub restrict_public_traffic: bool,
-    pub cpu_count: Option<i64>,
-    pub memory_mb: Option<i64>,
-    pub disk_mb: Option<i64>,
-    /// `maxProcesses`: the workload's task limit (processes and threads; the agent is not
-    /// counted), at most the template's default.
-    pub max_processes: Option<i64>,
-    /// autoPause / autoPauseMemory / autoResume (`lifecycle.rs`).
-    pub lifecycle: Lifecycle,
-    /// `volumeMounts`, checked: `(volume name, absolute path)` (`docs/volumes.md`).
-    pub volume_mounts: Vec<(String, String)>,
-}
 
 impl Daemon {
     /// Creates a sandbox and returns it once its agent answers.

@@ -39,7 +39,7 @@ pub struct Daemon {
     /// Warm pool of booted, idle sandboxes (`pool/`).
     pub(crate) pool: Pool,
     /// Sessions of the session API being created (`sessions/`).
-    pub(crate) sessions: crate::sessions::SessionRegistry,
+    pub(crate) sessions: crate::sessions::registry::SessionRegistry,
     /// Random id of this daemon run (idempotency keys left pending by an earlier run).
     pub(crate) run_id: String,
     /// Set once a shutdown began: creates answer "unavailable".

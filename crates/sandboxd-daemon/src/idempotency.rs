@@ -3,9 +3,9 @@
 //! create, with a fingerprint of the request; the first attempt's answer is stored and replayed.
 //! A failed create frees the key. Keys are remembered for [`KEY_TTL`].
 
-use crate::create::CreateParams;
 use crate::daemon::Daemon;
 use crate::error::DaemonError;
+use crate::params::CreateParams;
 use crate::sandbox::LiveSandbox;
 use sandboxd_store::IdempotencyClaim;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! HTTP layer and maps [`DaemonError`] to statuses in one place).
 //!
 //! [`Daemon`] is the one entry point. Each operation family is an `impl Daemon` block in its
-//! own file: [`create`] (and the warm-pool claim in `pool/claim.rs`), `kill.rs`, `timeout.rs`,
+//! own file: `create.rs` (and the warm-pool claim in `pool/claim.rs`), `kill.rs`, `timeout.rs`,
 //! `pause.rs` (pause, resume, connect), [`snapshots`] (snapshot, fork, template delete),
 //! `sampler.rs`/[`metrics`], [`logs`], [`volumes`], `network.rs`, [`idempotency`]. Background
 //! tasks: `reaper.rs`, `reconcile.rs` (at start), `pool/refill.rs`, `sampler.rs`, the snapshot
@@ -12,7 +12,7 @@
 pub mod agent;
 pub mod config;
 pub mod counters;
-pub mod create;
+mod create;
 mod daemon;
 pub mod error;
 pub mod idempotency;
@@ -25,6 +25,7 @@ pub mod logs;
 pub mod metrics;
 pub mod metrics_store;
 mod network;
+pub mod params;
 pub mod pause;
 pub mod pool;
 mod reaper;
@@ -39,9 +40,9 @@ mod timeout;
 pub mod volumes;
 
 pub use config::{DaemonConfig, DaemonLimits, TemplateDefaults};
-pub use create::CreateParams;
 pub use daemon::Daemon;
 pub use error::DaemonError;
+pub use params::CreateParams;
 pub use pause::Resumed;
 pub use pool::PoolSpec;
 pub use sandbox::{ClientConnection, InflightGuard, LiveSandbox, SandboxView};

@@ -8,15 +8,15 @@
 //! snapshot (kind `fork`), deleted as soon as its forks were created.
 
 use crate::config::DaemonLimits;
-use crate::create::CreateParams;
 use crate::daemon::Daemon;
 use crate::error::DaemonError;
 use crate::ids::new_sandbox_id;
 use crate::limits::validate_timeout;
+use crate::params::CreateParams;
 use crate::sandbox::LiveSandbox;
 use crate::templates::parse_template_ref;
 use sandboxd_runtime::SnapshotLimits;
-use sandboxd_store::{SnapshotRow, Store, StoreError};
+use sandboxd_store::{SnapshotResolution, SnapshotRow};
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -68,34 +68,6 @@ pub fn validate_name(name: &str) -> Result<(), DaemonError> {
         Err(DaemonError::InvalidInput(format!(
             "invalid snapshot name '{name}': use 1 to 100 characters of a-z, 0-9, '-', '_' and '.'"
         )))
-    }
-}
-
-/// How a template name resolves against the snapshots table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resolved {
-    /// A live snapshot (or fork) template: `(template id, alias)`.
-    Found(String, String),
-    /// A deleted (or replaced) build: not usable any more.
-    Deleted,
-    /// Not a snapshot: resolve as a plain template.
-    NotSnapshot,
-}
-
-/// Resolves `name` (a snapshot name or template id, namespace and tag already stripped).
-pub fn resolve(store: &Store, name: &str) -> Result<Resolved, StoreError> {
-    let rows = store.list_snapshots()?;
-    if let Some(r) = rows
-        .iter()
-        .rev()
-        .find(|r| !r.deleted && r.name.as_deref() == Some(name))
-    {
-        return Ok(Resolved::Found(r.template_id.clone(), name.to_string()));
-    }
-    match rows.iter().find(|r| r.template_id == name) {
-        Some(r) if !r.deleted => Ok(Resolved::Found(r.template_id.clone(), name.to_string())),
-        Some(_) => Ok(Resolved::Deleted),
-        None => Ok(Resolved::NotSnapshot),
     }
 }
 
@@ -213,11 +185,11 @@ impl Daemon {
     pub async fn delete_template(self: &Arc<Self>, raw: &str) -> Result<bool, DaemonError> {
         let (name, _tag) = parse_template_ref(raw)?;
         let n2 = name.clone();
-        let found = self.registry.call(move |s| resolve(s, &n2)).await?;
+        let found = self.registry.call(move |s| s.resolve_snapshot(&n2)).await?;
         let template_id = match found {
-            Resolved::Found(t, _) => t,
-            Resolved::Deleted => return Ok(false),
-            Resolved::NotSnapshot => {
+            SnapshotResolution::Found(t, _) => t,
+            SnapshotResolution::Deleted => return Ok(false),
+            SnapshotResolution::NotSnapshot => {
                 if self.template_exists(&name) {
                     return Err(DaemonError::InvalidInput(format!(
                         "template '{name}' is built into this daemon and cannot be deleted"
@@ -385,31 +357,5 @@ mod tests {
         l.max_snapshot_mb = 0;
         assert_eq!(snapshot_limits(&l, 50).max_bytes, mb(50));
         assert_eq!(snapshot_limits(&l, 0).max_bytes, 0, "no limit at all");
-    }
-
-    #[test]
-    fn resolution() {
-        let s = Store::open_in_memory().unwrap();
-        let mk = |t: &str, n: Option<&str>| SnapshotRow {
-            seq: 0,
-            template_id: t.into(),
-            name: n.map(str::to_string),
-            source_sandbox: "i1".into(),
-            kind: KIND_SNAPSHOT.into(),
-            deleted: false,
-            created_at_us: 0,
-        };
-        s.insert_snapshot(&mk("s1", Some("n"))).unwrap();
-        s.insert_snapshot(&mk("s2", Some("n"))).unwrap();
-        assert_eq!(
-            resolve(&s, "n").unwrap(),
-            Resolved::Found("s2".into(), "n".into())
-        );
-        assert_eq!(resolve(&s, "s1").unwrap(), Resolved::Deleted, "replaced build");
-        assert_eq!(
-            resolve(&s, "s2").unwrap(),
-            Resolved::Found("s2".into(), "s2".into())
-        );
-        assert_eq!(resolve(&s, "base").unwrap(), Resolved::NotSnapshot);
     }
 }

@@ -1,7 +1,7 @@
 //! The registry row of a new sandbox and the backend spec to boot it, each built in one place
 //! (cold create, pool claim, resume).
 
-use crate::create::CreateParams;
+use crate::params::CreateParams;
 use chrono::{DateTime, Utc};
 use sandboxd_protocol::agent::AgentConfig;
 use sandboxd_runtime::{Limits, SandboxSpec, VolumeMount};

@@ -2,7 +2,7 @@
 
 use crate::daemon::Daemon;
 use crate::error::DaemonError;
-use crate::snapshots::{Resolved, resolve};
+use sandboxd_store::SnapshotResolution;
 
 /// A template reference split into its parts: `[namespace/]name[:tag]`.
 pub fn parse_template_ref(raw: &str) -> Result<(String, Option<String>), DaemonError> {
@@ -36,11 +36,11 @@ impl Daemon {
         let (name, tag) = parse_template_ref(raw)?;
         // snapshot templates (snapshots.rs): by name or template id; deleted ones are gone
         let n2 = name.clone();
-        match self.registry.call(move |s| resolve(s, &n2)).await? {
-            Resolved::Found(id, alias) if tag.as_deref().is_none_or(|t| t == "default") => {
+        match self.registry.call(move |s| s.resolve_snapshot(&n2)).await? {
+            SnapshotResolution::Found(id, alias) if tag.as_deref().is_none_or(|t| t == "default") => {
                 return Ok((id, alias));
             }
-            Resolved::NotSnapshot => {}
+            SnapshotResolution::NotSnapshot => {}
             _ => return Err(DaemonError::TemplateNotFound(raw.trim().to_string())),
         }
         if tag.as_deref().is_some_and(|t| t != "default") || !self.backend.has_template(&name) {

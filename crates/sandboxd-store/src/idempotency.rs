@@ -3,7 +3,7 @@
 //! after a bounded time and outlive daemon restarts.
 
 use super::{Store, StoreError};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 
 /// What a claim of an idempotency key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,21 +22,6 @@ pub enum IdempotencyClaim {
     Done { status: u16, body: String },
 }
 
-fn ensure(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS idempotency_keys (
-             key TEXT PRIMARY KEY,
-             fingerprint TEXT NOT NULL,
-             run_id TEXT NOT NULL,
-             created_at_us INTEGER NOT NULL,
-             status INTEGER,
-             body TEXT
-         );
-         CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at_us);",
-    )?;
-    Ok(())
-}
-
 impl Store {
     /// Claims `key` for a request with `fingerprint` (a hash of its body), served by daemon
     /// run `run_id`. Keys older than `expire_before_us` (Unix µs) are forgotten first.
@@ -49,7 +34,6 @@ impl Store {
         expire_before_us: i64,
     ) -> Result<IdempotencyClaim, StoreError> {
         let mut conn = self.conn();
-        ensure(&conn)?;
         let tx = conn.transaction()?;
         tx.execute(
             "DELETE FROM idempotency_keys WHERE created_at_us < ?1",
@@ -82,7 +66,6 @@ impl Store {
     /// Stores the response of a claimed key.
     pub fn idempotency_finish(&self, key: &str, status: u16, body: &str) -> Result<(), StoreError> {
         let conn = self.conn();
-        ensure(&conn)?;
         conn.execute(
             "UPDATE idempotency_keys SET status = ?2, body = ?3 WHERE key = ?1",
             params![key, status, body],
@@ -93,7 +76,6 @@ impl Store {
     /// Forgets a claimed key whose request failed (a retry may try again).
     pub fn idempotency_release(&self, key: &str) -> Result<(), StoreError> {
         let conn = self.conn();
-        ensure(&conn)?;
         conn.execute(
             "DELETE FROM idempotency_keys WHERE key = ?1 AND status IS NULL",
             params![key],

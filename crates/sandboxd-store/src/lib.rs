@@ -9,12 +9,13 @@
 //! callers use [`Registry`], which runs them on the blocking pool.
 
 mod idempotency;
+mod migrations;
 mod registry;
 mod snapshots;
 mod volumes;
 pub use idempotency::IdempotencyClaim;
 pub use registry::Registry;
-pub use snapshots::SnapshotRow;
+pub use snapshots::{SnapshotResolution, SnapshotRow};
 pub use volumes::{MountRow, VolumeDeletion, VolumeRow};
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -26,9 +27,6 @@ use std::sync::Mutex;
 
 /// File name of the database inside the data dir.
 pub const DB_FILE: &str = "sandboxd.db";
-
-/// Current schema version (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
 
 /// Errors of the registry.
 #[derive(Debug, thiserror::Error)]
@@ -191,52 +189,12 @@ impl Store {
         Self::init(Connection::open_in_memory()?, PathBuf::from(":memory:"))
     }
 
-    fn init(conn: Connection, path: PathBuf) -> Result<Self, StoreError> {
+    fn init(mut conn: Connection, path: PathBuf) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        if version < 1 {
-            conn.execute_batch(
-                "BEGIN;
-                 CREATE TABLE IF NOT EXISTS sandboxes (
-                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                     id TEXT NOT NULL UNIQUE,
-                     template_id TEXT NOT NULL,
-                     alias TEXT,
-                     state TEXT NOT NULL,
-                     limits TEXT NOT NULL,
-                     metadata TEXT NOT NULL,
-                     env_vars TEXT NOT NULL,
-                     access_token TEXT,
-                     traffic_token TEXT,
-                     allow_internet_access INTEGER NOT NULL,
-                     network TEXT,
-                     started_at_us INTEGER NOT NULL,
-                     end_at_us INTEGER NOT NULL,
-                     agent_pid INTEGER,
-                     agent_start_time INTEGER
-                 );
-                 PRAGMA user_version = 1;
-                 COMMIT;",
-            )?;
-        }
-        // Lifecycle settings and pause state (lifecycle work): one JSON document per sandbox,
-        // only for sandboxes that have any; deleted with the sandbox row.
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS sandbox_lifecycle (
-                 id TEXT PRIMARY KEY REFERENCES sandboxes(id) ON DELETE CASCADE,
-                 data TEXT NOT NULL
-             );",
-        )?;
-        volumes::ensure(&conn)?;
+        migrations::migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
             path,

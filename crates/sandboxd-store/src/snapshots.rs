@@ -2,7 +2,7 @@
 //! sandboxes (`docs/snapshots.md`). A row outlives its source sandbox and daemon restarts.
 
 use super::{Store, StoreError};
-use rusqlite::{Connection, params};
+use rusqlite::{OptionalExtension, params};
 
 /// One snapshot template build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,27 +24,51 @@ pub struct SnapshotRow {
     pub created_at_us: i64,
 }
 
-fn ensure(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS snapshots (
-             seq INTEGER PRIMARY KEY AUTOINCREMENT,
-             template_id TEXT NOT NULL UNIQUE,
-             name TEXT,
-             source_sandbox TEXT NOT NULL,
-             kind TEXT NOT NULL,
-             deleted INTEGER NOT NULL DEFAULT 0,
-             created_at_us INTEGER NOT NULL
-         );",
-    )?;
-    Ok(())
+/// How a template name resolves against the snapshots table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotResolution {
+    /// A live snapshot (or fork) template: `(template id, alias)`.
+    Found(String, String),
+    /// A deleted (or replaced) build: not usable any more.
+    Deleted,
+    /// Not a snapshot: resolve as a plain template.
+    NotSnapshot,
 }
 
 impl Store {
+    /// Resolves `name` (a snapshot name or template id, namespace and tag already stripped):
+    /// the newest live build of that name, else the row with that template id. Two indexed
+    /// lookups (the create path runs this for every create).
+    pub fn resolve_snapshot(&self, name: &str) -> Result<SnapshotResolution, StoreError> {
+        let conn = self.conn();
+        let by_name: Option<String> = conn
+            .query_row(
+                "SELECT template_id FROM snapshots WHERE name = ?1 AND deleted = 0 ORDER BY seq DESC LIMIT 1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(t) = by_name {
+            return Ok(SnapshotResolution::Found(t, name.to_string()));
+        }
+        let by_id: Option<(String, bool)> = conn
+            .query_row(
+                "SELECT template_id, deleted FROM snapshots WHERE template_id = ?1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(match by_id {
+            Some((t, false)) => SnapshotResolution::Found(t, name.to_string()),
+            Some((_, true)) => SnapshotResolution::Deleted,
+            None => SnapshotResolution::NotSnapshot,
+        })
+    }
+
     /// Inserts a snapshot row; with a name, older live rows of that name are marked deleted in
     /// the same transaction (a named snapshot gets a new build). Returns the row with its seq.
     pub fn insert_snapshot(&self, row: &SnapshotRow) -> Result<SnapshotRow, StoreError> {
         let mut conn = self.conn();
-        ensure(&conn)?;
         let tx = conn.transaction()?;
         if let Some(name) = &row.name {
             tx.execute(
@@ -72,7 +96,6 @@ impl Store {
     /// All snapshot rows (deleted ones too), oldest first.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotRow>, StoreError> {
         let conn = self.conn();
-        ensure(&conn)?;
         let mut st = conn.prepare(
             "SELECT seq, template_id, name, source_sandbox, kind, deleted, created_at_us FROM snapshots ORDER BY seq",
         )?;
@@ -93,7 +116,6 @@ impl Store {
     /// Marks a row deleted; `false` if there was no live row with this template id.
     pub fn mark_snapshot_deleted(&self, template_id: &str) -> Result<bool, StoreError> {
         let conn = self.conn();
-        ensure(&conn)?;
         let n = conn.execute(
             "UPDATE snapshots SET deleted = 1 WHERE template_id = ?1 AND deleted = 0",
             params![template_id],
@@ -104,7 +126,6 @@ impl Store {
     /// Removes a row for good (its template directory is gone).
     pub fn remove_snapshot(&self, template_id: &str) -> Result<(), StoreError> {
         let conn = self.conn();
-        ensure(&conn)?;
         conn.execute(
             "DELETE FROM snapshots WHERE template_id = ?1",
             params![template_id],
@@ -148,5 +169,38 @@ mod tests {
         assert!(!s.mark_snapshot_deleted("s3").unwrap());
         s.remove_snapshot("s3").unwrap();
         assert_eq!(s.list_snapshots().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn resolution() {
+        let s = Store::open_in_memory().unwrap();
+        let mk = |t: &str, n: Option<&str>| SnapshotRow {
+            seq: 0,
+            template_id: t.into(),
+            name: n.map(str::to_string),
+            source_sandbox: "i1".into(),
+            kind: "snapshot".into(),
+            deleted: false,
+            created_at_us: 0,
+        };
+        s.insert_snapshot(&mk("s1", Some("n"))).unwrap();
+        s.insert_snapshot(&mk("s2", Some("n"))).unwrap();
+        assert_eq!(
+            s.resolve_snapshot("n").unwrap(),
+            SnapshotResolution::Found("s2".into(), "n".into())
+        );
+        assert_eq!(
+            s.resolve_snapshot("s1").unwrap(),
+            SnapshotResolution::Deleted,
+            "replaced build"
+        );
+        assert_eq!(
+            s.resolve_snapshot("s2").unwrap(),
+            SnapshotResolution::Found("s2".into(), "s2".into())
+        );
+        assert_eq!(
+            s.resolve_snapshot("base").unwrap(),
+            SnapshotResolution::NotSnapshot
+        );
     }
 }

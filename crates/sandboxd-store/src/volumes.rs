@@ -43,27 +43,6 @@ pub enum VolumeDeletion {
     InUse(Vec<String>),
 }
 
-pub(crate) fn ensure(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS volumes (
-             seq INTEGER PRIMARY KEY AUTOINCREMENT,
-             id TEXT NOT NULL UNIQUE,
-             name TEXT NOT NULL UNIQUE,
-             size_mb INTEGER NOT NULL,
-             token TEXT NOT NULL,
-             created_at_us INTEGER NOT NULL
-         );
-         CREATE TABLE IF NOT EXISTS sandbox_volumes (
-             sandbox_id TEXT NOT NULL REFERENCES sandboxes(id) ON DELETE CASCADE,
-             volume_id TEXT NOT NULL REFERENCES volumes(id),
-             path TEXT NOT NULL,
-             PRIMARY KEY (sandbox_id, path)
-         );
-         CREATE INDEX IF NOT EXISTS sandbox_volumes_volume ON sandbox_volumes(volume_id);",
-    )?;
-    Ok(())
-}
-
 const VOLUME_COLUMNS: &str = "seq, id, name, size_mb, token, created_at_us";
 
 fn volume_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VolumeRow> {

@@ -2,10 +2,10 @@
 
 use super::{Pool, Pooled};
 use crate::agent::{control_request, control_send};
-use crate::create::CreateParams;
 use crate::daemon::Daemon;
 use crate::error::DaemonError;
 use crate::ids::new_token;
+use crate::params::CreateParams;
 use crate::sandbox::LiveSandbox;
 use crate::spec::new_record;
 use chrono::Utc;

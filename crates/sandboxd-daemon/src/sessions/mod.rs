@@ -8,18 +8,20 @@
 
 pub mod envd_calls;
 pub mod names;
+pub mod registry;
 
-use crate::create::CreateParams;
 use crate::daemon::Daemon;
 use crate::error::{DaemonError, Resource};
+use crate::params::CreateParams;
 use crate::sandbox::LiveSandbox;
 use chrono::{DateTime, Utc};
 use envd_calls::{CallBody, Envd, ExecOutcome, ExecSpec, full_body};
 pub use names::{ScriptType, parse_size_mb, relative_path, validate_session_id};
+pub use registry::SessionRegistry;
 use sandboxd_store::SandboxState;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Metadata key holding a session sandbox's session id.
@@ -34,12 +36,6 @@ pub const DEFAULT_TIMEOUT_SECS: i64 = 3600;
 pub const DEFAULT_EXEC_TIMEOUT_SECS: u64 = 300;
 /// Time limit of the daemon's own helper commands (path checks, process listing).
 const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Sessions being created (a second create of the same id gets 409 at once).
-#[derive(Debug, Default)]
-pub struct SessionRegistry {
-    creating: Mutex<HashSet<String>>,
-}
 
 /// Options of `POST /workspace/se/session/{id}`, already parsed.
 #[derive(Debug, Clone, Default)]
