@@ -45,6 +45,52 @@ impl Daemon {
             *counts.entry(s.state().as_str()).or_default() += 1;
         }
         let states: Vec<(&str, usize)> = counts.into_iter().collect();
-        self.counters.render(&states, self.metrics.len())
+        let mut text = self.counters.render(&states, self.metrics.len());
+        self.render_network(&mut text);
+        text
+    }
+
+    /// Per-sandbox traffic of the sandboxes' network links, from their latest samples.
+    fn render_network(&self, o: &mut String) {
+        use std::fmt::Write;
+        let rows: Vec<(String, sandboxd_runtime::NetworkCounters)> = self
+            .sandboxes
+            .all()
+            .iter()
+            .filter_map(|s| {
+                let id = s.rec.id.clone();
+                let n = self.metrics.latest(&id)?.network?;
+                Some((id, n))
+            })
+            .collect();
+        type Counter = fn(&sandboxd_runtime::NetworkCounters) -> u64;
+        let series: [(&str, &str, Counter); 4] = [
+            (
+                "sandboxd_sandbox_network_receive_bytes_total",
+                "Bytes a sandbox received on its network link.",
+                |n| n.rx_bytes,
+            ),
+            (
+                "sandboxd_sandbox_network_receive_packets_total",
+                "Packets a sandbox received on its network link.",
+                |n| n.rx_packets,
+            ),
+            (
+                "sandboxd_sandbox_network_transmit_bytes_total",
+                "Bytes a sandbox sent on its network link.",
+                |n| n.tx_bytes,
+            ),
+            (
+                "sandboxd_sandbox_network_transmit_packets_total",
+                "Packets a sandbox sent on its network link.",
+                |n| n.tx_packets,
+            ),
+        ];
+        for (name, help, get) in series {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (id, n) in &rows {
+                let _ = writeln!(o, "{name}{{sandbox=\"{id}\"}} {}", get(n));
+            }
+        }
     }
 }

@@ -36,6 +36,8 @@ pub struct Sample {
     pub mem_cache: u64,
     pub disk_used: u64,
     pub disk_total: u64,
+    /// sandboxd-only: traffic of the sandbox's network link so far, when it has one.
+    pub network: Option<sandboxd_runtime::NetworkCounters>,
 }
 
 /// The limits a sample falls back to when the backend does not report them.
@@ -145,6 +147,7 @@ impl MetricsStore {
             mem_cache: stats.mem_cache,
             disk_used: stats.disk_used,
             disk_total: stats.disk_total.unwrap_or(fallback.disk_total),
+            network: stats.network,
         };
         if s.samples.len() >= self.capacity {
             s.samples.pop_front();
@@ -215,6 +218,7 @@ mod tests {
             oom_kills: Some(0),
             frozen: false,
             pids_limit_hits: None,
+            network: None,
         }
     }
 

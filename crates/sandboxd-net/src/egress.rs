@@ -29,7 +29,8 @@ pub struct NetworkConfig {
     pub dns_upstreams: Vec<SocketAddr>,
     /// `--allow-private-egress`: RFC 1918 and CGNAT destinations become reachable.
     pub allow_private: bool,
-    /// The egress proxy's port on the gateway, when one runs (domain rules need it).
+    /// The egress proxy's port on the gateway, when one runs (domain rules need it; also
+    /// settable later, [`Network::set_proxy_port`]).
     pub proxy_port: Option<u16>,
     /// One small file per connected sandbox (its slot), for re-adoption after a restart.
     pub state_dir: PathBuf,
@@ -54,6 +55,8 @@ pub struct Network {
     /// The host's on-link networks at start-up (refused unless `allow_private`).
     lan: Vec<ipnet::Ipv4Net>,
     state: Mutex<State>,
+    /// The egress proxy's listening port (all addresses), if one runs.
+    proxy_port: Mutex<Option<u16>>,
     /// Serialises packet filter writes (each write renders the whole table from `state`).
     filter: tokio::sync::Mutex<()>,
 }
@@ -78,11 +81,13 @@ impl Network {
         let (udp, tcp) = bind_dns().await.map_err(|e| io_step("dns listener", e))?;
         let dns_port = udp.local_addr().map_err(|e| io_step("dns listener", e))?.port();
         let lan = link::on_link_networks(&std::fs::read_to_string("/proc/net/route").unwrap_or_default());
+        let proxy_port = Mutex::new(cfg.proxy_port);
         let net = Arc::new(Self {
             cfg,
             host,
             dns_port,
             lan,
+            proxy_port,
             state: Mutex::new(State::default()),
             filter: tokio::sync::Mutex::new(()),
         });
@@ -126,6 +131,14 @@ impl Network {
         }
     }
 
+    /// Where the egress proxy listens (a port on all addresses; the filter admits sandboxes to it
+    /// on the gateway and redirects TCP 80 and 443 of sandboxes whose policy has domain entries or
+    /// `rules` there). Rewrites the filter.
+    pub async fn set_proxy_port(&self, port: Option<u16>) -> Result<(), RuntimeError> {
+        *self.proxy_port.lock().unwrap_or_else(|p| p.into_inner()) = port;
+        self.write_filter().await
+    }
+
     pub fn plan(&self) -> &AddressPlan {
         &self.cfg.plan
     }
@@ -154,7 +167,7 @@ impl Network {
             Ruleset {
                 plan: &self.cfg.plan,
                 dns_port: self.dns_port,
-                proxy_port: self.cfg.proxy_port,
+                proxy_port: *self.proxy_port.lock().unwrap_or_else(|p| p.into_inner()),
                 allow_private: self.cfg.allow_private,
                 lan: &self.lan,
                 enforced: enforced
@@ -432,7 +445,14 @@ impl SandboxBackend for NetworkedBackend {
         self.net.shutdown();
     }
     async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
-        self.inner.stats(id).await
+        let mut st = self.inner.stats(id).await?;
+        st.network = self.net.traffic(id).map(|t| sandboxd_runtime::NetworkCounters {
+            rx_bytes: t.rx_bytes,
+            rx_packets: t.rx_packets,
+            tx_bytes: t.tx_bytes,
+            tx_packets: t.tx_packets,
+        });
+        Ok(st)
     }
     async fn adopt(&self, id: &str, agent_pid: i32, agent_start_time: u64) -> Result<Adopted, RuntimeError> {
         let a = self.inner.adopt(id, agent_pid, agent_start_time).await?;

@@ -100,6 +100,17 @@ pub struct SandboxStats {
     /// Forks and clones of user processes refused at the task limit so far (`pids.events`
     /// `max` of the workload group; `None`: not available).
     pub pids_limit_hits: Option<u64>,
+    /// Traffic of the sandbox's network link so far (`None`: no link, `docs/network.md`).
+    pub network: Option<NetworkCounters>,
+}
+
+/// Cumulative traffic of a sandbox's network link, from the sandbox's point of view.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkCounters {
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
 }
 
 /// What [`SandboxBackend::adopt`] found on the host for a sandbox of an earlier daemon run.

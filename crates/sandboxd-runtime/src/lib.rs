@@ -7,7 +7,7 @@ pub mod error;
 pub mod namespace;
 
 pub use backend::{
-    Adopted, AgentEndpoint, Limits, SandboxBackend, SandboxHandle, SandboxSpec, SandboxStats, SnapshotLimits,
-    VolumeMount,
+    Adopted, AgentEndpoint, Limits, NetworkCounters, SandboxBackend, SandboxHandle, SandboxSpec,
+    SandboxStats, SnapshotLimits, VolumeMount,
 };
 pub use error::RuntimeError;

@@ -322,6 +322,36 @@ async fn egress_policies_against_the_fake_internet() {
     .await;
     assert_eq!(out, "ok\nrefused\n", "fork");
 
+    // traffic counters in the metrics API and in Prometheus
+    let mut latest = Value::Null;
+    for _ in 0..40 {
+        let (_, m) = d.get(&format!("/sandboxes/{open}/metrics")).await;
+        if let Some(last) = m.as_array().and_then(|a| a.last()) {
+            latest = last.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        latest["netRxBytes"].as_u64().unwrap_or(0) > HELLO.len() as u64,
+        "{latest}"
+    );
+    assert!(latest["netTxPackets"].as_u64().unwrap_or(0) > 3, "{latest}");
+    let prom = d
+        .api(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        prom.contains(&format!(
+            "sandboxd_sandbox_network_receive_bytes_total{{sandbox=\"{open}\"}}"
+        )),
+        "{prom}"
+    );
+
     // kill -9 and restart: links and policies are kept
     let _ = d.child.as_mut().unwrap().kill();
     let _ = d.child.as_mut().unwrap().wait();

@@ -31,6 +31,16 @@ pub struct SandboxMetric {
     pub mem_cache: u64,
     pub disk_used: u64,
     pub disk_total: u64,
+    /// sandboxd-only: bytes and packets the sandbox received and sent on its network link so
+    /// far (`docs/network.md`); absent without a link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net_rx_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net_rx_packets: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net_tx_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net_tx_packets: Option<u64>,
 }
 
 impl From<Sample> for SandboxMetric {
@@ -46,6 +56,10 @@ impl From<Sample> for SandboxMetric {
             mem_cache: s.mem_cache,
             disk_used: s.disk_used,
             disk_total: s.disk_total,
+            net_rx_bytes: s.network.map(|n| n.rx_bytes),
+            net_rx_packets: s.network.map(|n| n.rx_packets),
+            net_tx_bytes: s.network.map(|n| n.tx_bytes),
+            net_tx_packets: s.network.map(|n| n.tx_packets),
         }
     }
 }
@@ -155,6 +169,7 @@ mod tests {
             mem_cache: 3,
             disk_used: 4,
             disk_total: 5,
+            network: None,
         });
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(
