@@ -16,7 +16,7 @@ import uuid
 import httpx
 import pytest
 
-import conftest
+import sandboxd_daemon
 from sandbox_runtime import (
     InvalidRequestError,
     NotFoundError,
@@ -39,7 +39,7 @@ class Daemon:
 
     def __init__(self, key: str):
         self.key = key
-        self.port = conftest._free_port()
+        self.port = sandboxd_daemon._free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tempfile.mkdtemp(prefix="sandboxd-pytest-sessions-")
         self.log_path = self.data_dir + ".log"
@@ -49,12 +49,12 @@ class Daemon:
         env = dict(os.environ, SANDBOXD_API_KEY=self.key, RUST_LOG="info")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [conftest.BIN, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir],
+                [sandboxd_daemon.BIN, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
-        conftest._wait_healthy(self.url, self.proc, self.log_path)
+        sandboxd_daemon._wait_healthy(self.url, self.proc, self.log_path)
 
     def stop(self):
         """SIGTERM: the daemon exits and leaves its sandboxes running (re-adopted at start)."""
@@ -71,7 +71,7 @@ class Daemon:
                        headers={"X-API-Key": self.key}, timeout=60)
         except httpx.HTTPError:
             pass
-        conftest._kill_all(self.url, self.key)
+        sandboxd_daemon._kill_all(self.url, self.key)
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
         if os.environ.get("SANDBOXD_KEEP_LOGS") != "1":
