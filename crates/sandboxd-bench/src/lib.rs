@@ -9,6 +9,10 @@
 //! - [`http`], [`api`]: the lean client; [`daemon`]: the daemon under test;
 //! - [`baseline`]: bubblewrap, fork+exec and host I/O measured in the same run;
 //! - [`scenarios`]: the measurements; [`procfs`], [`timing`], [`machine`]: host readers.
+#![expect(
+    missing_docs,
+    reason = "not every public item is documented yet (issue 10 item 4)"
+)]
 
 pub mod api;
 pub mod baseline;

@@ -8,6 +8,10 @@
 //! `sampler.rs`/[`metrics`], [`logs`], [`volumes`], `network.rs`, [`idempotency`]. Background
 //! tasks: `reaper.rs`, `reconcile.rs` (at start), `pool/refill.rs`, `sampler.rs`, the snapshot
 //! clean-up. Every call into a sandbox's agent goes through [`agent`].
+#![expect(
+    missing_docs,
+    reason = "not every public item is documented yet (issue 10 item 4)"
+)]
 
 pub mod agent;
 pub mod config;

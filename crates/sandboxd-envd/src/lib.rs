@@ -4,6 +4,10 @@
 //! (`filesystem.Filesystem` RPCs), [`files`] (`GET/POST /files`), plus [`health`] (`/health`,
 //! `/envs`, `/metrics`). [`connect`] is the Connect-RPC glue, [`auth`] the access-token check,
 //! [`users`] and [`paths`] the user and path rules of `docs/contract.md` §3.
+#![expect(
+    missing_docs,
+    reason = "not every public item is documented yet (issue 10 item 4)"
+)]
 
 pub mod auth;
 pub mod connect;

@@ -2,6 +2,10 @@
 //! plan ([`plan`]), veth links over rtnetlink ([`link`]), the nftables packet filter
 //! ([`filter`]), the DNS forwarder ([`dns`]), and the daemon-side manager and backend
 //! decorator ([`egress`]).
+#![expect(
+    missing_docs,
+    reason = "not every public item is documented yet (issue 10 item 4)"
+)]
 
 pub mod dns;
 pub mod egress;

@@ -5,6 +5,10 @@
 //! - [`process`], [`filesystem`]: the envd message types (`api/envd/`, `docs/contract.md` §6).
 //! - [`agent`]: the configuration the daemon hands to each sandbox's agent.
 //! - [`ids`]: the sandbox-id rule.
+#![expect(
+    missing_docs,
+    reason = "not every public item is documented yet (issue 10 item 4)"
+)]
 
 pub mod agent;
 pub mod connect;

@@ -37,6 +37,7 @@ pub struct SandboxSpec {
     pub id: String,
     /// Template id (for example `base`).
     pub template: String,
+    /// Resource limits.
     pub limits: Limits,
     /// Handed to the agent at boot.
     pub agent: AgentConfig,
@@ -64,6 +65,7 @@ pub enum AgentEndpoint {
 /// A created, ready sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxHandle {
+    /// Sandbox id.
     pub id: String,
     /// Host pid of the agent (PID 1 inside).
     pub agent_pid: i32,
@@ -134,6 +136,7 @@ pub struct SnapshotLimits {
     pub store_max_bytes: u64,
 }
 
+/// A way to run sandboxes: the daemon drives every sandbox through this trait only.
 #[async_trait]
 pub trait SandboxBackend: Send + Sync + 'static {
     /// Short name for logs and `/health` (for example `namespace`).

@@ -11,7 +11,12 @@ pub enum RuntimeError {
     InvalidSpec(String),
     /// A step of sandbox creation failed; `step` names it (cgroup, spawn, mount, ...).
     #[error("sandbox {step} failed: {message}")]
-    Step { step: &'static str, message: String },
+    Step {
+        /// The step that failed.
+        step: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// The agent did not answer in time after boot.
     #[error("sandbox agent did not become ready within {0} ms")]
     NotReady(u64),
@@ -21,6 +26,7 @@ pub enum RuntimeError {
     /// Not enough room: a copy over its size limit, or a full host disk.
     #[error("{0}")]
     StorageFull(String),
+    /// An I/O error without more context.
     #[error("io error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -6,6 +6,10 @@
 //!
 //! Entry point: [`Server::bind`] with a [`ServerConfig`] and a
 //! [`sandboxd_runtime::SandboxBackend`], then [`Server::run`].
+#![expect(
+    missing_docs,
+    reason = "not every public item is documented yet (issue 10 item 4)"
+)]
 
 pub mod api;
 pub mod config;

@@ -19,7 +19,12 @@ pub enum IdempotencyClaim {
     /// created a sandbox is not known.
     OutcomeUnknown,
     /// Done: the stored response.
-    Done { status: u16, body: String },
+    Done {
+        /// HTTP status of the stored response.
+        status: u16,
+        /// Its body.
+        body: String,
+    },
 }
 
 impl Store {

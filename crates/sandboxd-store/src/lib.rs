@@ -40,7 +40,9 @@ pub enum StoreError {
     /// The data dir or database file could not be created.
     #[error("registry I/O error at {path}: {source}")]
     Io {
+        /// The path being created or opened.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
@@ -55,10 +57,20 @@ pub enum StoreError {
     VolumeNotFound(String),
     /// A row holds a value this version cannot read (for example an unknown state).
     #[error("registry row '{id}' is invalid: {message}")]
-    Corrupt { id: String, message: String },
+    Corrupt {
+        /// The row's id.
+        id: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The database was written by a newer sandboxd.
     #[error("registry schema version {found} is newer than this sandboxd supports ({supported})")]
-    SchemaTooNew { found: i64, supported: i64 },
+    SchemaTooNew {
+        /// The schema version in the file.
+        found: i64,
+        /// The newest version this build reads.
+        supported: i64,
+    },
     /// The blocking task running a registry call failed (panicked or was cancelled).
     #[error("registry task failed: {0}")]
     TaskFailed(String),
@@ -105,9 +117,13 @@ impl SandboxState {
 /// store does not depend on the runtime crate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredLimits {
+    /// vCPUs.
     pub cpu_count: u32,
+    /// Memory limit in MiB.
     pub memory_mb: u64,
+    /// Disk quota of the writable layer in MiB.
     pub disk_mb: u64,
+    /// Process (task) limit.
     pub pids: u64,
 }
 
@@ -122,7 +138,9 @@ pub struct SandboxRecord {
     pub template_id: String,
     /// Template alias / name the client used, if any.
     pub alias: Option<String>,
+    /// Lifecycle state.
     pub state: SandboxState,
+    /// Resolved resource limits.
     pub limits: StoredLimits,
     /// User metadata (`metadata` of the create request).
     pub metadata: BTreeMap<String, String>,

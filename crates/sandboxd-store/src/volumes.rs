@@ -28,7 +28,9 @@ pub struct VolumeRow {
 /// A volume mounted in a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountRow {
+    /// The volume's id.
     pub volume_id: String,
+    /// The volume's name.
     pub name: String,
     /// Absolute path inside the sandbox.
     pub path: String,
@@ -37,7 +39,9 @@ pub struct MountRow {
 /// What [`Store::delete_volume`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeDeletion {
+    /// Deleted; the row it had.
     Deleted(VolumeRow),
+    /// No volume with that name.
     NotFound,
     /// Sandboxes (ids) that mount it; nothing was deleted.
     InUse(Vec<String>),

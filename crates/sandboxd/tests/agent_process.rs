@@ -1,6 +1,7 @@
 //! The agent binary over real sockets: development mode (`--listen`, `--config`) and boot mode
 //! (`--boot`, PID 1 of fresh namespaces made with `unshare`, fds 3/4/5 as the runtime passes
 //! them). Processes are real; the boot test needs root and util-linux `unshare`.
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 use sandboxd_protocol::connect::encode_envelope;
 use sandboxd_protocol::pj::base64_bytes;

@@ -1,5 +1,6 @@
 //! The real `sandboxd serve` binary: start-up output, API key handling, and bad input on the
 //! control plane and on sandbox traffic. None of this needs a sandbox (no root needed).
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

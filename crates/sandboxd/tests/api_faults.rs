@@ -2,6 +2,7 @@
 //! errors on a running sandbox, and client mistakes on the files and filesystem APIs, over HTTP
 //! against the real daemon. Needs root (skipped otherwise; fails with CI=true), except the
 //! start-up check of the descriptor limit.
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! pauses and an upload are in flight, or stopped with SIGTERM, and started again on the same
 //! data dir; nothing may be lost and nothing half made may remain. Needs root (skipped
 //! otherwise; fails with CI=true).
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

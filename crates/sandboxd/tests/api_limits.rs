@@ -5,6 +5,7 @@
 //! quota, destroy leaves no loop device, mount or image), `nproc` = `cpuCount` and
 //! `free -m` = `memoryMB`, one memory limit over agent and workload (`/dev/shm` uploads).
 //! Needs root (skipped otherwise; fails with CI=true).
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! (`/sandboxes/{id}/metrics`, `/sandboxes/metrics`), the Prometheus `/metrics`, and sandbox
 //! logs (`/sandboxes/{id}/logs`, `/v2/sandboxes/{id}/logs`) including deadline and OOM kills.
 //! Needs root (skipped otherwise; fails with CI=true).
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

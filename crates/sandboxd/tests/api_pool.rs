@@ -4,6 +4,7 @@
 //! listed, other limits boot cold, a SIGKILLed daemon's pooled sandboxes are removed at the next
 //! start, and nothing is left after shutdown. Prints p50 of POST /sandboxes -> 201 from the pool
 //! and cold. Needs root (skipped otherwise; fails with CI=true).
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

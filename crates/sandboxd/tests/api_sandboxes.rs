@@ -1,5 +1,6 @@
 //! The real daemon with real namespace sandboxes: lifecycle through the control plane and
 //! traffic through the proxy. Needs root (skipped otherwise; fails with CI=true).
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

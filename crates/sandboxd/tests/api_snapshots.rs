@@ -2,6 +2,7 @@
 //! /sandboxes/{id}/snapshots`, sandboxes from a snapshot id, `GET /snapshots`, `DELETE
 //! /templates/{encoded id}`, `POST /sandboxes/{id}/fork`, bad input, and snapshots surviving a
 //! daemon restart. Needs root (skipped otherwise; fails with CI=true).
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

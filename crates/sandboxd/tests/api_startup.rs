@@ -1,6 +1,7 @@
 //! First-run hygiene of `sandboxd serve`: a second daemon on a data dir in use, or on a busy
 //! port, exits before it touches anything, and the first one keeps working; logs carry no
 //! colour codes when stderr is not a terminal; `--log-format json --log-file`.
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

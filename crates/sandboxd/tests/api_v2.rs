@@ -2,6 +2,7 @@
 //! `POST /v2/sandboxes/{id}/connect`) with the exact bodies they send
 //! (`docs/contract.md` §2), against the real binary. The sandbox tests need root
 //! (skipped otherwise; they fail with CI=true).
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

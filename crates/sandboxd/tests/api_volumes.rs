@@ -2,6 +2,7 @@
 //! API, `volumeMounts` on create, sharing between sandboxes, ownership, the size quota, bad
 //! input, and contents surviving sandbox kills and a daemon restart. Needs root (skipped
 //! otherwise; fails with CI=true).
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 

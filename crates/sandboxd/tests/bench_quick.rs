@@ -1,5 +1,6 @@
 //! `sandboxd bench --quick --json <tmp>` as root: every section is there with sane values, the
 //! Markdown table is printed, and the bench leaves nothing behind in its work dir.
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 use serde_json::Value;
 use std::process::Command;

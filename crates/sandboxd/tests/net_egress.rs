@@ -4,6 +4,7 @@
 //! connection, the host, the daemon's port, metadata and other sandboxes out of reach, bad
 //! policies refused, policies kept across pause/resume (memory and filesystem-only), fork and a
 //! daemon `kill -9`.
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod common;
 mod fake_internet;

@@ -1,5 +1,6 @@
 //! Namespace backend with the real agent: create returns once `GET /health` answers 204;
 //! commands run through `process.Process/Start` over `run/agent.sock`.
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod runtime_support;
 

@@ -3,6 +3,7 @@
 //! workload process in a child one), and the kernel counters charged through the sandbox's
 //! user namespaces stop at per-sandbox caps so that other sandboxes keep working
 //! (`docs/security.md`).
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod runtime_support;
 

@@ -1,6 +1,7 @@
 //! Namespace backend: isolation and mounts, checked by a shell script run as the sandbox's
 //! init (no agent needed). The script writes its findings into `/tmp` inside, which the test
 //! reads from the sandbox's upper dir on the host.
+#![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 mod runtime_support;
 

@@ -31,7 +31,9 @@ pub const HOST_CONFIG_BINDS: &[&str] = &["/etc/R"];
 /// An HTTP endpoint inside the sandbox that must answer 200 before the sandbox is ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadyCheck {
+    /// Port inside the sandbox.
     pub port: u16,
+    /// Path that answers 200 once ready.
     pub path: &'static str,
 }
 

@@ -30,7 +30,12 @@ pub enum FreezerFiles {
     /// v1: `<freezer mount>/<root>/<id>/freezer.state`.
     V1(PathBuf),
     /// v2: `<mount>/<root>/<id>/cgroup.freeze` and its `cgroup.events`.
-    V2 { freeze: PathBuf, events: PathBuf },
+    V2 {
+        /// `cgroup.freeze`.
+        freeze: PathBuf,
+        /// `cgroup.events`.
+        events: PathBuf,
+    },
 }
 
 impl FreezerFiles {

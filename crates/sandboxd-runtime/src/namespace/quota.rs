@@ -29,6 +29,7 @@ use std::time::Instant;
 /// Usage of a quota'd directory, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DiskUsage {
+    /// Bytes in use.
     pub used: u64,
     /// Size of the filesystem (`None` when nothing is enforced).
     pub total: Option<u64>,

@@ -17,34 +17,52 @@ pub enum ExecTarget {
     /// The sandboxd binary (opened by the helper before any pivot): `sandboxd agent --boot`.
     Agent,
     /// Debug/test path: a program inside the sandbox with these arguments (argv\[0\] included).
-    Program { path: String, argv: Vec<String> },
+    Program {
+        /// Absolute path inside the sandbox.
+        path: String,
+        /// Arguments, `argv[0]` included.
+        argv: Vec<String>,
+    },
 }
 
 /// Everything the child needs, prepared by the helper before `clone`.
 pub struct ChildCtx<'a> {
+    /// Read end of the pipe on which the helper says "go" (maps written).
     pub go_rd: RawFd,
+    /// Write end of the error pipe (`step\0message`; close-on-exec).
     pub err_wr: RawFd,
+    /// `<data>/sandboxes/<id>`.
     pub sandbox_dir: CString,
+    /// The template's root (through the idmapped staging view).
     pub template_lower: CString,
+    /// The host `/usr` (through the idmapped staging view).
     pub usr_lower: CString,
     /// Extra read-only layers stacked above `template_lower` / `usr_lower`, top first
     /// (snapshot and template layers; see `snapshot.rs`).
     pub root_layers: Vec<CString>,
+    /// The same for `/usr`.
     pub usr_layers: Vec<CString>,
     /// Read-only host directories bound into the new root (layered_template.rs).
     pub binds: &'a [super::mounts::ReadOnlyBind],
     /// Volumes bound read-write into the new root (volumes.rs).
     pub volumes: &'a [super::volumes::VolumeBind],
+    /// The sandbox's hostname.
     pub hostname: CString,
+    /// Mount a read-only `/sys`.
     pub mount_sys: bool,
     /// Mount options of `/dev/shm` (its size is within the sandbox's memory).
     pub shm_opts: CString,
+    /// `O_PATH` fd of the sandboxd executable (exec'd as the agent).
     pub exe_fd: RawFd,
+    /// The agent's configuration (memfd).
     pub config_fd: RawFd,
+    /// The agent log (stdout and stderr).
     pub log_fd: RawFd,
     /// Files that move the writer into the agent cgroup (one per hierarchy).
     pub agent_fds: Vec<RawFd>,
+    /// Files that move a writer into the work cgroup (handed to the agent).
     pub work_fds: Vec<RawFd>,
+    /// What to exec at the end.
     pub exec: &'a ExecTarget,
     /// The deny list of workload processes (and of an `ExecTarget::Program`).
     pub seccomp: &'a SeccompProgram,

@@ -305,6 +305,7 @@ impl Owners {
 /// How [`copy_tree`] treats files.
 #[derive(Debug, Clone, Copy)]
 pub struct CopyOpts {
+    /// How owners are mapped.
     pub owners: Owners,
     /// Hard-link regular files instead of copying them (only for immutable sources).
     pub link: bool,
@@ -326,6 +327,7 @@ const BLOCK: u64 = 4096;
 const INODE: u64 = 256;
 
 impl Budget {
+    /// A budget of `limit` bytes.
     pub fn new(limit: u64) -> Self {
         Self::because(limit, format!("its limit of {} MiB", limit.div_ceil(1 << 20)))
     }

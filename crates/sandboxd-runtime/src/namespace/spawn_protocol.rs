@@ -16,11 +16,15 @@ pub const HELPER_SUBCOMMAND: &str = "__spawn-helper";
 /// First message from the backend.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HelperInit {
+    /// The host `/usr`.
     pub usr_source: PathBuf,
+    /// `<data>/templates`.
     pub templates_source: PathBuf,
     /// `<data>/.helper`: the helper mounts its staging views under `<stage_dir>/<its pid>/`.
     pub stage_dir: PathBuf,
+    /// First host uid/gid of the sandbox range.
     pub uid_base: u32,
+    /// Size of the range.
     pub uid_count: u32,
 }
 
@@ -29,14 +33,18 @@ pub struct HelperInit {
 /// that move a process into the work group (see `cgroup::SandboxCgroupFiles`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnRequest {
+    /// Sandbox id (for messages).
     pub id: String,
+    /// `<data>/sandboxes/<id>`, prepared.
     pub sandbox_dir: PathBuf,
+    /// Template directory name under the templates directory.
     pub template: String,
     /// Extra read-only layers of the template for `/` and for `/usr`, top first, as paths
     /// relative to the templates directory (reached through its idmapped staging view).
     #[serde(default)]
     pub root_layers: Vec<String>,
     #[serde(default)]
+    /// The same for `/usr`.
     pub usr_layers: Vec<String>,
     /// The layers hold host ids (current snapshots): mounted from the templates directory
     /// itself, not through the idmapped view (snapshot.rs).
@@ -48,23 +56,42 @@ pub struct SpawnRequest {
     /// Volumes bound read-write (volumes.rs).
     #[serde(default)]
     pub volumes: Vec<VolumeBind>,
+    /// The sandbox's hostname.
     pub hostname: String,
+    /// Mount a read-only `/sys`.
     pub mount_sys: bool,
     /// The sandbox's `memoryMB`: `/dev/shm` gets that size (0: the kernel's default).
     #[serde(default)]
     pub memory_mb: u64,
+    /// What the init execs.
     pub exec: ExecTarget,
+    /// Number of agent cgroup files among the fds.
     pub agent_procs: usize,
+    /// Number of work cgroup files among the fds.
     pub work_procs: usize,
+    /// How long the init may take until exec.
     pub timeout_ms: u64,
 }
 
 /// The helper's answer. `Spawned` carries the init's pidfd.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum HelperReply {
+    /// Set up and waiting for requests.
     Ready,
-    Spawned { pid: i32, start_time: u64 },
-    Failed { step: String, message: String },
+    /// The init exec'd.
+    Spawned {
+        /// Its host pid.
+        pid: i32,
+        /// Its start time (`/proc/<pid>/stat`).
+        start_time: u64,
+    },
+    /// A step failed.
+    Failed {
+        /// The step's name.
+        step: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Map a step name from the helper to the static names [`RuntimeError::Step`] uses.

@@ -85,6 +85,7 @@ pub fn proc_stat(pid: i32) -> io::Result<ProcStat> {
 /// What the host says about a process identified by pid and start time.
 #[derive(Debug)]
 pub enum Liveness {
+    /// The process runs.
     Alive,
     /// Evidence that it is gone: no such pid, another process with that pid, or a zombie.
     Gone,

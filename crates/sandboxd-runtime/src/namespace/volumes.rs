@@ -156,7 +156,9 @@ pub fn source(data_dir: &Path, id: &str) -> Result<PathBuf, RuntimeError> {
 /// A volume's host directory and its path inside the sandbox (sent to the spawn helper).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeBind {
+    /// The volume's data directory on the host.
     pub source: PathBuf,
+    /// Absolute mount path inside the sandbox.
     pub target: String,
 }
 

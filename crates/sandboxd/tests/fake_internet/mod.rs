@@ -74,11 +74,8 @@ impl FakeInternet {
             .open("/run/sandboxd-fake-internet.lock")
             .expect("lock file");
         // SAFETY: flock on an open fd we own.
-        assert_eq!(
-            unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) },
-            0,
-            "flock"
-        );
+        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(locked, 0, "flock");
         Self::teardown_namespace();
         sh(&format!(
             "ip netns add {NETNS} && ip link add {HOST_IF} type veth peer name eth0 netns {NETNS} && \
