@@ -49,9 +49,10 @@ def test_host_loopback_as_plain_user(attacker, canaries):
         raise Escape(out)
 
 
-def test_raw_and_packet_sockets_reach_only_lo(attacker, canaries):
+def test_raw_and_packet_sockets_reach_only_own_links(attacker, canaries):
     """Raw IP and AF_PACKET sockets (sandbox root has CAP_NET_RAW in its own network
-    namespace): send SYNs to the host listener's port and list the interfaces seen."""
+    namespace): send SYNs to the host listener's port (on loopback and on the gateway) and list
+    the interfaces seen: `lo` and the sandbox's own network link `eth0` (docs/network.md)."""
     out = py(attacker, r"""
 import os, socket, struct
 port = int(os.environ["CANARY_TCP"])
@@ -60,6 +61,7 @@ try:
     syn = struct.pack("!HHIIBBHHH", 40000, port, 1, 0, 5 << 4, 0x02, 1024, 0, 0)
     for _ in range(3):
         r.sendto(syn, ("127.0.0.1", 0))
+        r.sendto(syn, ("10.213.0.1", 0))
     print("raw sent")
 except OSError as e:
     print("raw", e.strerror)
@@ -70,8 +72,8 @@ except OSError as e:
     print("packet", e.strerror)
 """, canaries)
     canaries.check(out, "raw sockets")
-    if "ifaces" in out and "['lo']" not in out:
-        raise Escape(f"interfaces other than lo inside:\n{out}")
+    if "ifaces" in out and "['lo']" not in out and "['eth0', 'lo']" not in out:
+        raise Escape(f"interfaces other than lo and the sandbox's own link inside:\n{out}")
 
 
 def test_host_unix_socket_paths(attacker, canaries, daemon):
@@ -121,6 +123,31 @@ except OSError as e:
     canaries.check(out, "neighbour network")
     if neighbour_hits(neighbour) != before or "CONNECTED" in out:
         raise Escape(f"the neighbour's listeners were reached:\n{out}")
+
+
+def test_neighbour_by_its_address(attacker, neighbour, canaries):
+    """The neighbour's TCP listener on its own network address (sandboxes have one each; the
+    host refuses sandbox-to-sandbox traffic whatever the policy)."""
+    addr = neighbour.commands.run("ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1").stdout.strip()
+    if not addr:
+        pytest.skip("the daemon runs without networking (--no-network)")
+    script = f"""
+import socket
+s = socket.socket(); s.settimeout(2)
+try:
+    s.connect(({addr!r}, 8000)); print("CONNECTED")
+except OSError as e:
+    print(e.strerror)
+"""
+    # Positive control: the neighbour reaches its own listener on that address.
+    before = neighbour_hits(neighbour)
+    assert "CONNECTED" in py(neighbour, script)
+    assert neighbour_hits(neighbour) == before + 1, "the neighbour's listener must count connections"
+    before = neighbour_hits(neighbour)
+    out = py(attacker, script, canaries)
+    canaries.check(out, "neighbour by address")
+    if neighbour_hits(neighbour) != before or "CONNECTED" in out:
+        raise Escape(f"the neighbour was reached on its address:\n{out}")
 
 
 @pytest.mark.host_unsafe
