@@ -109,9 +109,13 @@ pub struct SandboxStats {
 /// Cumulative traffic of a sandbox's network link, from the sandbox's point of view.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NetworkCounters {
+    /// Bytes received by the sandbox.
     pub rx_bytes: u64,
+    /// Packets received by the sandbox.
     pub rx_packets: u64,
+    /// Bytes sent by the sandbox.
     pub tx_bytes: u64,
+    /// Packets sent by the sandbox.
     pub tx_packets: u64,
 }
 
