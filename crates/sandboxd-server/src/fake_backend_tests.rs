@@ -13,9 +13,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sandboxd_runtime::{AgentEndpoint, RuntimeError, SandboxBackend, SandboxHandle, SandboxSpec};
+use sandboxd_runtime::{Adopted, AgentEndpoint, RuntimeError, SandboxBackend, SandboxHandle, SandboxSpec};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,9 +31,19 @@ struct FakeState {
     agents: HashMap<String, (CancellationToken, SandboxSpec)>,
     destroyed: Vec<String>,
     leftovers: Vec<String>,
+    /// Sandboxes whose writable layers exist (created, until destroyed).
+    files: HashSet<String>,
+    /// Frozen sandboxes (memory pause).
+    frozen: HashSet<String>,
+    /// Lifecycle calls in order, as `"<call> <id>"` (freeze, thaw, stop, boot).
+    calls: Vec<String>,
+    /// Lifecycle calls that fail (`"freeze"`, `"thaw"`, `"boot"`), to test rollbacks.
+    failing: HashSet<&'static str>,
 }
 
-/// A backend whose sandboxes are in-process HTTP servers on unix sockets.
+/// A backend whose sandboxes are in-process HTTP servers on unix sockets, with the lifecycle
+/// of a real one (freeze/thaw, stop keeping files, boot on kept files, re-adoption) and
+/// injectable failures, so pause/resume rollback and reconciliation are tested without root.
 struct FakeBackend {
     dir: PathBuf,
     state: Mutex<FakeState>,
@@ -49,6 +59,64 @@ impl FakeBackend {
 
     fn spec(&self, id: &str) -> Option<SandboxSpec> {
         self.state.lock().unwrap().agents.get(id).map(|(_, s)| s.clone())
+    }
+
+    fn handle(&self, id: &str, agent_pid: i32, agent_start_time: u64) -> SandboxHandle {
+        let path = self.dir.join(format!("{id}.sock"));
+        SandboxHandle {
+            id: id.to_string(),
+            agent_pid,
+            agent_start_time,
+            api: AgentEndpoint::Unix(path.clone()),
+            control: AgentEndpoint::Unix(path),
+        }
+    }
+
+    /// Starts the agent of `spec` (its socket path is the sandbox's).
+    fn spawn_agent(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        let path = self.dir.join(format!("{}.sock", spec.id));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        let cancel = CancellationToken::new();
+        tokio::spawn(serve_agent(listener, cancel.clone(), spec.clone()));
+        let mut st = self.state.lock().unwrap();
+        st.agents.insert(spec.id.clone(), (cancel, spec.clone()));
+        st.files.insert(spec.id.clone());
+        Ok(self.handle(&spec.id, std::process::id() as i32, 1))
+    }
+
+    /// Records a lifecycle call; an error if that call was set to fail.
+    fn call(&self, what: &'static str, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.state.lock().unwrap();
+        st.calls.push(format!("{what} {id}"));
+        if st.failing.contains(what) {
+            return Err(RuntimeError::Step {
+                step: what,
+                message: "asked to fail".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn fail(&self, what: &'static str, on: bool) {
+        let mut st = self.state.lock().unwrap();
+        if on {
+            st.failing.insert(what);
+        } else {
+            st.failing.remove(what);
+        }
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    fn is_frozen(&self, id: &str) -> bool {
+        self.state.lock().unwrap().frozen.contains(id)
+    }
+
+    fn has_agent(&self, id: &str) -> bool {
+        self.state.lock().unwrap().agents.contains_key(id)
     }
 
     /// Simulates an agent that died on its own.
@@ -84,22 +152,7 @@ impl SandboxBackend for FakeBackend {
                 message: "asked to fail".into(),
             });
         }
-        let path = self.dir.join(format!("{}.sock", spec.id));
-        let listener = UnixListener::bind(&path)?;
-        let cancel = CancellationToken::new();
-        tokio::spawn(serve_agent(listener, cancel.clone(), spec.clone()));
-        self.state
-            .lock()
-            .unwrap()
-            .agents
-            .insert(spec.id.clone(), (cancel, spec.clone()));
-        Ok(SandboxHandle {
-            id: spec.id,
-            agent_pid: std::process::id() as i32,
-            agent_start_time: 1,
-            api: AgentEndpoint::Unix(path.clone()),
-            control: AgentEndpoint::Unix(path),
-        })
+        self.spawn_agent(spec)
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
@@ -108,6 +161,8 @@ impl SandboxBackend for FakeBackend {
             c.cancel();
         }
         st.destroyed.push(id.to_string());
+        st.files.remove(id);
+        st.frozen.remove(id);
         let _ = std::fs::remove_file(self.dir.join(format!("{id}.sock")));
         Ok(())
     }
@@ -117,7 +172,61 @@ impl SandboxBackend for FakeBackend {
     }
 
     async fn list_host_sandboxes(&self) -> Result<Vec<String>, RuntimeError> {
-        Ok(self.state.lock().unwrap().leftovers.clone())
+        let st = self.state.lock().unwrap();
+        let mut all: Vec<String> = st.leftovers.iter().chain(&st.files).cloned().collect();
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+
+    async fn adopt(&self, id: &str, agent_pid: i32, agent_start_time: u64) -> Result<Adopted, RuntimeError> {
+        let st = self.state.lock().unwrap();
+        let same_agent = agent_pid == std::process::id() as i32 && agent_start_time == 1;
+        Ok(Adopted {
+            handle: self.handle(id, agent_pid, agent_start_time),
+            agent_alive: same_agent && st.agents.contains_key(id),
+            files: st.files.contains(id),
+        })
+    }
+
+    async fn freeze(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call("freeze", id)?;
+        let mut st = self.state.lock().unwrap();
+        if !st.agents.contains_key(id) {
+            return Err(RuntimeError::Step {
+                step: "freeze",
+                message: format!("no processes in {id}"),
+            });
+        }
+        st.frozen.insert(id.to_string());
+        Ok(())
+    }
+
+    async fn thaw(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call("thaw", id)?;
+        self.state.lock().unwrap().frozen.remove(id);
+        Ok(())
+    }
+
+    async fn stop_keep_files(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call("stop", id)?;
+        let mut st = self.state.lock().unwrap();
+        if let Some((c, _)) = st.agents.remove(id) {
+            c.cancel();
+        }
+        st.frozen.remove(id);
+        Ok(())
+    }
+
+    async fn boot_existing(&self, spec: SandboxSpec) -> Result<SandboxHandle, RuntimeError> {
+        self.call("boot", &spec.id)?;
+        if !self.state.lock().unwrap().files.contains(&spec.id) {
+            return Err(RuntimeError::Step {
+                step: "boot",
+                message: format!("the files of {} are gone", spec.id),
+            });
+        }
+        self.spawn_agent(spec)
     }
 }
 
@@ -285,6 +394,16 @@ impl Harness {
         std::fs::create_dir_all(&sock_dir).unwrap();
         let backend = FakeBackend::new(sock_dir);
         seed(&backend);
+        Self::launch_on(dir, backend, tweak).await
+    }
+
+    /// A daemon on `dir`'s data dir over an existing backend (a restart: the host's sandboxes
+    /// are still there).
+    async fn launch_on(
+        dir: tempfile::TempDir,
+        backend: Arc<FakeBackend>,
+        tweak: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let mut cfg = ServerConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             dir.path().join("data"),
@@ -348,6 +467,39 @@ impl Harness {
     async fn stop(mut self) {
         let _ = self.shutdown.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap();
+    }
+
+    /// Stops the daemon (sandboxes keep running) and returns its dir and backend for a
+    /// restart.
+    async fn stop_keep(mut self) -> (tempfile::TempDir, Arc<FakeBackend>) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        (self._dir, self.backend)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = self
+            .api(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status();
+        let body = r.bytes().await.unwrap();
+        (s, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// `GET /whoami` through the proxy: the sandbox's agent answers.
+    async fn agent_answers(&self, id: &str) -> bool {
+        let r = self
+            .http
+            .get(self.url("/whoami"))
+            .header("e2b-sandbox-id", id)
+            .header("e2b-sandbox-port", "49983")
+            .send()
+            .await
+            .unwrap();
+        r.status() == StatusCode::OK
     }
 }
 
@@ -1211,5 +1363,236 @@ async fn every_documented_operation_is_routed() {
             "{method} {path} ({concrete}) is documented but not routed: {what}"
         );
     }
+    h.stop().await;
+}
+
+/// The registry row of `id` in the daemon's data dir (read beside the running daemon).
+fn stored_state(h: &Harness, id: &str) -> Option<sandboxd_store::SandboxState> {
+    let store = sandboxd_store::Store::open(&h._dir.path().join("data")).unwrap();
+    store.get(id).unwrap().map(|r| r.state)
+}
+
+async fn state_of(h: &Harness, id: &str) -> (String, Value) {
+    let (s, d) = h.get_json(&format!("/sandboxes/{id}")).await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    (d["state"].as_str().unwrap_or_default().to_string(), d)
+}
+
+#[tokio::test]
+async fn pause_failures_roll_back_and_resume_falls_back_to_the_files() {
+    use sandboxd_store::SandboxState::{Paused, Running};
+    let h = Harness::start(DaemonLimits::default()).await;
+    let id = sid(&h.create_ok(json!({"templateID": "base"})).await);
+    let pause = format!("/sandboxes/{id}/pause");
+    let connect = format!("/sandboxes/{id}/connect");
+
+    // A memory pause whose freeze fails: thawed again, running, row and traffic as before.
+    h.backend.fail("freeze", true);
+    let (s, v) = h.post(&pause, json!({})).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert!(
+        h.backend.calls().contains(&format!("thaw {id}")),
+        "{:?}",
+        h.backend.calls()
+    );
+    assert_eq!(state_of(&h, &id).await.0, "running");
+    assert_eq!(stored_state(&h, &id), Some(Running));
+    assert!(h.agent_answers(&id).await);
+    h.backend.fail("freeze", false);
+
+    // A memory pause that works: frozen, no traffic, the row says paused.
+    let (s, _) = h.post(&pause, json!({})).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(h.backend.is_frozen(&id));
+    let (st, d) = state_of(&h, &id).await;
+    assert_eq!((st.as_str(), d["pauseMode"].as_str()), ("paused", Some("full")));
+    assert_eq!(stored_state(&h, &id), Some(Paused));
+    assert!(!h.agent_answers(&id).await);
+
+    // Its resume cannot thaw: a fresh boot on the kept files, with a note saying so.
+    h.backend.fail("thaw", true);
+    let (s, v) = h.post(&connect, json!({"timeout": 60})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(h.backend.calls().contains(&format!("boot {id}")));
+    let (st, d) = state_of(&h, &id).await;
+    assert_eq!(st, "running");
+    assert!(
+        d["lifecycleNote"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("memory resume failed"),
+        "{d}"
+    );
+    assert_eq!(stored_state(&h, &id), Some(Running));
+    assert!(h.agent_answers(&id).await);
+    h.backend.fail("thaw", false);
+
+    // A filesystem pause whose stop fails stays paused (a resume stops leftovers first).
+    h.backend.fail("stop", true);
+    let (s, _) = h.post(&pause, json!({"memory": false})).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (st, d) = state_of(&h, &id).await;
+    assert_eq!(
+        (st.as_str(), d["pauseMode"].as_str()),
+        ("paused", Some("filesystem"))
+    );
+    h.backend.fail("stop", false);
+
+    // A resume whose boot fails answers the error and leaves it paused, row included.
+    h.backend.fail("boot", true);
+    let (s, v) = h.post(&connect, json!({"timeout": 60})).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert_eq!(state_of(&h, &id).await.0, "paused");
+    assert_eq!(stored_state(&h, &id), Some(Paused));
+    h.backend.fail("boot", false);
+    let (s, _) = h.post(&connect, json!({"timeout": 60})).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert!(h.agent_answers(&id).await);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_readopts_running_and_paused_sandboxes() {
+    let h = Harness::start(DaemonLimits::default()).await;
+    let running = sid(&h.create_ok(json!({"templateID": "base"})).await);
+    let mem = sid(&h.create_ok(json!({"templateID": "base"})).await);
+    let files = sid(&h.create_ok(json!({"templateID": "base"})).await);
+    let (s, _) = h.post(&format!("/sandboxes/{mem}/pause"), json!({})).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = h
+        .post(&format!("/sandboxes/{files}/pause"), json!({"memory": false}))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (dir, backend) = h.stop_keep().await;
+    // while no daemon ran, an interrupted resume thawed the memory-paused one
+    backend.state.lock().unwrap().frozen.remove(&mem);
+
+    let h = Harness::launch_on(dir, backend, |_| {}).await;
+    assert_eq!(state_of(&h, &running).await.0, "running");
+    assert!(h.agent_answers(&running).await);
+    let (st, d) = state_of(&h, &mem).await;
+    assert_eq!((st.as_str(), d["pauseMode"].as_str()), ("paused", Some("full")));
+    assert!(h.backend.is_frozen(&mem), "frozen again at start");
+    let (st, d) = state_of(&h, &files).await;
+    assert_eq!(
+        (st.as_str(), d["pauseMode"].as_str()),
+        ("paused", Some("filesystem"))
+    );
+    assert!(h.backend.state.lock().unwrap().destroyed.is_empty());
+    for id in [&mem, &files] {
+        let (s, v) = h
+            .post(&format!("/sandboxes/{id}/connect"), json!({"timeout": 60}))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        assert!(h.agent_answers(id).await);
+    }
+    assert!(!h.backend.is_frozen(&mem));
+    h.stop().await;
+}
+
+/// A registry row as an earlier (crashed) daemon left it.
+fn crashed_row(id: &str, state: sandboxd_store::SandboxState) -> sandboxd_store::SandboxRecord {
+    let now = chrono::Utc::now();
+    sandboxd_store::SandboxRecord {
+        seq: 0,
+        id: id.into(),
+        template_id: "base".into(),
+        alias: Some("base".into()),
+        state,
+        limits: sandboxd_store::StoredLimits {
+            cpu_count: 1,
+            memory_mb: 512,
+            disk_mb: 0,
+            pids: 10,
+        },
+        metadata: Default::default(),
+        env_vars: Default::default(),
+        access_token: None,
+        traffic_token: None,
+        allow_internet_access: true,
+        network: None,
+        started_at: now,
+        end_at: now + chrono::Duration::seconds(300),
+        agent_pid: Some(std::process::id() as i32),
+        agent_start_time: Some(1),
+    }
+}
+
+#[tokio::test]
+async fn crash_reconciliation_follows_the_registry() {
+    use sandboxd_store::SandboxState::{Creating, Killing, Paused, Running};
+    let dir = tempfile::tempdir().unwrap();
+    let sock_dir = dir.path().join("socks");
+    std::fs::create_dir_all(&sock_dir).unwrap();
+    let backend = FakeBackend::new(sock_dir);
+    // What the host holds: every sandbox below was booted.
+    for id in [
+        "icreating",
+        "ikilling",
+        "irunning",
+        "idead",
+        "ipausedmem",
+        "ihostonly",
+    ] {
+        let spec = SandboxSpec {
+            id: id.into(),
+            template: "base".into(),
+            limits: Default::default(),
+            agent: sandboxd_protocol::agent::AgentConfig::new(id, "base"),
+            volumes: Vec::new(),
+        };
+        backend.create(spec).await.unwrap();
+    }
+    backend.crash("idead");
+    backend.crash("ipausedmem"); // a memory pause whose processes a host reboot took
+    backend.state.lock().unwrap().frozen.insert("irunning".into()); // an interrupted pause
+    {
+        let store = sandboxd_store::Store::open(&dir.path().join("data")).unwrap();
+        for (id, st) in [
+            ("icreating", Creating),
+            ("ikilling", Killing),
+            ("irunning", Running),
+            ("idead", Running),
+            ("ipausedmem", Paused),
+        ] {
+            store.insert(&crashed_row(id, st)).unwrap();
+        }
+        store
+            .set_lifecycle("ipausedmem", &json!({"pausedMemory": true}))
+            .unwrap();
+    }
+
+    let h = Harness::launch_on(dir, backend, |_| {}).await;
+    let mut destroyed = h.backend.state.lock().unwrap().destroyed.clone();
+    destroyed.sort();
+    assert_eq!(destroyed, ["icreating", "idead", "ihostonly", "ikilling"]);
+    for gone in &destroyed {
+        assert_eq!(stored_state(&h, gone), None, "{gone}");
+        let (s, _) = h.get_json(&format!("/sandboxes/{gone}")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{gone}");
+    }
+    // running with a live agent: re-adopted and thawed
+    assert_eq!(state_of(&h, "irunning").await.0, "running");
+    assert!(!h.backend.is_frozen("irunning"));
+    assert!(h.agent_answers("irunning").await);
+    // paused with memory but no processes: a filesystem pause now, with a note
+    let (st, d) = state_of(&h, "ipausedmem").await;
+    assert_eq!(
+        (st.as_str(), d["pauseMode"].as_str()),
+        ("paused", Some("filesystem"))
+    );
+    assert!(
+        d["lifecycleNote"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("memory state was lost"),
+        "{d}"
+    );
+    assert!(!h.backend.has_agent("ipausedmem"));
+    let (s, v) = h
+        .post("/sandboxes/ipausedmem/connect", json!({"timeout": 60}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(h.agent_answers("ipausedmem").await);
     h.stop().await;
 }
