@@ -100,10 +100,9 @@ fn set_nofile(pid: i32, n: u64) {
 /// `/proc/<pid>/stat`, which is no evidence that the agent exited, so the sandbox and its
 /// files must survive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn descriptor_exhaustion_never_kills_a_sandbox() {
-    if !require_root("descriptor_exhaustion_never_kills_a_sandbox") {
-        return;
-    }
+    require_root("descriptor_exhaustion_never_kills_a_sandbox");
     let d = Daemon::start();
     let id = create(&d).await;
     assert_eq!(
@@ -184,10 +183,9 @@ fn tiny_descriptor_limit_is_a_start_up_error() {
 /// Proxy errors on a running sandbox say what they are: a broken client body is a 4xx, a
 /// refused request is the agent's answer, never 502 "The sandbox was not found".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn proxy_errors_on_a_running_sandbox_are_not_not_found() {
-    if !require_root("proxy_errors_on_a_running_sandbox_are_not_not_found") {
-        return;
-    }
+    require_root("proxy_errors_on_a_running_sandbox_are_not_not_found");
     let d = Daemon::start();
     let id = create(&d).await;
     // 1 MiB gzip-encoded unary body: the agent refuses the encoding.
@@ -228,10 +226,9 @@ async fn proxy_errors_on_a_running_sandbox_are_not_not_found() {
 /// Client mistakes on the files and filesystem APIs are 4xx with the reason, and an empty
 /// upload writes an empty file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn client_mistakes_are_4xx_and_empty_uploads_work() {
-    if !require_root("client_mistakes_are_4xx_and_empty_uploads_work") {
-        return;
-    }
+    require_root("client_mistakes_are_4xx_and_empty_uploads_work");
     let d = Daemon::start();
     let id = create(&d).await;
 
@@ -306,10 +303,9 @@ async fn client_mistakes_are_4xx_and_empty_uploads_work() {
 /// Thirty recursive watchers and the deepest directory a request may create: the agent keeps
 /// answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn deep_trees_under_many_watchers_keep_the_agent_responsive() {
-    if !require_root("deep_trees_under_many_watchers_keep_the_agent_responsive") {
-        return;
-    }
+    require_root("deep_trees_under_many_watchers_keep_the_agent_responsive");
     let d = Daemon::start();
     let id = create(&d).await;
     let (s, v) = unary(

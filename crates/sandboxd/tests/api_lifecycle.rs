@@ -123,10 +123,9 @@ fn restart(data: &Path, key: &str) -> Daemon {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn readoption_after_sigkill_and_sigterm() {
-    if !require_root("readoption_after_sigkill_and_sigterm") {
-        return;
-    }
+    require_root("readoption_after_sigkill_and_sigterm");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let key = test_key();
@@ -218,10 +217,9 @@ async fn readoption_after_sigkill_and_sigterm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn crash_during_creates_pauses_and_upload_loses_nothing() {
-    if !require_root("crash_during_creates_pauses_and_upload_loses_nothing") {
-        return;
-    }
+    require_root("crash_during_creates_pauses_and_upload_loses_nothing");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let key = test_key();
@@ -420,10 +418,9 @@ struct Told {
 /// sandbox is killed, nothing at all. `SANDBOXD_CRASH_ROUNDS` (default 12; `sandboxd`'s long
 /// run uses 100) and `SANDBOXD_CRASH_SEED` replay a run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn crash_at_random_moments_leaks_and_loses_nothing() {
-    if !require_root("crash_at_random_moments_leaks_and_loses_nothing") {
-        return;
-    }
+    require_root("crash_at_random_moments_leaks_and_loses_nothing");
     let rounds: usize = std::env::var("SANDBOXD_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())

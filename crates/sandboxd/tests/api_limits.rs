@@ -108,10 +108,9 @@ async fn upload(d: &Daemon, v: &Value, path: &str, body: Vec<u8>) -> u16 {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn disk_quota_cpus_and_memory() {
-    if !require_root("disk_quota_cpus_and_memory") {
-        return;
-    }
+    require_root("disk_quota_cpus_and_memory");
     let d = Daemon::start();
     let (s, v) = d
         .create(json!({"templateID":"base","timeout":300,"secure":true,"cpuCount":1,"memoryMB":256,"diskSizeMB":64}))
@@ -225,10 +224,9 @@ async fn disk_quota_cpus_and_memory() {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn disk_defaults_zero_and_bad_sizes() {
-    if !require_root("disk_defaults_zero_and_bad_sizes") {
-        return;
-    }
+    require_root("disk_defaults_zero_and_bad_sizes");
     let d = Daemon::start();
     // defaults (from the pool): 1 GiB disk, 2 CPUs (all of this host's, or 2), 512 MiB
     let (s, v) = d
@@ -294,10 +292,9 @@ async fn disk_defaults_zero_and_bad_sizes() {
 /// and a daemon that stops leaves no pool images behind. A paused sandbox whose mount is gone
 /// (as after a host reboot) gets its image mounted again and resumes under its quota.
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn quota_survives_daemon_restart() {
-    if !require_root("quota_survives_daemon_restart") {
-        return;
-    }
+    require_root("quota_survives_daemon_restart");
     let tmp = tempfile::Builder::new()
         .prefix("sandboxd-limits-")
         .tempdir()
@@ -397,10 +394,9 @@ fn sandbox_memory_limit(id: &str) -> Option<u64> {
 /// count against the sandbox (a workload that would fit in `work` alone is OOM-killed while
 /// they are there, and runs once they are gone); the agent and a neighbour keep answering.
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn shm_uploads_count_against_the_sandbox_memory() {
-    if !require_root("shm_uploads_count_against_the_sandbox_memory") {
-        return;
-    }
+    require_root("shm_uploads_count_against_the_sandbox_memory");
     let d = Daemon::start();
     let body = json!({"templateID":"base","timeout":300,"secure":true,"memoryMB":128});
     let (s, v) = d.create(body.clone()).await;

@@ -47,10 +47,9 @@ fn now_secs() -> i64 {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn metrics_history_latest_and_prometheus() {
-    if !require_root("metrics_history_latest_and_prometheus") {
-        return;
-    }
+    require_root("metrics_history_latest_and_prometheus");
     let d = Daemon::start();
     let created_at = now_secs();
     let (s, v) = d
@@ -229,10 +228,9 @@ async fn metrics_history_latest_and_prometheus() {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn logs_record_processes_deadlines_and_oom_kills() {
-    if !require_root("logs_record_processes_deadlines_and_oom_kills") {
-        return;
-    }
+    require_root("logs_record_processes_deadlines_and_oom_kills");
     let d = Daemon::start();
     let (s, v) = d
         .create(json!({"templateID":"base","timeout":120,"secure":true,"memoryMB":128}))

@@ -164,10 +164,9 @@ async fn timed_create(d: &Daemon, body: Value) -> (Duration, Value) {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn pool_claims_isolation_refill_restart_cleanup() {
-    if !require_root("pool_claims_isolation_refill_restart_cleanup") {
-        return;
-    }
+    require_root("pool_claims_isolation_refill_restart_cleanup");
     let mut d = Daemon::start_with_args(&["--pool", "base=2:4"]);
     let data = d.data_dir.canonicalize().unwrap();
     wait_ready(&d, 2).await;

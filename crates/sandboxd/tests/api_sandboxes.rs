@@ -48,10 +48,9 @@ async fn start_process(d: &Daemon, id: &str, token: &str, cmd: &str, args: &[&st
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn lifecycle_create_get_list_kill() {
-    if !require_root("lifecycle_create_get_list_kill") {
-        return;
-    }
+    require_root("lifecycle_create_get_list_kill");
     let d = Daemon::start();
     let v = {
         let (s, v) = d
@@ -131,10 +130,9 @@ async fn lifecycle_create_get_list_kill() {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn timeouts_connect_and_expiry() {
-    if !require_root("timeouts_connect_and_expiry") {
-        return;
-    }
+    require_root("timeouts_connect_and_expiry");
     let d = Daemon::start();
     let (s, v) = d
         .create(json!({"templateID":"base","timeout":300,"secure":true}))
@@ -181,10 +179,9 @@ async fn timeouts_connect_and_expiry() {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn kill_resets_a_running_command_stream() {
-    if !require_root("kill_resets_a_running_command_stream") {
-        return;
-    }
+    require_root("kill_resets_a_running_command_stream");
     let d = Daemon::start();
     let (s, v) = d
         .create(json!({"templateID":"base","timeout":60,"secure":true}))
@@ -198,10 +195,9 @@ async fn kill_resets_a_running_command_stream() {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn user_ports_go_through_the_tunnel() {
-    if !require_root("user_ports_go_through_the_tunnel") {
-        return;
-    }
+    require_root("user_ports_go_through_the_tunnel");
     let d = Daemon::start();
     let (s, v) = d
         .create(json!({"templateID":"base","timeout":60,"secure":true}))
@@ -262,10 +258,9 @@ async fn user_ports_go_through_the_tunnel() {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn signed_file_urls_find_their_sandbox() {
-    if !require_root("signed_file_urls_find_their_sandbox") {
-        return;
-    }
+    require_root("signed_file_urls_find_their_sandbox");
     let d = Daemon::start();
     let (s, a) = d
         .create(json!({"templateID":"base","timeout":60,"secure":true}))
@@ -306,10 +301,9 @@ async fn signed_file_urls_find_their_sandbox() {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn concurrency_limit_gives_429() {
-    if !require_root("concurrency_limit_gives_429") {
-        return;
-    }
+    require_root("concurrency_limit_gives_429");
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start_in(
         &tmp.path().join("data"),
@@ -329,10 +323,9 @@ async fn concurrency_limit_gives_429() {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn sigterm_leaves_sandboxes_running_and_a_restart_adopts_them() {
-    if !require_root("sigterm_leaves_sandboxes_running_and_a_restart_adopts_them") {
-        return;
-    }
+    require_root("sigterm_leaves_sandboxes_running_and_a_restart_adopts_them");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let opts = Opts {
@@ -366,10 +359,9 @@ async fn sigterm_leaves_sandboxes_running_and_a_restart_adopts_them() {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn a_burst_of_concurrent_creates_all_succeed() {
-    if !require_root("a_burst_of_concurrent_creates_all_succeed") {
-        return;
-    }
+    require_root("a_burst_of_concurrent_creates_all_succeed");
     // 64 creates at once (the bench once hit "no free loop device" here): every one gets its
     // own disk quota (loop device) and agent.
     let d = Daemon::start();

@@ -54,10 +54,9 @@ async fn out(d: &Daemon, v: &Value, script: &str) -> String {
 }
 
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn snapshot_fork_and_bad_input() {
-    if !require_root("snapshot_fork_and_bad_input") {
-        return;
-    }
+    require_root("snapshot_fork_and_bad_input");
     let d = Daemon::start();
     let (s, src) = d.create(json!({"templateID":"base","timeout":120,"secure":true,"envVars":{"FOO":"bar"},"metadata":{"k":"v"}})).await;
     assert_eq!(s, 201, "{src}");
@@ -293,11 +292,10 @@ fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, std::fs::Metad
 /// a 15 TiB sparse file is copied as sparse, quickly; a snapshot over the limit is refused
 /// with 507, no host path in the message and nothing left behind.
 #[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn snapshots_are_safe_on_the_host_sparse_and_bounded() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if !require_root("snapshots_are_safe_on_the_host_sparse_and_bounded") {
-        return;
-    }
+    require_root("snapshots_are_safe_on_the_host_sparse_and_bounded");
     let d = Daemon::start_with_args(&["--max-snapshot-mb", "16"]);
     let (s, src) = d.create(json!({"templateID":"base","timeout":120})).await;
     assert_eq!(s, 201, "{src}");

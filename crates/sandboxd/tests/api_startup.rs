@@ -75,10 +75,9 @@ async fn busy_port_exits_before_touching_the_data_dir() {
 /// The first daemon (with a warm pool, whose slots and trash a second start used to clear)
 /// keeps creating sandboxes after a second daemon was refused on its data dir.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn second_daemon_on_a_data_dir_in_use_leaves_the_first_working() {
-    if !require_root("second_daemon_on_a_data_dir_in_use_leaves_the_first_working") {
-        return;
-    }
+    require_root("second_daemon_on_a_data_dir_in_use_leaves_the_first_working");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let first = Daemon::start_in(

@@ -135,10 +135,9 @@ async fn v2_bad_bodies_and_unknown_sandboxes() {
 /// `{"memory": false}` on a running sandbox (only extends) and on a memory-paused one (a fresh
 /// boot on the same files: processes gone, files kept).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn v2_create_and_connect_with_the_newest_sdk_bodies() {
-    if !require_root("v2_create_and_connect_with_the_newest_sdk_bodies") {
-        return;
-    }
+    require_root("v2_create_and_connect_with_the_newest_sdk_bodies");
     let d = Daemon::start();
     // js 2.51 create(): no timeout, no secure, no metadata
     let (s, a) = post_raw(&d, "/v2/sandboxes", r#"{"templateID":"base"}"#).await;
@@ -277,10 +276,9 @@ async fn bad_idempotency_keys_are_400() {
 /// Same key and body → the same sandbox (also under concurrent retries and after a restart);
 /// another body → 422; a failed create frees the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn idempotent_create_never_creates_twice() {
-    if !require_root("idempotent_create_never_creates_twice") {
-        return;
-    }
+    require_root("idempotent_create_never_creates_twice");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let key = common::test_key();
@@ -348,10 +346,9 @@ async fn idempotent_create_never_creates_twice() {
 /// Network fields of the newest SDKs are validated and stored, secrets never come back;
 /// `pauseMode` and `envdUnresponsiveAtPause` describe a paused sandbox; snapshot `memory`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
-    if !require_root("newest_sdk_fields_network_pause_mode_and_snapshot_memory") {
-        return;
-    }
+    require_root("newest_sdk_fields_network_pause_mode_and_snapshot_memory");
     let d = Daemon::start();
     let network = json!({
         "allowPublicTraffic": null,

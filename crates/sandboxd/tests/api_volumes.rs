@@ -77,10 +77,9 @@ impl Drop for UnmountVolumes {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn volumes_api_mounts_quota_and_bad_input() {
-    if !require_root("volumes_api_mounts_quota_and_bad_input") {
-        return;
-    }
+    require_root("volumes_api_mounts_quota_and_bad_input");
     let d = Daemon::start();
     let _unmount = UnmountVolumes(d.data_dir.clone());
 
@@ -231,10 +230,9 @@ async fn volumes_api_mounts_quota_and_bad_input() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn volume_contents_survive_sandbox_kill_and_daemon_restart() {
-    if !require_root("volume_contents_survive_sandbox_kill_and_daemon_restart") {
-        return;
-    }
+    require_root("volume_contents_survive_sandbox_kill_and_daemon_restart");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let opts = Opts {

@@ -87,10 +87,9 @@ fn start(data: &std::path::Path, key: &str) -> Daemon {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn egress_policies_against_the_fake_internet() {
-    if !require_root("egress_policies_against_the_fake_internet") {
-        return;
-    }
+    require_root("egress_policies_against_the_fake_internet");
     let _inet = FakeInternet::up();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

@@ -14,10 +14,9 @@ fn api(h: &sandboxd_runtime::SandboxHandle) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn create_run_destroy() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tb = backend();
     let id = new_id();
     let h = tb
@@ -72,10 +71,9 @@ async fn create_run_destroy() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn isolation_from_inside() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tb = backend();
     let id = new_id();
     let h = tb
@@ -154,10 +152,9 @@ async fn isolation_from_inside() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn memory_limit_kills_only_the_offender() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // pooled slots carry default limits: this checks that claiming one applies the request's
     let tb = backend_pooled();
     let small = Limits {
@@ -198,10 +195,9 @@ async fn memory_limit_kills_only_the_offender() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn fork_bomb_stops_at_pids_limit() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tb = backend();
     let id = new_id();
     let limits = Limits {
@@ -235,10 +231,9 @@ except OSError as e:
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn bad_specs_fail_cleanly() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tb = backend();
     let bad_id = spec("Bad/Id", Limits::default());
     assert!(tb.backend.create(bad_id).await.is_err());
@@ -297,10 +292,9 @@ async fn bad_specs_fail_cleanly() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn create_latency() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tb = backend_pooled();
     // warm up (page cache, first helper request)
     let id = new_id();
@@ -345,10 +339,9 @@ async fn create_latency() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn pooled_create_with_own_hostname() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tb = backend_pooled();
     let id = new_id();
     let mut s = spec(&id, Limits::default());
@@ -379,10 +372,9 @@ async fn pooled_create_with_own_hostname() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn sandboxes_outlive_the_daemon_and_helper() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tb = backend();
     let id = new_id();
     let h = tb
@@ -423,10 +415,9 @@ async fn sandboxes_outlive_the_daemon_and_helper() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn concurrent_creates() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let tb = backend_pooled();
     let ids: Vec<String> = (0..8).map(|_| new_id()).collect();
     let t = Instant::now();
