@@ -2,11 +2,12 @@
 
 use crate::error::ApiError;
 use crate::ids::parse_query_time;
+use crate::query::first_values;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use sandboxd_daemon::SandboxView;
 use sandboxd_store::SandboxState;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// Largest and default page size.
 pub const MAX_LIMIT: usize = 100;
@@ -114,19 +115,10 @@ impl Cursor {
     }
 }
 
-/// First value of each query parameter.
-pub fn query_map(query: Option<&str>) -> HashMap<String, String> {
-    let mut map = HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        map.entry(k.into_owned()).or_insert_with(|| v.into_owned());
-    }
-    map
-}
-
 impl ListQuery {
     /// Parses the v2 list query.
     pub fn parse_v2(query: Option<&str>) -> Result<Self, ApiError> {
-        let q = query_map(query);
+        let q = first_values(query);
         let metadata = decode_metadata_filter(q.get("metadata").map_or("", String::as_str))?;
         let states = match q.get("state") {
             None => vec![SandboxState::Running, SandboxState::Paused],
@@ -201,7 +193,7 @@ impl ListQuery {
 
     /// Parses the deprecated v1 list query (`metadata` only; running sandboxes; no paging).
     pub fn parse_v1(query: Option<&str>) -> Result<Self, ApiError> {
-        let q = query_map(query);
+        let q = first_values(query);
         Ok(Self {
             metadata: decode_metadata_filter(q.get("metadata").map_or("", String::as_str))?,
             states: vec![SandboxState::Running],

@@ -2,6 +2,7 @@
 
 use crate::error::ApiError;
 use crate::ids::is_valid_sandbox_id;
+use crate::query::param;
 use http::{HeaderMap, Method, Uri, header};
 use sandboxd_protocol::ENVD_PORT;
 use subtle::ConstantTimeEq;
@@ -49,7 +50,7 @@ pub fn decide(method: &Method, uri: &Uri, headers: &HeaderMap) -> Route {
     }
     if uri.path() == "/files"
         && (method == Method::GET || method == Method::POST)
-        && query_param(uri.query(), "signature").is_some()
+        && param(uri.query(), "signature").is_some()
     {
         return Route::SignedFiles;
     }
@@ -78,13 +79,6 @@ pub fn parse_sandbox_host(host: &str) -> Option<(u16, String)> {
     is_valid_sandbox_id(&id).then_some((port, id))
 }
 
-/// The first value of a query parameter, form-decoded.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 pub use sandboxd_protocol::signing::file_signature;
 
 /// The signature-relevant parts of a signed `/files` request.
@@ -107,11 +101,11 @@ impl SignedFileRequest {
         };
         let q = uri.query();
         Some(Self {
-            path: query_param(q, "path").unwrap_or_default(),
+            path: param(q, "path").unwrap_or_default(),
             op,
-            username: query_param(q, "username").unwrap_or_default(),
-            signature: query_param(q, "signature")?,
-            expiration: query_param(q, "signature_expiration"),
+            username: param(q, "username").unwrap_or_default(),
+            signature: param(q, "signature")?,
+            expiration: param(q, "signature_expiration"),
         })
     }
 
