@@ -19,7 +19,8 @@
 //! - prerouting: DNS (UDP and TCP 53, to any address) goes to the daemon's resolver; TCP 80 and
 //!   443 of sandboxes with domain rules go to the egress proxy.
 //! - postrouting: masquerade out through the host's own routing table.
-//! - nothing on the network may open a connection into a sandbox.
+//! - nothing on the network, and no process of the host, may open a connection into a sandbox
+//!   (ingress goes through the daemon's proxy, which checks tokens).
 
 use crate::plan::{AddressPlan, IFACE_PREFIX};
 use crate::policy::Policy;
@@ -199,6 +200,21 @@ impl Ruleset<'_> {
         if let Some(p) = self.proxy_port {
             let _ = writeln!(s, "    ip daddr {gw} tcp dport {p} accept");
         }
+        let _ = writeln!(s, "    drop\n  }}");
+        // the host's own processes: only replies, resets and ICMP errors reach sandboxes (a host
+        // user must not bypass the daemon's tokens by connecting to a sandbox's address)
+        let _ = writeln!(
+            s,
+            "  chain output {{\n    type filter hook output priority filter; policy accept;"
+        );
+        let _ = writeln!(s, "    oifname \"{w}\" jump from_host\n  }}");
+        let _ = writeln!(s, "  chain from_host {{");
+        let _ = writeln!(s, "    ct state established,related accept");
+        let _ = writeln!(s, "    meta l4proto tcp tcp flags & rst == rst accept");
+        let _ = writeln!(
+            s,
+            "    meta l4proto icmp icmp type destination-unreachable accept"
+        );
         let _ = writeln!(s, "    drop\n  }}");
         // nat
         let _ = writeln!(

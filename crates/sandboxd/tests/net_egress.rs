@@ -156,6 +156,27 @@ async fn egress_policies_against_the_fake_internet() {
         "refused\n".repeat(7),
         "host, daemon, metadata, neighbour must be out of reach"
     );
+    // no host process opens a connection to a sandbox's address (ingress goes through the
+    // daemon's proxy and its tokens); the sandbox itself reaches its listener
+    sh(
+        &d,
+        &other,
+        &other_tok,
+        "nohup python3 -m http.server 8000 >/dev/null 2>&1 & sleep 1",
+    )
+    .await;
+    assert_eq!(
+        sh(&d, &other, &other_tok, &probe("127.0.0.1", 8000)).await,
+        "ok\n"
+    );
+    let from_host = std::net::TcpStream::connect_timeout(
+        &format!("{other_ip}:8000").parse().unwrap(),
+        Duration::from_secs(2),
+    );
+    assert!(
+        from_host.is_err(),
+        "the host reached a sandbox's listener directly"
+    );
     // names of the host are not resolvable
     let host_name = nix::unistd::gethostname().unwrap().to_string_lossy().into_owned();
     let out = sh(
