@@ -166,11 +166,6 @@ fn reaper() -> &'static Reaper {
     REAPER.get_or_init(|| new_reaper(ReapMode::Registered))
 }
 
-/// The reap mode in effect.
-pub fn reap_mode() -> ReapMode {
-    reaper().mode
-}
-
 /// Start `cmd` and register its pid for its exit status, atomically with respect to the
 /// reaper. `cmd` must not use `Stdio::piped()` handles that need a `Child` to stay alive:
 /// the `std::process::Child` is dropped (it neither kills nor waits).

@@ -133,12 +133,6 @@ pub fn log_availability() {
     }
 }
 
-/// The readiness check of a template's service, if it has one (for every path that boots an
-/// agent: create, and a filesystem-only resume).
-pub fn ready_check(template: &str) -> Option<ReadyCheck> {
-    resolve(template).and_then(|t| t.ready)
-}
-
 /// Send one `GET <path>` through the agent's `CONNECT` tunnel to `127.0.0.1:<port>` and return
 /// the status code of the inner answer (`Ok(502)` from the tunnel when nothing listens yet).
 async fn probe(api: &Path, port: u16, path: &str) -> io::Result<u16> {

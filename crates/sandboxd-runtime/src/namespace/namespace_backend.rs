@@ -174,11 +174,6 @@ impl NamespaceBackend {
         &self.inner.cfg
     }
 
-    /// cgroup version in use (`v1` or `v2`).
-    pub fn cgroup_version(&self) -> &'static str {
-        self.inner.cgroups.layout().version()
-    }
-
     /// `<data>/sandboxes/<id>`.
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.inner.cfg.data_dir.join("sandboxes").join(id)
