@@ -119,14 +119,6 @@ impl CgroupLayout {
         let text = std::fs::read_to_string("/proc/self/mountinfo")?;
         Self::from_mountinfo(&text)
     }
-
-    /// Short name for logs and docs.
-    pub fn version(&self) -> &'static str {
-        match self {
-            Self::V1(_) => "v1",
-            Self::V2(_) => "v2",
-        }
-    }
 }
 
 fn step(message: String) -> RuntimeError {

@@ -176,24 +176,8 @@ impl Inner {
 
 /// `renameat2(RENAME_NOREPLACE)`.
 pub(super) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let inval = |_| std::io::Error::from(ErrorKind::InvalidInput);
-    let f = std::ffi::CString::new(from.as_os_str().as_bytes()).map_err(inval)?;
-    let t = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(inval)?;
-    // SAFETY: valid C strings.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE).map_err(std::io::Error::from)
 }
 
 /// Rename a sandbox directory into the trash, so its id is free at once. Returns the new

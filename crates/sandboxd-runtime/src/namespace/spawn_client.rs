@@ -91,8 +91,7 @@ impl SpawnHelperClient {
 impl Drop for SpawnHelperClient {
     fn drop(&mut self) {
         // Closing our end makes the helper exit; sandboxes are unaffected.
-        // SAFETY: shutting down a socket we own.
-        unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_RDWR) };
+        let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         for _ in 0..100 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;

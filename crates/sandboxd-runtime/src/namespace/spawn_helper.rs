@@ -23,10 +23,8 @@ use std::path::{Path, PathBuf};
 fn unstage(own: &Path) {
     for d in ["usr", "templates"] {
         let p = own.join(d);
-        if let Ok(c) = cpath(&p) {
-            // SAFETY: valid C string; lazily detaches whatever is mounted there.
-            while unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {}
-        }
+        // lazily detach whatever is mounted there (stacked mounts included)
+        while nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
         let _ = std::fs::remove_dir(&p);
     }
     let _ = std::fs::remove_dir(own);
@@ -115,8 +113,7 @@ fn mapping_userns(map: &str) -> io::Result<OwnedFd> {
         Ok(OwnedFd::from(f))
     })();
     drop(w);
-    // SAFETY: reaping our own child.
-    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     res
 }
 
@@ -301,9 +298,10 @@ impl Helper {
         if let Err(r) = self.prepare_child(pid, ctx.timing) {
             return Err(kill(r));
         }
-        // SAFETY: writing one byte to our pipe.
-        if unsafe { libc::write(go_wr.as_raw_fd(), b"g".as_ptr().cast(), 1) } != 1 {
-            return Err(kill(fail("clone", io::Error::last_os_error())));
+        match nix::unistd::write(&go_wr, b"g") {
+            Ok(1) => {}
+            Ok(_) => return Err(kill(fail("clone", "short write on the go pipe"))),
+            Err(e) => return Err(kill(fail("clone", e))),
         }
         drop(go_wr);
         let t_go = ctx.timing.map(|t| t.elapsed());
@@ -363,36 +361,23 @@ fn read_until_eof(fd: &OwnedFd, timeout_ms: u64) -> io::Result<Vec<u8>> {
                 "sandbox init did not exec in time",
             ));
         }
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut pfd = [PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        match poll(&mut pfd, timeout) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let n = match nix::unistd::read(fd, &mut buf) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         };
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
-        if rc == 0 {
-            continue;
-        }
-        // SAFETY: reading into a local buffer.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return Err(e);
-        }
         if n == 0 {
             return Ok(out);
         }
-        out.extend_from_slice(&buf[..n as usize]);
+        out.extend_from_slice(&buf[..n]);
         if out.len() > 64 * 1024 {
             return Ok(out);
         }
