@@ -93,6 +93,12 @@ if [ "$want_tests" = 1 ] && ! cargo +nightly --version >/dev/null 2>&1; then
   fi
 fi
 
+# cargo-deny for the dependency checks (deny.toml): licenses, bans, sources, advisories.
+if [ "$want_tests" = 1 ] && ! cargo deny --version 2>/dev/null | grep -q '^cargo-deny 0\.20\.'; then
+  echo "setup: installing cargo-deny" >&2
+  cargo install --locked -q cargo-deny@0.20.2
+fi
+
 # Extra set-up of the code-interpreter template (kernels and their packages), if present.
 if [ -x scripts/setup-interpreter.sh ]; then
   scripts/setup-interpreter.sh
