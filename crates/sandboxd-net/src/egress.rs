@@ -39,6 +39,28 @@ pub struct NetworkConfig {
 struct Entry {
     slot: Option<u32>,
     policy: Arc<Policy>,
+    /// What the policy was made from (`network`, `allow_internet_access`), kept with the slot
+    /// in `<state_dir>/<id>` so a restarted daemon enforces it from its first table write.
+    source: (serde_json::Value, bool),
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Self {
+            slot: None,
+            policy: Arc::new(Policy::default()),
+            source: (serde_json::Value::Null, true),
+        }
+    }
+}
+
+/// `<state_dir>/<id>`: a connected sandbox's slot and policy source.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Persisted {
+    slot: u32,
+    network: serde_json::Value,
+    allow_internet_access: bool,
 }
 
 #[derive(Default)]
@@ -99,6 +121,7 @@ impl Network {
         ));
         tokio::spawn(resolver.clone().serve_udp(udp));
         tokio::spawn(resolver.serve_tcp(tcp));
+        net.load_state().await;
         net.write_filter().await?;
         net.sweep_stale_tables().await;
         tracing::info!(
@@ -187,20 +210,94 @@ impl Network {
             .map_err(|e| io_step("packet filter", e))
     }
 
-    /// Sets a sandbox's policy; writes the filter when the sandbox is connected and the
-    /// change matters to the kernel.
-    pub async fn set_policy(&self, id: &str, policy: Policy) -> Result<(), RuntimeError> {
-        let policy = Arc::new(policy);
-        let rewrite = {
+    /// Reads the slots and policies of the sandboxes an earlier run connected whose links still
+    /// exist (the others' files are removed), so the first table write enforces them all.
+    async fn load_state(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.cfg.state_dir) else {
+            return;
+        };
+        for f in dir.flatten() {
+            let id = f.file_name().to_string_lossy().into_owned();
+            let saved = std::fs::read(f.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Persisted>(&b).ok())
+                .filter(|p| p.slot < self.cfg.plan.slots());
+            let policy = saved
+                .as_ref()
+                .and_then(|p| Policy::from_network(&p.network, p.allow_internet_access).ok());
+            let link_up = match &saved {
+                Some(p) => link::index_of(&self.host, &self.cfg.plan.iface(p.slot))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some(),
+                None => false,
+            };
+            match (saved, policy, link_up) {
+                (Some(p), Some(policy), true) => {
+                    let mut st = self.lock();
+                    st.by_slot.insert(p.slot, id.clone());
+                    st.by_id.insert(
+                        id,
+                        Entry {
+                            slot: Some(p.slot),
+                            policy: Arc::new(policy),
+                            source: (p.network, p.allow_internet_access),
+                        },
+                    );
+                }
+                _ => {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+    }
+
+    /// Writes `<state_dir>/<id>` for a connected sandbox (atomically).
+    fn persist(&self, id: &str) {
+        let saved = {
+            let st = self.lock();
+            let Some(e) = st.by_id.get(id) else { return };
+            let Some(slot) = e.slot else { return };
+            Persisted {
+                slot,
+                network: e.source.0.clone(),
+                allow_internet_access: e.source.1,
+            }
+        };
+        let path = self.cfg.state_dir.join(id);
+        let tmp = self.cfg.state_dir.join(format!(".{id}.tmp"));
+        let r = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            tracing::warn!(sandbox = %id, "saving the network state: {e}");
+        }
+    }
+
+    /// Sets a sandbox's policy from its `network` object and `allow_internet_access`; writes
+    /// the filter when the sandbox is connected and the change matters to the kernel.
+    pub async fn set_policy(
+        &self,
+        id: &str,
+        network: &serde_json::Value,
+        allow: bool,
+    ) -> Result<(), RuntimeError> {
+        let policy = Arc::new(
+            Policy::from_network(network, allow).map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?,
+        );
+        let (rewrite, attached) = {
             let mut st = self.lock();
-            let e = st.by_id.entry(id.to_string()).or_insert_with(|| Entry {
-                slot: None,
-                policy: Arc::new(Policy::default()),
-            });
+            let e = st.by_id.entry(id.to_string()).or_default();
             let rewrite = e.slot.is_some() && !(e.policy.is_open() && policy.is_open());
             e.policy = policy;
-            rewrite
+            e.source = (network.clone(), allow);
+            (rewrite, e.slot.is_some())
         };
+        if attached {
+            self.persist(id);
+        }
         if rewrite {
             self.write_filter().await?;
         }
@@ -238,46 +335,24 @@ impl Network {
     async fn attached(&self, id: &str, slot: u32) -> Result<(), RuntimeError> {
         let enforce = {
             let mut st = self.lock();
-            let e = st.by_id.entry(id.to_string()).or_insert_with(|| Entry {
-                slot: None,
-                policy: Arc::new(Policy::default()),
-            });
+            let e = st.by_id.entry(id.to_string()).or_default();
             e.slot = Some(slot);
             !e.policy.is_open()
         };
-        let _ = std::fs::write(self.cfg.state_dir.join(id), slot.to_string());
+        self.persist(id);
         if enforce {
             self.write_filter().await?;
         }
         Ok(())
     }
 
-    /// Re-attaches to the link of a sandbox of an earlier daemon run, or connects it anew.
+    /// Re-attaches to the link of a sandbox of an earlier daemon run (found at start-up, see
+    /// `load_state`), or connects it anew.
     pub async fn adopt(&self, id: &str, pid: i32) -> Result<(), RuntimeError> {
-        let slot = std::fs::read_to_string(self.cfg.state_dir.join(id))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .filter(|s| *s < self.cfg.plan.slots());
-        if let Some(slot) = slot
-            && link::index_of(&self.host, &self.cfg.plan.iface(slot))
-                .await
-                .ok()
-                .flatten()
-                .is_some()
-        {
-            let free = {
-                let mut st = self.lock();
-                match st.by_slot.get(&slot) {
-                    Some(other) if other != id => false,
-                    _ => {
-                        st.by_slot.insert(slot, id.to_string());
-                        true
-                    }
-                }
-            };
-            if free {
-                return self.attached(id, slot).await;
-            }
+        let known = self.lock().by_id.get(id).and_then(|e| e.slot).is_some();
+        if known {
+            self.persist(id);
+            return Ok(());
         }
         self.attach(id, pid).await
     }
@@ -506,9 +581,7 @@ impl SandboxBackend for NetworkedBackend {
         network: &serde_json::Value,
         allow_internet_access: bool,
     ) -> Result<(), RuntimeError> {
-        let policy = Policy::from_network(network, allow_internet_access)
-            .map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?;
-        self.net.set_policy(id, policy).await
+        self.net.set_policy(id, network, allow_internet_access).await
     }
     fn network_address(&self, id: &str) -> Option<Ipv4Addr> {
         self.net.address_of(id)
