@@ -712,9 +712,19 @@ pub async fn cleanup_all(daemon: &Arc<Daemon>, force: bool) -> Result<Vec<String
             if s.state() != SandboxState::Running {
                 continue;
             }
-            let ps = processes(&Envd::of(s)).await?;
-            if !ps.is_empty() {
-                busy.insert(sid.clone(), serde_json::to_value(&ps).unwrap_or_default());
+            match processes(&Envd::of(s)).await {
+                Ok(ps) if ps.is_empty() => {}
+                Ok(ps) => {
+                    busy.insert(sid.clone(), serde_json::to_value(&ps).unwrap_or_default());
+                }
+                // a full process table cannot even list itself: certainly busy
+                Err(DaemonError::ResourceExhausted {
+                    resource: Resource::Processes,
+                    message,
+                }) => {
+                    busy.insert(sid.clone(), serde_json::Value::String(message));
+                }
+                Err(e) => return Err(e),
             }
         }
         if !busy.is_empty() {
