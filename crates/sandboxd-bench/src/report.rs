@@ -185,6 +185,10 @@ pub struct Report {
     pub baselines: Baselines,
     pub create: Option<CreateSection>,
     pub create_warm_pool: WarmPool,
+    /// Same-run baseline of the sequential creates: a daemon started with `--no-network`
+    /// (sandboxes with loopback only), to show what a sandbox's network link costs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub create_no_network: Option<Summary>,
     pub exec: Option<ExecSection>,
     pub cycle: Option<CycleSection>,
     pub density: Option<DensitySection>,
@@ -310,6 +314,12 @@ impl Report {
                     .vs(bwrap, "bwrap")
                     .budget("p50 10, p99 30 ms"),
             );
+            if let Some(n) = &self.create_no_network {
+                rows.push(
+                    Row::summary("create → ready, sequential, --no-network (baseline)", n)
+                        .budget("network adds at most 2 ms p50"),
+                );
+            }
             rows.push(Row::summary("kill (DELETE /sandboxes/{id}), sequential", &c.kill));
             for l in &c.concurrency {
                 rows.push(
@@ -629,6 +639,7 @@ pub(crate) mod tests {
                 serve_args: vec![],
                 latency: None,
             },
+            create_no_network: Some(s(4.0, "ms")),
             exec: Some(ExecSection {
                 direct_true: s(1.5, "ms"),
                 sdk_bash_echo: s(5.0, "ms"),

@@ -823,6 +823,35 @@ pub async fn warm_pool(cfg: &Config, scratch: &Path) -> Result<WarmPool, BenchEr
     })
 }
 
+/// Sequential creates (each killed before the next) on a daemon started with `--no-network`:
+/// the same-run baseline of what a sandbox's network link costs (`docs/network.md`).
+pub async fn no_network_creates(cfg: &Config, scratch: &Path) -> Result<Summary, BenchError> {
+    let serve = vec![
+        "--no-network".to_string(),
+        "--max-sandboxes".to_string(),
+        cfg.max_sandboxes.to_string(),
+    ];
+    let d = Daemon::start(&cfg.exe, scratch, "data-no-network", &serve).await?;
+    let ctx = Ctx::new(d, cfg.clone());
+    let r = async {
+        let mut conn = ctx.conn().await?;
+        let mut lat = Vec::with_capacity(cfg.runs.create);
+        for _ in 0..cfg.runs.create.max(1) {
+            let (s, d) = ctx.create(&mut conn, None).await?;
+            lat.push(d);
+            ctx.kill(&mut conn, &s.id).await?;
+        }
+        summary_ms(&lat, "create without network")
+    }
+    .await;
+    let cleanup = finish_daemon(ctx, cfg.keep).await;
+    let s = r?;
+    if let Some(e) = cleanup.first() {
+        return Err(BenchError::Daemon(e.clone()));
+    }
+    Ok(s)
+}
+
 /// Kills the sandboxes, stops the daemon, removes its cgroup root and (unless `keep`) its data
 /// dir. Returns what went wrong.
 async fn finish_daemon(ctx: Ctx, keep: bool) -> Vec<String> {
@@ -983,6 +1012,7 @@ pub async fn run(cfg: Config) -> Report {
             serve_args: vec![],
             latency: None,
         },
+        create_no_network: None,
         exec: None,
         cycle: None,
         density: None,
@@ -1004,6 +1034,12 @@ pub async fn run(cfg: Config) -> Report {
             }
             let cleanup = finish_daemon(ctx, cfg.keep).await;
             report.errors.extend(cleanup);
+            if cfg.wants("create") {
+                match no_network_creates(&cfg, &scratch).await {
+                    Ok(s) => report.create_no_network = Some(s),
+                    Err(e) => report.errors.push(format!("create without network: {e}")),
+                }
+            }
             if cfg.wants("pool") {
                 match warm_pool(&cfg, &scratch).await {
                     Ok(p) => report.create_warm_pool = p,
