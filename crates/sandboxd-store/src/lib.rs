@@ -150,9 +150,9 @@ pub struct SandboxRecord {
     pub access_token: Option<String>,
     /// Traffic access token (`network.allowPublicTraffic == false`).
     pub traffic_token: Option<String>,
-    /// `allow_internet_access` as requested (stored; not enforced yet).
+    /// `allow_internet_access` as requested (enforced by `sandboxd-net`).
     pub allow_internet_access: bool,
-    /// The `network` object of the create request, verbatim (stored; not enforced yet).
+    /// The `network` object of the create request, verbatim (enforced by `sandboxd-net`).
     pub network: Option<serde_json::Value>,
     /// Creation time, microsecond precision.
     pub started_at: DateTime<Utc>,

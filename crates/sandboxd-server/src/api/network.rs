@@ -1,6 +1,6 @@
 //! Sandbox network settings: `network` of a create request (`SandboxNetworkConfig`) and the
 //! body of `PUT /sandboxes/{id}/network` (`SandboxNetworkUpdateConfig`). They are validated
-//! and stored; egress is not enforced yet (sandboxes have loopback only). Unknown keys are
+//! and stored here; `sandboxd-net` enforces them (`docs/network.md`). Unknown keys are
 //! accepted, as upstream does. Secrets (the egress proxy's `password` and `tls.caCert`) are
 //! stored but never returned ([`public_view`]).
 
