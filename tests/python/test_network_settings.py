@@ -46,7 +46,7 @@ def test_update_network_bad_input_and_unknown_sandbox(sandbox: Sandbox):
     status, _ = _api("PUT", f"/sandboxes/{sid}/network", {"denyOut": ["example.com"]})
     assert status == 400  # domain names cannot be denied
     # keys of newer API versions are accepted, as upstream does
-    status, _ = _api("PUT", f"/sandboxes/{sid}/network", {"unknownField": 1, "dnsServers": ["192.0.2.53"]})
+    status, _ = _api("PUT", f"/sandboxes/{sid}/network", {"unknownField": 1, "dnsServers": ["198.51.100.53"]})
     assert status == 204
     status, _ = _api("PUT", "/sandboxes/idonotexist0000000000/network", {})
     assert status == 404

@@ -27,6 +27,7 @@ pub fn query_unescape(s: &str) -> Result<String, ApiError> {
             b'%' => {
                 let hex = bytes
                     .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                     .ok_or_else(|| ApiError::BadRequest(format!("invalid URL escape in '{s}'")))?;
@@ -303,6 +304,13 @@ mod tests {
         assert_eq!(decode_metadata_filter("a=%zz").unwrap_err().status(), 400);
         assert_eq!(decode_metadata_filter("a=%ff").unwrap_err().status(), 400);
         assert_eq!(decode_metadata_filter("a=%2").unwrap_err().status(), 400);
+        assert_eq!(
+            query_unescape("%+1").unwrap_err().status(),
+            400,
+            "sign is not a hex digit"
+        );
+        assert_eq!(query_unescape("%-1").unwrap_err().status(), 400);
+        assert_eq!(query_unescape("%4a").unwrap(), "J");
         assert_eq!(
             decode_metadata_filter("a=x+y").unwrap(),
             BTreeMap::from([("a".to_string(), "x y".to_string())])

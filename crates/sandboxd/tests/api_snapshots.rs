@@ -181,6 +181,9 @@ async fn snapshot_fork_and_bad_input() {
         .unwrap();
     assert!(r.headers().get("x-next-token").is_none());
     assert_eq!(d.get("/snapshots?limit=0").await.0, 400);
+    // a repeated parameter counts once, by its first value (as in sandbox listing)
+    assert_eq!(d.get("/snapshots?limit=0&limit=5").await.0, 400);
+    assert_eq!(d.get("/snapshots?limit=5&limit=0").await.0, 200);
 
     // fork: files, independence, settings, source untouched
     let (_, before) = d.get(&format!("/sandboxes/{id}")).await;

@@ -353,7 +353,7 @@ async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
     let network = json!({
         "allowPublicTraffic": null,
         "allowOut": ["example.com", "203.0.113.0/24"],
-        "dnsServers": ["192.0.2.53"],
+        "dnsServers": ["198.51.100.53"],
         "httpsPorts": [8443],
         "egressProxy": {"address": "127.0.0.1:1080", "username": "u", "password": "secret-pw",
             "tls": {"enabled": true, "serverName": "proxy.local",
@@ -390,7 +390,7 @@ async fn newest_sdk_fields_network_pause_mode_and_snapshot_memory() {
     );
     let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
     let net = &info["network"];
-    assert_eq!(net["dnsServers"], json!(["192.0.2.53"]));
+    assert_eq!(net["dnsServers"], json!(["198.51.100.53"]));
     assert_eq!(net["httpsPorts"], json!([8443]));
     assert_eq!(net["egressProxy"]["username"], "u");
     assert_eq!(net["egressProxy"]["tls"]["serverName"], "proxy.local");

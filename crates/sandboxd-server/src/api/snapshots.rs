@@ -4,7 +4,7 @@
 use super::extract::{JsonBody, SandboxId, json};
 use super::sandbox_view::sandbox_out;
 use crate::error::ApiError;
-use crate::query::query_pairs;
+use crate::query::first_values;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -47,7 +47,7 @@ pub(super) async fn create(
 
 /// `GET /snapshots?sandboxID=&name=&limit=&nextToken=`.
 pub(super) async fn list(State(daemon): State<Arc<Daemon>>, RawQuery(raw): RawQuery) -> Response {
-    let q: HashMap<String, String> = query_pairs(raw.as_deref()).into_iter().collect();
+    let q: HashMap<String, String> = first_values(raw.as_deref());
     let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
         None => 100,
         Some(Ok(l)) if (1..=100).contains(&l) => l,
