@@ -5,6 +5,7 @@ use crate::daemon::Daemon;
 use crate::error::DaemonError;
 use crate::ids::{new_sandbox_id, new_token};
 use sandboxd_runtime::namespace::quota::MIN_DISK_MB;
+use sandboxd_runtime::namespace::volumes as mount_rules;
 use sandboxd_store::{MountRow, StoreError, VolumeDeletion, VolumeRow};
 
 /// Size of a volume whose create request gives none (a sparse image: costs only what is used).
@@ -27,6 +28,34 @@ pub fn check_name(name: &str) -> Result<(), DaemonError> {
             "invalid volume name {name:?}: 1-{MAX_NAME_LEN} characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
         )))
     }
+}
+
+/// Checks a create request's `volumeMounts` (`(name, path)` pairs): at most
+/// [`MAX_MOUNTS`](mount_rules::MAX_MOUNTS) entries, valid names, allowed paths
+/// (`check_mount_path`), no path twice and none inside another. Whether the volumes exist is
+/// decided at create.
+pub fn check_mounts(mounts: Vec<(String, String)>) -> Result<Vec<(String, String)>, DaemonError> {
+    if mounts.len() > mount_rules::MAX_MOUNTS {
+        return Err(DaemonError::InvalidInput(format!(
+            "volumeMounts: at most {} entries",
+            mount_rules::MAX_MOUNTS
+        )));
+    }
+    let mut out: Vec<(String, String)> = Vec::with_capacity(mounts.len());
+    for (name, path) in mounts {
+        check_name(&name)?;
+        mount_rules::check_mount_path(&path).map_err(DaemonError::InvalidInput)?;
+        if let Some((_, other)) = out
+            .iter()
+            .find(|(_, p)| mount_rules::is_at_or_below(p, &path) || mount_rules::is_at_or_below(&path, p))
+        {
+            return Err(DaemonError::InvalidInput(format!(
+                "volumeMounts: paths '{other}' and '{path}' overlap"
+            )));
+        }
+        out.push((name, path));
+    }
+    Ok(out)
 }
 
 /// A volume id or name from a request (checked like a name: ids are a subset).
@@ -135,6 +164,32 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(n, p)| (n.to_string(), p.to_string())).collect()
+    }
+
+    #[test]
+    fn mount_lists() {
+        let ok = check_mounts(pairs(&[("a", "/data"), ("a", "/home/user/x")]));
+        assert_eq!(ok.unwrap()[1], ("a".to_string(), "/home/user/x".to_string()));
+        for bad in [
+            &[("a", "data")][..],
+            &[("a", "/proc")],
+            &[("a", "/")],
+            &[("a", "/x/../etc")],
+            &[("a/b", "/x")],
+            &[("a", "/x"), ("b", "/x")],
+            &[("a", "/x"), ("b", "/x/y")],
+        ] {
+            assert!(
+                matches!(check_mounts(pairs(bad)), Err(DaemonError::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+        let many: Vec<_> = (0..17).map(|i| ("a".to_string(), format!("/d{i}"))).collect();
+        assert!(check_mounts(many).is_err());
+    }
 
     #[test]
     fn names() {

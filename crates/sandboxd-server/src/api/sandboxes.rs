@@ -108,7 +108,13 @@ impl NewSandbox {
             auto_resume,
             ..Default::default()
         };
-        let volume_mounts = super::volumes::check_mounts(self.volume_mounts.unwrap_or_default())?;
+        let volume_mounts = sandboxd_daemon::volumes::check_mounts(
+            self.volume_mounts
+                .unwrap_or_default()
+                .into_iter()
+                .map(super::volumes::VolumeMountIn::into_pair)
+                .collect(),
+        )?;
         if self
             .iam
             .as_ref()

@@ -7,8 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use sandboxd_daemon::Daemon;
-use sandboxd_daemon::volumes::check_name;
-use sandboxd_runtime::namespace::volumes;
 use sandboxd_store::VolumeRow;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -50,32 +48,11 @@ pub(crate) struct VolumeMountIn {
     path: String,
 }
 
-/// Check `volumeMounts`: at most [`MAX_MOUNTS`](volumes::MAX_MOUNTS) entries, valid names,
-/// allowed paths (`volumes::check_mount_path`), no path twice and none inside another.
-/// Returns `(name, path)` pairs; whether the volumes exist is decided at create.
-pub(crate) fn check_mounts(mounts: Vec<VolumeMountIn>) -> Result<Vec<(String, String)>, ApiError> {
-    if mounts.len() > volumes::MAX_MOUNTS {
-        return Err(ApiError::BadRequest(format!(
-            "volumeMounts: at most {} entries",
-            volumes::MAX_MOUNTS
-        )));
+impl VolumeMountIn {
+    /// The `(name, path)` pair the domain checks ([`sandboxd_daemon::volumes::check_mounts`]).
+    pub(crate) fn into_pair(self) -> (String, String) {
+        (self.name, self.path)
     }
-    let mut out: Vec<(String, String)> = Vec::with_capacity(mounts.len());
-    for m in mounts {
-        check_name(&m.name)?;
-        volumes::check_mount_path(&m.path).map_err(ApiError::BadRequest)?;
-        if let Some((_, other)) = out
-            .iter()
-            .find(|(_, p)| volumes::is_at_or_below(p, &m.path) || volumes::is_at_or_below(&m.path, p))
-        {
-            return Err(ApiError::BadRequest(format!(
-                "volumeMounts: paths '{other}' and '{}' overlap",
-                m.path
-            )));
-        }
-        out.push((m.name, m.path));
-    }
-    Ok(out)
 }
 
 /// `POST /volumes`: 201 with the volume and its token; 409 if the name is taken.
@@ -112,39 +89,4 @@ pub(super) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     daemon.delete_volume(&key).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn mounts(v: serde_json::Value) -> Result<Vec<(String, String)>, ApiError> {
-        check_mounts(serde_json::from_value(v).unwrap())
-    }
-
-    #[test]
-    fn mount_lists() {
-        let ok = mounts(
-            serde_json::json!([{"name": "a", "path": "/data"}, {"name": "a", "path": "/home/user/x"}]),
-        );
-        assert_eq!(ok.unwrap()[1], ("a".to_string(), "/home/user/x".to_string()));
-        for bad in [
-            serde_json::json!([{"name": "a", "path": "data"}]),
-            serde_json::json!([{"name": "a", "path": "/proc"}]),
-            serde_json::json!([{"name": "a", "path": "/"}]),
-            serde_json::json!([{"name": "a", "path": "/x/../etc"}]),
-            serde_json::json!([{"name": "a/b", "path": "/x"}]),
-            serde_json::json!([{"name": "a", "path": "/x"}, {"name": "b", "path": "/x"}]),
-            serde_json::json!([{"name": "a", "path": "/x"}, {"name": "b", "path": "/x/y"}]),
-        ] {
-            assert!(
-                matches!(mounts(bad.clone()), Err(ApiError::BadRequest(_))),
-                "{bad}"
-            );
-        }
-        let many: Vec<_> = (0..17)
-            .map(|i| serde_json::json!({"name": "a", "path": format!("/d{i}")}))
-            .collect();
-        assert!(mounts(serde_json::Value::Array(many)).is_err());
-    }
 }
