@@ -1321,6 +1321,55 @@ async fn connection_budget_and_silent_connections() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn idle_keep_alive_connections_make_room_for_new_ones() {
+    let h = Harness::start_with(|c| c.max_connections = Some(4)).await;
+    // Four clients each make a request and keep their connection open: the whole budget.
+    let mut kept = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 2"), "{head}");
+        kept.push(s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Not idle long enough yet: a fifth is refused.
+    let mut early = TcpStream::connect(h.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), early.read(&mut buf))
+        .await
+        .expect("refused connection closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Once they have idled past the minimum, a new client is served in the place of the
+    // connection idle the longest, which is closed cleanly.
+    tokio::time::sleep(crate::conn::MIN_IDLE + Duration::from_millis(200)).await;
+    let mut fresh = TcpStream::connect(h.addr).await.unwrap();
+    fresh
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut fresh).await;
+    assert!(head.starts_with("HTTP/1.1 2"), "{head}");
+    let n = tokio::time::timeout(Duration::from_secs(5), kept[0].read(&mut buf))
+        .await
+        .expect("the oldest idle connection was closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // the others still serve
+    for s in &mut kept[1..] {
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(s).await;
+        assert!(head.starts_with("HTTP/1.1 2"), "{head}");
+    }
+    h.stop().await;
+}
+
 /// Whether an answer is the router's own "no such route" (404 `no route for …`) or "no such
 /// method" (405), rather than a handler's.
 async fn is_unrouted(r: reqwest::Response) -> (bool, String) {

@@ -1,7 +1,7 @@
 //! The listener: one TCP socket, HTTP/1.1 and h2c, a routing decision per request.
 
 use crate::config::ServerConfig;
-use crate::conn::{ConnCtl, TrackedStream};
+use crate::conn::{ConnCtl, ConnTable, GuardedBody, MIN_IDLE, TrackedStream};
 use crate::error::{ApiError, ServerError};
 use crate::fd_budget::FdBudget;
 use crate::proxy::{self, SandboxStopped};
@@ -30,12 +30,16 @@ use tower::ServiceExt;
 pub const LOCK_FILE: &str = "sandboxd.lock";
 /// How long open connections may finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new connection waits for the permit of the idle connection it evicted.
+const EVICTION_WAIT: Duration = Duration::from_secs(2);
 
 struct Shared {
     daemon: Arc<Daemon>,
     control: Router,
     keepalive_idle: Duration,
     first_request_timeout: Duration,
+    /// Open client connections (for making room at the budget).
+    conns: ConnTable,
 }
 
 /// The data dir's lock and the bound listener ([`Server::claim`]).
@@ -144,6 +148,7 @@ impl Server {
                 control,
                 keepalive_idle,
                 first_request_timeout,
+                conns: ConnTable::default(),
             }),
             listener,
             local_addr,
@@ -184,8 +189,21 @@ impl Server {
                         Ok(permit) => {
                             tracker.spawn(serve_connection(self.shared.clone(), stream, drain.clone(), permit));
                         }
+                        Err(_) if self.shared.conns.evict_idle(MIN_IDLE) => {
+                            // At the budget: an idle connection makes room, and this one takes
+                            // its permit once that connection's task has ended.
+                            let connections = self.connections.clone();
+                            let (shared, drain) = (self.shared.clone(), drain.clone());
+                            tracker.spawn(async move {
+                                match tokio::time::timeout(EVICTION_WAIT, connections.acquire_owned()).await {
+                                    Ok(Ok(permit)) => serve_connection(shared, stream, drain, permit).await,
+                                    _ => tracing::debug!(%peer, "no room after an eviction; closing"),
+                                }
+                            });
+                        }
                         Err(_) => {
-                            // Over the connection budget: refuse rather than run out of fds.
+                            // Over the connection budget with none idle: refuse rather than run
+                            // out of fds.
                             refused += 1;
                             if refused.is_power_of_two() {
                                 tracing::warn!(%peer, refused, "connection limit reached; closing new connections");
@@ -231,6 +249,8 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let ctl = ConnCtl::new();
+    shared.conns.insert(&ctl);
+    let _registered = Registered(&shared.conns, ctl.id);
     let io = TokioIo::new(TrackedStream::new(stream, ctl.clone()));
     let svc_ctl = ctl.clone();
     let svc_shared = shared.clone();
@@ -238,7 +258,11 @@ async fn serve_connection(
         let shared = svc_shared.clone();
         let ctl = svc_ctl.clone();
         ctl.mark_served();
-        let fut: ResponseFuture = Box::pin(async move { dispatch(&shared, &ctl, req).await });
+        let guard = ctl.begin_request();
+        let fut: ResponseFuture = Box::pin(async move {
+            let response = dispatch(&shared, &ctl, req).await?;
+            Ok(response.map(|body| Body::new(GuardedBody::new(body, guard))))
+        });
         fut
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -270,6 +294,8 @@ async fn serve_connection(
         }
         // Aborted (sandbox killed): dropping the connection resets it.
         _ = ctl.cancelled() => {}
+        // Idle and chosen to make room for a new connection: a plain close.
+        _ = ctl.evicted() => {}
         _ = drain.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
@@ -278,6 +304,15 @@ async fn serve_connection(
                 _ = tokio::time::sleep(DRAIN_TIMEOUT) => {}
             }
         }
+    }
+}
+
+/// Removes a connection from the table when its task ends.
+struct Registered<'a>(&'a ConnTable, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0.remove(self.1);
     }
 }
 
