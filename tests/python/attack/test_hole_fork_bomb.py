@@ -2,15 +2,15 @@
 14's numbered holes). On main at commit e408eab a bash fork bomb in a 1-vCPU sandbox, held at
 its pids limit, stalled fork() on the whole host for 2-10 s at a time (a host `true` and the
 neighbour's commands.run both waited), on this cgroup v1 host. At commit 2f90203 the long
-stalls were gone but the neighbour's p99 under the bomb was still above 2x idle in 1 run of 3.
-Marked `open_hole`: scripts/test.sh deselects it until it passes reliably; run it with
-`.venv/bin/python -m pytest tests/python/attack/test_hole_fork_bomb.py -p no:cacheprovider`.
+stalls were gone but the neighbour's p99 under the bomb was still above 2x idle in 1 run of 3
+on a VM that other jobs kept at 0 % idle. Since 2026-12-05 it runs in CI with the other abuse
+attempts (30 of 30 runs passed on an idle VM; docs/security.md has the numbers under load).
 """
 
 import pytest
 from test_abuse import _background, _measure, abuser  # noqa: F401 (fixture)
 
-pytestmark = [pytest.mark.host_unsafe, pytest.mark.abuse, pytest.mark.open_hole, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.host_unsafe, pytest.mark.abuse, pytest.mark.timeout(120)]
 
 
 def test_fork_bomb(abuser, neighbour, daemon, canaries):  # noqa: F811
