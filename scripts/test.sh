@@ -63,13 +63,15 @@ echo "== Python SDK tests: oldest supported SDKs (.venv), whole suite"
 .venv/bin/python -m pytest tests/python "${pytest_args[@]}" --ignore=tests/python/attack "$@" || status=1
 
 echo "== Python SDK tests: newest SDKs (.venv-newest), representative subset"
-# create, commands, files, PTY, watch, pause/resume, snapshots, volumes, code interpreter, the README
+# create, commands, files, PTY, watch, pause/resume, snapshots, volumes, network, code interpreter,
+# the README
 newest_subset=(
   tests/python/test_quickstart.py tests/python/test_control_plane.py
   tests/python/envd/test_process_commands.py tests/python/envd/test_process_pty.py
   tests/python/envd/test_files_sync.py tests/python/envd/test_files_async.py
   tests/python/envd/test_watch_sync.py tests/python/envd/test_watch_async.py
   tests/python/test_pause.py tests/python/test_snapshot_api.py tests/python/test_volumes.py
+  tests/python/test_network_egress.py tests/python/test_network_settings.py
   tests/python/interpreter/test_execution.py tests/python/interpreter/test_contexts.py
   tests/python/interpreter/test_parity.py
   tests/python/test_readme.py

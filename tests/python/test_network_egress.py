@@ -137,3 +137,28 @@ def test_bad_policies_are_refused(egress_daemon):
         assert r.stdout == inet.HELLO
     finally:
         sbx.kill()
+
+
+def test_domain_allow_list_installs_from_an_allowed_index_only(egress_daemon):
+    """allow_out by name with deny-all: pip installs from the allowed index (HTTP, by Host,
+    on the daemon's egress proxy); another name on the same server, another server and a bare
+    address answer 403 from the proxy; a live update to another name applies at once."""
+    sbx = Sandbox.create(timeout=120, network={"allow_out": ["pypi.test"], "deny_out": ["0.0.0.0/0"]})
+    try:
+        r = sbx.commands.run(
+            "python3 -m venv /tmp/venv && /tmp/venv/bin/pip install -q --disable-pip-version-check "
+            f"--index-url http://pypi.test/simple --trusted-host pypi.test {inet.PACKAGE} && "
+            f"/tmp/venv/bin/python -c 'import {inet.PACKAGE}; print({inet.PACKAGE}.GREETING)'",
+            timeout=120,
+        )
+        assert r.stdout.strip() == "installed from the fake internet"
+        status = "curl -s -o /dev/null -w '%{http_code}' --max-time 5 "
+        for url in ("http://web.test/hello.txt", "http://other.test/hello.txt", f"http://{inet.WEB}/hello.txt"):
+            assert sbx.commands.run(status + url).stdout == "403", url
+        r = sbx.commands.run("curl -s --max-time 5 http://other.test/hello.txt")
+        assert "not allowed by this sandbox's network policy" in r.stdout
+        sbx.update_network({"allow_out": ["web.test"], "deny_out": ["0.0.0.0/0"]})
+        assert sbx.commands.run("curl -sS --max-time 5 http://web.test/hello.txt").stdout == inet.HELLO
+        assert sbx.commands.run(status + "http://pypi.test/simple/").stdout == "403"
+    finally:
+        sbx.kill()

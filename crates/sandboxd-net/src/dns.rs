@@ -102,7 +102,7 @@ pub fn nxdomain(query: &[u8]) -> Option<Vec<u8>> {
 /// Whether the daemon may send a sandbox's queries to this resolver (`dnsServers` entries on
 /// loopback, link-local, private or multicast addresses would reach the host's or the LAN's
 /// services on the sandbox's behalf).
-fn usable_upstream(ip: Ipv4Addr, allow_private: bool) -> bool {
+pub(crate) fn usable_upstream(ip: Ipv4Addr, allow_private: bool) -> bool {
     !(ip.is_loopback()
         || ip.is_link_local()
         || ip.is_multicast()

@@ -11,6 +11,7 @@
 use crate::filter::{self, Enforced, Ruleset};
 use crate::link::{self, AttachError, Traffic};
 use crate::plan::AddressPlan;
+use crate::proxy::{EgressProxy, HostProtection};
 use crate::{Policy, PolicyLookup, SandboxPolicy};
 use async_trait::async_trait;
 use sandboxd_runtime::{
@@ -29,9 +30,6 @@ pub struct NetworkConfig {
     pub dns_upstreams: Vec<SocketAddr>,
     /// `--allow-private-egress`: RFC 1918 and CGNAT destinations become reachable.
     pub allow_private: bool,
-    /// The egress proxy's port on the gateway, when one runs (domain rules need it; also
-    /// settable later, [`Network::set_proxy_port`]).
-    pub proxy_port: Option<u16>,
     /// One small file per connected sandbox (its slot), for re-adoption after a restart.
     pub state_dir: PathBuf,
 }
@@ -77,8 +75,10 @@ pub struct Network {
     /// The host's on-link networks at start-up (refused unless `allow_private`).
     lan: Vec<ipnet::Ipv4Net>,
     state: Mutex<State>,
-    /// The egress proxy's listening port (all addresses), if one runs.
-    proxy_port: Mutex<Option<u16>>,
+    /// The egress proxy's listening port (all addresses).
+    proxy_port: u16,
+    /// The egress proxy (set once at start).
+    proxy: std::sync::OnceLock<Arc<EgressProxy>>,
     /// Serialises packet filter writes (each write renders the whole table from `state`).
     filter: tokio::sync::Mutex<()>,
 }
@@ -103,17 +103,32 @@ impl Network {
         let (udp, tcp) = bind_dns().await.map_err(|e| io_step("dns listener", e))?;
         let dns_port = udp.local_addr().map_err(|e| io_step("dns listener", e))?.port();
         let lan = link::on_link_networks(&std::fs::read_to_string("/proc/net/route").unwrap_or_default());
-        let proxy_port = Mutex::new(cfg.proxy_port);
+        let proxy_listener = EgressProxy::bind()
+            .await
+            .map_err(|e| io_step("egress proxy listener", e))?;
+        let proxy_port = proxy_listener
+            .local_addr()
+            .map_err(|e| io_step("egress proxy listener", e))?
+            .port();
         let net = Arc::new(Self {
             cfg,
             host,
             dns_port,
             lan,
             proxy_port,
+            proxy: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
             filter: tokio::sync::Mutex::new(()),
         });
         let lookup: Arc<dyn PolicyLookup> = Arc::new(Lookup(Arc::downgrade(&net)));
+        let proxy = Arc::new(EgressProxy::new(
+            lookup.clone(),
+            net.cfg.dns_upstreams.clone(),
+            net.cfg.allow_private,
+            HostProtection::new(net.cfg.plan.cidr(), net.cfg.allow_private, &net.lan),
+        ));
+        let _ = net.proxy.set(proxy.clone());
+        tokio::spawn(proxy.serve(proxy_listener));
         let resolver = Arc::new(crate::dns::Resolver::new(
             net.cfg.dns_upstreams.clone(),
             net.cfg.allow_private,
@@ -128,6 +143,7 @@ impl Network {
             cidr = %net.cfg.plan.cidr(),
             gateway = %net.cfg.plan.gateway(),
             dns_port,
+            proxy_port,
             upstreams = ?net.cfg.dns_upstreams,
             lan = ?net.lan,
             "sandbox networking ready"
@@ -152,14 +168,6 @@ impl Network {
                 }
             }
         }
-    }
-
-    /// Where the egress proxy listens (a port on all addresses; the filter admits sandboxes to it
-    /// on the gateway and redirects TCP 80 and 443 of sandboxes whose policy has domain entries or
-    /// `rules` there). Rewrites the filter.
-    pub async fn set_proxy_port(&self, port: Option<u16>) -> Result<(), RuntimeError> {
-        *self.proxy_port.lock().unwrap_or_else(|p| p.into_inner()) = port;
-        self.write_filter().await
     }
 
     pub fn plan(&self) -> &AddressPlan {
@@ -190,7 +198,7 @@ impl Network {
             Ruleset {
                 plan: &self.cfg.plan,
                 dns_port: self.dns_port,
-                proxy_port: *self.proxy_port.lock().unwrap_or_else(|p| p.into_inner()),
+                proxy_port: Some(self.proxy_port),
                 allow_private: self.cfg.allow_private,
                 lan: &self.lan,
                 enforced: enforced

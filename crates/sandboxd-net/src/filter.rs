@@ -29,7 +29,7 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 /// Never reachable from a sandbox, whatever its policy.
-const BLOCKED: &[&str] = &[
+pub(crate) const BLOCKED: &[&str] = &[
     "0.0.0.0/8",
     "127.0.0.0/8",
     "169.254.0.0/16",
@@ -37,7 +37,7 @@ const BLOCKED: &[&str] = &[
     "224.0.0.0/3",
 ];
 /// Private ranges, reachable only with `--allow-private-egress`.
-const PRIVATE: &[&str] = &[
+pub(crate) const PRIVATE: &[&str] = &[
     "10.0.0.0/8",
     "100.64.0.0/10",
     "172.16.0.0/12",

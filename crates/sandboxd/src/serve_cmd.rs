@@ -262,7 +262,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 plan,
                 dns_upstreams: args.dns_upstream.clone(),
                 allow_private: args.allow_private_egress,
-                proxy_port: None,
                 state_dir: data_dir.join("network"),
             })
             .await

@@ -406,3 +406,158 @@ async fn egress_policies_against_the_fake_internet() {
     assert_eq!(out, "refused\n");
     d.kill_all_sandboxes();
 }
+
+/// A TLS exchange from inside a sandbox: connects to `addr`:443 with SNI `sni` (no
+/// certificate check: the test servers are self-signed), sends `hi`, prints the answer line
+/// (`tls <server address> hi`) or `refused`.
+fn tls_line(addr: &str, sni: &str) -> String {
+    format!(
+        "python3 -c 'import socket,ssl,sys\ntry:\n c=ssl._create_unverified_context(); s=c.wrap_socket(socket.create_connection((sys.argv[1],443),timeout=5),server_hostname=sys.argv[2]); s.sendall(b\"hi\\n\"); print(s.recv(200).decode().strip() or \"refused\")\nexcept Exception: print(\"refused\")' {addr} {sni}"
+    )
+}
+
+/// The HTTP status of `curl` for `url` (`000` when no answer), with extra curl arguments.
+fn http_status(url: &str, extra: &str) -> String {
+    format!("curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 5 {extra} {url}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
+async fn domain_allow_lists_through_the_egress_proxy() {
+    require_root("domain_allow_lists_through_the_egress_proxy");
+    let _inet = FakeInternet::up();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = test_key();
+    let d = start(&data, &key);
+
+    // an allow-list by name with deny-all: HTTP by Host, TLS by SNI
+    let (named, tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300,
+               "network": {"allowOut": ["web.test"], "denyOut": ["0.0.0.0/0"]}}),
+    )
+    .await;
+    let out = sh(
+        &d,
+        &named,
+        &tok,
+        "curl -sS --max-time 5 http://web.test/hello.txt 2>&1",
+    )
+    .await;
+    assert_eq!(out, HELLO, "an allowed name over HTTP");
+    let out = sh(&d, &named, &tok, &tls_line("web.test", "web.test")).await;
+    assert_eq!(out, format!("tls {WEB} hi\n"), "an allowed name over TLS");
+    // other names and bare addresses: 403 for HTTP (with the reason), reset for TLS
+    let script = [
+        http_status("http://other.test/hello.txt", ""),
+        http_status(&format!("http://{OTHER}/hello.txt"), ""),
+        http_status(&format!("http://{WEB}/hello.txt"), ""),
+        tls_line("other.test", "other.test"),
+        tls_line(OTHER, OTHER),
+    ]
+    .join("; ");
+    let out = sh(&d, &named, &tok, &script).await;
+    assert_eq!(
+        out, "403\n403\n403\nrefused\nrefused\n",
+        "names and addresses not allowed"
+    );
+    let out = sh(&d, &named, &tok, "curl -s --max-time 5 http://other.test/").await;
+    assert!(
+        out.contains("not allowed by this sandbox's network policy"),
+        "{out}"
+    );
+    // forged names: the proxy connects to the allowed name's own address, never to the one
+    // the sandbox chose
+    let out = sh(&d, &named, &tok, &tls_line(OTHER, "web.test")).await;
+    assert_eq!(
+        out,
+        format!("tls {WEB} hi\n"),
+        "forged SNI reaches the real web.test"
+    );
+    let out = sh(
+        &d,
+        &named,
+        &tok,
+        &http_status(
+            "http://web.test/hello.txt",
+            &format!("--resolve web.test:80:{OTHER}"),
+        ),
+    )
+    .await;
+    assert_eq!(out, "200\n");
+    // ports other than 80 and 443 stay with the kernel's address rules
+    let out = sh(&d, &named, &tok, &probe(WEB, 9000)).await;
+    assert_eq!(out, "refused\n");
+    // the proxy applies the host protections to what it connects to
+    let script = [
+        http_status("http://169.254.169.254/", ""),
+        http_status("http://10.213.0.1/", ""),
+    ]
+    .join("; ");
+    let out = sh(&d, &named, &tok, &script).await;
+    assert_eq!(out, "403\n403\n");
+
+    // wildcards; allow wins over a deny of the name's own address
+    let (wild, wild_tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300,
+               "network": {"allowOut": ["*.test"], "denyOut": ["0.0.0.0/0", WEB]}}),
+    )
+    .await;
+    let out = sh(
+        &d,
+        &wild,
+        &wild_tok,
+        &format!(
+            "{}; {}",
+            tls_line("other.test", "other.test"),
+            tls_line("web.test", "web.test")
+        ),
+    )
+    .await;
+    assert_eq!(out, format!("tls {OTHER} hi\ntls {WEB} hi\n"));
+
+    // a live update cuts an open proxied connection that became denied
+    let held = "python3 -c 'import socket,ssl,time,os\nc=ssl._create_unverified_context(); s=c.wrap_socket(socket.create_connection((\"web.test\",443),timeout=10),server_hostname=\"web.test\")\ns.sendall(b\"a\\n\"); print(s.recv(100).decode().strip(), flush=True); open(\"/tmp/held\",\"w\").close()\nwhile not os.path.exists(\"/tmp/go\"): time.sleep(0.05)\ntime.sleep(0.5)\ntry:\n s.sendall(b\"b\\n\"); d=s.recv(100); print(\"cut\" if not d else d.decode().strip())\nexcept Exception: print(\"cut\")'";
+    let conn = sh(&d, &named, &tok, held);
+    let update = async {
+        assert!(
+            common::wait_until(Duration::from_secs(10), || async {
+                sh(&d, &named, &tok, "[ -e /tmp/held ] && echo y").await == "y\n"
+            })
+            .await
+        );
+        let r = d
+            .api(reqwest::Method::PUT, &format!("/sandboxes/{named}/network"))
+            .json(&json!({"allowOut": ["other.test"], "denyOut": ["0.0.0.0/0"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        sh(&d, &named, &tok, "touch /tmp/go").await;
+    };
+    let (out, ()) = tokio::join!(conn, update);
+    assert_eq!(
+        out,
+        format!("tls {WEB} a\ncut\n"),
+        "the held connection is cut by the update"
+    );
+    let out = sh(
+        &d,
+        &named,
+        &tok,
+        &format!(
+            "{}; {}",
+            tls_line("web.test", "web.test"),
+            tls_line("other.test", "other.test")
+        ),
+    )
+    .await;
+    assert_eq!(
+        out,
+        format!("refused\ntls {OTHER} hi\n"),
+        "the new policy applies"
+    );
+    d.kill_all_sandboxes();
+}

@@ -7,6 +7,9 @@
 //! - HTTP on port 80 of [`WEB`] and [`OTHER`] (files of [`FakeInternet::docroot`]);
 //!   `hello.txt` holds [`HELLO`]
 //! - a line echo server on port 9000 of both (for connections held open)
+//! - a TLS line server on port 443 of both (a self-signed certificate for `web.test` and
+//!   `other.test`): after the handshake it answers each line with `tls <its address> <line>`,
+//!   so a client sees which server it reached
 //! - DNS (dnsmasq) on [`DNS`]: `web.test` → [`WEB`], `other.test` → [`OTHER`]
 //!
 //! One at a time on a host (the routes are global): [`FakeInternet::up`] takes an exclusive
@@ -64,6 +67,29 @@ for a in sys.argv[1:]:
 threading.Event().wait()
 "#;
 
+const TLS_SERVER: &str = r#"
+import socket, ssl, sys, threading
+cert, key = sys.argv[1], sys.argv[2]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+def serve(addr):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 443)); s.listen(64)
+    while True:
+        c, _ = s.accept()
+        def h(c=c):
+            try:
+                t = ctx.wrap_socket(c, server_side=True)
+                f = t.makefile('rwb', buffering=0)
+                for line in f:
+                    f.write(b'tls ' + addr.encode() + b' ' + line)
+            except Exception:
+                pass
+        threading.Thread(target=h, daemon=True).start()
+for a in sys.argv[3:]:
+    threading.Thread(target=serve, args=(a,), daemon=True).start()
+threading.Event().wait()
+"#;
+
 impl FakeInternet {
     /// Builds the namespace and starts its servers; waits until they answer.
     pub fn up() -> Self {
@@ -110,6 +136,23 @@ impl FakeInternet {
             docroot.path().to_str().unwrap(),
         ]);
         let echo = netns(&["python3", "-c", ECHO_SERVER, WEB, OTHER]);
+        let (cert, key) = (docroot.path().join("tls.crt"), docroot.path().join("tls.key"));
+        sh(&format!(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=web.test \
+             -addext subjectAltName=DNS:web.test,DNS:other.test \
+             -keyout {} -out {} 2>/dev/null",
+            key.display(),
+            cert.display()
+        ));
+        let tls = netns(&[
+            "python3",
+            "-c",
+            TLS_SERVER,
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            WEB,
+            OTHER,
+        ]);
         let dns = netns(&[
             "dnsmasq",
             "--keep-in-foreground",
@@ -123,7 +166,7 @@ impl FakeInternet {
             "--user=root",
         ]);
         let me = Self {
-            servers: vec![http, echo, dns],
+            servers: vec![http, echo, tls, dns],
             docroot,
             _lock: lock,
         };
@@ -142,6 +185,11 @@ impl FakeInternet {
                 .is_ok()
                     && std::net::TcpStream::connect_timeout(
                         &format!("{a}:9000").parse().unwrap(),
+                        Duration::from_millis(200),
+                    )
+                    .is_ok()
+                    && std::net::TcpStream::connect_timeout(
+                        &format!("{a}:443").parse().unwrap(),
                         Duration::from_millis(200),
                     )
                     .is_ok()

@@ -1,0 +1,716 @@
+//! The transparent egress proxy (`docs/network.md`, "Egress proxy"): decides domain entries of
+//! `allowOut` for TCP 80 and 443.
+//!
+//! The packet filter redirects TCP 80 and 443 of every sandbox whose policy has domain entries
+//! or `rules` ([`Policy::needs_proxy`]) to this proxy's port on the gateway. For each connection
+//! the proxy finds the sandbox and its current policy by the source address
+//! ([`PolicyLookup::by_source`]), reads the original destination (`SO_ORIGINAL_DST`), and reads
+//! the name the client asks for: the SNI of a TLS ClientHello (parsed with `tls-parser`) or
+//! the `Host` header of an HTTP/1 request (parsed with `httparse`). Then ([`route`]):
+//!
+//! - a name an `allowOut` domain entry matches: the proxy resolves the name itself (with
+//!   `hickory-resolver`, through the sandbox's `dnsServers` or the daemon's upstreams) and
+//!   connects to those addresses, never to the destination the sandbox chose, so a forged SNI
+//!   or `Host` reaches only the allowed name's own servers;
+//! - otherwise the original destination, if the policy's address rules allow it;
+//! - otherwise refused: an HTTP request gets a 403 naming the policy, a TLS connection a reset;
+//!   the refusal is counted and logged with the sandbox id.
+//!
+//! The proxy's own connections leave from the host, so every address it connects to passes
+//! the same host protections as the kernel filter ([`HostProtection`]). A live policy change
+//! is re-checked on open connections every [`RECHECK`]; a connection that became denied is
+//! reset. Connections are bounded per sandbox and in all.
+//!
+//! Not here yet: header transforms of `rules` (and the TLS interception and secrets they
+//! need), `egressProxy` chaining.
+
+use crate::policy::{Policy, Verdict};
+use crate::{PolicyLookup, SandboxPolicy};
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use ipnet::Ipv4Net;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a client has to send the bytes that name its destination.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most bytes read before deciding (a ClientHello with large key shares fits easily).
+const MAX_HEAD: usize = 64 * 1024;
+/// How long one upstream connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often open connections are checked against the sandbox's current policy.
+pub const RECHECK: Duration = Duration::from_millis(200);
+/// Proxied connections of one sandbox at once.
+const MAX_PER_SANDBOX: usize = 256;
+/// Proxied connections of all sandboxes at once (each holds two descriptors).
+const MAX_TOTAL: usize = 2048;
+
+/// The name a client's first bytes ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    /// More bytes are needed.
+    Incomplete,
+    /// A TLS ClientHello; its SNI host name, if it has one.
+    Tls(Option<String>),
+    /// An HTTP/1 request; its `Host`, if it has a usable one.
+    Http(Option<String>),
+    /// Neither: decided by address only.
+    Other,
+}
+
+impl Head {
+    fn name(&self) -> Option<&str> {
+        match self {
+            Head::Tls(n) | Head::Http(n) => n.as_deref(),
+            Head::Incomplete | Head::Other => None,
+        }
+    }
+}
+
+/// A host name as policies compare it: lower case, no port, no trailing dot, only
+/// `[a-z0-9.-_]`, at most 253 bytes; `None` for anything else (IP literals included).
+pub fn normalize_host(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if raw.starts_with('[') {
+        return None;
+    }
+    let host = match raw.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => raw,
+    };
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && host.parse::<Ipv4Addr>().is_err();
+    ok.then_some(host)
+}
+
+/// Reads what the first bytes of a connection ask for.
+pub fn parse_head(buf: &[u8]) -> Head {
+    match buf.first() {
+        None => Head::Incomplete,
+        Some(0x16) => parse_client_hello(buf),
+        Some(b) if b.is_ascii_uppercase() => parse_http(buf),
+        Some(_) => Head::Other,
+    }
+}
+
+fn parse_http(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Head::Incomplete,
+        _ => return Head::Other,
+    }
+    let mut hosts = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host"));
+    let host = match (hosts.next(), hosts.next()) {
+        // exactly one Host header: two could be read differently by the upstream
+        (Some(h), None) => std::str::from_utf8(h.value).ok().and_then(normalize_host),
+        _ => None,
+    };
+    Head::Http(host)
+}
+
+/// The handshake bytes of the TLS records at the start of `buf`, once the first handshake
+/// message is complete; `Err(())` when `buf` is not a TLS handshake.
+fn handshake_message(buf: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+    let mut hs = Vec::new();
+    let mut rest = buf;
+    loop {
+        if hs.len() >= 4 {
+            let len = u32::from_be_bytes([0, hs[1], hs[2], hs[3]]) as usize;
+            if hs.len() >= 4 + len {
+                hs.truncate(4 + len);
+                return Ok(Some(hs));
+            }
+        }
+        if rest.len() < 5 {
+            return Ok(None);
+        }
+        if rest[0] != 0x16 || rest[1] != 3 {
+            return Err(());
+        }
+        let len = u16::from_be_bytes([rest[3], rest[4]]) as usize;
+        if len == 0 || len > 16384 + 2048 {
+            return Err(());
+        }
+        if rest.len() < 5 + len {
+            return Ok(None);
+        }
+        hs.extend_from_slice(&rest[5..5 + len]);
+        rest = &rest[5 + len..];
+    }
+}
+
+fn parse_client_hello(buf: &[u8]) -> Head {
+    use tls_parser::{SNIType, TlsExtension, TlsMessage, TlsMessageHandshake};
+    let hs = match handshake_message(buf) {
+        Err(()) => return Head::Other,
+        Ok(None) if buf.len() < MAX_HEAD => return Head::Incomplete,
+        Ok(None) => return Head::Other,
+        Ok(Some(hs)) => hs,
+    };
+    let Ok((_, TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello)))) =
+        tls_parser::parse_tls_message_handshake(&hs)
+    else {
+        return Head::Other;
+    };
+    let Some(ext) = hello.ext else {
+        return Head::Tls(None);
+    };
+    let Ok((_, exts)) = tls_parser::parse_tls_client_hello_extensions(ext) else {
+        return Head::Tls(None);
+    };
+    let name = exts.iter().find_map(|e| match e {
+        TlsExtension::SNI(names) => names
+            .iter()
+            .find(|(t, _)| *t == SNIType::HostName)
+            .and_then(|(_, n)| std::str::from_utf8(n).ok())
+            .and_then(normalize_host),
+        _ => None,
+    });
+    Head::Tls(name)
+}
+
+/// Where a proxied connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// The addresses of this allowed name (resolved by the proxy).
+    Name(String),
+    /// The destination the sandbox chose (allowed by the policy's address rules).
+    Original,
+    /// Nowhere.
+    Refused,
+}
+
+/// The decision for a connection to `dst` asking for `name` (allow wins: a matching domain
+/// entry allows the name whatever the address rules say).
+pub fn route(policy: &Policy, name: Option<&str>, dst: Ipv4Addr) -> Route {
+    if let Some(n) = name.filter(|n| policy.domain_allowed(n)) {
+        return Route::Name(n.to_string());
+    }
+    match policy.ip_verdict(IpAddr::V4(dst)) {
+        Verdict::Allow => Route::Original,
+        Verdict::Deny => Route::Refused,
+    }
+}
+
+/// The addresses no sandbox may reach, whatever its policy: the same sets as the packet
+/// filter's forward chain, plus every address of the host itself.
+#[derive(Debug, Clone)]
+pub struct HostProtection {
+    blocked: Vec<Ipv4Net>,
+    /// Empty with `--allow-private-egress`.
+    private: Vec<Ipv4Net>,
+}
+
+impl HostProtection {
+    /// The protection for a daemon with sandbox range `cidr` and host networks `lan`.
+    pub fn new(cidr: Ipv4Net, allow_private: bool, lan: &[Ipv4Net]) -> Self {
+        let parse = |s: &&str| s.parse::<Ipv4Net>().expect("constant");
+        let mut blocked: Vec<Ipv4Net> = crate::filter::BLOCKED.iter().map(parse).collect();
+        blocked.push(cidr);
+        let private = if allow_private {
+            Vec::new()
+        } else {
+            crate::filter::PRIVATE
+                .iter()
+                .map(parse)
+                .chain(lan.iter().copied())
+                .collect()
+        };
+        Self { blocked, private }
+    }
+
+    /// Whether the proxy may connect to `ip` on a sandbox's behalf (`host` holds the host's
+    /// own addresses).
+    pub fn allows(&self, ip: Ipv4Addr, host: &[Ipv4Addr]) -> bool {
+        ip != Ipv4Addr::BROADCAST
+            && !host.contains(&ip)
+            && !self.blocked.iter().chain(&self.private).any(|n| n.contains(&ip))
+    }
+}
+
+/// The host's own IPv4 addresses, read at each use (addresses come and go).
+fn host_addresses() -> Vec<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|it| {
+            it.filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|s| s.ip())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A resolver over `servers` (port included).
+fn resolver_for(servers: &[SocketAddr]) -> TokioResolver {
+    let name_servers = servers
+        .iter()
+        .map(|s| {
+            let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+            for c in &mut ns.connections {
+                c.port = s.port();
+            }
+            ns
+        })
+        .collect();
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_secs(3);
+    opts.attempts = 2;
+    opts.ip_strategy = LookupIpStrategy::Ipv4Only;
+    let mut builder = TokioResolver::builder_with_config(
+        ResolverConfig::from_name_servers(name_servers),
+        TokioRuntimeProvider::default(),
+    );
+    *builder.options_mut() = opts;
+    builder.build().expect("a resolver over explicit name servers")
+}
+
+/// The proxy's shared state.
+pub struct EgressProxy {
+    lookup: Arc<dyn PolicyLookup>,
+    upstreams: Vec<SocketAddr>,
+    resolver: TokioResolver,
+    allow_private: bool,
+    protection: HostProtection,
+    open: Mutex<HashMap<String, usize>>,
+    refused: Mutex<HashMap<String, u64>>,
+    proxied: AtomicU64,
+}
+
+/// Why a connection was not proxied.
+#[derive(Debug)]
+enum Refusal {
+    /// The policy denies it (counted and logged).
+    Policy(String),
+    /// Anything else (bounds, timeouts, upstream failures).
+    Failed(String),
+}
+
+impl EgressProxy {
+    /// A proxy resolving through `upstreams` (the daemon's `--dns-upstream`) unless a sandbox
+    /// has its own `dnsServers`.
+    pub fn new(
+        lookup: Arc<dyn PolicyLookup>,
+        upstreams: Vec<SocketAddr>,
+        allow_private: bool,
+        protection: HostProtection,
+    ) -> Self {
+        Self {
+            lookup,
+            resolver: resolver_for(&upstreams),
+            upstreams,
+            allow_private,
+            protection,
+            open: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+            proxied: AtomicU64::new(0),
+        }
+    }
+
+    /// A listener on a free port of all addresses (the packet filter admits only sandboxes,
+    /// on the gateway address).
+    pub async fn bind() -> std::io::Result<TcpListener> {
+        TcpListener::bind("0.0.0.0:0").await
+    }
+
+    /// Connections of sandbox `id` the policy refused since the daemon started.
+    pub fn refused_count(&self, id: &str) -> u64 {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Accepts connections until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.handle(stream, peer).await });
+                }
+                Err(e) => {
+                    tracing::warn!("egress proxy: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, mut client: TcpStream, peer: SocketAddr) {
+        let IpAddr::V4(src) = peer.ip() else { return };
+        let Some(sp) = self.lookup.by_source(src) else {
+            return;
+        };
+        let Some(_slot) = self.admit(&sp.sandbox_id) else {
+            tracing::warn!(sandbox = %sp.sandbox_id, "egress proxy: too many open connections; refusing one");
+            let _ = crate::proxy::reset(&client);
+            return;
+        };
+        match self.proxy(&mut client, src, &sp).await {
+            Ok(()) => {}
+            Err(Refusal::Policy(what)) => {
+                let n = {
+                    let mut r = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = r.entry(sp.sandbox_id.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                if n.is_power_of_two() || n < 8 {
+                    tracing::info!(sandbox = %sp.sandbox_id, refused = n, "egress denied by policy: {what}");
+                }
+            }
+            Err(Refusal::Failed(why)) => {
+                tracing::debug!(sandbox = %sp.sandbox_id, "egress proxy: {why}");
+            }
+        }
+        self.release(&sp.sandbox_id);
+    }
+
+    fn admit(&self, id: &str) -> Option<()> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = open.values().sum();
+        let n = open.entry(id.to_string()).or_default();
+        if *n >= MAX_PER_SANDBOX || total >= MAX_TOTAL {
+            return None;
+        }
+        *n += 1;
+        Some(())
+    }
+
+    fn release(&self, id: &str) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(id);
+            }
+        }
+    }
+
+    async fn proxy(&self, client: &mut TcpStream, src: Ipv4Addr, sp: &SandboxPolicy) -> Result<(), Refusal> {
+        let dst =
+            original_destination(client).map_err(|e| Refusal::Failed(format!("SO_ORIGINAL_DST: {e}")))?;
+        let mut buf = Vec::with_capacity(4096);
+        let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(client, &mut buf)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return Err(Refusal::Failed(format!("reading the request: {e}"))),
+            // a client that does not speak first: decided by address
+            Err(_) => Head::Other,
+        };
+        let name = head.name().map(str::to_string);
+        let target = route(&sp.policy, name.as_deref(), *dst.ip());
+        let what = || match &name {
+            Some(n) => format!("{n} (port {})", dst.port()),
+            None => format!("{dst}"),
+        };
+        let addrs: Vec<Ipv4Addr> = match &target {
+            Route::Refused => {
+                refuse(client, &head, &what()).await;
+                return Err(Refusal::Policy(what()));
+            }
+            Route::Original => vec![*dst.ip()],
+            Route::Name(n) => self.resolve(n, &sp.policy).await,
+        };
+        let host = host_addresses();
+        let addrs: Vec<Ipv4Addr> = addrs
+            .into_iter()
+            .filter(|ip| self.protection.allows(*ip, &host))
+            .collect();
+        if addrs.is_empty() {
+            refuse(client, &head, &what()).await;
+            return Err(Refusal::Policy(format!("{}: no reachable address", what())));
+        }
+        let mut upstream = None;
+        let mut last = String::from("no address");
+        for ip in addrs.iter().take(4) {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((*ip, dst.port()))).await {
+                Ok(Ok(s)) => {
+                    upstream = Some(s);
+                    break;
+                }
+                Ok(Err(e)) => last = format!("{ip}: {e}"),
+                Err(_) => last = format!("{ip}: timed out"),
+            }
+        }
+        let Some(mut upstream) = upstream else {
+            let _ = reset(client);
+            return Err(Refusal::Failed(format!("connecting for {}: {last}", what())));
+        };
+        let _ = upstream.set_nodelay(true);
+        upstream
+            .write_all(&buf)
+            .await
+            .map_err(|e| Refusal::Failed(format!("writing upstream: {e}")))?;
+        self.proxied.fetch_add(1, Ordering::Relaxed);
+        let cut = {
+            let copy = tokio::io::copy_bidirectional(client, &mut upstream);
+            tokio::pin!(copy);
+            let mut tick = tokio::time::interval(RECHECK);
+            loop {
+                tokio::select! {
+                    _ = &mut copy => break false,
+                    _ = tick.tick() => {
+                        let still = self.lookup.by_source(src).is_some_and(|now| {
+                            now.sandbox_id == sp.sandbox_id
+                                && route(&now.policy, name.as_deref(), *dst.ip()) == target
+                        });
+                        if !still {
+                            break true;
+                        }
+                    }
+                }
+            }
+        };
+        if cut {
+            let _ = reset(client);
+            let _ = reset(&upstream);
+            return Err(Refusal::Policy(format!("{}: cut by a policy change", what())));
+        }
+        Ok(())
+    }
+
+    /// The IPv4 addresses of `name` (empty when it does not resolve).
+    async fn resolve(&self, name: &str, policy: &Policy) -> Vec<Ipv4Addr> {
+        let own: Vec<SocketAddr> = policy
+            .dns_servers
+            .iter()
+            .filter(|ip| crate::dns::usable_upstream(**ip, self.allow_private))
+            .map(|ip| SocketAddr::new(IpAddr::V4(*ip), 53))
+            .collect();
+        let fqdn = format!("{name}.");
+        let r = if own.is_empty() || own == self.upstreams {
+            self.resolver.lookup_ip(fqdn).await
+        } else {
+            resolver_for(&own).lookup_ip(fqdn).await
+        };
+        match r {
+            Ok(l) => l
+                .iter()
+                .filter_map(|ip| match ip {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!("egress proxy: resolving {name}: {e}");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Reads until the head names its destination (or is known not to).
+async fn read_head(client: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Head> {
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before naming a destination",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_head(buf) {
+            Head::Incomplete if buf.len() < MAX_HEAD => {}
+            Head::Incomplete => return Ok(Head::Other),
+            h => return Ok(h),
+        }
+    }
+}
+
+/// Tells a refused client why: a 403 for HTTP, a reset otherwise.
+async fn refuse(client: &mut TcpStream, head: &Head, what: &str) {
+    if let Head::Http(_) = head {
+        let body = format!("sandboxd: egress to {what} is not allowed by this sandbox's network policy\n");
+        let msg = format!(
+            "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.write_all(msg.as_bytes()).await;
+        let _ = client.shutdown().await;
+    } else {
+        let _ = reset(client);
+    }
+}
+
+/// Makes the next close of `s` a TCP reset.
+fn reset(s: &TcpStream) -> std::io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::Linger, &linger).map_err(std::io::Error::from)
+}
+
+/// The destination the sandbox connected to before the filter redirected it here.
+fn original_destination(s: &TcpStream) -> std::io::Result<SocketAddrV4> {
+    let raw = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::OriginalDst)?;
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr)),
+        u16::from_be(raw.sin_port),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use serde_json::json;
+
+    fn policy(v: serde_json::Value) -> Policy {
+        Policy::from_network(&v, true).unwrap()
+    }
+
+    /// A ClientHello for `sni` as a real client sends it (rustls-style minimal hello).
+    fn client_hello(sni: Option<&str>) -> Vec<u8> {
+        let mut ext = Vec::new();
+        if let Some(name) = sni {
+            let n = name.as_bytes();
+            let mut list = vec![0u8];
+            list.extend_from_slice(&(n.len() as u16).to_be_bytes());
+            list.extend_from_slice(n);
+            let mut sni_ext = (list.len() as u16).to_be_bytes().to_vec();
+            sni_ext.extend_from_slice(&list);
+            ext.extend_from_slice(&[0, 0]);
+            ext.extend_from_slice(&(sni_ext.len() as u16).to_be_bytes());
+            ext.extend_from_slice(&sni_ext);
+        }
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7u8; 32]);
+        body.push(0); // session id
+        body.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
+        body.extend_from_slice(&[1, 0]); // null compression
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut hs = vec![1];
+        hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        hs.extend_from_slice(&body);
+        let mut rec = vec![0x16, 3, 1];
+        rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+        rec.extend_from_slice(&hs);
+        rec
+    }
+
+    #[test]
+    fn sni_is_read_from_whole_and_split_hellos() {
+        let hello = client_hello(Some("Web.Test"));
+        assert_eq!(parse_head(&hello), Head::Tls(Some("web.test".into())));
+        for cut in [1, 5, 20, hello.len() - 1] {
+            assert_eq!(parse_head(&hello[..cut]), Head::Incomplete, "cut at {cut}");
+        }
+        assert_eq!(parse_head(&client_hello(None)), Head::Tls(None));
+        // the handshake split over two records
+        let hs = &hello[5..];
+        let (a, b) = hs.split_at(30);
+        let mut two = vec![0x16, 3, 1];
+        two.extend_from_slice(&(a.len() as u16).to_be_bytes());
+        two.extend_from_slice(a);
+        two.extend_from_slice(&[0x16, 3, 1]);
+        two.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        two.extend_from_slice(b);
+        assert_eq!(parse_head(&two), Head::Tls(Some("web.test".into())));
+        // not a handshake, garbage lengths
+        assert_eq!(parse_head(&[0x16, 3, 1, 0, 0]), Head::Other);
+        assert_eq!(parse_head(&[0x16, 9, 9, 9, 9, 9]), Head::Other);
+        assert_eq!(parse_head(b"\x00\x01binary"), Head::Other);
+    }
+
+    #[test]
+    fn host_is_read_from_http_requests() {
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: Web.Test:80\r\nAccept: */*\r\n\r\n"),
+            Head::Http(Some("web.test".into()))
+        );
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost: web.te"), Head::Incomplete);
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\n\r\n"), Head::Http(None));
+        // two Host headers: ambiguous, decided by address
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n"),
+            Head::Http(None)
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: 198.51.100.10\r\n\r\n"),
+            Head::Http(None)
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"),
+            Head::Http(None)
+        );
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
+            Head::Http(None)
+        );
+    }
+
+    #[test]
+    fn names_are_normalized() {
+        assert_eq!(normalize_host("EXAMPLE.com.").as_deref(), Some("example.com"));
+        assert_eq!(normalize_host("example.com:8443").as_deref(), Some("example.com"));
+        assert_eq!(normalize_host(""), None);
+        assert_eq!(normalize_host("a/b"), None);
+        assert_eq!(normalize_host(&"a".repeat(300)), None);
+        assert_eq!(normalize_host("10.0.0.1"), None);
+    }
+
+    #[test]
+    fn routes_follow_allow_wins() {
+        let p = policy(
+            json!({"allowOut": ["web.test", "*.pkg.test", "203.0.113.0/24"], "denyOut": ["0.0.0.0/0"]}),
+        );
+        let web: Ipv4Addr = "198.51.100.10".parse().unwrap();
+        let other: Ipv4Addr = "203.0.113.10".parse().unwrap();
+        assert_eq!(route(&p, Some("web.test"), other), Route::Name("web.test".into()));
+        assert_eq!(
+            route(&p, Some("a.pkg.test"), web),
+            Route::Name("a.pkg.test".into())
+        );
+        // a forged name does not open a denied address; an allowed address stays allowed
+        assert_eq!(route(&p, Some("evil.test"), web), Route::Refused);
+        assert_eq!(route(&p, None, web), Route::Refused);
+        assert_eq!(route(&p, Some("evil.test"), other), Route::Original);
+        // no deny: everything else goes where it was going
+        let open = policy(json!({"allowOut": ["web.test"]}));
+        assert_eq!(route(&open, Some("evil.test"), web), Route::Original);
+    }
+
+    #[test]
+    fn host_protection_matches_the_filter() {
+        let cidr: Ipv4Net = "10.213.0.0/16".parse().unwrap();
+        let lan: Vec<Ipv4Net> = vec!["192.0.2.0/24".parse().unwrap()];
+        let strict = HostProtection::new(cidr, false, &lan);
+        let host: Vec<Ipv4Addr> = vec!["203.0.113.77".parse().unwrap()];
+        for ip in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "10.213.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "192.0.2.9",
+            "224.0.0.1",
+            "255.255.255.255",
+            "203.0.113.77",
+        ] {
+            assert!(!strict.allows(ip.parse().unwrap(), &host), "{ip}");
+        }
+        assert!(strict.allows("198.51.100.10".parse().unwrap(), &host));
+        let open = HostProtection::new(cidr, true, &lan);
+        assert!(open.allows("10.1.2.3".parse().unwrap(), &host));
+        assert!(open.allows("192.0.2.9".parse().unwrap(), &host));
+        assert!(!open.allows("10.213.0.9".parse().unwrap(), &host));
+        assert!(!open.allows("127.0.0.1".parse().unwrap(), &host));
+    }
+}
