@@ -42,6 +42,7 @@ async fn set_config(State(state): State<Arc<AgentState>>, body: Body) -> Respons
     };
     let boot = state.config();
     cfg.work_cgroup_fds = boot.work_cgroup_fds.clone();
+    cfg.work_counter_fds = boot.work_counter_fds.clone();
     cfg.workload_userns_fd = boot.workload_userns_fd;
     tracing::info!(sandbox_id = %cfg.sandbox_id, "config replaced");
     state.set_config(cfg);

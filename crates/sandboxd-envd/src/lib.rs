@@ -25,6 +25,7 @@ pub mod state;
 pub mod supervisor;
 pub mod tunnel;
 pub mod users;
+pub mod work_counters;
 pub mod workload;
 
 #[cfg(test)]

@@ -13,10 +13,18 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// The state of an agent booted with `config`; takes ownership of its `work` cgroup
+    /// counter fds (call once per agent).
     pub fn new(config: AgentConfig) -> Arc<Self> {
+        let mut processes = crate::process::ProcessTable::default();
+        if !config.work_counter_fds.is_empty() {
+            processes.counters = Some(Arc::new(crate::work_counters::InheritedCounters::take(
+                &config.work_counter_fds,
+            )));
+        }
         Arc::new(Self {
             config: RwLock::new(Arc::new(config)),
-            processes: crate::process::ProcessTable::default(),
+            processes,
             watchers: crate::filesystem::WatcherTable::default(),
         })
     }

@@ -25,6 +25,11 @@ pub struct AgentConfig {
     /// (one per v1 hierarchy, one on v2). Each user process writes `0` to each of them before
     /// exec, which moves it out of the agent's cgroup. Empty when cgroups are not used.
     pub work_cgroup_fds: Vec<i32>,
+    /// Inherited read-only fds of the `work` cgroup's counter files, read by the agent to say
+    /// why a process failed ("process limit N reached", an OOM kill with the limit). Absent
+    /// outside a sandbox or where the controller is not mounted.
+    #[serde(skip_serializing_if = "WorkCounterFds::is_empty")]
+    pub work_counter_fds: WorkCounterFds,
     /// Inherited fd of the workload user namespace (a child of the agent's, identity-mapped):
     /// every process the agent starts joins it before exec, so root inside the sandbox has no
     /// capability over the agent (`docs/security.md`). `None` outside a sandbox.
@@ -48,6 +53,7 @@ impl AgentConfig {
             default_workdir: Some("/home/user".into()),
             hostname: "sandbox".into(),
             work_cgroup_fds: Vec::new(),
+            work_counter_fds: WorkCounterFds::default(),
             workload_userns_fd: None,
             services: Vec::new(),
         }
@@ -91,6 +97,37 @@ mod tests {
     }
 }
 
+/// Read-only fds of the `work` cgroup's counter files (`docs/limits.md`). The same key/value
+/// formats on cgroup v1 and v2: `pids.events` has `max N`, both `memory.events` (v2) and
+/// `memory.oom_control` (v1) have `oom_kill N`; the limits are a number or `max`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WorkCounterFds {
+    /// `pids.events` (v1 and v2): `max` counts refused forks.
+    pub pids_events: Option<i32>,
+    /// `pids.max`: the task limit.
+    pub pids_max: Option<i32>,
+    /// `memory.events` (v2) or `memory.oom_control` (v1): `oom_kill` counts OOM kills.
+    pub memory_events: Option<i32>,
+    /// `memory.max` (v2) or `memory.limit_in_bytes` (v1): the memory limit in bytes.
+    pub memory_max: Option<i32>,
+}
+
+impl WorkCounterFds {
+    /// No counter fd at all.
+    pub fn is_empty(&self) -> bool {
+        self.fds().is_empty()
+    }
+
+    /// Every fd present.
+    pub fn fds(&self) -> Vec<i32> {
+        [self.pids_events, self.pids_max, self.memory_events, self.memory_max]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
 /// File descriptor numbers a sandbox's agent inherits when the runtime boots it as PID 1
 /// (`sandboxd agent --boot`). The runtime places them; the agent takes them over.
 pub mod boot_fds {
@@ -102,6 +139,7 @@ pub mod boot_fds {
     pub const CONTROL: i32 = 5;
     /// The workload user namespace ([`super::AgentConfig::workload_userns_fd`]).
     pub const WORKLOAD_USERNS: i32 = 6;
-    /// The first `cgroup.procs` fd of the `work` cgroup; the others follow.
+    /// The first `cgroup.procs` fd of the `work` cgroup; the others follow, then the
+    /// `work` cgroup's counter fds ([`super::WorkCounterFds`]).
     pub const FIRST_WORK_CGROUP: i32 = 7;
 }

@@ -62,7 +62,7 @@ fn boot() -> anyhow::Result<()> {
     if let Some(fd) = cfg.workload_userns_fd {
         sandboxd_envd::workload::init(fd).with_context(|| format!("workload user namespace fd {fd}"))?;
     }
-    for fd in &cfg.work_cgroup_fds {
+    for fd in cfg.work_cgroup_fds.iter().chain(&cfg.work_counter_fds.fds()) {
         pid1::set_cloexec(*fd).with_context(|| format!("work cgroup fd {fd}"))?;
     }
     let api = pid1::take_unix_listener(boot_fds::API)?;

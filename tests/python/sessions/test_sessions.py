@@ -386,6 +386,37 @@ def test_max_processes_on_the_e2b_create(sandboxd):
             sbx.commands.run(f"python3 -c '{FORK_LOOP}'", timeout=30)
         assert "Resource temporarily unavailable" in e.value.stderr
         assert "all forked" not in e.value.stdout
+        # the agent read the work cgroup's pids counters: the end event's error says why
+        assert e.value.error.startswith("process limit 5 reached"), e.value.error
+        # a plain failure is not blamed on the limit (once the forked children, which sleep
+        # 3 s, are gone: until then bash -l itself meets the limit)
+        import time
+        time.sleep(5)
+        with pytest.raises(CommandExitException) as e:
+            sbx.commands.run("exit 3")
+        assert e.value.exit_code == 3 and e.value.error == "exit status 3"
+    finally:
+        sbx.kill()
+
+
+def test_oom_kill_message_on_the_e2b_api(sandboxd):
+    """An OOM kill in `commands.run` names the memory limit in the end event's `error`."""
+    from e2b import CommandExitException, Sandbox
+
+    url, key = sandboxd
+    r = httpx.post(f"{url}/sandboxes", json={"templateID": "base", "memoryMB": 128, "timeout": 120},
+                   headers={"X-API-Key": key})
+    assert r.status_code == 201, r.text
+    sbx = Sandbox.connect(r.json()["sandboxID"])
+    try:
+        with pytest.raises(CommandExitException) as e:
+            sbx.files.write("/tmp/eat.py", "b = bytearray(400 << 20)\nb[::4096] = b'1' * len(b[::4096])\n")
+            sbx.commands.run("python3 /tmp/eat.py", timeout=60)
+        assert e.value.exit_code == -1 or e.value.exit_code == 137, e.value
+        assert e.value.error == (
+            "out of memory: killed by the kernel at the sandbox's memory limit of 128 MiB"
+        ), e.value.error
+        assert sbx.commands.run("echo alive").stdout == "alive\n"
     finally:
         sbx.kill()
 

@@ -145,6 +145,9 @@ pub struct ProcessTable {
     procs: Arc<Mutex<HashMap<u32, Arc<Proc>>>>,
     /// The sandbox's structured log (process starts and exits are recorded here).
     pub log: crate::log::SandboxLog,
+    /// The `work` cgroup's counters, which explain a failure by the process or memory limit
+    /// in the end event's `error` (`None` outside a sandbox).
+    pub counters: Option<Arc<dyn crate::work_counters::CounterSource>>,
 }
 
 impl ProcessTable {
@@ -226,12 +229,20 @@ impl ProcessTable {
         let p = proc.clone();
         let log = self.log.clone();
         let t0 = Instant::now();
+        let counters = self.counters.clone();
+        let before = counters.as_deref().map(crate::work_counters::snapshot);
         tokio::spawn(async move {
             let status = drive(&p, output, started.exit, kill_at).await;
             let at_deadline = kill_at.is_some_and(|t| Instant::now() >= t);
             let cmdline = crate::log::command_line(&p.info.config.cmd, &p.info.config.args);
             log.process_exited(p.pid, &cmdline, status, at_deadline, t0.elapsed());
-            p.finish(end_event(status)).await;
+            let mut end = end_event(status);
+            if let (Some(c), Some(before)) = (counters.as_deref(), before)
+                && let Some(why) = crate::work_counters::explain(c, before, status)
+            {
+                end.error = Some(why);
+            }
+            p.finish(end).await;
             tokio::time::sleep(EXIT_CACHE).await;
             let mut procs = lock(&table);
             if procs.get(&p.pid).is_some_and(|q| Arc::ptr_eq(q, &p)) {

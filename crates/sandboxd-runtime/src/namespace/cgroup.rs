@@ -177,6 +177,22 @@ pub struct SandboxCgroupFiles {
     pub agent_procs: Vec<PathBuf>,
     /// `<id>/work/{tasks|cgroup.procs}`, one per hierarchy.
     pub work_procs: Vec<PathBuf>,
+    /// The `work` group's counter files the agent reads (opened read-only for it).
+    pub work_counters: WorkCounterFiles,
+}
+
+/// Counter files of a sandbox's `work` group (`None` where the controller is not mounted):
+/// the agent reads them to explain a failed process (`docs/limits.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkCounterFiles {
+    /// `pids.events` (`max N`: refused forks).
+    pub pids_events: Option<PathBuf>,
+    /// `pids.max`.
+    pub pids_max: Option<PathBuf>,
+    /// v2 `memory.events`, v1 `memory.oom_control` (`oom_kill N`).
+    pub memory_events: Option<PathBuf>,
+    /// v2 `memory.max`, v1 `memory.limit_in_bytes`.
+    pub memory_max: Option<PathBuf>,
 }
 
 impl Cgroups {
@@ -271,7 +287,39 @@ impl Cgroups {
             f.agent_procs.push(r.join(id).join("agent").join(name));
             f.work_procs.push(r.join(id).join("work").join(name));
         }
+        f.work_counters = self.work_counter_files(id);
         f
+    }
+
+    /// The counter files of sandbox `id`'s `work` group; see [`WorkCounterFiles`].
+    pub fn work_counter_files(&self, id: &str) -> WorkCounterFiles {
+        let work = |mount: &Path| mount.join(&self.root_name).join(id).join("work");
+        match &self.layout {
+            CgroupLayout::V1(hs) => {
+                let mut c = WorkCounterFiles::default();
+                for h in hs {
+                    if h.has("pids") {
+                        c.pids_events = Some(work(&h.mount).join("pids.events"));
+                        c.pids_max = Some(work(&h.mount).join("pids.max"));
+                    }
+                    if h.has("memory") {
+                        c.memory_events = Some(work(&h.mount).join("memory.oom_control"));
+                        c.memory_max = Some(work(&h.mount).join("memory.limit_in_bytes"));
+                    }
+                }
+                c
+            }
+            CgroupLayout::V2(m) => {
+                let has = |c: &str| self.v2_controllers.iter().any(|x| x == c);
+                let w = work(m);
+                WorkCounterFiles {
+                    pids_events: has("pids").then(|| w.join("pids.events")),
+                    pids_max: has("pids").then(|| w.join("pids.max")),
+                    memory_events: has("memory").then(|| w.join("memory.events")),
+                    memory_max: has("memory").then(|| w.join("memory.max")),
+                }
+            }
+        }
     }
 
     /// Create `<id>`, `<id>/agent` and `<id>/work` and write the limits (see [`Self::apply_limits`]). On error,
@@ -660,6 +708,15 @@ mod tests {
         assert_eq!(read(&w.join("memory.max")), (256u64 << 20).to_string());
         assert_eq!(read(&w.join("memory.swap.max")), "0");
         assert_eq!(read(&w.join("pids.max")), "100");
+        assert_eq!(
+            files.work_counters,
+            WorkCounterFiles {
+                pids_events: Some(w.join("pids.events")),
+                pids_max: Some(w.join("pids.max")),
+                memory_events: Some(w.join("memory.events")),
+                memory_max: Some(w.join("memory.max")),
+            }
+        );
         assert!(
             !m.join("sandboxd/abc/agent/memory.max").exists(),
             "agent has no limits of its own"
@@ -706,8 +763,9 @@ mod tests {
         let m = t.path();
         std::fs::write(m.join("cgroup.controllers"), "\n").unwrap();
         let cg = Cgroups::init(CgroupLayout::V2(m.to_path_buf()), "a/b").unwrap();
-        cg.create("x1", &limits()).unwrap();
+        let files = cg.create("x1", &limits()).unwrap();
         assert!(m.join("a/b/x1/work").is_dir());
+        assert_eq!(files.work_counters, WorkCounterFiles::default(), "no controllers");
         assert!(!m.join("a/b/x1/work/memory.max").exists());
         assert!(!m.join("a/cgroup.subtree_control").exists());
     }
@@ -743,6 +801,15 @@ mod tests {
         let files = cg.create("s1", &limits()).unwrap();
         assert_eq!(files.work_procs.len(), 6);
         assert_eq!(files.agent_procs[3], m.join("memory/sandboxd/s1/agent/tasks"));
+        assert_eq!(
+            files.work_counters,
+            WorkCounterFiles {
+                pids_events: Some(m.join("pids/sandboxd/s1/work/pids.events")),
+                pids_max: Some(m.join("pids/sandboxd/s1/work/pids.max")),
+                memory_events: Some(m.join("memory/sandboxd/s1/work/memory.oom_control")),
+                memory_max: Some(m.join("memory/sandboxd/s1/work/memory.limit_in_bytes")),
+            }
+        );
         for g in ["s1", "s1/agent", "s1/work"] {
             assert_eq!(
                 read(&m.join("cpuset/sandboxd").join(g).join("cpuset.cpus")),

@@ -187,7 +187,7 @@ impl Inner {
             .iter()
             .map(|p| open_w(p))
             .collect::<Result<_, _>>()?;
-        let work_fds: Vec<OwnedFd> = files
+        let mut work_fds: Vec<OwnedFd> = files
             .work_procs
             .iter()
             .map(|p| open_w(p))
@@ -195,6 +195,22 @@ impl Inner {
         spec.agent.work_cgroup_fds = (0..work_fds.len())
             .map(|i| boot_fds::FIRST_WORK_CGROUP + i as i32)
             .collect();
+        // the counter fds follow the procs fds; read-only, and a file that cannot be opened
+        // only costs the agent its explanation of a failure
+        let c = &files.work_counters;
+        let mut counter = |p: &Option<std::path::PathBuf>| -> Option<i32> {
+            let f = std::fs::File::open(p.as_ref()?)
+                .map_err(|e| tracing::warn!(sandbox = %id, "cgroup counter {}: {e}", p.as_ref().map(|p| p.display().to_string()).unwrap_or_default()))
+                .ok()?;
+            work_fds.push(OwnedFd::from(f));
+            Some(boot_fds::FIRST_WORK_CGROUP + work_fds.len() as i32 - 1)
+        };
+        spec.agent.work_counter_fds = sandboxd_protocol::agent::WorkCounterFds {
+            pids_events: counter(&c.pids_events),
+            pids_max: counter(&c.pids_max),
+            memory_events: counter(&c.memory_events),
+            memory_max: counter(&c.memory_max),
+        };
         spec.agent.workload_userns_fd = Some(boot_fds::WORKLOAD_USERNS);
         let json = serde_json::to_vec(&spec.agent).map_err(|e| step("config", e))?;
         let config = sys::memfd_with(c"sandboxd-agent-config", &json).map_err(|e| step("config", e))?;

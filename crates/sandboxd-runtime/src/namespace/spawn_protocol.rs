@@ -29,8 +29,9 @@ pub struct HelperInit {
 }
 
 /// A request to clone one sandbox. Fds sent with it, in order: the config (memfd), the
-/// agent log, `agent_procs` files that move the init into the agent group, `work_procs` files
-/// that move a process into the work group (see `cgroup::SandboxCgroupFiles`).
+/// agent log, `agent_procs` files that move the init into the agent group, `work_procs` fds:
+/// the files that move a process into the work group (see `cgroup::SandboxCgroupFiles`), then
+/// the work group's read-only counter files (`AgentConfig::work_counter_fds`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpawnRequest {
     /// Sandbox id (for messages).
