@@ -101,7 +101,9 @@ fn limit(text: &str) -> Option<u64> {
 pub fn snapshot(src: &dyn CounterSource) -> CounterSnapshot {
     CounterSnapshot {
         fork_refusals: src.read(CounterFile::PidsEvents).and_then(|t| keyed(&t, "max")),
-        oom_kills: src.read(CounterFile::MemoryEvents).and_then(|t| keyed(&t, "oom_kill")),
+        oom_kills: src
+            .read(CounterFile::MemoryEvents)
+            .and_then(|t| keyed(&t, "oom_kill")),
     }
 }
 
@@ -172,7 +174,9 @@ mod tests {
     fn fake_v2() -> Fake {
         Fake {
             pids_events: Mutex::new(Some("max 0\n".into())),
-            memory_events: Mutex::new(Some("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n".into())),
+            memory_events: Mutex::new(Some(
+                "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n".into(),
+            )),
             pids_max: Some("5\n".into()),
             memory_max: Some("268435456\n".into()),
         }
@@ -183,11 +187,19 @@ mod tests {
         let f = fake_v2();
         let before = snapshot(&f);
         assert_eq!(before.fork_refusals, Some(0));
-        assert_eq!(explain(&f, before, ExitStatus::Exited(1)), None, "counter unchanged");
+        assert_eq!(
+            explain(&f, before, ExitStatus::Exited(1)),
+            None,
+            "counter unchanged"
+        );
         *f.pids_events.lock().unwrap() = Some("max 3\n".into());
         let m = explain(&f, before, ExitStatus::Exited(254)).unwrap();
         assert!(m.starts_with("process limit 5 reached"), "{m}");
-        assert_eq!(explain(&f, before, ExitStatus::Exited(0)), None, "success is not explained");
+        assert_eq!(
+            explain(&f, before, ExitStatus::Exited(0)),
+            None,
+            "success is not explained"
+        );
     }
 
     #[test]
@@ -195,9 +207,16 @@ mod tests {
         let f = fake_v2();
         let before = snapshot(&f);
         *f.memory_events.lock().unwrap() = Some("oom 1\noom_kill 1\n".into());
-        assert_eq!(explain(&f, before, ExitStatus::Exited(1)), None, "not killed by a signal");
+        assert_eq!(
+            explain(&f, before, ExitStatus::Exited(1)),
+            None,
+            "not killed by a signal"
+        );
         let m = explain(&f, before, KILLED).unwrap();
-        assert_eq!(m, "out of memory: killed by the kernel at the sandbox's memory limit of 256 MiB");
+        assert_eq!(
+            m,
+            "out of memory: killed by the kernel at the sandbox's memory limit of 256 MiB"
+        );
 
         // v1: memory.oom_control and an unlimited memory.limit_in_bytes
         let v1 = Fake {
@@ -208,7 +227,10 @@ mod tests {
         let before = snapshot(&v1);
         assert_eq!(before.oom_kills, Some(2));
         *v1.memory_events.lock().unwrap() = Some("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n".into());
-        assert_eq!(explain(&v1, before, KILLED).unwrap(), "out of memory: killed by the kernel");
+        assert_eq!(
+            explain(&v1, before, KILLED).unwrap(),
+            "out of memory: killed by the kernel"
+        );
     }
 
     #[test]

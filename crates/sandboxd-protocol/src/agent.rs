@@ -121,10 +121,15 @@ impl WorkCounterFds {
 
     /// Every fd present.
     pub fn fds(&self) -> Vec<i32> {
-        [self.pids_events, self.pids_max, self.memory_events, self.memory_max]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            self.pids_events,
+            self.pids_max,
+            self.memory_events,
+            self.memory_max,
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 }
 
