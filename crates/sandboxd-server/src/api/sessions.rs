@@ -75,7 +75,7 @@ pub async fn create_session(
         env: body.env,
         max_processes: body.max_processes,
     };
-    let info = sessions::create(&daemon, &session_id, opts).await?;
+    let info = daemon.create_session(&session_id, opts).await?;
     Ok(json(StatusCode::CREATED, &info))
 }
 
@@ -84,7 +84,7 @@ pub async fn delete_session(
     State(daemon): State<Arc<Daemon>>,
     Path(session_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    sessions::delete(&daemon, &session_id).await?;
+    daemon.delete_session(&session_id).await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({"session_id": session_id, "deleted": true}),
@@ -138,7 +138,9 @@ pub async fn create_file(
     };
     let mode = body.mode.as_ref().map(parse_mode).transpose()?;
     let size = content.len();
-    let path = sessions::create_file(&daemon, &session_id, &body.filename, content, mode).await?;
+    let path = daemon
+        .create_session_file(&session_id, &body.filename, content, mode)
+        .await?;
     Ok(json(
         StatusCode::CREATED,
         &serde_json::json!({"path": path, "size": size}),
@@ -157,7 +159,7 @@ pub async fn list_files(
     Path(session_id): Path<String>,
     Query(q): Query<PathQuery>,
 ) -> Result<Response, ApiError> {
-    let files = sessions::list_files(&daemon, &session_id, q.path.as_deref()).await?;
+    let files = daemon.list_session_files(&session_id, q.path.as_deref()).await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({"session_id": session_id, "path": q.path.unwrap_or_default(), "files": files}),
@@ -246,9 +248,9 @@ async fn upload_files(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
     {
-        sessions::check_room(daemon, session_id, len).await?;
+        daemon.check_session_room(session_id, len).await?;
     }
-    let mut batch = sessions::begin_files(daemon, session_id)?;
+    let mut batch = daemon.begin_session_files(session_id)?;
     let mut multipart = multer::Multipart::new(body, boundary);
     let result = async {
         let mut count = 0usize;
@@ -322,7 +324,7 @@ pub async fn download(
     State(daemon): State<Arc<Daemon>>,
     Path((session_id, filename)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let d = sessions::download(&daemon, &session_id, &filename).await?;
+    let d = daemon.download_session_file(&session_id, &filename).await?;
     let mut r = Response::new(Body::new(d.body));
     let h = r.headers_mut();
     h.insert(
@@ -370,19 +372,19 @@ pub async fn execute(
     Path(session_id): Path<String>,
     JsonBody(b): JsonBody<ExecuteBody>,
 ) -> Result<Response, ApiError> {
-    let r = sessions::execute(
-        &daemon,
-        &session_id,
-        ExecRequest {
-            command: b.command,
-            args: b.args,
-            shell: b.shell,
-            timeout_secs: b.timeout,
-            cwd: b.cwd,
-            env: b.env,
-        },
-    )
-    .await?;
+    let r = daemon
+        .execute_in_session(
+            &session_id,
+            ExecRequest {
+                command: b.command,
+                args: b.args,
+                shell: b.shell,
+                timeout_secs: b.timeout,
+                cwd: b.cwd,
+                env: b.env,
+            },
+        )
+        .await?;
     Ok(json(StatusCode::OK, &r))
 }
 
@@ -407,19 +409,19 @@ pub async fn execute_code(
     Path(session_id): Path<String>,
     JsonBody(b): JsonBody<ExecuteCodeBody>,
 ) -> Result<Response, ApiError> {
-    let r = sessions::execute_code(
-        &daemon,
-        &session_id,
-        ExecCodeRequest {
-            code: b.code,
-            filename: b.filename,
-            script_type: b.script_type,
-            args: b.args,
-            timeout_secs: b.timeout,
-            env: b.env,
-        },
-    )
-    .await?;
+    let r = daemon
+        .execute_code_in_session(
+            &session_id,
+            ExecCodeRequest {
+                code: b.code,
+                filename: b.filename,
+                script_type: b.script_type,
+                args: b.args,
+                timeout_secs: b.timeout,
+                env: b.env,
+            },
+        )
+        .await?;
     Ok(json(StatusCode::OK, &r))
 }
 
@@ -428,10 +430,7 @@ pub async fn status(
     State(daemon): State<Arc<Daemon>>,
     Path(session_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    Ok(json(
-        StatusCode::OK,
-        &sessions::status(&daemon, &session_id).await?,
-    ))
+    Ok(json(StatusCode::OK, &daemon.session_status(&session_id).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -463,7 +462,7 @@ pub async fn cleanup_all(
             )));
         }
     };
-    let removed = sessions::cleanup_all(&daemon, force).await?;
+    let removed = daemon.cleanup_all_sessions(force).await?;
     Ok(json(StatusCode::OK, &serde_json::json!({"removed": removed})))
 }
 
