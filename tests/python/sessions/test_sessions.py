@@ -356,6 +356,16 @@ def test_unenforced_options_are_refused_not_ignored(client):
     assert e.value.status == 501 and "not enforced" in e.value.message
 
 
+def test_allowed_commands_on_the_e2b_create_is_refused_not_ignored(sandboxd):
+    url, key = sandboxd
+    before = httpx.get(f"{url}/sandboxes", headers={"X-API-Key": key}).json()
+    r = httpx.post(f"{url}/sandboxes", json={"templateID": "base", "allowedCommands": ["ls"], "timeout": 60},
+                   headers={"X-API-Key": key})
+    assert r.status_code == 501, r.text
+    assert "allowedCommands is not enforced" in r.json()["message"]
+    assert httpx.get(f"{url}/sandboxes", headers={"X-API-Key": key}).json() == before, "nothing created"
+
+
 def test_process_limit_with_a_fork_loop(client):
     s = sid()
     client.create_session(s, max_processes=5)

@@ -43,6 +43,8 @@ pub(super) struct NewSandbox {
     disk_size_mb: Option<i64>,
     /// sandboxd-only: the workload's task limit (`docs/limits.md`).
     max_processes: Option<i64>,
+    /// sandboxd-only, not enforced yet (`docs/sessions.md`, "Not yet"): refused, never ignored.
+    allowed_commands: Option<serde_json::Value>,
 }
 
 fn check_map(name: &str, m: &BTreeMap<String, String>, env: bool) -> Result<(), ApiError> {
@@ -115,6 +117,11 @@ impl NewSandbox {
                 .map(super::volumes::VolumeMountIn::into_pair)
                 .collect(),
         )?;
+        if self.allowed_commands.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::NotSupportedHere(
+                "allowedCommands is not enforced by this sandboxd yet; it is refused rather than ignored".into(),
+            ));
+        }
         if self
             .iam
             .as_ref()
