@@ -119,7 +119,8 @@ impl NewSandbox {
         )?;
         if self.allowed_commands.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ApiError::NotSupportedHere(
-                "allowedCommands is not enforced by this sandboxd yet; it is refused rather than ignored".into(),
+                "allowedCommands is not enforced by this sandboxd yet; it is refused rather than ignored"
+                    .into(),
             ));
         }
         if self
