@@ -398,6 +398,9 @@ def test_max_processes_on_the_e2b_create(sandboxd):
         assert "all forked" not in e.value.stdout
         # the agent read the work cgroup's pids counters: the end event's error says why
         assert e.value.error.startswith("process limit 5 reached"), e.value.error
+        # and as stderr's last line, which the Python SDK's exception message shows
+        assert e.value.stderr.splitlines()[-1] == "sandboxd: " + e.value.error
+        assert "process limit 5 reached" in str(e.value)
         # a plain failure is not blamed on the limit (once the forked children, which sleep
         # 3 s, are gone: until then bash -l itself meets the limit)
         import time
@@ -426,6 +429,7 @@ def test_oom_kill_message_on_the_e2b_api(sandboxd):
         assert e.value.error == (
             "out of memory: killed by the kernel at the sandbox's memory limit of 128 MiB"
         ), e.value.error
+        assert "out of memory" in str(e.value)
         assert sbx.commands.run("echo alive").stdout == "alive\n"
     finally:
         sbx.kill()

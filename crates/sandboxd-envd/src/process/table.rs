@@ -240,6 +240,13 @@ impl ProcessTable {
             if let (Some(c), Some(before)) = (counters.as_deref(), before)
                 && let Some(why) = crate::work_counters::explain(c, before, status)
             {
+                // also as the last line of stderr: the Python SDK's CommandExitException
+                // message shows stderr, the JS SDK's CommandExitError shows `error`
+                let line = match p.pty {
+                    Some(_) => DataEvent::Pty(format!("\r\nsandboxd: {why}\r\n").into_bytes()),
+                    None => DataEvent::Stderr(format!("sandboxd: {why}\n").into_bytes()),
+                };
+                p.publish(line).await;
                 end.error = Some(why);
             }
             p.finish(end).await;
