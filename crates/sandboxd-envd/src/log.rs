@@ -5,9 +5,10 @@
 //!
 //! Recorded: process started (pid, command, user), exited (exit code or signal, runtime, and
 //! why a SIGKILL came: the Start deadline, a client's `SendSignal`, or unexplained), start
-//! failures, and out-of-memory kills. The agent cannot read its cgroup's OOM counter from
-//! inside; the daemon reads it on the host and reports increases (`POST /logs/oom`), and the
-//! report names the unexplained SIGKILL exits it accounts for.
+//! failures, and out-of-memory kills. The agent cannot open its cgroup's files from inside
+//! (its counter fds only explain a process's own end, `work_counters.rs`); the daemon reads the
+//! OOM counter on the host and reports increases (`POST /logs/oom`), and the report names the
+//! unexplained SIGKILL exits it accounts for.
 //!
 //! Timestamps are Unix milliseconds and strictly increasing (a burst of events in one
 //! millisecond gets consecutive values), so a cursor of `last timestamp ± 1` pages exactly.
