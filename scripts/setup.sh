@@ -3,7 +3,8 @@
 # - Debian packages: sudo and python-is-python3 (sandboxes use the host's /usr, so these are
 #   what `sudo` and `python` are inside the base template), and tools the base template and tests
 #   use (git, curl, tput, xattr tools, bubblewrap for the benchmark baseline), nftables (the
-#   sandboxes' packet filter) and dnsmasq-base (the network tests' fake internet DNS).
+#   sandboxes' packet filter and, with iproute2's tc, their bandwidth limits), dnsmasq-base,
+#   openssl and iperf3 (the network tests' fake internet: DNS, a TLS server, rate tests).
 # - With --tests: the official E2B SDKs of every tested row (README "Supported SDKs"): Python venvs
 #   .venv (oldest supported) and .venv-newest, and tests/js/node_modules (npm ci).
 set -euo pipefail
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 want_tests=0
 [ "${1:-}" = "--tests" ] && want_tests=1
 
-apt_pkgs=(sudo python3 python-is-python3 python3-venv git curl ncurses-bin vim attr libcap2-bin iproute2 bubblewrap procps nftables dnsmasq-base)
+apt_pkgs=(sudo python3 python-is-python3 python3-venv git curl ncurses-bin vim attr libcap2-bin iproute2 bubblewrap procps nftables dnsmasq-base openssl iperf3)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -9,8 +9,9 @@ impl Daemon {
     /// `PUT /sandboxes/{id}/network`: replace the egress settings (`allowOut`, `denyOut`,
     /// `dnsServers`, `egressProxy`, `rules`; a field left out is cleared) and
     /// `allow_internet_access`, keeping the ingress ones (`allowPublicTraffic`,
-    /// `maskRequestHost`, `httpsPorts`). Stored, and enforced at once by the
-    /// backend's networking (`docs/network.md`).
+    /// `maskRequestHost`, `httpsPorts`) and sandboxd's `bandwidth` unless given (`null`
+    /// clears it). Enforced at once by the backend's networking (`docs/network.md`), then
+    /// stored; a policy the backend refuses changes nothing.
     pub async fn update_network(
         self: &Arc<Self>,
         id: &str,
@@ -22,7 +23,7 @@ impl Daemon {
             None => return Err(DaemonError::SandboxNotFound(id.to_string())),
         };
         let (network, allow) = {
-            let mut d = s.lock();
+            let d = s.lock();
             match d.state {
                 SandboxState::Running => {}
                 SandboxState::Paused => {
@@ -34,24 +35,29 @@ impl Daemon {
             }
             let mut net = serde_json::Map::new();
             if let Some(serde_json::Value::Object(old)) = &d.network {
-                for key in ["allowPublicTraffic", "maskRequestHost", "httpsPorts"] {
+                // ingress settings, and sandboxd's rate limits unless the update sets them
+                for key in ["allowPublicTraffic", "maskRequestHost", "httpsPorts", "bandwidth"] {
                     if let Some(v) = old.get(key) {
                         net.insert(key.to_string(), v.clone());
                     }
                 }
             }
             net.extend(egress);
-            d.network = (!net.is_empty()).then_some(serde_json::Value::Object(net));
-            if let Some(a) = allow_internet_access {
-                d.allow_internet_access = a;
-            }
-            (d.network.clone(), d.allow_internet_access)
+            net.retain(|_, v| !v.is_null());
+            let network = (!net.is_empty()).then_some(serde_json::Value::Object(net));
+            (network, allow_internet_access.unwrap_or(d.allow_internet_access))
         };
-        // applied by the packet filter at once (connections to now-denied places are cut)
+        // checked and applied by the packet filter at once (connections to now-denied places
+        // are cut); stored only once accepted
         let null = serde_json::Value::Null;
         self.backend()
             .set_egress(id, network.as_ref().unwrap_or(&null), allow)
             .await?;
+        {
+            let mut d = s.lock();
+            d.network = network.clone();
+            d.allow_internet_access = allow;
+        }
         let id2 = id.to_string();
         match self
             .registry

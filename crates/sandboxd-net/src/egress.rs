@@ -137,6 +137,7 @@ impl Network {
         tokio::spawn(resolver.clone().serve_udp(udp));
         tokio::spawn(resolver.serve_tcp(tcp));
         net.load_state().await;
+        net.sweep_stale_shapers().await;
         net.write_filter().await?;
         net.sweep_stale_tables().await;
         tracing::info!(
@@ -149,6 +150,21 @@ impl Network {
             "sandbox networking ready"
         );
         Ok(net)
+    }
+
+    /// Removes the shaper devices of slots no sandbox holds (left by a crash).
+    async fn sweep_stale_shapers(&self) {
+        let prefix = self.cfg.plan.shaper_prefix();
+        let names = link::names_with_prefix(&self.host, &prefix)
+            .await
+            .unwrap_or_default();
+        for name in names {
+            let slot = name.strip_prefix(&prefix).and_then(|n| n.parse::<u32>().ok());
+            let held = slot.is_some_and(|s| self.lock().by_slot.contains_key(&s));
+            if !held {
+                crate::shaping::remove_shaper(&name).await;
+            }
+        }
     }
 
     /// Removes the tables of daemons that are gone and left no sandbox behind.
@@ -295,21 +311,35 @@ impl Network {
         let policy = Arc::new(
             Policy::from_network(network, allow).map_err(|e| RuntimeError::InvalidSpec(e.to_string()))?,
         );
-        let (rewrite, attached) = {
+        let (rewrite, slot, reshape) = {
             let mut st = self.lock();
             let e = st.by_id.entry(id.to_string()).or_default();
             let rewrite = e.slot.is_some() && !(e.policy.is_open() && policy.is_open());
+            let reshape = e.policy.bandwidth != policy.bandwidth;
+            let bandwidth = policy.bandwidth;
             e.policy = policy;
             e.source = (network.clone(), allow);
-            (rewrite, e.slot.is_some())
+            (rewrite, e.slot, reshape.then_some(bandwidth))
         };
-        if attached {
+        if slot.is_some() {
             self.persist(id);
         }
         if rewrite {
             self.write_filter().await?;
         }
+        if let (Some(slot), Some(bw)) = (slot, reshape) {
+            self.shape(id, slot, &bw).await?;
+        }
         Ok(())
+    }
+
+    /// Sets the rate limits of slot `slot`'s link.
+    async fn shape(&self, id: &str, slot: u32, bw: &crate::policy::Bandwidth) -> Result<(), RuntimeError> {
+        let (link, shaper) = (self.cfg.plan.iface(slot), self.cfg.plan.shaper_iface(slot));
+        crate::shaping::apply(&link, &shaper, bw).await.map_err(|e| {
+            tracing::error!(sandbox = %id, "bandwidth limits: {e}");
+            io_step("bandwidth limits", e)
+        })
     }
 
     /// Connects sandbox `id` (agent `pid`) on the lowest free slot.
@@ -341,15 +371,18 @@ impl Network {
     }
 
     async fn attached(&self, id: &str, slot: u32) -> Result<(), RuntimeError> {
-        let enforce = {
+        let (enforce, bandwidth) = {
             let mut st = self.lock();
             let e = st.by_id.entry(id.to_string()).or_default();
             e.slot = Some(slot);
-            !e.policy.is_open()
+            (!e.policy.is_open(), e.policy.bandwidth)
         };
         self.persist(id);
         if enforce {
             self.write_filter().await?;
+        }
+        if bandwidth.is_limited() {
+            self.shape(id, slot, &bandwidth).await?;
         }
         Ok(())
     }
@@ -369,16 +402,20 @@ impl Network {
     /// the next boot (filesystem-only pause). The host link is removed in the background (the
     /// kernel takes tens of milliseconds to unregister a link); its slot stays taken until then.
     pub async fn detach(self: &Arc<Self>, id: &str, forget: bool) {
-        let (slot, enforced) = {
+        let (slot, enforced, shaped) = {
             let mut st = self.lock();
-            let (slot, enforced) = match st.by_id.get_mut(id) {
-                Some(e) => (e.slot.take(), !e.policy.is_open()),
-                None => (None, false),
+            let (slot, enforced, shaped) = match st.by_id.get_mut(id) {
+                Some(e) => (
+                    e.slot.take(),
+                    !e.policy.is_open(),
+                    e.policy.bandwidth.egress_kbit.is_some(),
+                ),
+                None => (None, false, false),
             };
             if forget {
                 st.by_id.remove(id);
             }
-            (slot, enforced)
+            (slot, enforced, shaped)
         };
         let _ = std::fs::remove_file(self.cfg.state_dir.join(id));
         let Some(slot) = slot else { return };
@@ -389,6 +426,9 @@ impl Network {
         tokio::spawn(async move {
             if let Err(e) = link::delete(&this.host, &this.cfg.plan.iface(slot)).await {
                 tracing::warn!(sandbox = %id, "removing host link: {e}");
+            }
+            if shaped {
+                crate::shaping::remove_shaper(&this.cfg.plan.shaper_iface(slot)).await;
             }
             let mut st = this.lock();
             if st.by_slot.get(&slot) == Some(&id) {

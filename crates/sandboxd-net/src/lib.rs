@@ -1,7 +1,7 @@
 //! Sandbox networking (`docs/network.md`): the egress policy model ([`policy`]), the address
 //! plan ([`plan`]), veth links over rtnetlink ([`link`]), the nftables packet filter
 //! ([`filter`]), the DNS forwarder ([`dns`]), the transparent egress proxy for domain rules
-//! ([`proxy`]), and the daemon-side manager and backend decorator ([`egress`]).
+//! ([`proxy`]), bandwidth limits ([`shaping`]), and the daemon-side manager and backend decorator ([`egress`]).
 #![expect(
     missing_docs,
     reason = "not every public item is documented yet (issue 10 item 4)"
@@ -14,6 +14,7 @@ pub mod link;
 pub mod plan;
 pub mod policy;
 pub mod proxy;
+pub mod shaping;
 
 pub use egress::{Network, NetworkConfig, NetworkedBackend};
 pub use plan::AddressPlan;

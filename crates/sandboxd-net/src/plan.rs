@@ -11,6 +11,8 @@ pub const DEFAULT_CIDR: &str = "10.213.0.0/16";
 /// Prefix of every sandboxd host interface, whichever daemon made it (sandbox-to-sandbox
 /// traffic is refused for all of them).
 pub const IFACE_PREFIX: &str = "sx";
+/// Prefix of the shaper devices ([`AddressPlan::shaper_iface`]).
+pub const SHAPER_PREFIX: &str = "si";
 
 /// Addresses and names of one daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +87,17 @@ impl AddressPlan {
     /// Host-side interface of slot `i` (`sx<tag>_<i>`, at most 15 bytes).
     pub fn iface(&self, slot: u32) -> String {
         format!("{IFACE_PREFIX}{}_{slot}", self.tag)
+    }
+
+    /// The shaper (`ifb`) device of slot `i` that carries the sandbox's egress rate limit
+    /// (`si<tag>_<i>`; not an `sx` name, so the filter never takes it for a sandbox link).
+    pub fn shaper_iface(&self, slot: u32) -> String {
+        format!("{SHAPER_PREFIX}{}_{slot}", self.tag)
+    }
+
+    /// The prefix of this daemon's shaper devices.
+    pub fn shaper_prefix(&self) -> String {
+        format!("{SHAPER_PREFIX}{}_", self.tag)
     }
 
     /// The wildcard matching this daemon's host interfaces in the packet filter.

@@ -156,6 +156,28 @@ pub struct ProxyTls {
     pub ca_cert: Option<String>,
 }
 
+/// `bandwidth` (a sandboxd addition to the `network` object): rate limits in kbit/s, each
+/// direction seen from the sandbox; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Bandwidth {
+    /// What the sandbox sends (`egressMbps`).
+    pub egress_kbit: Option<u64>,
+    /// What the sandbox receives (`ingressMbps`).
+    pub ingress_kbit: Option<u64>,
+}
+
+impl Bandwidth {
+    /// Whether either direction is limited.
+    pub fn is_limited(&self) -> bool {
+        self.egress_kbit.is_some() || self.ingress_kbit.is_some()
+    }
+}
+
+/// Highest rate limit accepted, in Mbit/s (100 Gbit/s: above any link a sandbox has).
+pub const MAX_MBPS: f64 = 100_000.0;
+/// Lowest rate limit accepted, in Mbit/s (64 kbit/s: below it TCP barely works).
+pub const MIN_MBPS: f64 = 0.064;
+
 /// The egress policy of one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Policy {
@@ -168,6 +190,8 @@ pub struct Policy {
     /// Domain → header transforms, in the order given.
     pub rules: Vec<(DomainPattern, Vec<Transform>)>,
     pub egress_proxy: Option<EgressProxy>,
+    /// Rate limits of the sandbox's link (kept by the traffic shaper, not the filter).
+    pub bandwidth: Bandwidth,
 }
 
 /// What the policy says about a destination address.
@@ -194,6 +218,7 @@ impl Policy {
             dns_servers: parse_dns_servers(obj.get("dnsServers"))?,
             rules: parse_rules(obj.get("rules"))?,
             egress_proxy: parse_egress_proxy(obj.get("egressProxy"))?,
+            bandwidth: parse_bandwidth(obj.get("bandwidth"))?,
         };
         if !allow_internet_access {
             let all = IpNet::from(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -378,6 +403,39 @@ fn parse_transform(domain: &str, rule: &Value) -> Result<Transform, PolicyError>
         out.push((name.clone(), value.to_string()));
     }
     Ok(Transform { headers: out })
+}
+
+fn parse_bandwidth(v: Option<&Value>) -> Result<Bandwidth, PolicyError> {
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(Bandwidth::default()),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(err("bandwidth", "must be an object {egressMbps, ingressMbps}")),
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "egressMbps" | "ingressMbps"))
+    {
+        return Err(err(
+            "bandwidth",
+            format!("unknown field {k:?} (egressMbps, ingressMbps)"),
+        ));
+    }
+    let rate = |key: &str| -> Result<Option<u64>, PolicyError> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(m) if (MIN_MBPS..=MAX_MBPS).contains(&m) => Ok(Some((m * 1000.0).round() as u64)),
+                _ => Err(err(
+                    &format!("bandwidth.{key}"),
+                    format!("must be a number of Mbit/s from {MIN_MBPS} to {MAX_MBPS}"),
+                )),
+            },
+        }
+    };
+    Ok(Bandwidth {
+        egress_kbit: rate("egressMbps")?,
+        ingress_kbit: rate("ingressMbps")?,
+    })
 }
 
 fn parse_egress_proxy(v: Option<&Value>) -> Result<Option<EgressProxy>, PolicyError> {

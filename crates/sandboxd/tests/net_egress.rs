@@ -561,3 +561,144 @@ async fn domain_allow_lists_through_the_egress_proxy() {
     );
     d.kill_all_sandboxes();
 }
+
+/// The receiver's rate in Mbit/s of a 5-second `iperf3` run from the sandbox to the fake
+/// internet (`reverse`: from it). The server re-opens its listener after each run, so a run
+/// refused at once is retried.
+async fn iperf_mbps(d: &Daemon, id: &str, tok: &str, reverse: bool) -> f64 {
+    let flag = if reverse { "-R" } else { "" };
+    let out = sh(
+        d,
+        id,
+        tok,
+        &format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do out=$(iperf3 -c {WEB} -p 5201 -t 5 -J {flag} 2>&1); \
+             case \"$out\" in *'unable to connect'*) sleep 0.3;; *) break;; esac; done; printf %s \"$out\""
+        ),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("iperf3 output ({e}): {out}"));
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no rate in {out}"))
+        / 1e6
+}
+
+/// The `tbf` rates (bytes/s, as `tc -j` reports them) on the host's links.
+fn host_tbf_rates() -> Vec<u64> {
+    let out = std::process::Command::new("tc")
+        .args(["-j", "qdisc", "show"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|q| q["kind"] == "tbf")
+                .filter_map(|q| q["options"]["rate"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
+async fn bandwidth_limits_hold_within_ten_percent() {
+    require_root("bandwidth_limits_hold_within_ten_percent");
+    let _inet = FakeInternet::up();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = test_key();
+    let d = start(&data, &key);
+
+    // unusual rates (912,500 and 462,500 bytes/s), so the test finds its own buckets among
+    // the host's qdiscs
+    let (id, tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300,
+               "network": {"bandwidth": {"egressMbps": 7.3, "ingressMbps": 3.7}}}),
+    )
+    .await;
+    let up = iperf_mbps(&d, &id, &tok, false).await;
+    assert!(
+        (7.3 * 0.9..=7.3 * 1.1).contains(&up),
+        "egress {up:.2} Mbit/s, limit 7.3"
+    );
+    let down = iperf_mbps(&d, &id, &tok, true).await;
+    assert!(
+        (3.7 * 0.9..=3.7 * 1.1).contains(&down),
+        "ingress {down:.2} Mbit/s, limit 3.7"
+    );
+    println!("measured: egress {up:.2} Mbit/s (limit 7.3), ingress {down:.2} Mbit/s (limit 3.7)");
+    let rates = host_tbf_rates();
+    assert!(rates.contains(&912_500) && rates.contains(&462_500), "{rates:?}");
+
+    // an update that leaves the limits out keeps them; pause and resume keep them
+    let r = d
+        .api(reqwest::Method::PUT, &format!("/sandboxes/{id}/network"))
+        .json(&json!({"denyOut": ["203.0.113.0/24"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    for memory in [true, false] {
+        let (s, v) = d
+            .post(&format!("/sandboxes/{id}/pause"), json!({"memory": memory}))
+            .await;
+        assert_eq!(s, 204, "{v}");
+        let (s, v) = d
+            .post(&format!("/sandboxes/{id}/connect"), json!({"timeout": 300}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let rates = host_tbf_rates();
+        assert!(
+            rates.contains(&912_500) && rates.contains(&462_500),
+            "after a pause (memory: {memory}): {rates:?}"
+        );
+    }
+    let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
+    assert_eq!(info["network"]["bandwidth"]["egressMbps"], 7.3, "{info}");
+
+    // bad limits: 400, nothing changes
+    for bad in [
+        json!({"bandwidth": {"egressMbps": 0}}),
+        json!({"bandwidth": {"egressMbps": -1}}),
+        json!({"bandwidth": {"ingressMbps": "fast"}}),
+        json!({"bandwidth": {"ingressMbps": 1e9}}),
+        json!({"bandwidth": {"upMbps": 1}}),
+        json!({"bandwidth": 5}),
+    ] {
+        let r = d
+            .api(reqwest::Method::PUT, &format!("/sandboxes/{id}/network"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains("bandwidth"), "{body}");
+    }
+    let (s, _) = d
+        .create(json!({"templateID": "base", "network": {"bandwidth": {"egressMbps": 0.001}}}))
+        .await;
+    assert_eq!(s, 400);
+    let rates = host_tbf_rates();
+    assert!(rates.contains(&912_500) && rates.contains(&462_500), "{rates:?}");
+
+    // `null` removes them, shaper device included
+    let r = d
+        .api(reqwest::Method::PUT, &format!("/sandboxes/{id}/network"))
+        .json(&json!({"bandwidth": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let rates = host_tbf_rates();
+    assert!(
+        !rates.contains(&912_500) && !rates.contains(&462_500),
+        "{rates:?}"
+    );
+    let up = iperf_mbps(&d, &id, &tok, false).await;
+    assert!(up > 7.3 * 3.0, "unlimited egress {up:.1} Mbit/s");
+    d.kill_all_sandboxes();
+}

@@ -244,7 +244,8 @@ impl NetworkConfig {
 
 impl NetworkUpdate {
     /// The validated egress settings as stored (`allowOut`, `denyOut`, `dnsServers`,
-    /// `egressProxy`, `rules`; fields left out are absent).
+    /// `egressProxy`, `rules`; fields left out are absent), and sandboxd's `bandwidth` when
+    /// given (`null` included).
     pub fn into_egress(self, raw: &Value) -> Result<Map<String, Value>, ApiError> {
         if let Some(l) = &self.allow_out {
             check_allow_out(l)?;
@@ -266,6 +267,10 @@ impl NetworkUpdate {
             if let Some(v) = raw.get(key).filter(|v| !v.is_null()) {
                 out.insert(key.to_string(), v.clone());
             }
+        }
+        // sandboxd's rate limits: kept when left out (checked by the domain); `null` clears them
+        if let Some(v) = raw.get("bandwidth") {
+            out.insert("bandwidth".to_string(), v.clone());
         }
         Ok(out)
     }

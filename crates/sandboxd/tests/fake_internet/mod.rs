@@ -10,11 +10,12 @@
 //! - a TLS line server on port 443 of both (a self-signed certificate for `web.test` and
 //!   `other.test`): after the handshake it answers each line with `tls <its address> <line>`,
 //!   so a client sees which server it reached
+//! - an `iperf3` server on port 5201 of [`WEB`] (rate tests)
 //! - DNS (dnsmasq) on [`DNS`]: `web.test` → [`WEB`], `other.test` → [`OTHER`]
 //!
 //! One at a time on a host (the routes are global): [`FakeInternet::up`] takes an exclusive
-//! lock on `/run/sandboxd-fake-internet.lock` for its lifetime. Needs root, `ip`, `dnsmasq`
-//! and `python3`.
+//! lock on `/run/sandboxd-fake-internet.lock` for its lifetime. Needs root, `ip`, `dnsmasq`,
+//! `python3`, `openssl` and `iperf3`.
 #![allow(dead_code)]
 
 use std::os::fd::AsRawFd;
@@ -153,6 +154,7 @@ impl FakeInternet {
             WEB,
             OTHER,
         ]);
+        let iperf = netns(&["iperf3", "--server", "--bind", WEB, "--port", "5201"]);
         let dns = netns(&[
             "dnsmasq",
             "--keep-in-foreground",
@@ -166,7 +168,7 @@ impl FakeInternet {
             "--user=root",
         ]);
         let me = Self {
-            servers: vec![http, echo, tls, dns],
+            servers: vec![http, echo, tls, iperf, dns],
             docroot,
             _lock: lock,
         };
@@ -199,7 +201,12 @@ impl FakeInternet {
                 .arg(format!("exec 3<>/dev/tcp/{DNS}/53"))
                 .status()
                 .is_ok_and(|s| s.success());
-            if ok && dns {
+            let iperf = std::net::TcpStream::connect_timeout(
+                &format!("{WEB}:5201").parse().unwrap(),
+                Duration::from_millis(200),
+            )
+            .is_ok();
+            if ok && dns && iperf {
                 return;
             }
             assert!(Instant::now() < deadline, "fake internet servers did not start");
