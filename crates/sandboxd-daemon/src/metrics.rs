@@ -64,7 +64,7 @@ impl Daemon {
             })
             .collect();
         type Counter = fn(&sandboxd_runtime::NetworkCounters) -> u64;
-        let series: [(&str, &str, Counter); 4] = [
+        let series: [(&str, &str, Counter); 6] = [
             (
                 "sandboxd_sandbox_network_receive_bytes_total",
                 "Bytes a sandbox received on its network link.",
@@ -84,6 +84,16 @@ impl Daemon {
                 "sandboxd_sandbox_network_transmit_packets_total",
                 "Packets a sandbox sent on its network link.",
                 |n| n.tx_packets,
+            ),
+            (
+                "sandboxd_sandbox_network_denied_packets_total",
+                "Packets of a sandbox the packet filter refused by its egress policy.",
+                |n| n.denied_packets,
+            ),
+            (
+                "sandboxd_sandbox_network_denied_connections_total",
+                "Connections of a sandbox the egress proxy refused by its egress policy.",
+                |n| n.denied_connections,
             ),
         ];
         for (name, help, get) in series {

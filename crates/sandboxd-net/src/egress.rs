@@ -79,8 +79,11 @@ pub struct Network {
     proxy_port: u16,
     /// The egress proxy (set once at start).
     proxy: std::sync::OnceLock<Arc<EgressProxy>>,
-    /// Serialises packet filter writes (each write renders the whole table from `state`).
-    filter: tokio::sync::Mutex<()>,
+    /// Serialises packet filter writes (each write renders the whole table from `state`);
+    /// holds whether the current table has per-sandbox counters.
+    filter: tokio::sync::Mutex<bool>,
+    /// Denied-packet counts by slot, read from the table at most once a second.
+    denied: Mutex<(Option<std::time::Instant>, HashMap<u32, u64>)>,
 }
 
 fn io_step(step: &'static str, e: impl std::fmt::Display) -> RuntimeError {
@@ -118,7 +121,8 @@ impl Network {
             proxy_port,
             proxy: std::sync::OnceLock::new(),
             state: Mutex::new(State::default()),
-            filter: tokio::sync::Mutex::new(()),
+            filter: tokio::sync::Mutex::new(false),
+            denied: Mutex::new((None, HashMap::new())),
         });
         let lookup: Arc<dyn PolicyLookup> = Arc::new(Lookup(Arc::downgrade(&net)));
         let proxy = Arc::new(EgressProxy::new(
@@ -201,7 +205,16 @@ impl Network {
 
     /// Renders and writes the whole table.
     async fn write_filter(&self) -> Result<(), RuntimeError> {
-        let _w = self.filter.lock().await;
+        let mut has_counters = self.filter.lock().await;
+        // the rewrite replaces the counters: carry their counts over
+        let denied_so_far: HashMap<u32, u64> = if *has_counters {
+            filter::denied_counts(&self.cfg.plan)
+                .await
+                .map(|v| v.into_iter().collect())
+                .unwrap_or_default()
+        } else {
+            HashMap::new()
+        };
         let script = {
             let st = self.lock();
             let mut enforced: Vec<(u32, String, Arc<Policy>)> = st
@@ -226,9 +239,11 @@ impl Network {
                         policy: p,
                     })
                     .collect(),
+                denied_so_far: &denied_so_far,
             }
             .render()
         };
+        *has_counters = script.contains("counter denied_");
         filter::apply(&script)
             .await
             .map_err(|e| io_step("packet filter", e))
@@ -414,6 +429,9 @@ impl Network {
             };
             if forget {
                 st.by_id.remove(id);
+                if let Some(p) = self.proxy.get() {
+                    p.forget(id);
+                }
             }
             (slot, enforced, shaped)
         };
@@ -465,6 +483,34 @@ impl Network {
     }
 
     /// Traffic counters of a connected sandbox.
+    /// Egress refused by sandbox `id`'s policy so far: packets refused by the packet filter
+    /// (its table's counters, read at most once a second for all sandboxes) and connections
+    /// refused by the egress proxy.
+    pub async fn denied(&self, id: &str) -> (u64, u64) {
+        let slot = self.lock().by_id.get(id).and_then(|e| e.slot);
+        let fresh = {
+            let d = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+            d.0.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+        };
+        if !fresh {
+            let counts = filter::denied_counts(&self.cfg.plan).await.unwrap_or_default();
+            *self.denied.lock().unwrap_or_else(|p| p.into_inner()) =
+                (Some(std::time::Instant::now()), counts.into_iter().collect());
+        }
+        let packets = slot
+            .and_then(|s| {
+                self.denied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .1
+                    .get(&s)
+                    .copied()
+            })
+            .unwrap_or(0);
+        let connections = self.proxy.get().map(|p| p.refused_count(id)).unwrap_or(0);
+        (packets, connections)
+    }
+
     pub fn traffic(&self, id: &str) -> Option<Traffic> {
         let slot = self.lock().by_id.get(id)?.slot?;
         link::traffic(&self.cfg.plan.iface(slot)).ok()
@@ -569,12 +615,17 @@ impl SandboxBackend for NetworkedBackend {
     }
     async fn stats(&self, id: &str) -> Result<SandboxStats, RuntimeError> {
         let mut st = self.inner.stats(id).await?;
-        st.network = self.net.traffic(id).map(|t| sandboxd_runtime::NetworkCounters {
-            rx_bytes: t.rx_bytes,
-            rx_packets: t.rx_packets,
-            tx_bytes: t.tx_bytes,
-            tx_packets: t.tx_packets,
-        });
+        if let Some(t) = self.net.traffic(id) {
+            let (denied_packets, denied_connections) = self.net.denied(id).await;
+            st.network = Some(sandboxd_runtime::NetworkCounters {
+                rx_bytes: t.rx_bytes,
+                rx_packets: t.rx_packets,
+                tx_bytes: t.tx_bytes,
+                tx_packets: t.tx_packets,
+                denied_packets,
+                denied_connections,
+            });
+        }
         Ok(st)
     }
     async fn adopt(&self, id: &str, agent_pid: i32, agent_start_time: u64) -> Result<Adopted, RuntimeError> {

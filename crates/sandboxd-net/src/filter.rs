@@ -68,6 +68,9 @@ pub struct Ruleset<'a> {
     pub lan: &'a [Ipv4Net],
     /// Sandboxes whose policy is not wide open, in slot order.
     pub enforced: Vec<Enforced<'a>>,
+    /// Denied-packet counts to carry over from the table being replaced, by slot (a rewrite
+    /// would otherwise reset them).
+    pub denied_so_far: &'a std::collections::HashMap<u32, u64>,
 }
 
 fn set_of(nets: impl IntoIterator<Item = Ipv4Net>) -> Option<String> {
@@ -181,7 +184,8 @@ impl Ruleset<'_> {
                 slot = e.slot,
                 id = e.sandbox_id
             );
-            let _ = writeln!(s, "  counter denied_{} {{}}", e.slot);
+            let so_far = self.denied_so_far.get(&e.slot).copied().unwrap_or(0);
+            let _ = writeln!(s, "  counter denied_{} {{ packets {so_far} bytes 0 }}", e.slot);
         }
         // input
         let _ = writeln!(
@@ -369,6 +373,7 @@ mod tests {
             plan: &p,
             dns_port: 5353,
             proxy_port: None,
+            denied_so_far: &Default::default(),
             allow_private: false,
             lan: &["192.0.2.0/24".parse().unwrap(), "10.1.0.0/16".parse().unwrap()],
             enforced: vec![],
@@ -391,6 +396,7 @@ mod tests {
             plan: &p,
             dns_port: 5353,
             proxy_port: None,
+            denied_so_far: &Default::default(),
             allow_private: true,
             lan: &[],
             enforced: vec![],
@@ -418,6 +424,7 @@ mod tests {
             plan: &p,
             dns_port: 5353,
             proxy_port: Some(8080),
+            denied_so_far: &Default::default(),
             allow_private: false,
             lan: &[],
             enforced: vec![

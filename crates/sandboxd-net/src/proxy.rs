@@ -333,6 +333,11 @@ impl EgressProxy {
             .unwrap_or(0)
     }
 
+    /// Drops what the proxy keeps about a destroyed sandbox.
+    pub fn forget(&self, id: &str) {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
     /// Accepts connections until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {

@@ -117,6 +117,10 @@ pub struct NetworkCounters {
     pub tx_bytes: u64,
     /// Packets sent by the sandbox.
     pub tx_packets: u64,
+    /// Packets the packet filter refused by the sandbox's egress policy.
+    pub denied_packets: u64,
+    /// Connections the egress proxy refused by the sandbox's egress policy.
+    pub denied_connections: u64,
 }
 
 /// What [`SandboxBackend::adopt`] found on the host for a sandbox of an earlier daemon run.

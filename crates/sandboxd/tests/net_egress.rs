@@ -358,6 +358,18 @@ async fn egress_policies_against_the_fake_internet() {
         "{latest}"
     );
     assert!(latest["netTxPackets"].as_u64().unwrap_or(0) > 3, "{latest}");
+    // packets refused by the filter (the probes after the live update), counted across the
+    // table rewrites of later creates
+    assert!(
+        common::wait_until(Duration::from_secs(20), || async {
+            let (_, m) = d.get(&format!("/sandboxes/{open}/metrics")).await;
+            m.as_array()
+                .and_then(|a| a.last())
+                .is_some_and(|l| l["netDeniedPackets"].as_u64().unwrap_or(0) > 0)
+        })
+        .await,
+        "denied packets in the metrics"
+    );
     let prom = d
         .api(reqwest::Method::GET, "/metrics")
         .send()
@@ -558,6 +570,31 @@ async fn domain_allow_lists_through_the_egress_proxy() {
         out,
         format!("refused\ntls {OTHER} hi\n"),
         "the new policy applies"
+    );
+    // the proxy's refusals are counted per sandbox
+    assert!(
+        common::wait_until(Duration::from_secs(20), || async {
+            let (_, m) = d.get(&format!("/sandboxes/{named}/metrics")).await;
+            m.as_array()
+                .and_then(|a| a.last())
+                .is_some_and(|l| l["netDeniedConnections"].as_u64().unwrap_or(0) >= 5)
+        })
+        .await,
+        "denied connections in the metrics"
+    );
+    let prom = d
+        .api(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        prom.contains(&format!(
+            "sandboxd_sandbox_network_denied_connections_total{{sandbox=\"{named}\"}}"
+        )),
+        "{prom}"
     );
     d.kill_all_sandboxes();
 }

@@ -41,6 +41,12 @@ pub struct SandboxMetric {
     pub net_tx_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub net_tx_packets: Option<u64>,
+    /// sandboxd-only: egress refused by the sandbox's policy so far — packets refused by the
+    /// packet filter and connections refused by the egress proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net_denied_packets: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub net_denied_connections: Option<u64>,
 }
 
 impl From<Sample> for SandboxMetric {
@@ -60,6 +66,8 @@ impl From<Sample> for SandboxMetric {
             net_rx_packets: s.network.map(|n| n.rx_packets),
             net_tx_bytes: s.network.map(|n| n.tx_bytes),
             net_tx_packets: s.network.map(|n| n.tx_packets),
+            net_denied_packets: s.network.map(|n| n.denied_packets),
+            net_denied_connections: s.network.map(|n| n.denied_connections),
         }
     }
 }
