@@ -71,7 +71,7 @@ newest_subset=(
   tests/python/envd/test_files_sync.py tests/python/envd/test_files_async.py
   tests/python/envd/test_watch_sync.py tests/python/envd/test_watch_async.py
   tests/python/test_pause.py tests/python/test_snapshot_api.py tests/python/test_volumes.py
-  tests/python/test_network_egress.py tests/python/test_network_settings.py
+  tests/python/test_network_egress.py tests/python/test_network_settings.py tests/python/test_secrets.py
   tests/python/interpreter/test_execution.py tests/python/interpreter/test_contexts.py
   tests/python/interpreter/test_parity.py
   tests/python/test_readme.py

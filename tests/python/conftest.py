@@ -64,6 +64,7 @@ def sandboxd():
     try:
         _wait_healthy(url, proc, log_path)
         _set_env(url, key)
+        os.environ["SANDBOXD_TEST_DATA_DIR"] = data_dir  # tests that inspect what is stored
         yield url, key
     finally:
         _kill_all(url, key)

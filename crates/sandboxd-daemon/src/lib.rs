@@ -36,6 +36,7 @@ mod reaper;
 mod reconcile;
 mod sampler;
 pub mod sandbox;
+pub mod secrets;
 pub mod sessions;
 pub mod snapshots;
 mod spec;

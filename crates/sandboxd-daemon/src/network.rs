@@ -47,6 +47,7 @@ impl Daemon {
             let network = (!net.is_empty()).then_some(serde_json::Value::Object(net));
             (network, allow_internet_access.unwrap_or(d.allow_internet_access))
         };
+        self.check_secret_references(network.as_ref()).await?;
         // checked and applied by the packet filter at once (connections to now-denied places
         // are cut); stored only once accepted
         let null = serde_json::Value::Null;

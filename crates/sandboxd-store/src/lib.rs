@@ -11,10 +11,12 @@
 mod idempotency;
 mod migrations;
 mod registry;
+mod secrets;
 mod snapshots;
 mod volumes;
 pub use idempotency::IdempotencyClaim;
 pub use registry::Registry;
+pub use secrets::{SECRETS_KEY_FILE, SecretRow};
 pub use snapshots::{SnapshotResolution, SnapshotRow};
 pub use volumes::{MountRow, VolumeDeletion, VolumeRow};
 

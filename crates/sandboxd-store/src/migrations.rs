@@ -68,6 +68,18 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys(created_at_us);",
     // 3: every create resolves its template name against the snapshots: by name, indexed
     "CREATE INDEX IF NOT EXISTS snapshots_name ON snapshots(name, seq);",
+    // 4: secrets (the Secrets API), values sealed by the domain
+    "CREATE TABLE IF NOT EXISTS secrets (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         id TEXT NOT NULL UNIQUE,
+         name TEXT NOT NULL UNIQUE,
+         version INTEGER NOT NULL,
+         metadata TEXT NOT NULL,
+         created_at_ms INTEGER NOT NULL,
+         updated_at_ms INTEGER NOT NULL,
+         nonce BLOB NOT NULL,
+         sealed BLOB NOT NULL
+     );",
 ];
 
 /// The schema version this build writes.

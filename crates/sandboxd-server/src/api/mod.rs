@@ -2,7 +2,7 @@
 //! URL to handler; each resource has one module whose handlers each call one
 //! [`sandboxd_daemon::Daemon`] method: [`sandboxes`] (create, get, list, kill, timeout,
 //! refresh, connect, pause, resume), [`network`], [`snapshots`] (snapshots, fork, template
-//! delete), [`templates`], [`volumes`], [`metrics`], [`logs`], [`pool`].
+//! delete), [`templates`], [`volumes`], [`secrets`], [`metrics`], [`logs`], [`pool`].
 //! The session API (`/workspace/se/…`, `api/sessions.yaml`) is [`sessions`], each handler
 //! calling one operation of [`sandboxd_daemon::sessions`].
 //!
@@ -18,6 +18,7 @@ pub mod network;
 pub mod pool;
 pub mod sandbox_view;
 pub mod sandboxes;
+pub mod secrets;
 pub mod sessions;
 pub mod snapshots;
 pub mod templates;
@@ -65,6 +66,11 @@ pub fn router(daemon: Arc<Daemon>, api_key: &str, max_body: usize) -> Router {
         )
         .route("/volumes", post(volumes::create).get(volumes::list))
         .route("/volumes/{id}", get(volumes::get).delete(volumes::delete))
+        .route("/secrets", post(secrets::create).get(secrets::list))
+        .route(
+            "/secrets/{id}",
+            get(secrets::get).post(secrets::update).delete(secrets::delete),
+        )
         .route("/pool", get(pool::status))
         .route("/metrics", get(metrics::prometheus))
         .route("/sandboxes/metrics", get(metrics::latest_many))
