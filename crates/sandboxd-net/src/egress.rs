@@ -483,6 +483,14 @@ impl Network {
     }
 
     /// Traffic counters of a connected sandbox.
+    /// Sets where header rules' `${e2b.secrets.<name>}` placeholders get their values (the
+    /// daemon's secrets; set once, after the daemon exists).
+    pub fn set_secret_source(&self, source: Arc<dyn crate::header_rules::SecretSource>) {
+        if let Some(p) = self.proxy.get() {
+            p.set_secret_source(source);
+        }
+    }
+
     /// Egress refused by sandbox `id`'s policy so far: packets refused by the packet filter
     /// (its table's counters, read at most once a second for all sandboxes) and connections
     /// refused by the egress proxy.

@@ -1,7 +1,7 @@
 //! Sandbox networking (`docs/network.md`): the egress policy model ([`policy`]), the address
 //! plan ([`plan`]), veth links over rtnetlink ([`link`]), the nftables packet filter
 //! ([`filter`]), the DNS forwarder ([`dns`]), the transparent egress proxy for domain rules
-//! ([`proxy`]), bandwidth limits ([`shaping`]), and the daemon-side manager and backend decorator ([`egress`]).
+//! ([`proxy`]) and its header rules ([`header_rules`]), bandwidth limits ([`shaping`]), and the daemon-side manager and backend decorator ([`egress`]).
 #![expect(
     missing_docs,
     reason = "not every public item is documented yet (issue 10 item 4)"
@@ -10,6 +10,7 @@
 pub mod dns;
 pub mod egress;
 pub mod filter;
+pub mod header_rules;
 pub mod link;
 pub mod plan;
 pub mod policy;

@@ -21,10 +21,12 @@
 //! is re-checked on open connections every [`RECHECK`]; a connection that became denied is
 //! reset. Connections are bounded per sandbox and in all.
 //!
-//! Not here yet: header transforms of `rules` (and the TLS interception and secrets they
-//! need), `egressProxy` chaining.
+//! For an HTTP request to a name with `rules`, the proxy speaks HTTP with both sides and sets
+//! the rules' headers on every request ([`crate::header_rules`]). Not here yet: the same for
+//! HTTPS (it needs TLS interception), `egressProxy` chaining.
 
-use crate::policy::{Policy, Verdict};
+use crate::header_rules::SecretSource;
+use crate::policy::{Policy, Transform, Verdict};
 use crate::{PolicyLookup, SandboxPolicy};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -285,6 +287,8 @@ pub struct EgressProxy {
     open: Mutex<HashMap<String, usize>>,
     refused: Mutex<HashMap<String, u64>>,
     proxied: AtomicU64,
+    /// Where `${e2b.secrets.<name>}` placeholders of header rules get their values.
+    secrets: std::sync::OnceLock<Arc<dyn SecretSource>>,
 }
 
 /// Why a connection was not proxied.
@@ -314,7 +318,14 @@ impl EgressProxy {
             open: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
             proxied: AtomicU64::new(0),
+            secrets: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets where header rules' secret placeholders are resolved (once; later calls are
+    /// ignored).
+    pub fn set_secret_source(&self, source: Arc<dyn SecretSource>) {
+        let _ = self.secrets.set(source);
     }
 
     /// A listener on a free port of all addresses (the packet filter admits only sandboxes,
@@ -455,33 +466,31 @@ impl EgressProxy {
             return Err(Refusal::Failed(format!("connecting for {}: {last}", what())));
         };
         let _ = upstream.set_nodelay(true);
-        upstream
-            .write_all(&buf)
-            .await
-            .map_err(|e| Refusal::Failed(format!("writing upstream: {e}")))?;
         self.proxied.fetch_add(1, Ordering::Relaxed);
-        let cut = {
+        let still_allowed = || {
+            self.lookup.by_source(src).is_some_and(|now| {
+                now.sandbox_id == sp.sandbox_id && route(&now.policy, name.as_deref(), *dst.ip()) == target
+            })
+        };
+        // HTTP to a name with header rules: spoken, not spliced
+        let transforms: Vec<Transform> = match (&head, &name) {
+            (Head::Http(_), Some(n)) => sp.policy.transforms_for(n).cloned().collect(),
+            _ => Vec::new(),
+        };
+        let cut = if transforms.is_empty() {
+            upstream
+                .write_all(&buf)
+                .await
+                .map_err(|e| Refusal::Failed(format!("writing upstream: {e}")))?;
             let copy = tokio::io::copy_bidirectional(client, &mut upstream);
-            tokio::pin!(copy);
-            let mut tick = tokio::time::interval(RECHECK);
-            loop {
-                tokio::select! {
-                    _ = &mut copy => break false,
-                    _ = tick.tick() => {
-                        let still = self.lookup.by_source(src).is_some_and(|now| {
-                            now.sandbox_id == sp.sandbox_id
-                                && route(&now.policy, name.as_deref(), *dst.ip()) == target
-                        });
-                        if !still {
-                            break true;
-                        }
-                    }
-                }
-            }
+            until_cut(copy, still_allowed).await
+        } else {
+            let secrets = self.secrets.get().cloned();
+            let serve = crate::header_rules::serve(&mut *client, buf, upstream, transforms, secrets);
+            until_cut(serve, still_allowed).await
         };
         if cut {
             let _ = reset(client);
-            let _ = reset(&upstream);
             return Err(Refusal::Policy(format!("{}: cut by a policy change", what())));
         }
         Ok(())
@@ -512,6 +521,22 @@ impl EgressProxy {
             Err(e) => {
                 tracing::debug!("egress proxy: resolving {name}: {e}");
                 Vec::new()
+            }
+        }
+    }
+}
+
+/// Runs `work` until it ends (false) or `still_allowed` turns false at a re-check (true).
+async fn until_cut<F: std::future::Future>(work: F, still_allowed: impl Fn() -> bool) -> bool {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(RECHECK);
+    loop {
+        tokio::select! {
+            _ = &mut work => return false,
+            _ = tick.tick() => {
+                if !still_allowed() {
+                    return true;
+                }
             }
         }
     }

@@ -250,6 +250,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let backend = tokio::task::spawn_blocking(move || backend(&dir))
             .await
             .context("backend start-up task")??;
+        let mut network = None;
         let backend = if args.no_network || backend.name() != "namespace" {
             backend
         } else {
@@ -268,11 +269,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .context(
                 "starting sandbox networking (needs nftables; --no-network for loopback-only sandboxes)",
             )?;
+            network = Some(net.clone());
             Arc::new(sandboxd_net::NetworkedBackend::new(backend, net)) as Arc<dyn SandboxBackend>
         };
         tracing::info!(backend = backend.name(), data_dir = %data_dir.display(), "starting");
         sandboxd_daemon::pool::check_templates(backend.as_ref(), &config.pool).map_err(anyhow::Error::msg)?;
         let server = Server::bind_claimed(config, backend.clone(), claim).await?;
+        if let Some(net) = &network {
+            net.set_secret_source(Arc::new(DaemonSecrets(server.daemon().clone())));
+        }
         let addr = server.local_addr();
         {
             let mut out = std::io::stdout().lock();
@@ -289,6 +294,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("stopped");
         anyhow::Ok(())
     })
+}
+
+/// The daemon's secrets, for the egress proxy's header rules.
+struct DaemonSecrets(Arc<sandboxd_daemon::Daemon>);
+
+#[async_trait::async_trait]
+impl sandboxd_net::header_rules::SecretSource for DaemonSecrets {
+    async fn secret(&self, name: &str) -> Option<String> {
+        self.0.secret_value(name).await.ok()
+    }
 }
 
 #[cfg(test)]

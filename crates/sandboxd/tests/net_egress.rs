@@ -739,3 +739,74 @@ async fn bandwidth_limits_hold_within_ten_percent() {
     assert!(up > 7.3 * 3.0, "unlimited egress {up:.1} Mbit/s");
     d.kill_all_sandboxes();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
+async fn header_rules_inject_secrets_the_sandbox_never_sees() {
+    require_root("header_rules_inject_secrets_the_sandbox_never_sees");
+    let _inet = FakeInternet::up();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = test_key();
+    let d = start(&data, &key);
+    let value = format!("sk-{}", test_key());
+    let (s, v) = d
+        .post("/secrets", json!({"name": "web-key", "value": value}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    let (id, tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300,
+               "network": {"allowOut": ["web.test"], "denyOut": ["0.0.0.0/0"],
+                           "rules": {"web.test": [{"transform": {"headers": {
+                               "Authorization": "Bearer ${e2b.secrets.web-key}",
+                               "X-Static": "plain"}}}]}}}),
+    )
+    .await;
+    // every request on the connection gets the headers; a forged one is replaced
+    let out = sh(
+        &d,
+        &id,
+        &tok,
+        "curl -sS --max-time 5 -H 'Authorization: Bearer forged' http://web.test/headers http://web.test/headers",
+    )
+    .await;
+    let expected = format!("Bearer {value}");
+    assert_eq!(out.matches(&expected).count(), 2, "{out}");
+    assert!(
+        !out.contains("forged") && out.contains("\"x-static\": \"plain\""),
+        "{out}"
+    );
+    // the files still come through the rules path
+    let out = sh(&d, &id, &tok, "curl -sS --max-time 5 http://web.test/hello.txt").await;
+    assert_eq!(out, HELLO);
+    // nothing in the sandbox holds the value: environment, processes, the writable file system
+    // (the rest is the host's read-only /usr)
+    let script = format!(
+        "(env; cat /proc/*/environ 2>/dev/null; grep -rsl -- '{value}' /home /root /tmp /etc /var /run /opt /srv /dev/shm 2>/dev/null) | grep -c -- '{value}' || true"
+    );
+    let out = sh(&d, &id, &tok, &script).await;
+    assert_eq!(out.trim(), "0", "the secret is visible inside the sandbox");
+    // an update of the secret applies to the next request
+    let (s, _) = d.post("/secrets/web-key", json!({"value": "rotated"})).await;
+    assert_eq!(s, 200);
+    let out = sh(&d, &id, &tok, "curl -sS --max-time 5 http://web.test/headers").await;
+    assert!(out.contains("Bearer rotated"), "{out}");
+    // a deleted secret: the request is not sent, and the answer says why
+    let r = d
+        .api(reqwest::Method::DELETE, "/secrets/web-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let out = sh(
+        &d,
+        &id,
+        &tok,
+        "curl -s --max-time 5 -w ' %{http_code}' http://web.test/headers",
+    )
+    .await;
+    assert!(out.contains("web-key") && out.ends_with(" 502"), "{out}");
+    d.kill_all_sandboxes();
+}

@@ -5,7 +5,7 @@
 //!   benchmarking block: hosts here use 192.0.2.0/24 for their real network)
 //! - the host routes 198.51.100.0/24 and 203.0.113.0/24 into the namespace
 //! - HTTP on port 80 of [`WEB`] and [`OTHER`] (files of [`FakeInternet::docroot`]);
-//!   `hello.txt` holds [`HELLO`]
+//!   `hello.txt` holds [`HELLO`], and `/headers` answers the request's headers as JSON
 //! - a line echo server on port 9000 of both (for connections held open)
 //! - a TLS line server on port 443 of both (a self-signed certificate for `web.test` and
 //!   `other.test`): after the handshake it answers each line with `tls <its address> <line>`,
@@ -68,6 +68,24 @@ for a in sys.argv[1:]:
 threading.Event().wait()
 "#;
 
+const HTTP_SERVER: &str = r#"
+import functools, http.server, json, sys
+class H(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == '/headers':
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            self.send_response(200)
+            self.send_header('Content-Type', 'application/json')
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            super().do_GET()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(('0.0.0.0', 80), functools.partial(H, directory=sys.argv[1])).serve_forever()
+"#;
+
 const TLS_SERVER: &str = r#"
 import socket, ssl, sys, threading
 cert, key = sys.argv[1], sys.argv[2]
@@ -126,16 +144,7 @@ impl FakeInternet {
                 .spawn()
                 .expect("spawn in the fake internet")
         };
-        let http = netns(&[
-            "python3",
-            "-m",
-            "http.server",
-            "80",
-            "--bind",
-            "0.0.0.0",
-            "--directory",
-            docroot.path().to_str().unwrap(),
-        ]);
+        let http = netns(&["python3", "-c", HTTP_SERVER, docroot.path().to_str().unwrap()]);
         let echo = netns(&["python3", "-c", ECHO_SERVER, WEB, OTHER]);
         let (cert, key) = (docroot.path().join("tls.crt"), docroot.path().join("tls.key"));
         sh(&format!(
