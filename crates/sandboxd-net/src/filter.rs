@@ -126,6 +126,20 @@ impl Ruleset<'_> {
             .filter(|e| self.proxy_port.is_some() && e.policy.needs_proxy())
             .map(|e| e.address.to_string())
             .collect();
+        // sandboxes whose egress is chained through their `egressProxy`: all their TCP
+        let chained: Vec<_> = self
+            .enforced
+            .iter()
+            .filter(|e| self.proxy_port.is_some() && e.policy.egress_proxy.is_some())
+            .map(|e| e.address.to_string())
+            .collect();
+        if !chained.is_empty() {
+            let _ = writeln!(
+                s,
+                "  set chained {{ type ipv4_addr; elements = {{ {} }} }}",
+                chained.join(", ")
+            );
+        }
         if !proxied.is_empty() {
             let _ = writeln!(
                 s,
@@ -233,6 +247,12 @@ impl Ruleset<'_> {
             let _ = writeln!(
                 s,
                 "    iifname \"{w}\" ip saddr @proxied tcp dport {{ 80, 443 }} redirect to :{p}"
+            );
+        }
+        if let (Some(p), false) = (self.proxy_port, chained.is_empty()) {
+            let _ = writeln!(
+                s,
+                "    iifname \"{w}\" ip saddr @chained meta l4proto tcp redirect to :{p}"
             );
         }
         let _ = writeln!(s, "  }}");
@@ -468,6 +488,41 @@ mod tests {
             .next()
             .unwrap();
         assert!(!p4.contains("accept") && p4.contains("jump d_4"), "{p4}");
+        assert!(!r.contains("chained"), "{r}");
+        check_with_nft(&r);
+        // counts carried over a rewrite; a chained sandbox has all its TCP redirected
+        let chained = Policy::from_network(
+            &serde_json::json!({"egressProxy": {"address": "203.0.113.10:1080"}}),
+            true,
+        )
+        .unwrap();
+        let so_far = std::collections::HashMap::from([(3, 42)]);
+        let r = Ruleset {
+            plan: &p,
+            dns_port: 5353,
+            proxy_port: Some(8080),
+            denied_so_far: &so_far,
+            allow_private: false,
+            lan: &[],
+            enforced: vec![
+                Enforced {
+                    sandbox_id: "abc",
+                    slot: 3,
+                    address: p.address(3),
+                    policy: &pol,
+                },
+                Enforced {
+                    sandbox_id: "ghi",
+                    slot: 5,
+                    address: p.address(5),
+                    policy: &chained,
+                },
+            ],
+        }
+        .render();
+        assert!(r.contains("counter denied_3 { packets 42 bytes 0 }"), "{r}");
+        assert!(r.contains("set chained { type ipv4_addr; elements = { 10.213.0.7 } }"), "{r}");
+        assert!(r.contains("ip saddr @chained meta l4proto tcp redirect to :8080"), "{r}");
         check_with_nft(&r);
     }
 

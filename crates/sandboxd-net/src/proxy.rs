@@ -23,10 +23,14 @@
 //!
 //! For an HTTP request to a name with `rules`, the proxy speaks HTTP with both sides and sets
 //! the rules' headers on every request ([`crate::header_rules`]). Not here yet: the same for
-//! HTTPS (it needs TLS interception), `egressProxy` chaining.
+//! HTTPS (it needs TLS interception).
+//!
+//! A sandbox with `egressProxy` has all its TCP redirected here, and the proxy connects
+//! through the given SOCKS5 proxy (`tokio-socks`) instead of directly
+//! (`EgressProxy::connect_chained`); TLS to that proxy is not supported yet.
 
 use crate::header_rules::SecretSource;
-use crate::policy::{Policy, Transform, Verdict};
+use crate::policy::{self, Policy, Transform, Verdict};
 use crate::{PolicyLookup, SandboxPolicy};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -39,6 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_socks::tcp::Socks5Stream;
 
 /// How long a client has to send the bytes that name its destination.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -432,38 +437,24 @@ impl EgressProxy {
             Some(n) => format!("{n} (port {})", dst.port()),
             None => format!("{dst}"),
         };
-        let addrs: Vec<Ipv4Addr> = match &target {
-            Route::Refused => {
-                refuse(client, &head, &what()).await;
-                return Err(Refusal::Policy(what()));
-            }
-            Route::Original => vec![*dst.ip()],
-            Route::Name(n) => self.resolve(n, &sp.policy).await,
-        };
-        let host = host_addresses();
-        let addrs: Vec<Ipv4Addr> = addrs
-            .into_iter()
-            .filter(|ip| self.protection.allows(*ip, &host))
-            .collect();
-        if addrs.is_empty() {
+        if matches!(target, Route::Refused) {
             refuse(client, &head, &what()).await;
-            return Err(Refusal::Policy(format!("{}: no reachable address", what())));
+            return Err(Refusal::Policy(what()));
         }
-        let mut upstream = None;
-        let mut last = String::from("no address");
-        for ip in addrs.iter().take(4) {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((*ip, dst.port()))).await {
-                Ok(Ok(s)) => {
-                    upstream = Some(s);
-                    break;
-                }
-                Ok(Err(e)) => last = format!("{ip}: {e}"),
-                Err(_) => last = format!("{ip}: timed out"),
+        let upstream = match &sp.policy.egress_proxy {
+            Some(chain) => self.connect_chained(chain, &target, dst, &sp.policy).await,
+            None => self.connect_direct(&target, dst, &sp.policy).await,
+        };
+        let mut upstream = match upstream {
+            Ok(u) => u,
+            Err(Refusal::Policy(why)) => {
+                refuse(client, &head, &what()).await;
+                return Err(Refusal::Policy(format!("{}: {why}", what())));
             }
-        }
-        let Some(mut upstream) = upstream else {
-            let _ = reset(client);
-            return Err(Refusal::Failed(format!("connecting for {}: {last}", what())));
+            Err(Refusal::Failed(why)) => {
+                let _ = reset(client);
+                return Err(Refusal::Failed(format!("connecting for {}: {why}", what())));
+            }
         };
         let _ = upstream.set_nodelay(true);
         self.proxied.fetch_add(1, Ordering::Relaxed);
@@ -494,6 +485,111 @@ impl EgressProxy {
             return Err(Refusal::Policy(format!("{}: cut by a policy change", what())));
         }
         Ok(())
+    }
+
+    /// Connects to where `target` says, from the host: an allowed name's own addresses, or
+    /// the original destination; only addresses the host protections allow.
+    async fn connect_direct(
+        &self,
+        target: &Route,
+        dst: SocketAddrV4,
+        policy: &Policy,
+    ) -> Result<TcpStream, Refusal> {
+        let addrs = match target {
+            Route::Name(n) => self.resolve(n, policy).await,
+            _ => vec![*dst.ip()],
+        };
+        let host = host_addresses();
+        let addrs: Vec<Ipv4Addr> = addrs
+            .into_iter()
+            .filter(|ip| self.protection.allows(*ip, &host))
+            .collect();
+        if addrs.is_empty() {
+            return Err(Refusal::Policy("no reachable address".into()));
+        }
+        let mut last = String::from("no address");
+        for ip in addrs.iter().take(4) {
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((*ip, dst.port()))).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) => last = format!("{ip}: {e}"),
+                Err(_) => last = format!("{ip}: timed out"),
+            }
+        }
+        Err(Refusal::Failed(last))
+    }
+
+    /// Connects through the sandbox's `egressProxy` (SOCKS5, optional username and password):
+    /// an allowed name is handed to the proxy as a name (it resolves it), any other target as
+    /// the original address. The proxy's own address and an original address must pass the
+    /// host protections.
+    async fn connect_chained(
+        &self,
+        chain: &policy::EgressProxy,
+        target: &Route,
+        dst: SocketAddrV4,
+        policy: &Policy,
+    ) -> Result<TcpStream, Refusal> {
+        if chain.tls.is_some() {
+            return Err(Refusal::Failed(
+                "egressProxy.tls is not supported yet: not connecting in clear text instead".into(),
+            ));
+        }
+        let host = host_addresses();
+        let (proxy_host, proxy_port) = chain
+            .address
+            .rsplit_once(':')
+            .and_then(|(h, p)| {
+                Some((
+                    h.trim_start_matches('[').trim_end_matches(']'),
+                    p.parse::<u16>().ok()?,
+                ))
+            })
+            .ok_or_else(|| Refusal::Failed(format!("egressProxy.address {:?}", chain.address)))?;
+        let proxy_ips = match proxy_host.parse::<Ipv4Addr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => self.resolve(proxy_host, policy).await,
+        };
+        let proxy_addrs: Vec<SocketAddr> = proxy_ips
+            .into_iter()
+            .filter(|ip| self.protection.allows(*ip, &host))
+            .map(|ip| SocketAddr::from((ip, proxy_port)))
+            .collect();
+        if proxy_addrs.is_empty() {
+            return Err(Refusal::Policy(format!(
+                "egressProxy {} has no address the host protections allow",
+                chain.address
+            )));
+        }
+        if matches!(target, Route::Original) && !self.protection.allows(*dst.ip(), &host) {
+            return Err(Refusal::Policy("a protected address".into()));
+        }
+        let connect = async {
+            let proxies = proxy_addrs.as_slice();
+            let r = match (target, &chain.username) {
+                (Route::Name(n), Some(u)) => {
+                    let pw = chain.password.as_deref().unwrap_or_default();
+                    Socks5Stream::connect_with_password(proxies, (n.as_str(), dst.port()), u, pw).await
+                }
+                (Route::Name(n), None) => Socks5Stream::connect(proxies, (n.as_str(), dst.port())).await,
+                (_, Some(u)) => {
+                    let pw = chain.password.as_deref().unwrap_or_default();
+                    Socks5Stream::connect_with_password(proxies, SocketAddr::V4(dst), u, pw).await
+                }
+                (_, None) => Socks5Stream::connect(proxies, SocketAddr::V4(dst)).await,
+            };
+            r.map(Socks5Stream::into_inner)
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(Refusal::Failed(format!(
+                "through egressProxy {}: {e}",
+                chain.address
+            ))),
+            Err(_) => Err(Refusal::Failed(format!(
+                "through egressProxy {}: timed out",
+                chain.address
+            ))),
+        }
     }
 
     /// The IPv4 addresses of `name` (empty when it does not resolve).

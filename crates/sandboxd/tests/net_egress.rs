@@ -810,3 +810,97 @@ async fn header_rules_inject_secrets_the_sandbox_never_sees() {
     assert!(out.contains("web-key") && out.ends_with(" 502"), "{out}");
     d.kill_all_sandboxes();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
+async fn egress_chained_through_a_socks5_proxy() {
+    require_root("egress_chained_through_a_socks5_proxy");
+    let inet = FakeInternet::up();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let key = test_key();
+    let d = start(&data, &key);
+    let log = inet.docroot.path().join("socks.log");
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // every TCP connection goes through the proxy: HTTP and another port alike
+    let (open, tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300,
+               "network": {"egressProxy": {"address": format!("{OTHER}:1080")}}}),
+    )
+    .await;
+    let out = sh(&d, &open, &tok, "curl -sS --max-time 5 http://web.test/hello.txt").await;
+    assert_eq!(out, HELLO);
+    let out = sh(
+        &d,
+        &open,
+        &tok,
+        &format!("exec 3<>/dev/tcp/{WEB}/9000; echo hi >&3; head -1 <&3"),
+    )
+    .await;
+    assert_eq!(out, "echo hi\n");
+    let seen = logged();
+    assert!(
+        seen.contains(&format!("1080 {WEB}:80")) && seen.contains(&format!("1080 {WEB}:9000")),
+        "{seen}"
+    );
+
+    // an allowed name is handed to the proxy as a name; credentials are used
+    let (named, named_tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300,
+               "network": {"allowOut": ["web.test"], "denyOut": ["0.0.0.0/0"],
+                           "egressProxy": {"address": format!("{OTHER}:1081"), "username": "u", "password": "p"}}}),
+    )
+    .await;
+    let out = sh(
+        &d,
+        &named,
+        &named_tok,
+        "curl -sS --max-time 5 http://web.test/hello.txt",
+    )
+    .await;
+    assert_eq!(out, HELLO);
+    assert!(logged().contains("1081 web.test:80"), "{}", logged());
+    // the policy still applies before the proxy: other names are refused here
+    let out = sh(&d, &named, &named_tok, &http_status("http://other.test/", "")).await;
+    assert_eq!(out, "403\n");
+
+    // wrong credentials or a proxy that is down: no connection, and no direct fallback
+    for (address, user) in [(format!("{OTHER}:1081"), "wrong"), (format!("{OTHER}:1089"), "u")] {
+        let r = d
+            .api(reqwest::Method::PUT, &format!("/sandboxes/{named}/network"))
+            .json(&json!({"allowOut": ["web.test"], "denyOut": ["0.0.0.0/0"],
+                          "egressProxy": {"address": address, "username": user, "password": "p"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        let out = sh(
+            &d,
+            &named,
+            &named_tok,
+            &http_status("http://web.test/hello.txt", ""),
+        )
+        .await;
+        assert_eq!(out, "000\n", "{address} as {user}");
+    }
+    // a proxy at a protected address is never used
+    let r = d
+        .api(reqwest::Method::PUT, &format!("/sandboxes/{named}/network"))
+        .json(&json!({"egressProxy": {"address": "127.0.0.1:1080"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let out = sh(
+        &d,
+        &named,
+        &named_tok,
+        &http_status("http://web.test/hello.txt", ""),
+    )
+    .await;
+    assert_eq!(out, "403\n");
+    d.kill_all_sandboxes();
+}

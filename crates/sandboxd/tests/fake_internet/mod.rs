@@ -11,6 +11,9 @@
 //!   `other.test`): after the handshake it answers each line with `tls <its address> <line>`,
 //!   so a client sees which server it reached
 //! - an `iperf3` server on port 5201 of [`WEB`] (rate tests)
+//! - SOCKS5 proxies on [`OTHER`]: port 1080 without authentication, port 1081 with user `u`
+//!   and password `p`; they resolve only the test names, and log each CONNECT target as a line
+//!   `<port> <host>:<port>` to `socks.log` in the docroot
 //! - DNS (dnsmasq) on [`DNS`]: `web.test` → [`WEB`], `other.test` → [`OTHER`]
 //!
 //! One at a time on a host (the routes are global): [`FakeInternet::up`] takes an exclusive
@@ -84,6 +87,79 @@ class H(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *a):
         pass
 http.server.ThreadingHTTPServer(('0.0.0.0', 80), functools.partial(H, directory=sys.argv[1])).serve_forever()
+"#;
+
+const SOCKS_SERVER: &str = r#"
+import os, socket, struct, sys, threading
+names = {'web.test': sys.argv[2], 'other.test': sys.argv[3]}
+log = os.path.join(sys.argv[1], 'socks.log')
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+def exact(c, n):
+    b = b''
+    while len(b) < n:
+        d = c.recv(n - len(b))
+        if not d:
+            raise OSError('closed')
+        b += d
+    return b
+def handle(c, port, auth):
+    try:
+        ver, n = exact(c, 2)
+        methods = exact(c, n)
+        want = 2 if auth else 0
+        if want not in methods:
+            c.sendall(b'\x05\xff'); return
+        c.sendall(bytes([5, want]))
+        if auth:
+            exact(c, 1); u = exact(c, exact(c, 1)[0]); p = exact(c, exact(c, 1)[0])
+            if (u, p) != (b'u', b'p'):
+                c.sendall(b'\x01\x01'); return
+            c.sendall(b'\x01\x00')
+        ver, cmd, _, atyp = exact(c, 4)
+        if atyp == 1:
+            host = socket.inet_ntoa(exact(c, 4))
+        elif atyp == 3:
+            host = exact(c, exact(c, 1)[0]).decode()
+        else:
+            c.sendall(b'\x05\x08\x00\x01' + bytes(6)); return
+        dport = struct.unpack('>H', exact(c, 2))[0]
+        with open(log, 'a') as f:
+            f.write(f'{port} {host}:{dport}\n')
+        addr = names.get(host, host)
+        try:
+            socket.inet_aton(addr)
+            up = socket.create_connection((addr, dport), timeout=5)
+        except OSError:
+            c.sendall(b'\x05\x04\x00\x01' + bytes(6)); return
+        c.sendall(b'\x05\x00\x00\x01' + bytes(6))
+        threading.Thread(target=pipe, args=(up, c), daemon=True).start()
+        pipe(c, up)
+    except OSError:
+        pass
+    finally:
+        c.close()
+def serve(port, auth):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[3], port)); s.listen(64)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=handle, args=(c, port, auth), daemon=True).start()
+threading.Thread(target=serve, args=(1080, False), daemon=True).start()
+threading.Thread(target=serve, args=(1081, True), daemon=True).start()
+threading.Event().wait()
 "#;
 
 const TLS_SERVER: &str = r#"
@@ -164,6 +240,14 @@ impl FakeInternet {
             OTHER,
         ]);
         let iperf = netns(&["iperf3", "--server", "--bind", WEB, "--port", "5201"]);
+        let socks = netns(&[
+            "python3",
+            "-c",
+            SOCKS_SERVER,
+            docroot.path().to_str().unwrap(),
+            WEB,
+            OTHER,
+        ]);
         let dns = netns(&[
             "dnsmasq",
             "--keep-in-foreground",
@@ -177,7 +261,7 @@ impl FakeInternet {
             "--user=root",
         ]);
         let me = Self {
-            servers: vec![http, echo, tls, iperf, dns],
+            servers: vec![http, echo, tls, iperf, socks, dns],
             docroot,
             _lock: lock,
         };
@@ -215,7 +299,14 @@ impl FakeInternet {
                 Duration::from_millis(200),
             )
             .is_ok();
-            if ok && dns && iperf {
+            let socks = [1080, 1081].iter().all(|p| {
+                std::net::TcpStream::connect_timeout(
+                    &format!("{OTHER}:{p}").parse().unwrap(),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            });
+            if ok && dns && iperf && socks {
                 return;
             }
             assert!(Instant::now() < deadline, "fake internet servers did not start");
