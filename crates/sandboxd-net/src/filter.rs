@@ -521,8 +521,14 @@ mod tests {
         }
         .render();
         assert!(r.contains("counter denied_3 { packets 42 bytes 0 }"), "{r}");
-        assert!(r.contains("set chained { type ipv4_addr; elements = { 10.213.0.7 } }"), "{r}");
-        assert!(r.contains("ip saddr @chained meta l4proto tcp redirect to :8080"), "{r}");
+        assert!(
+            r.contains("set chained { type ipv4_addr; elements = { 10.213.0.7 } }"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip saddr @chained meta l4proto tcp redirect to :8080"),
+            "{r}"
+        );
         check_with_nft(&r);
     }
 

@@ -172,6 +172,18 @@ async fn forward_to(
     {
         req.headers_mut().insert(header::HOST, v);
     }
+    // `maskRequestHost`: the Host a sandbox's own servers see (`${PORT}` is the port)
+    if port != ENVD_PORT
+        && let Some(mask) = sandbox
+            .rec
+            .network
+            .as_ref()
+            .and_then(|n| n.get("maskRequestHost"))
+            .and_then(|m| m.as_str())
+        && let Ok(v) = HeaderValue::from_str(&mask.replace("${PORT}", &port.to_string()))
+    {
+        req.headers_mut().insert(header::HOST, v);
+    }
     strip_hop_by_hop(req.headers_mut(), upgrade);
     *req.version_mut() = Version::HTTP_11;
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();

@@ -380,3 +380,45 @@ async fn a_burst_of_concurrent_creates_all_succeed() {
         assert_eq!(d.delete(&format!("/sandboxes/{id}")).await, 204);
     }
 }
+
+#[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
+async fn mask_request_host_sets_the_host_a_sandbox_server_sees() {
+    require_root("mask_request_host_sets_the_host_a_sandbox_server_sees");
+    let d = Daemon::start();
+    let echo_host = "import http.server\nclass H(http.server.BaseHTTPRequestHandler):\n def do_GET(self):\n  b=(self.headers.get('Host') or '').encode(); self.send_response(200); self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)\n def log_message(self,*a): pass\nhttp.server.HTTPServer(('127.0.0.1', 8000), H).serve_forever()";
+    let mut seen = Vec::new();
+    for network in [json!({"maskRequestHost": "localhost:${PORT}"}), json!({})] {
+        let (s, v) = d
+            .create(json!({"templateID":"base","timeout":60,"secure":true,"network": network}))
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let id = sid(&v);
+        let token = v["envdAccessToken"].as_str().unwrap().to_string();
+        let _server = start_process(&d, &id, &token, "/usr/bin/python3", &["-c", echo_host]).await;
+        let host = format!("8000-{id}.localhost:{}", d.addr.port());
+        let client = d.client();
+        let up = wait_until(Duration::from_secs(15), || async {
+            client
+                .get(format!("{}/", d.url))
+                .header("Host", &host)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(up, "the server inside never answered");
+        let got = client
+            .get(format!("{}/", d.url))
+            .header("Host", &host)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        seen.push((got, host));
+    }
+    assert_eq!(seen[0].0, "localhost:8000", "masked");
+    assert_eq!(seen[1].0, seen[1].1, "unmasked: the client's Host");
+}
