@@ -113,13 +113,17 @@ pub(crate) fn usable_upstream(ip: Ipv4Addr, allow_private: bool) -> bool {
 
 /// The forwarder's shared state.
 pub struct Resolver {
+    /// Where queries go when a sandbox has no `dnsServers`.
     pub upstreams: Vec<SocketAddr>,
+    /// `--allow-private-egress`: private `dnsServers` may be used.
     pub allow_private: bool,
+    /// Source address → sandbox and policy.
     pub lookup: Arc<dyn PolicyLookup>,
     inflight: Arc<Semaphore>,
 }
 
 impl Resolver {
+    /// A forwarder over `upstreams`.
     pub fn new(upstreams: Vec<SocketAddr>, allow_private: bool, lookup: Arc<dyn PolicyLookup>) -> Self {
         Self {
             upstreams,

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 /// Settings of [`Network::start`].
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
+    /// The sandboxes' addresses and link names.
     pub plan: AddressPlan,
     /// Where queries go when a sandbox has no `dnsServers` (empty: the host's resolvers).
     pub dns_upstreams: Vec<SocketAddr>,
@@ -190,6 +191,7 @@ impl Network {
         }
     }
 
+    /// The address plan (range, gateway, slots, names).
     pub fn plan(&self) -> &AddressPlan {
         &self.cfg.plan
     }
@@ -519,6 +521,7 @@ impl Network {
         (packets, connections)
     }
 
+    /// The traffic counters of sandbox `id`'s link (`None` without a link).
     pub fn traffic(&self, id: &str) -> Option<Traffic> {
         let slot = self.lock().by_id.get(id)?.slot?;
         link::traffic(&self.cfg.plan.iface(slot)).ok()
@@ -569,6 +572,7 @@ pub struct NetworkedBackend {
 }
 
 impl NetworkedBackend {
+    /// Networking for the sandboxes of `inner`.
     pub fn new(inner: Arc<dyn SandboxBackend>, net: Arc<Network>) -> Self {
         Self { inner, net }
     }

@@ -48,15 +48,20 @@ pub(crate) const PRIVATE: &[&str] = &[
 /// One sandbox with a policy the kernel must enforce.
 #[derive(Debug, Clone)]
 pub struct Enforced<'a> {
+    /// The sandbox (for its log prefix).
     pub sandbox_id: &'a str,
+    /// Its slot (names its chains and counter).
     pub slot: u32,
+    /// Its address.
     pub address: Ipv4Addr,
+    /// Its policy.
     pub policy: &'a Policy,
 }
 
 /// Everything the table is made from.
 #[derive(Debug, Clone)]
 pub struct Ruleset<'a> {
+    /// The daemon's address plan.
     pub plan: &'a AddressPlan,
     /// The daemon's DNS resolver port (on the gateway address).
     pub dns_port: u16,

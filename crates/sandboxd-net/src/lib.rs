@@ -1,11 +1,8 @@
 //! Sandbox networking (`docs/network.md`): the egress policy model ([`policy`]), the address
 //! plan ([`plan`]), veth links over rtnetlink ([`link`]), the nftables packet filter
 //! ([`filter`]), the DNS forwarder ([`dns`]), the transparent egress proxy for domain rules
-//! ([`proxy`]) and its header rules ([`header_rules`]), bandwidth limits ([`shaping`]), and the daemon-side manager and backend decorator ([`egress`]).
-#![expect(
-    missing_docs,
-    reason = "not every public item is documented yet (issue 10 item 4)"
-)]
+//! ([`proxy`]) and its header rules ([`header_rules`]), bandwidth limits ([`shaping`]), and the
+//! daemon-side manager and backend decorator ([`egress`]).
 
 pub mod dns;
 pub mod egress;
@@ -27,7 +24,9 @@ use std::sync::Arc;
 /// The sandbox behind a source address on the sandbox range, and its current policy.
 #[derive(Debug, Clone)]
 pub struct SandboxPolicy {
+    /// The sandbox's id.
     pub sandbox_id: String,
+    /// Its policy at the time of the lookup.
     pub policy: Arc<Policy>,
 }
 

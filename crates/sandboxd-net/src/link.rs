@@ -108,6 +108,7 @@ pub async fn names_with_prefix(h: &Handle, prefix: &str) -> io::Result<Vec<Strin
 pub enum AttachError {
     /// Another sandbox (of this or another daemon) holds the slot's address: try another slot.
     AddressTaken,
+    /// Any other failure.
     Io(io::Error),
 }
 
@@ -219,9 +220,13 @@ async fn configure(
 /// what the sandbox sends).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
+    /// Bytes the sandbox received.
     pub rx_bytes: u64,
+    /// Packets the sandbox received.
     pub rx_packets: u64,
+    /// Bytes the sandbox sent.
     pub tx_bytes: u64,
+    /// Packets the sandbox sent.
     pub tx_packets: u64,
 }
 

@@ -52,10 +52,12 @@ impl AddressPlan {
         format!("{:04x}", (h ^ (h >> 16)) & 0xffff)
     }
 
+    /// The sandbox range.
     pub fn cidr(&self) -> Ipv4Net {
         self.cidr
     }
 
+    /// This daemon's tag (in link, table and shaper names).
     pub fn tag(&self) -> &str {
         &self.tag
     }

@@ -142,7 +142,9 @@ pub struct Transform {
 pub struct EgressProxy {
     /// `host:port`.
     pub address: String,
+    /// SOCKS5 user name, if the proxy wants one.
     pub username: Option<String>,
+    /// SOCKS5 password (never returned by the API).
     pub password: Option<String>,
     /// `Some` when `tls.enabled`.
     pub tls: Option<ProxyTls>,
@@ -151,6 +153,7 @@ pub struct EgressProxy {
 /// `egressProxy.tls` when enabled.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProxyTls {
+    /// The name to verify the proxy's certificate against.
     pub server_name: Option<String>,
     /// PEM certificates to trust instead of the system's.
     pub ca_cert: Option<String>,
@@ -189,6 +192,7 @@ pub struct Policy {
     pub dns_servers: Vec<Ipv4Addr>,
     /// Domain → header transforms, in the order given.
     pub rules: Vec<(DomainPattern, Vec<Transform>)>,
+    /// `egressProxy`: a SOCKS5 proxy all of the sandbox's TCP goes through.
     pub egress_proxy: Option<EgressProxy>,
     /// Rate limits of the sandbox's link (kept by the traffic shaper, not the filter).
     pub bandwidth: Bandwidth,
@@ -197,7 +201,9 @@ pub struct Policy {
 /// What the policy says about a destination address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
+    /// Reachable.
     Allow,
+    /// Refused.
     Deny,
 }
 
