@@ -26,6 +26,7 @@ impl Daemon {
             ));
         }
         let timeout = validate_timeout(params.timeout_secs, &self.config.limits)?;
+        crate::network::check_network(params.network.as_ref(), params.allow_internet_access, true)?;
         self.check_secret_references(params.network.as_ref()).await?;
         let (template_id, alias) = self.resolve_template(&params.template).await?;
         let defaults = self.config.template_defaults.for_template(&template_id);

@@ -530,12 +530,11 @@ pub fn check_ingress(network: &Value) -> Result<(), PolicyError> {
             }
         }
     }
-    if network
-        .get("maskRequestHost")
-        .and_then(Value::as_str)
-        .is_some_and(|h| h.len() > 253)
-    {
-        return Err(err("maskRequestHost", "at most 253 characters"));
+    match network.get("maskRequestHost") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(h)) if h.len() <= 253 => {}
+        Some(Value::String(_)) => return Err(err("maskRequestHost", "at most 253 characters")),
+        Some(_) => return Err(err("maskRequestHost", "must be a string")),
     }
     Ok(())
 }

@@ -567,7 +567,8 @@ mod tests {
             serde_json::json!({"templateID":"base","autoResume":{"enabled":"yes"}}),
             serde_json::json!({"templateID":"base","autoResume":true}),
             serde_json::json!({"templateID":"base","network":{"allowPublicTraffic":false}}),
-            serde_json::json!({"templateID":"base","network":{"allowOut":"x"}}),
+            // network values are the domain's to check (sandboxd_daemon::network::check_network)
+            serde_json::json!({"templateID":"base","network":[1]}),
             serde_json::json!({"templateID":"base","volumeMounts":[{"name":"v","path":"/proc"}]}),
         ] {
             assert_eq!(parse(v.clone()).unwrap_err().status(), 400, "{v}");
