@@ -201,13 +201,18 @@ pub enum Route {
 }
 
 /// The decision for a connection to `dst` asking for `name` (allow wins: a matching domain
-/// entry allows the name whatever the address rules say).
+/// entry allows the name whatever the address rules say). A name with header rules is only
+/// ever reached at its own addresses, never at one the sandbox chose: the rules' headers (and
+/// the secrets in them) go to that name's servers only.
 pub fn route(policy: &Policy, name: Option<&str>, dst: Ipv4Addr) -> Route {
     if let Some(n) = name.filter(|n| policy.domain_allowed(n)) {
         return Route::Name(n.to_string());
     }
     match policy.ip_verdict(IpAddr::V4(dst)) {
-        Verdict::Allow => Route::Original,
+        Verdict::Allow => match name.filter(|n| policy.transforms_for(n).next().is_some()) {
+            Some(n) => Route::Name(n.to_string()),
+            None => Route::Original,
+        },
         Verdict::Deny => Route::Refused,
     }
 }
@@ -499,10 +504,16 @@ impl EgressProxy {
             Route::Name(n) => self.resolve(n, policy).await,
             _ => vec![*dst.ip()],
         };
+        // a name reached for its header rules (not allowed by name) keeps the address rules
+        let by_address = match target {
+            Route::Name(n) => !policy.domain_allowed(n),
+            _ => true,
+        };
         let host = host_addresses();
         let addrs: Vec<Ipv4Addr> = addrs
             .into_iter()
             .filter(|ip| self.protection.allows(*ip, &host))
+            .filter(|ip| !by_address || policy.ip_verdict(IpAddr::V4(*ip)) == Verdict::Allow)
             .collect();
         if addrs.is_empty() {
             return Err(Refusal::Policy("no reachable address".into()));
@@ -811,6 +822,16 @@ mod tests {
         // no deny: everything else goes where it was going
         let open = policy(json!({"allowOut": ["web.test"]}));
         assert_eq!(route(&open, Some("evil.test"), web), Route::Original);
+        // a name with header rules goes to its own addresses, never to the one chosen
+        let rules =
+            policy(json!({"rules": {"api.test": [{"transform": {"headers": {"X": "${e2b.secrets.k}"}}}]}}));
+        assert_eq!(
+            route(&rules, Some("api.test"), other),
+            Route::Name("api.test".into())
+        );
+        assert_eq!(route(&rules, Some("else.test"), other), Route::Original);
+        let denied = policy(json!({"rules": {"api.test": []}, "denyOut": ["0.0.0.0/0"]}));
+        assert_eq!(route(&denied, Some("api.test"), other), Route::Refused);
     }
 
     #[test]

@@ -778,6 +778,48 @@ async fn header_rules_inject_secrets_the_sandbox_never_sees() {
         !out.contains("forged") && out.contains("\"x-static\": \"plain\""),
         "{out}"
     );
+    // a forged address for the name: the request (and the secret) still go to the name's own
+    // server, also for a sandbox whose policy allows every address
+    let out = sh(
+        &d,
+        &id,
+        &tok,
+        &format!("curl -sS --max-time 5 --resolve web.test:80:{OTHER} http://web.test/headers"),
+    )
+    .await;
+    assert!(
+        out.contains(&format!("\"served-by\": \"{WEB}\"")) && out.contains(&expected),
+        "{out}"
+    );
+    let (open, open_tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300,
+               "network": {"rules": {"web.test": [{"transform": {"headers": {
+                   "Authorization": "Bearer ${e2b.secrets.web-key}"}}}]}}}),
+    )
+    .await;
+    let out = sh(
+        &d,
+        &open,
+        &open_tok,
+        &format!("curl -sS --max-time 5 --resolve web.test:80:{OTHER} http://web.test/headers"),
+    )
+    .await;
+    assert!(
+        out.contains(&format!("\"served-by\": \"{WEB}\"")) && out.contains(&expected),
+        "{out}"
+    );
+    let out = sh(
+        &d,
+        &open,
+        &open_tok,
+        &format!("curl -sS --max-time 5 -H 'Host: other.test' http://{OTHER}/headers"),
+    )
+    .await;
+    assert!(
+        out.contains(&format!("\"served-by\": \"{OTHER}\"")) && !out.contains(&value),
+        "{out}"
+    );
     // the files still come through the rules path
     let out = sh(&d, &id, &tok, "curl -sS --max-time 5 http://web.test/hello.txt").await;
     assert_eq!(out, HELLO);

@@ -5,7 +5,8 @@
 //!   benchmarking block: hosts here use 192.0.2.0/24 for their real network)
 //! - the host routes 198.51.100.0/24 and 203.0.113.0/24 into the namespace
 //! - HTTP on port 80 of [`WEB`] and [`OTHER`] (files of [`FakeInternet::docroot`]);
-//!   `hello.txt` holds [`HELLO`], and `/headers` answers the request's headers as JSON
+//!   `hello.txt` holds [`HELLO`], and `/headers` answers the request's headers as JSON, with
+//!   `served-by` the server's own address
 //! - a line echo server on port 9000 of both (for connections held open)
 //! - a TLS line server on port 443 of both (a self-signed certificate for `web.test` and
 //!   `other.test`): after the handshake it answers each line with `tls <its address> <line>`,
@@ -76,7 +77,9 @@ import functools, http.server, json, sys
 class H(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):
         if self.path == '/headers':
-            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            h = {k.lower(): v for k, v in self.headers.items()}
+            h['served-by'] = self.connection.getsockname()[0]
+            body = json.dumps(h).encode()
             self.send_response(200)
             self.send_header('Content-Type', 'application/json')
             self.send_header('Content-Length', str(len(body)))
