@@ -430,11 +430,17 @@ impl EgressProxy {
         let dst =
             original_destination(client).map_err(|e| Refusal::Failed(format!("SO_ORIGINAL_DST: {e}")))?;
         let mut buf = Vec::with_capacity(4096);
-        let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(client, &mut buf)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => return Err(Refusal::Failed(format!("reading the request: {e}"))),
-            // a client that does not speak first: decided by address
-            Err(_) => Head::Other,
+        // names are read on 80 and 443 only; other ports (a chained sandbox's) are decided by
+        // address at once, so protocols where the server speaks first are not held up
+        let head = if matches!(dst.port(), 80 | 443) {
+            match tokio::time::timeout(HEAD_TIMEOUT, read_head(client, &mut buf)).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => return Err(Refusal::Failed(format!("reading the request: {e}"))),
+                // a client that does not speak first: decided by address
+                Err(_) => Head::Other,
+            }
+        } else {
+            Head::Other
         };
         let name = head.name().map(str::to_string);
         let target = route(&sp.policy, name.as_deref(), *dst.ip());

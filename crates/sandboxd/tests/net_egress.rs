@@ -887,6 +887,15 @@ async fn egress_chained_through_a_socks5_proxy() {
         seen.contains(&format!("1080 {WEB}:80")) && seen.contains(&format!("1080 {WEB}:9000")),
         "{seen}"
     );
+    // a protocol where the server speaks first is not held up waiting for the client's bytes
+    let out = sh(
+        &d,
+        &open,
+        &tok,
+        &format!("exec 3<>/dev/tcp/{WEB}/2222 && timeout 5 head -1 <&3"),
+    )
+    .await;
+    assert_eq!(out, "hello from the server\n");
 
     // an allowed name is handed to the proxy as a name; credentials are used
     let (named, named_tok) = create(

@@ -7,7 +7,8 @@
 //! - HTTP on port 80 of [`WEB`] and [`OTHER`] (files of [`FakeInternet::docroot`]);
 //!   `hello.txt` holds [`HELLO`], and `/headers` answers the request's headers as JSON, with
 //!   `served-by` the server's own address
-//! - a line echo server on port 9000 of both (for connections held open)
+//! - a line echo server on port 9000 of both (for connections held open), and on port 2222 a
+//!   server that speaks first (a greeting line, then close)
 //! - a TLS line server on port 443 of both (a self-signed certificate for `web.test` and
 //!   `other.test`): after the handshake it answers each line with `tls <its address> <line>`,
 //!   so a client sees which server it reached
@@ -67,8 +68,19 @@ def serve(addr):
             for line in f:
                 f.write(b'echo ' + line)
         threading.Thread(target=h, daemon=True).start()
+def greet(addr):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 2222)); s.listen(64)
+    while True:
+        c, _ = s.accept()
+        try:
+            c.sendall(b'hello from the server\n')
+        except OSError:
+            pass
+        c.close()
 for a in sys.argv[1:]:
     threading.Thread(target=serve, args=(a,), daemon=True).start()
+    threading.Thread(target=greet, args=(a,), daemon=True).start()
 threading.Event().wait()
 "#;
 
