@@ -7,6 +7,7 @@ import pathlib
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -38,6 +39,22 @@ def _api(url: str, key: str, method: str, path: str):
     with urllib.request.urlopen(req, timeout=10) as r:
         body = r.read()
         return r.status, body
+
+
+def call_api(method: str, path: str, body=None):
+    """A control-plane request to the daemon the E2B_* variables name: (status, raw body),
+    error statuses included."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        os.environ["E2B_API_URL"] + path, data=data, method=method, headers={"X-API-Key": os.environ["E2B_API_KEY"]}
+    )
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
 
 
 def _set_env(url: str, key: str) -> None:

@@ -1,26 +1,13 @@
-"""Network settings are accepted and stored (egress is not enforced yet: loopback only)."""
+"""Network settings through the API: stored, shown, replaced by updates, bad values refused
+(enforcement is tested in test_network_egress.py)."""
 
 import json
-import os
-import urllib.error
-import urllib.request
 
 import pytest
+from sandboxd_daemon import call_api as _api
 from e2b import Sandbox
 from e2b.exceptions import SandboxException
 
-
-def _api(method: str, path: str, body=None):
-    url = os.environ["E2B_API_URL"] + path
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"X-API-Key": os.environ["E2B_API_KEY"]})
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def test_update_network_replaces_egress_and_is_stored(sandbox: Sandbox):

@@ -5,26 +5,12 @@ back and are not stored in clear; bad input gets 4xx. The oldest SDK row has no 
 import json
 import os
 import sqlite3
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
+from sandboxd_daemon import call_api as _api
 
 pytestmark = pytest.mark.sdk(min="2.63.0")
-
-
-def _api(method: str, path: str, body=None):
-    url = os.environ["E2B_API_URL"] + path
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"X-API-Key": os.environ["E2B_API_KEY"]})
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def test_secret_lifecycle_with_the_sdk():

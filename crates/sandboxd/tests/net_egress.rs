@@ -86,6 +86,26 @@ fn start(data: &std::path::Path, key: &str) -> Daemon {
     .expect("daemon")
 }
 
+/// `PUT /sandboxes/{id}/network` with `body`: the status and the JSON answer (`null` if none).
+async fn put_network(d: &Daemon, id: &str, body: &Value) -> (u16, Value) {
+    let r = d
+        .api(reqwest::Method::PUT, &format!("/sandboxes/{id}/network"))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// A daemon whose DNS upstream is a fresh fake internet (kept alive by the returned values).
+fn daemon_on_fake_internet() -> (FakeInternet, tempfile::TempDir, Daemon) {
+    let inet = FakeInternet::up();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = start(&tmp.path().join("data"), &test_key());
+    (inet, tmp, d)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn egress_policies_against_the_fake_internet() {
@@ -253,13 +273,8 @@ async fn egress_policies_against_the_fake_internet() {
             })
             .await
         );
-        let r = d2
-            .api(reqwest::Method::PUT, &format!("/sandboxes/{open}/network"))
-            .json(&json!({"denyOut": ["203.0.113.0/24"]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 204);
+        let (status, _) = put_network(d2, &open, &json!({"denyOut": ["203.0.113.0/24"]})).await;
+        assert_eq!(status, 204);
         sh(d2, &open, &open_tok, "touch /tmp/go").await;
     };
     let (out, ()) = tokio::join!(conn, update);
@@ -282,13 +297,8 @@ async fn egress_policies_against_the_fake_internet() {
         json!({"allowOut": many}),
         json!({"denyOut": ["web.test"]}),
     ] {
-        let r = d
-            .api(reqwest::Method::PUT, &format!("/sandboxes/{open}/network"))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 400);
+        let (status, _) = put_network(&d, &open, &bad).await;
+        assert_eq!(status, 400);
     }
     let (s, _) = d
         .create(json!({"templateID": "base", "network": {"allowOut": ["1.2.3.4/40"]}}))
@@ -540,13 +550,13 @@ async fn domain_allow_lists_through_the_egress_proxy() {
             })
             .await
         );
-        let r = d
-            .api(reqwest::Method::PUT, &format!("/sandboxes/{named}/network"))
-            .json(&json!({"allowOut": ["other.test"], "denyOut": ["0.0.0.0/0"]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 204);
+        let (status, _) = put_network(
+            &d,
+            &named,
+            &json!({"allowOut": ["other.test"], "denyOut": ["0.0.0.0/0"]}),
+        )
+        .await;
+        assert_eq!(status, 204);
         sh(&d, &named, &tok, "touch /tmp/go").await;
     };
     let (out, ()) = tokio::join!(conn, update);
@@ -642,11 +652,7 @@ fn host_tbf_rates() -> Vec<u64> {
 #[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn bandwidth_limits_hold_within_ten_percent() {
     require_root("bandwidth_limits_hold_within_ten_percent");
-    let _inet = FakeInternet::up();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let key = test_key();
-    let d = start(&data, &key);
+    let (_inet, _tmp, d) = daemon_on_fake_internet();
 
     // unusual rates (912,500 and 462,500 bytes/s), so the test finds its own buckets among
     // the host's qdiscs
@@ -671,13 +677,8 @@ async fn bandwidth_limits_hold_within_ten_percent() {
     assert!(rates.contains(&912_500) && rates.contains(&462_500), "{rates:?}");
 
     // an update that leaves the limits out keeps them; pause and resume keep them
-    let r = d
-        .api(reqwest::Method::PUT, &format!("/sandboxes/{id}/network"))
-        .json(&json!({"denyOut": ["203.0.113.0/24"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    let (status, _) = put_network(&d, &id, &json!({"denyOut": ["203.0.113.0/24"]})).await;
+    assert_eq!(status, 204);
     for memory in [true, false] {
         let (s, v) = d
             .post(&format!("/sandboxes/{id}/pause"), json!({"memory": memory}))
@@ -705,15 +706,12 @@ async fn bandwidth_limits_hold_within_ten_percent() {
         json!({"bandwidth": {"upMbps": 1}}),
         json!({"bandwidth": 5}),
     ] {
-        let r = d
-            .api(reqwest::Method::PUT, &format!("/sandboxes/{id}/network"))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 400, "{bad}");
-        let body: Value = r.json().await.unwrap();
-        assert!(body["message"].as_str().unwrap().contains("bandwidth"), "{body}");
+        let (status, answer) = put_network(&d, &id, &bad).await;
+        assert_eq!(status, 400, "{bad}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("bandwidth"),
+            "{answer}"
+        );
     }
     let (s, _) = d
         .create(json!({"templateID": "base", "network": {"bandwidth": {"egressMbps": 0.001}}}))
@@ -723,13 +721,8 @@ async fn bandwidth_limits_hold_within_ten_percent() {
     assert!(rates.contains(&912_500) && rates.contains(&462_500), "{rates:?}");
 
     // `null` removes them, shaper device included
-    let r = d
-        .api(reqwest::Method::PUT, &format!("/sandboxes/{id}/network"))
-        .json(&json!({"bandwidth": null}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    let (status, _) = put_network(&d, &id, &json!({"bandwidth": null})).await;
+    assert_eq!(status, 204);
     let rates = host_tbf_rates();
     assert!(
         !rates.contains(&912_500) && !rates.contains(&462_500),
@@ -744,11 +737,7 @@ async fn bandwidth_limits_hold_within_ten_percent() {
 #[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn header_rules_inject_secrets_the_sandbox_never_sees() {
     require_root("header_rules_inject_secrets_the_sandbox_never_sees");
-    let _inet = FakeInternet::up();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let key = test_key();
-    let d = start(&data, &key);
+    let (_inet, _tmp, d) = daemon_on_fake_internet();
     let value = format!("sk-{}", test_key());
     let (s, v) = d
         .post("/secrets", json!({"name": "web-key", "value": value}))
@@ -857,11 +846,7 @@ async fn header_rules_inject_secrets_the_sandbox_never_sees() {
 #[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn egress_chained_through_a_socks5_proxy() {
     require_root("egress_chained_through_a_socks5_proxy");
-    let inet = FakeInternet::up();
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let key = test_key();
-    let d = start(&data, &key);
+    let (inet, _tmp, d) = daemon_on_fake_internet();
     let log = inet.docroot.path().join("socks.log");
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
 
@@ -920,14 +905,14 @@ async fn egress_chained_through_a_socks5_proxy() {
 
     // wrong credentials or a proxy that is down: no connection, and no direct fallback
     for (address, user) in [(format!("{OTHER}:1081"), "wrong"), (format!("{OTHER}:1089"), "u")] {
-        let r = d
-            .api(reqwest::Method::PUT, &format!("/sandboxes/{named}/network"))
-            .json(&json!({"allowOut": ["web.test"], "denyOut": ["0.0.0.0/0"],
-                          "egressProxy": {"address": address, "username": user, "password": "p"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 204);
+        let (status, _) = put_network(
+            &d,
+            &named,
+            &json!({"allowOut": ["web.test"], "denyOut": ["0.0.0.0/0"],
+                          "egressProxy": {"address": address, "username": user, "password": "p"}}),
+        )
+        .await;
+        assert_eq!(status, 204);
         let out = sh(
             &d,
             &named,
@@ -938,13 +923,8 @@ async fn egress_chained_through_a_socks5_proxy() {
         assert_eq!(out, "000\n", "{address} as {user}");
     }
     // a proxy at a protected address is never used
-    let r = d
-        .api(reqwest::Method::PUT, &format!("/sandboxes/{named}/network"))
-        .json(&json!({"egressProxy": {"address": "127.0.0.1:1080"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    let (status, _) = put_network(&d, &named, &json!({"egressProxy": {"address": "127.0.0.1:1080"}})).await;
+    assert_eq!(status, 204);
     let out = sh(
         &d,
         &named,
