@@ -42,6 +42,8 @@ pub struct Daemon {
     pub(crate) sessions: crate::sessions::registry::SessionRegistry,
     /// Random id of this daemon run (idempotency keys left pending by an earlier run).
     pub(crate) run_id: String,
+    /// The key secrets are sealed with, read from the data dir once (`secrets.rs`).
+    pub(crate) sealing_key: std::sync::OnceLock<[u8; 32]>,
     /// Set once a shutdown began: creates answer "unavailable".
     shutting_down: AtomicBool,
 }
@@ -85,6 +87,7 @@ impl Daemon {
             pool,
             sessions: Default::default(),
             run_id: new_token(),
+            sealing_key: std::sync::OnceLock::new(),
             shutting_down: AtomicBool::new(false),
         }
     }

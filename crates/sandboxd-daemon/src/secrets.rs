@@ -155,8 +155,14 @@ fn open(key: &[u8; 32], row: &SecretRow) -> Result<String, DaemonError> {
 }
 
 impl Daemon {
+    /// The sealing key, read (or made) once: the egress proxy asks for a value on every request
+    /// with a header rule.
     async fn secrets_key(&self) -> Result<[u8; 32], DaemonError> {
-        Ok(self.registry.call(|s| s.secrets_key()).await?)
+        if let Some(k) = self.sealing_key.get() {
+            return Ok(*k);
+        }
+        let key = self.registry.call(|s| s.secrets_key()).await?;
+        Ok(*self.sealing_key.get_or_init(|| key))
     }
 
     /// Creates a secret (version 1); "conflict" if the name is taken.
