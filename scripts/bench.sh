@@ -9,4 +9,4 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 cargo build --release -p sandboxd
-exec ./target/release/sandboxd bench --json docs/bench-results.json "$@"
+exec ./target/x86_64-unknown-linux-gnu/release/sandboxd bench --json docs/bench-results.json "$@"

@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release -p sandboxd
-exec target/release/sandboxd serve "$@"
+exec target/x86_64-unknown-linux-gnu/release/sandboxd serve "$@"

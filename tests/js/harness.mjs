@@ -1,7 +1,7 @@
 // Shared by the JS SDK tests: a real `sandboxd serve` per test file and the SDK rows under test.
 //
 // The daemon is started like tests/python/conftest.py does: the built binary
-// (SANDBOXD_BIN, default target/debug/sandboxd), a free loopback port, a throwaway data dir and a
+// (SANDBOXD_BIN, default target/x86_64-unknown-linux-gnu/debug/sandboxd), a free loopback port, a throwaway data dir and a
 // fresh API key; the E2B_* variables are set so the SDKs talk to it as a user would set them.
 // With SANDBOXD_TEST_URL and SANDBOXD_TEST_KEY set, a running daemon is used instead.
 import { spawn } from 'node:child_process'
@@ -21,7 +21,7 @@ import * as ciOld from 'code-interpreter-old'
 
 const HERE = path.dirname(fileURLToPath(import.meta.url))
 const ROOT = path.resolve(HERE, '..', '..')
-const BIN = process.env.SANDBOXD_BIN || path.join(ROOT, 'target', 'debug', 'sandboxd')
+const BIN = process.env.SANDBOXD_BIN || path.join(ROOT, 'target', 'x86_64-unknown-linux-gnu', 'debug', 'sandboxd')
 const require = createRequire(import.meta.url)
 
 /** One SDK row: the `e2b` module and the code-interpreter module built on the same e2b. */

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BIN = os.environ.get("SANDBOXD_BIN", str(ROOT / "target" / "debug" / "sandboxd"))
+BIN = os.environ.get("SANDBOXD_BIN", str(ROOT / "target" / "x86_64-unknown-linux-gnu" / "debug" / "sandboxd"))
 
 
 def _free_port() -> int:

@@ -12,6 +12,7 @@ pub mod config;
 pub mod cpus;
 pub mod disk_usage;
 pub mod idmap;
+pub mod image_template;
 pub mod layered_template;
 pub mod meminfo;
 pub mod mounts;

@@ -8,7 +8,7 @@ use super::sandbox_dirs::{mkdir_owned, remove_tree};
 use super::slot_pool::{POOL_PREFIX, PoolState, pool_filler};
 use super::spawn_client::{SpawnHelperClient, Spawned};
 use super::spawn_protocol::HelperInit;
-use super::{ExecTarget, layered_template, quota, snapshot, step, template, userns, volumes};
+use super::{ExecTarget, image_template, layered_template, quota, snapshot, step, template, userns, volumes};
 use crate::RuntimeError;
 use crate::backend::SandboxSpec;
 use std::collections::HashMap;
@@ -97,6 +97,7 @@ impl NamespaceBackend {
                 chown: true,
             },
         )?;
+        image_template::ensure_scratch(&d.join("templates"))?;
         layered_template::log_availability();
         // every sandbox's user namespace is owned by host root: its counters are shared
         userns::raise_host_limits();

@@ -42,6 +42,8 @@ pub struct ChildCtx<'a> {
     pub root_layers: Vec<CString>,
     /// The same for `/usr`.
     pub usr_layers: Vec<CString>,
+    /// Mount the `/usr` overlay (false for image templates, whose root has its own `/usr`).
+    pub mount_usr: bool,
     /// Read-only host directories bound into the new root (layered_template.rs).
     pub binds: &'a [super::mounts::ReadOnlyBind],
     /// Volumes bound read-write into the new root (volumes.rs).
@@ -337,17 +339,9 @@ fn mount_root(ctx: &ChildCtx<'_>, dirs: &OpenedDirs) -> StepResult<()> {
         Some(&opts),
     )
     .map_err(os("mount root overlay"))?;
-    let opts = cstr(format!(
-        "lowerdir={lower_usr}/proc/self/fd/{usr},upperdir=/proc/self/fd/{sbx}/upper/usr,workdir=/proc/self/fd/{sbx}/work/usr,userxattr"
-    ));
-    mount(
-        Some(c"overlay"),
-        &fdp(sbx, "/rootfs/usr"),
-        Some(c"overlay"),
-        libc::MS_NODEV,
-        Some(&opts),
-    )
-    .map_err(os("mount usr overlay"))?;
+    if ctx.mount_usr {
+        mount_usr(sbx, usr, lower_usr)?;
+    }
     if !ctx.binds.is_empty() {
         let root = std::path::PathBuf::from(rootfs.to_string_lossy().into_owned());
         super::mounts::mount_binds(&root, ctx.binds).map_err(os("mount template binds"))?;
@@ -362,6 +356,22 @@ fn mount_root(ctx: &ChildCtx<'_>, dirs: &OpenedDirs) -> StepResult<()> {
         return Err(last("chdir rootfs"));
     }
     Ok(())
+}
+
+/// The `/usr` overlay: the template's `/usr` layers over the host's `/usr`.
+fn mount_usr(sbx: RawFd, usr: RawFd, lower_usr: &str) -> StepResult<()> {
+    let fdp = |fd: RawFd, rest: &str| cstr(format!("/proc/self/fd/{fd}{rest}"));
+    let opts = cstr(format!(
+        "lowerdir={lower_usr}/proc/self/fd/{usr},upperdir=/proc/self/fd/{sbx}/upper/usr,workdir=/proc/self/fd/{sbx}/work/usr,userxattr"
+    ));
+    mount(
+        Some(c"overlay"),
+        &fdp(sbx, "/rootfs/usr"),
+        Some(c"overlay"),
+        libc::MS_NODEV,
+        Some(&opts),
+    )
+    .map_err(os("mount usr overlay"))
 }
 
 fn mount_dev(ctx: &ChildCtx<'_>) -> StepResult<()> {

@@ -50,6 +50,20 @@ pub struct TemplateLayers {
     /// Bytes the snapshot's own copies took (charged to the snapshot store limit).
     #[serde(default)]
     pub bytes: u64,
+    /// The root layers are a whole root file system (an image template,
+    /// `image_template.rs`): the host's `/usr` is not mounted, `usr` is empty.
+    #[serde(default, rename = "wholeRoot", skip_serializing_if = "std::ops::Not::not")]
+    pub whole_root: bool,
+}
+
+/// Directory under `<data>/templates` of the unpacked image layers (`sandboxd-image`), one per
+/// diff id. They hold the image's own ids (sandbox ids), whatever the template's `host_ids`.
+pub const IMAGE_LAYERS: &str = "_image-layers";
+
+/// Whether layer path `l` is an image layer (see [`IMAGE_LAYERS`]).
+pub fn is_image_layer(l: &str) -> bool {
+    l.strip_prefix(IMAGE_LAYERS)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Prefix of snapshot directories being written (removed at start if a crash left them).
@@ -691,9 +705,15 @@ impl NamespaceBackend {
         let mut out = TemplateLayers {
             base: parent.base.clone(),
             root: vec![format!("{name}/root/0")],
-            usr: vec![format!("{name}/usr/0")],
+            // an image's /usr is in its root layers; the sandbox's /usr upper dir stays empty
+            usr: if parent.whole_root {
+                Vec::new()
+            } else {
+                vec![format!("{name}/usr/0")]
+            },
             host_ids: true,
             bytes: 0,
+            whole_root: parent.whole_root,
         };
         for (kind, list, dst) in [
             ("root", &parent.root, &mut out.root),

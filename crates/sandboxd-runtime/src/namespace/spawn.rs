@@ -145,9 +145,11 @@ impl Inner {
         // snapshot template (snapshot.rs): its layers over the template it was taken from,
         // which brings its own binds and services
         let (mut root_layers, mut usr_layers, mut layers_host_ids) = (Vec::new(), Vec::new(), false);
+        let mut whole_root = false;
         if let Some(l) = snapshot::read_layers(&self.cfg.data_dir.join("templates"), &spec.template)? {
             spec.template = l.base;
             (root_layers, usr_layers, layers_host_ids) = (l.root, l.usr, l.host_ids);
+            whole_root = l.whole_root;
             if let Some(t) = layered_template::resolve(&spec.template) {
                 binds = t.binds;
                 for s in t.services {
@@ -242,6 +244,7 @@ impl Inner {
             root_layers,
             usr_layers,
             layers_host_ids,
+            whole_root,
             hostname: spec.agent.hostname.clone(),
             mount_sys: self.cfg.mount_sys,
             memory_mb: spec.limits.memory_mb,

@@ -222,10 +222,13 @@ impl Helper {
             cpath(&self.usr_stage).map_err(bad)?,
             CString::new(req.hostname.as_bytes()).map_err(|_| fail("request", "NUL in hostname"))?,
         );
-        let layers_dir = if req.layers_host_ids {
-            &self.templates_dir
-        } else {
-            &self.templates_stage
+        // Image layers hold the image's own ids (sandbox ids): always through the idmapped view.
+        let layers_dir = |l: &str| {
+            if req.layers_host_ids && !super::snapshot::is_image_layer(l) {
+                &self.templates_dir
+            } else {
+                &self.templates_stage
+            }
         };
         let layer_paths = |layers: &[String]| -> Result<Vec<CString>, HelperReply> {
             layers
@@ -234,7 +237,7 @@ impl Helper {
                     if !super::snapshot::valid_layer_path(l) {
                         return Err(fail("request", format!("bad template layer path '{l}'")));
                     }
-                    cpath(&layers_dir.join(l)).map_err(bad)
+                    cpath(&layers_dir(l).join(l)).map_err(bad)
                 })
                 .collect()
         };
@@ -249,6 +252,7 @@ impl Helper {
             usr_lower: ctx_paths.2,
             root_layers,
             usr_layers,
+            mount_usr: !req.whole_root,
             binds: &req.binds,
             volumes: &req.volumes,
             hostname: ctx_paths.3,

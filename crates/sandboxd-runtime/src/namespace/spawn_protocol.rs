@@ -51,6 +51,10 @@ pub struct SpawnRequest {
     /// itself, not through the idmapped view (snapshot.rs).
     #[serde(default)]
     pub layers_host_ids: bool,
+    /// The layers are a whole root file system (an image template, `image_template.rs`): no
+    /// host `/usr` overlay is mounted, the image has its own.
+    #[serde(default)]
+    pub whole_root: bool,
     /// Read-only host directories bound into the root (layered templates, layered_template.rs).
     #[serde(default)]
     pub binds: Vec<ReadOnlyBind>,
