@@ -13,11 +13,13 @@ mod migrations;
 mod registry;
 mod secrets;
 mod snapshots;
+mod template_builds;
 mod volumes;
 pub use idempotency::IdempotencyClaim;
 pub use registry::Registry;
 pub use secrets::{SECRETS_KEY_FILE, SecretRow};
 pub use snapshots::{SnapshotResolution, SnapshotRow};
+pub use template_builds::{BuildRow, TagRow};
 pub use volumes::{MountRow, VolumeDeletion, VolumeRow};
 
 use chrono::{DateTime, TimeZone, Utc};

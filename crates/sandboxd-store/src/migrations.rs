@@ -80,6 +80,29 @@ const MIGRATIONS: &[&str] = &[
          nonce BLOB NOT NULL,
          sealed BLOB NOT NULL
      );",
+    // 5: templates built with the template build API: one row per build, tags point at builds
+    "CREATE TABLE IF NOT EXISTS template_builds (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         build_id TEXT NOT NULL UNIQUE,
+         template_id TEXT NOT NULL,
+         name TEXT NOT NULL,
+         status TEXT NOT NULL,
+         runtime_template TEXT,
+         config TEXT NOT NULL,
+         reason TEXT,
+         reason_step TEXT,
+         created_at_us INTEGER NOT NULL,
+         finished_at_us INTEGER
+     );
+     CREATE INDEX IF NOT EXISTS template_builds_name ON template_builds(name, seq);
+     CREATE INDEX IF NOT EXISTS template_builds_template ON template_builds(template_id, seq);
+     CREATE TABLE IF NOT EXISTS template_tags (
+         template_id TEXT NOT NULL,
+         tag TEXT NOT NULL,
+         build_id TEXT NOT NULL,
+         created_at_us INTEGER NOT NULL,
+         PRIMARY KEY (template_id, tag)
+     );",
 ];
 
 /// The schema version this build writes.
