@@ -256,6 +256,33 @@ pub trait SandboxBackend: Send + Sync + 'static {
         )))
     }
 
+    /// Image templates (`docs/templates.md`): make template `name` whose root is the given
+    /// unpacked image layers (paths relative to the templates directory, bottom first), with
+    /// the sandbox's accounts added and nothing of the host mounted.
+    async fn create_image_template(&self, name: &str, layers: &[String]) -> Result<(), RuntimeError> {
+        let _ = (name, layers);
+        Err(RuntimeError::Unsupported(format!(
+            "the {} backend does not support image templates",
+            self.name()
+        )))
+    }
+
+    /// Template builds: make template `name` from `parent` plus one layer copied from `stage`
+    /// (a tree laid out from `/`, sandbox ids); `ancestors` take the parent's owner and mode.
+    async fn derive_template(
+        &self,
+        parent: &str,
+        name: &str,
+        stage: &std::path::Path,
+        ancestors: &[String],
+    ) -> Result<(), RuntimeError> {
+        let _ = (parent, name, stage, ancestors);
+        Err(RuntimeError::Unsupported(format!(
+            "the {} backend does not support template builds",
+            self.name()
+        )))
+    }
+
     /// Volumes (`docs/volumes.md`): make the storage of a new volume `id` (`^[a-z0-9]+$`) of at
     /// most `size_mb` MiB, writable by the sandboxes' `root` and `user`.
     async fn create_volume(&self, id: &str, size_mb: u64) -> Result<(), RuntimeError> {

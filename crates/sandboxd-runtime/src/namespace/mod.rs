@@ -10,6 +10,7 @@ mod agent_boot;
 pub mod cgroup;
 pub mod config;
 pub mod cpus;
+mod derived_template;
 pub mod disk_usage;
 pub mod idmap;
 pub mod image_template;

@@ -114,6 +114,33 @@ impl SandboxBackend for NamespaceBackend {
             .map_err(|e| step("snapshot", e))?
     }
 
+    async fn create_image_template(&self, name: &str, layers: &[String]) -> Result<(), RuntimeError> {
+        let me = self.clone();
+        let (name, layers) = (name.to_string(), layers.to_vec());
+        tokio::task::spawn_blocking(move || me.create_image_template_blocking(&name, &layers))
+            .await
+            .map_err(|e| step("image template", e))?
+    }
+
+    async fn derive_template(
+        &self,
+        parent: &str,
+        name: &str,
+        stage: &std::path::Path,
+        ancestors: &[String],
+    ) -> Result<(), RuntimeError> {
+        let me = self.clone();
+        let (parent, name, stage, ancestors) = (
+            parent.to_string(),
+            name.to_string(),
+            stage.to_path_buf(),
+            ancestors.to_vec(),
+        );
+        tokio::task::spawn_blocking(move || me.derive_template_blocking(&parent, &name, &stage, &ancestors))
+            .await
+            .map_err(|e| step("template layer", e))?
+    }
+
     async fn create_volume(&self, id: &str, size_mb: u64) -> Result<(), RuntimeError> {
         if !is_valid_sandbox_id(id) {
             return Err(RuntimeError::InvalidSpec(format!("bad volume id '{id}'")));
