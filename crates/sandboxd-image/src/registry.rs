@@ -202,6 +202,12 @@ impl ImageStore {
                 Err(e) => {
                     let (err, next) = classify(&at_source, e);
                     tracing::debug!(source = %source.host, "pull of {normalized}: {err}");
+                    // a mirror that answers "no such image" is believed (an air-gapped mirror
+                    // must not send the pull out to the registry); one that cannot be reached
+                    // or fails is skipped
+                    if matches!(err, ImageError::NotFound(_)) {
+                        return Err(ImageError::NotFound(normalized));
+                    }
                     last = err;
                     if next {
                         continue;

@@ -599,4 +599,38 @@ mod tests {
             assert_eq!(v, b"yes");
         }
     }
+
+    #[test]
+    #[ignore = "privileged: whiteouts are device nodes (root)"]
+    fn whiteouts_and_opaque_dirs_become_overlay_marks() {
+        let t = tar_of(&[
+            raw_entry(b"etc/", tar::EntryType::Directory, b"", None),
+            raw_entry(b"etc/.wh.passwd", tar::EntryType::Regular, b"", None),
+            raw_entry(b"var/cache/.wh..wh..opq", tar::EntryType::Regular, b"", None),
+            raw_entry(b"var/cache/kept", tar::EntryType::Regular, b"k", None),
+        ]);
+        let (d, r) = unpack(t, 1 << 20);
+        r.unwrap();
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let wh = std::fs::symlink_metadata(d.path().join("layer/etc/passwd")).unwrap();
+        assert!(wh.file_type().is_char_device());
+        assert_eq!(wh.rdev(), 0);
+        let c = CString::new(d.path().join("layer/var/cache").as_os_str().as_bytes()).unwrap();
+        let mut buf = [0u8; 4];
+        // SAFETY: valid C strings and a buffer of its length.
+        let n = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                c"user.overlay.opaque".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        assert_eq!(&buf[..n.max(0) as usize], b"y");
+        assert_eq!(
+            std::fs::read(d.path().join("layer/var/cache/kept")).unwrap(),
+            b"k"
+        );
+        assert!(!d.path().join("layer/var/cache/.wh..wh..opq").exists());
+    }
 }
