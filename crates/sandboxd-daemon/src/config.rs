@@ -81,6 +81,18 @@ pub struct DaemonConfig {
     pub template_defaults: TemplateDefaults,
     /// Warm pools of booted, idle sandboxes per template (`pool/`, `docs/pool.md`).
     pub pool: Vec<crate::pool::spec::PoolSpec>,
+    /// Template builds and images (`template_builds/`, `docs/templates.md`).
+    pub builds: BuildsConfig,
+}
+
+/// Where template builds keep their files and where images come from.
+#[derive(Debug, Clone, Default)]
+pub struct BuildsConfig {
+    /// The data dir (`<data>/images`, `<data>/template-files`, `<data>/templates`); empty:
+    /// template builds and image pulls are not available.
+    pub data_dir: std::path::PathBuf,
+    /// Registries, mirrors and credentials of image pulls.
+    pub registry: sandboxd_image::RegistryConfig,
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 impl Daemon {
     /// Creates a sandbox and returns it once its agent answers.
-    pub async fn create(self: &Arc<Self>, params: CreateParams) -> Result<Arc<LiveSandbox>, DaemonError> {
+    pub async fn create(self: &Arc<Self>, mut params: CreateParams) -> Result<Arc<LiveSandbox>, DaemonError> {
         if self.is_shutting_down() {
             return Err(DaemonError::Unavailable(
                 "sandboxd is shutting down; retry once it is back".into(),
@@ -29,7 +29,16 @@ impl Daemon {
         crate::network::check_network(params.network.as_ref(), params.allow_internet_access, true)?;
         self.check_secret_references(params.network.as_ref()).await?;
         let (template_id, alias) = self.resolve_template(&params.template).await?;
-        let defaults = self.config.template_defaults.for_template(&template_id);
+        let mut defaults = self.config.template_defaults.for_template(&template_id);
+        // a built template's resources, environment and start command (template_builds/)
+        let built = self.resolve_built(&params.template).await?.map(|(_, c, _)| c);
+        if let Some(c) = &built {
+            defaults.cpu_count = c.cpu_count.unwrap_or(defaults.cpu_count);
+            defaults.memory_mb = c.memory_mb.unwrap_or(defaults.memory_mb);
+            for (k, v) in &c.envs {
+                params.env_vars.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         let mut limits = resolve_limits(
             &defaults,
             &self.config.limits,
@@ -58,6 +67,10 @@ impl Daemon {
         {
             Ok(r) => r,
             Err(e) => Err(DaemonError::Internal(format!("create task failed: {e}"))),
+        };
+        let r = match (r, built) {
+            (Ok(s), Some(c)) if c.start_cmd.is_some() => self.start_template_command(s, &c).await,
+            (r, _) => r,
         };
         self.counters.create_done(r.is_ok(), t0.elapsed());
         r

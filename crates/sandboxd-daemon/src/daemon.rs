@@ -44,6 +44,8 @@ pub struct Daemon {
     pub(crate) run_id: String,
     /// The key secrets are sealed with, read from the data dir once (`secrets.rs`).
     pub(crate) sealing_key: std::sync::OnceLock<[u8; 32]>,
+    /// Template builds: logs, upload links, the image store (`template_builds/`).
+    pub(crate) builds: crate::template_builds::BuildState,
     /// Set once a shutdown began: creates answer "unavailable".
     shutting_down: AtomicBool,
 }
@@ -88,6 +90,7 @@ impl Daemon {
             sessions: Default::default(),
             run_id: new_token(),
             sealing_key: std::sync::OnceLock::new(),
+            builds: crate::template_builds::BuildState::default(),
             shutting_down: AtomicBool::new(false),
         }
     }

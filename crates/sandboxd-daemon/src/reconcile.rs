@@ -13,6 +13,15 @@ impl Daemon {
     /// Re-adopts the sandboxes of an earlier run and cleans up what cannot be adopted (see the
     /// table at the top). Returns the ids removed.
     pub async fn reconcile_at_start(self: &Arc<Self>) -> Result<Vec<String>, DaemonError> {
+        // template builds do not survive a restart: the ones that were running failed
+        let now = chrono::Utc::now().timestamp_micros();
+        let failed = self.registry.call(move |s| s.fail_unfinished_builds(now)).await?;
+        if failed > 0 {
+            tracing::warn!(
+                count = failed,
+                "template builds interrupted by the restart marked failed"
+            );
+        }
         let rows = self.registry.call(|s| s.list()).await?;
         let mut docs = self.registry.call(|s| s.lifecycles()).await?;
         let mut removed = Vec::new();

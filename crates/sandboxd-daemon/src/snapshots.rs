@@ -184,6 +184,10 @@ impl Daemon {
     /// `raw` is the decoded path segment (`[namespace/]name[:tag]`).
     pub async fn delete_template(self: &Arc<Self>, raw: &str) -> Result<bool, DaemonError> {
         let (name, _tag) = parse_template_ref(raw)?;
+        // templates of the template build API
+        if self.delete_built_template(raw).await? {
+            return Ok(true);
+        }
         let n2 = name.clone();
         let found = self.registry.call(move |s| s.resolve_snapshot(&n2)).await?;
         let template_id = match found {

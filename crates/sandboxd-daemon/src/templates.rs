@@ -43,6 +43,10 @@ impl Daemon {
             SnapshotResolution::NotSnapshot => {}
             _ => return Err(DaemonError::TemplateNotFound(raw.trim().to_string())),
         }
+        // templates of the template build API (template_builds/): a tag's ready build
+        if let Some((runtime, _, alias)) = self.resolve_built(raw).await? {
+            return Ok((runtime, alias));
+        }
         if tag.as_deref().is_some_and(|t| t != "default") || !self.backend.has_template(&name) {
             // a known template whose host layer is missing: say how to install it
             if let Some(why) = self.backend.template_missing_reason(&name) {
@@ -56,6 +60,29 @@ impl Daemon {
     /// Whether a template name (no tag) exists.
     pub fn template_exists(&self, name: &str) -> bool {
         parse_template_ref(name).is_ok_and(|(n, t)| t.is_none() && self.backend.has_template(&n))
+    }
+
+    /// `Template.exists` / `GET /templates/aliases/{alias}`: the template id of a built
+    /// template, snapshot or built-in template with this name, if there is one.
+    pub async fn template_alias(&self, name: &str) -> Result<Option<String>, DaemonError> {
+        let Ok((n, None)) = parse_template_ref(name) else {
+            return Ok(None);
+        };
+        let n2 = n.clone();
+        if let Some((id, _)) = self.registry.call(move |s| s.built_template_id(&n2)).await? {
+            return Ok(Some(id));
+        }
+        if let SnapshotResolution::Found(id, _) = self
+            .registry
+            .call({
+                let n = n.clone();
+                move |s| s.resolve_snapshot(&n)
+            })
+            .await?
+        {
+            return Ok(Some(id));
+        }
+        Ok(self.backend.has_template(&n).then_some(n))
     }
 }
 

@@ -680,6 +680,18 @@ impl SandboxBackend for NetworkedBackend {
     async fn delete_snapshot_template(&self, name: &str) -> Result<bool, RuntimeError> {
         self.inner.delete_snapshot_template(name).await
     }
+    async fn create_image_template(&self, name: &str, layers: &[String]) -> Result<(), RuntimeError> {
+        self.inner.create_image_template(name, layers).await
+    }
+    async fn derive_template(
+        &self,
+        parent: &str,
+        name: &str,
+        stage: &std::path::Path,
+        ancestors: &[String],
+    ) -> Result<(), RuntimeError> {
+        self.inner.derive_template(parent, name, stage, ancestors).await
+    }
     async fn create_volume(&self, id: &str, size_mb: u64) -> Result<(), RuntimeError> {
         self.inner.create_volume(id, size_mb).await
     }

@@ -11,3 +11,4 @@ pub use backend::{
     SandboxStats, SnapshotLimits, VolumeMount,
 };
 pub use error::RuntimeError;
+pub use namespace::snapshot::IMAGE_LAYERS;

@@ -30,6 +30,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Warm pools of booted, idle sandboxes per template (`sandboxd-daemon` `pool/`, `docs/pool.md`).
     pub pool: Vec<sandboxd_daemon::PoolSpec>,
+    /// Where image pulls go: mirrors, plain-HTTP registries, credentials (`docs/templates.md`).
+    pub registry: sandboxd_image::RegistryConfig,
 }
 
 impl ServerConfig {
@@ -47,6 +49,7 @@ impl ServerConfig {
             max_connections: None,
             max_body_bytes: 1 << 20,
             pool: Vec::new(),
+            registry: sandboxd_image::RegistryConfig::default(),
         }
     }
 }
@@ -58,6 +61,10 @@ impl ServerConfig {
             limits: self.limits.clone(),
             template_defaults: self.template_defaults,
             pool: self.pool.clone(),
+            builds: sandboxd_daemon::BuildsConfig {
+                data_dir: self.data_dir.clone(),
+                registry: self.registry.clone(),
+            },
         }
     }
 }

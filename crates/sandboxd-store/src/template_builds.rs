@@ -123,6 +123,16 @@ impl Store {
         Ok(n > 0)
     }
 
+    /// Replaces the configuration of a build (what it found while running: environment, user).
+    pub fn update_build_config(&self, build_id: &str, config: &str) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE template_builds SET config = ?2 WHERE build_id = ?1",
+            params![build_id, config],
+        )?;
+        Ok(())
+    }
+
     /// Ends a build: `ready` with its runtime template (and the template's tags move to it in
     /// the same transaction), or `error` with a reason.
     pub fn finish_build(

@@ -86,6 +86,30 @@ pub struct ServeArgs {
     /// Sandboxes get loopback only: no link, no egress (E2B's network settings are stored).
     #[arg(long)]
     pub no_network: bool,
+    /// Pull images of REGISTRY from this mirror first (repeatable; like containerd's mirrors):
+    /// `docker.io=http://127.0.0.1:5000`. A mirror's "not found" is final. See docs/templates.md.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", value_parser = parse_mirror)]
+    pub registry_mirror: Vec<(String, String)>,
+    /// A registry (host[:port]) spoken to over plain HTTP (repeatable). Others are HTTPS only.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
+    /// Docker config.json with registry credentials (default: $DOCKER_CONFIG/config.json or
+    /// ~/.docker/config.json).
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+}
+
+fn parse_mirror(s: &str) -> Result<(String, String), String> {
+    let (registry, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected REGISTRY=URL, such as docker.io=http://127.0.0.1:5000"))?;
+    if registry.is_empty() || registry.contains('/') {
+        return Err(format!("{s:?}: {registry:?} is not a registry host"));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{s:?}: the mirror must be an http:// or https:// URL"));
+    }
+    Ok((registry.to_string(), url.to_string()))
 }
 
 fn parse_dns_upstream(s: &str) -> Result<SocketAddr, String> {
@@ -237,6 +261,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
     config.pool = sandboxd_daemon::pool::merge_specs(file_pools, args.pool);
+    for (registry, url) in args.registry_mirror {
+        config.registry.mirrors.entry(registry).or_default().push(url);
+    }
+    config.registry.insecure = args.insecure_registry;
+    config.registry.docker_config = args.docker_config;
     if !args.listen.ip().is_loopback() {
         tracing::warn!(
             "listening on {} (not loopback) without TLS: the API key and sandbox traffic travel in clear text",

@@ -83,6 +83,8 @@ pub struct Envd {
     connector: UnixConnector,
     access_token: Option<String>,
     sandbox_id: String,
+    /// The user calls run as ([`SESSION_USER`] unless [`Envd::as_user`] says otherwise).
+    user: String,
 }
 
 impl Envd {
@@ -92,7 +94,14 @@ impl Envd {
             connector: s.agent.connector().clone(),
             access_token: s.rec.access_token.clone(),
             sandbox_id: s.rec.id.clone(),
+            user: SESSION_USER.to_string(),
         }
+    }
+
+    /// The same agent, with calls made as `user` (template builds run steps as root).
+    pub fn as_user(mut self, user: &str) -> Self {
+        self.user = user.to_string();
+        self
     }
 
     fn failed(&self, reason: impl Into<String>) -> DaemonError {
@@ -103,7 +112,7 @@ impl Envd {
     }
 
     fn request(&self, method: Method, path_and_query: &str) -> http::request::Builder {
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{SESSION_USER}:"));
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:", self.user));
         let mut b = Request::builder()
             .method(method)
             .uri(format!("http://agent{path_and_query}"))
@@ -247,17 +256,18 @@ impl Envd {
         .map(|_| ())
     }
 
-    fn files_uri(path: &str) -> String {
+    fn files_uri(path: &str, user: &str) -> String {
         format!(
-            "/files?path={}&username={SESSION_USER}",
-            utf8_percent_encode(path, NON_ALPHANUMERIC)
+            "/files?path={}&username={}",
+            utf8_percent_encode(path, NON_ALPHANUMERIC),
+            utf8_percent_encode(user, NON_ALPHANUMERIC)
         )
     }
 
     /// Writes `body` to `path` (streamed; parents created by the agent).
     pub async fn upload(&self, path: &str, body: CallBody) -> Result<(), DaemonError> {
         let req = self
-            .request(Method::POST, &Self::files_uri(path))
+            .request(Method::POST, &Self::files_uri(path, &self.user))
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(body)
             .map_err(|e| DaemonError::Internal(e.to_string()))?;
@@ -274,7 +284,7 @@ impl Envd {
     /// Opens `path` for download: the agent's streaming response.
     pub async fn download(&self, path: &str) -> Result<Response<Incoming>, DaemonError> {
         let req = self
-            .request(Method::GET, &Self::files_uri(path))
+            .request(Method::GET, &Self::files_uri(path, &self.user))
             .body(full_body(Bytes::new()))
             .map_err(|e| DaemonError::Internal(e.to_string()))?;
         let resp = self.send(req).await?;
@@ -471,7 +481,7 @@ mod tests {
     #[test]
     fn file_uris_encode_the_path() {
         assert_eq!(
-            Envd::files_uri("/home/user/a b&c"),
+            Envd::files_uri("/home/user/a b&c", SESSION_USER),
             "/files?path=%2Fhome%2Fuser%2Fa%20b%26c&username=user"
         );
     }

@@ -21,6 +21,7 @@ pub mod sandboxes;
 pub mod secrets;
 pub mod sessions;
 pub mod snapshots;
+pub mod template_builds;
 pub mod templates;
 pub mod volumes;
 
@@ -57,6 +58,20 @@ pub fn router(daemon: Arc<Daemon>, api_key: &str, max_body: usize) -> Router {
         .route("/sandboxes/{id}/refreshes", post(sandboxes::refresh))
         .route("/sandboxes/{id}/network", put(network::update))
         .route("/templates/aliases/{alias}", get(templates::alias))
+        .route("/templates", get(template_builds::list))
+        .route("/v3/templates", post(template_builds::request))
+        .route("/templates/{id}/files/{hash}", get(template_builds::upload_link))
+        .route("/template-files/{token}", put(template_builds::upload))
+        .route("/v2/templates/{id}/builds/{build}", post(template_builds::start))
+        .route(
+            "/templates/{id}/builds/{build}/status",
+            get(template_builds::status),
+        )
+        .route(
+            "/templates/tags",
+            post(template_builds::assign_tags).delete(template_builds::remove_tags),
+        )
+        .route("/templates/{id}/tags", get(template_builds::tags))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/snapshots", get(snapshots::list))
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
@@ -117,10 +132,13 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Every control-plane and session call but the two health checks needs the API key
+/// Every control-plane and session call but the two health checks and build-file uploads needs the API key
 /// (constant-time comparison).
 async fn require_api_key(State(api_key): State<Arc<str>>, req: Request, next: Next) -> Response {
-    if matches!(req.uri().path(), "/health" | "/workspace/se/healthy") {
+    // the upload URL of a template build carries its own one-use token (template_builds.rs)
+    if matches!(req.uri().path(), "/health" | "/workspace/se/healthy")
+        || req.uri().path().starts_with("/template-files/")
+    {
         return next.run(req).await;
     }
     let Some(given) = req.headers().get("x-api-key") else {

@@ -14,12 +14,12 @@ pub(super) async fn alias(
     Path(alias): Path<String>,
     _h: HeaderMap,
 ) -> Response {
-    if daemon.template_exists(&alias) {
-        json(
+    match daemon.template_alias(&alias).await {
+        Ok(Some(id)) => json(
             StatusCode::OK,
-            &serde_json::json!({"templateID": alias, "public": true}),
-        )
-    } else {
-        ApiError::TemplateNotFound(alias).into_response()
+            &serde_json::json!({"templateID": id, "public": true}),
+        ),
+        Ok(None) => ApiError::TemplateNotFound(alias).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -1,0 +1,98 @@
+//! Images as templates (`docs/templates.md`): a pull into the image store (`sandboxd-image`)
+//! and the runtime template made of its layers, once per image manifest.
+
+use crate::daemon::Daemon;
+use crate::error::DaemonError;
+use sandboxd_image::{Credentials, ImageConfig, ImageError, ImageStore, Progress, StoreLimits};
+use std::sync::Arc;
+
+/// The image store's directories under the data dir.
+const BLOBS_DIR: &str = "images";
+
+/// The runtime template name of an image with this manifest digest.
+pub(crate) fn image_template_name(manifest_digest: &str) -> String {
+    let hex = manifest_digest.strip_prefix("sha256:").unwrap_or(manifest_digest);
+    format!("i{}", &hex[..hex.len().min(24)])
+}
+
+impl From<ImageError> for DaemonError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::BadReference(_) | ImageError::BadImage(_) => DaemonError::InvalidInput(e.to_string()),
+            ImageError::NotFound(_) => DaemonError::NotFound(e.to_string()),
+            ImageError::Unauthorized(_) => DaemonError::SecurityDenied(e.to_string()),
+            ImageError::Registry(_) => DaemonError::Unavailable(e.to_string()),
+            ImageError::TooLarge(_) => DaemonError::InsufficientStorage(e.to_string()),
+            ImageError::Io(_) => DaemonError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl Daemon {
+    /// The image store (opened on first use).
+    pub(crate) fn image_store(&self) -> Result<&ImageStore, DaemonError> {
+        if let Some(s) = self.builds.images.get() {
+            return Ok(s);
+        }
+        let cfg = &self.config.builds;
+        if cfg.data_dir.as_os_str().is_empty() {
+            return Err(DaemonError::NotSupportedHere(
+                "this daemon has no data dir for images".into(),
+            ));
+        }
+        let store = ImageStore::open(
+            &cfg.data_dir.join(BLOBS_DIR),
+            &cfg.data_dir
+                .join("templates")
+                .join(sandboxd_runtime::IMAGE_LAYERS),
+            cfg.registry.clone(),
+            StoreLimits::default(),
+        )?;
+        Ok(self.builds.images.get_or_init(|| store))
+    }
+
+    /// Pulls `reference` (mirrors first) and returns the runtime template of its layers (made
+    /// the first time) and its config. `log` hears the progress.
+    pub(crate) async fn image_template(
+        self: &Arc<Self>,
+        reference: &str,
+        credentials: Option<Credentials>,
+        log: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(String, ImageConfig), DaemonError> {
+        let store = self.image_store()?.clone();
+        let progress = |p: Progress| match p {
+            Progress::Resolved {
+                reference,
+                layers,
+                total_bytes,
+            } => log(format!(
+                "Pulling {reference}: {layers} layers, {:.1} MB",
+                total_bytes as f64 / 1e6
+            )),
+            Progress::Layer { index, bytes, total } if bytes == total => log(format!(
+                "Layer {}: fetched {:.1} MB",
+                index + 1,
+                total as f64 / 1e6
+            )),
+            Progress::Layer { .. } => {}
+            Progress::Unpacked { index } => log(format!("Layer {}: unpacked", index + 1)),
+            Progress::Cached { index } => log(format!("Layer {}: already in the store", index + 1)),
+        };
+        let image = store.pull(reference, credentials, &progress).await?;
+        let name = image_template_name(&image.manifest_digest);
+        if !self.backend.has_template(&name) {
+            let layers: Vec<String> = image
+                .layers
+                .iter()
+                .map(|l| format!("{}/{}", sandboxd_runtime::IMAGE_LAYERS, l.diff_id))
+                .collect();
+            if let Err(e) = self.backend.create_image_template(&name, &layers).await {
+                // another build made it meanwhile
+                if !self.backend.has_template(&name) {
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok((name, image.config))
+    }
+}
