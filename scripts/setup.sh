@@ -4,7 +4,8 @@
 #   what `sudo` and `python` are inside the base template), and tools the base template and tests
 #   use (git, curl, tput, xattr tools, bubblewrap for the benchmark baseline), nftables (the
 #   sandboxes' packet filter and, with iproute2's tc, their bandwidth limits), dnsmasq-base,
-#   openssl and iperf3 (the network tests' fake internet: DNS, a TLS server, rate tests).
+#   openssl and iperf3 (the network tests' fake internet: DNS, a TLS server, rate tests); with
+#   --tests also docker-registry, skopeo, umoci, busybox-static and musl-tools (template tests).
 # - With --tests: the official E2B SDKs of every tested row (README "Supported SDKs"): Python venvs
 #   .venv (oldest supported) and .venv-newest, and tests/js/node_modules (npm ci).
 set -euo pipefail
@@ -14,6 +15,9 @@ want_tests=0
 [ "${1:-}" = "--tests" ] && want_tests=1
 
 apt_pkgs=(sudo python3 python-is-python3 python3-venv git curl ncurses-bin vim attr libcap2-bin iproute2 bubblewrap procps nftables dnsmasq-base openssl iperf3)
+# The template tests' own registry and images (docs/templates.md): a real registry on loopback,
+# images made with umoci from busybox and programs built with gcc/musl-gcc, pushed with skopeo.
+[ "$want_tests" = 1 ] && apt_pkgs+=(docker-registry skopeo umoci busybox-static musl-tools gcc libc6-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

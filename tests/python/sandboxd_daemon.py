@@ -85,3 +85,42 @@ def _kill_all(url: str, key: str) -> None:
                 pass
     except Exception:
         pass
+
+
+class Daemon:
+    """A `sandboxd serve` of its own with extra flags (free loopback port, throwaway data dir),
+    for test modules that need flags the session daemon does not have."""
+
+    def __init__(self, extra_args=(), env=None):
+        import tempfile
+
+        self.data_dir = tempfile.mkdtemp(prefix="sandboxd-pytest-own-")
+        self.log_path = self.data_dir + ".log"
+        port = _free_port()
+        self.url, self.key = f"http://127.0.0.1:{port}", "e2b_" + os.urandom(20).hex()
+        full_env = dict(os.environ, SANDBOXD_API_KEY=self.key, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        full_env.update(env or {})
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", self.data_dir, *extra_args],
+                env=full_env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        _wait_healthy(self.url, self.proc, self.log_path)
+
+    def stop(self):
+        import shutil
+
+        _kill_all(self.url, self.key)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        try:
+            os.unlink(self.log_path)
+        except OSError:
+            pass

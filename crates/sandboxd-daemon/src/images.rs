@@ -78,7 +78,23 @@ impl Daemon {
             Progress::Unpacked { index } => log(format!("Layer {}: unpacked", index + 1)),
             Progress::Cached { index } => log(format!("Layer {}: already in the store", index + 1)),
         };
-        let image = store.pull(reference, credentials, &progress).await?;
+        let image = match store.pull(reference, credentials, &progress).await {
+            Ok(i) => i,
+            // the registry is unreachable: an image pulled before still builds
+            Err(ImageError::Registry(e)) => {
+                let normalized = sandboxd_image::normalize_reference(reference)?;
+                match store.local_image(&normalized) {
+                    Some(i) => {
+                        log(format!(
+                            "The registry is unreachable ({e}); using {normalized} as pulled before"
+                        ));
+                        i
+                    }
+                    None => return Err(ImageError::Registry(e).into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
         let name = image_template_name(&image.manifest_digest);
         if !self.backend.has_template(&name) {
             let layers: Vec<String> = image

@@ -19,18 +19,7 @@ use std::time::Duration;
 /// Attempts per blob before a pull gives up.
 const BLOB_ATTEMPTS: u32 = 3;
 
-/// rustls needs one process-wide crypto provider: ring, as the rest of the workspace uses
-/// (aws-lc-rs would add a C toolchain build; registries do not need post-quantum key exchange).
-#[expect(
-    deprecated,
-    reason = "ring's provider lacks post-quantum key exchange, which registries do not need"
-)]
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 fn client_for(source: &Source) -> Client {
-    install_crypto_provider();
     let protocol = if source.insecure {
         oci_client::client::ClientProtocol::HttpsExcept(vec![source.host.clone()])
     } else {

@@ -30,29 +30,41 @@ pub struct UserIds {
 }
 
 impl User {
-    /// Resolves `spec` (a name or a numeric uid). An unknown numeric uid still works, with home
-    /// `/home/user` (the sandbox convention).
+    /// Resolves `spec` (a name or a numeric uid) from `/etc/passwd`. An unknown numeric uid
+    /// still works, with home `/home/user` (the sandbox convention).
     pub fn resolve(spec: &str) -> Result<User, Error> {
-        use nix::unistd::{Uid, User as PwUser};
-        let entry = match spec.parse::<u32>() {
-            Ok(uid) => PwUser::from_uid(Uid::from_raw(uid)).ok().flatten(),
-            Err(_) => PwUser::from_name(spec).ok().flatten(),
-        };
-        match (entry, spec.parse::<u32>()) {
-            (Some(u), _) => Ok(User {
-                ids: UserIds {
-                    uid: u.uid.as_raw(),
-                    gid: u.gid.as_raw(),
-                },
-                name: u.name,
-                home: u.dir,
-            }),
-            (None, Ok(uid)) => Ok(User {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        Self::resolve_in(&passwd, spec)
+    }
+
+    /// [`User::resolve`] against the text of a passwd file. The file is read directly, not
+    /// through NSS: sandboxd is linked statically and runs in images whose libc is not its own.
+    pub fn resolve_in(passwd: &str, spec: &str) -> Result<User, Error> {
+        let numeric = spec.parse::<u32>().ok();
+        let entry = passwd.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() < 7 {
+                return None;
+            }
+            let (uid, gid) = (f[2].parse::<u32>().ok()?, f[3].parse::<u32>().ok()?);
+            let hit = match numeric {
+                Some(n) => uid == n,
+                None => f[0] == spec,
+            };
+            hit.then(|| User {
+                ids: UserIds { uid, gid },
+                name: f[0].to_string(),
+                home: PathBuf::from(f[5]),
+            })
+        });
+        match (entry, numeric) {
+            (Some(u), _) => Ok(u),
+            (None, Some(uid)) => Ok(User {
                 ids: UserIds { uid, gid: uid },
                 name: "user".into(),
                 home: PathBuf::from("/home/user"),
             }),
-            (None, Err(_)) => Err(Error::Config(format!("unknown user {spec:?}"))),
+            (None, None) => Err(Error::Config(format!("unknown user {spec:?}"))),
         }
     }
 }
@@ -423,6 +435,18 @@ mod tests {
         let cmd = l.command_for(Language::Typescript).unwrap();
         assert_eq!(cmd.program, deno);
         assert_eq!(cmd.transport, Transport::TCP);
+    }
+
+    #[test]
+    fn users_come_from_the_passwd_text() {
+        let p = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\nbad line\n";
+        assert_eq!(User::resolve_in(p, "user").unwrap().ids.uid, 1000);
+        assert_eq!(User::resolve_in(p, "0").unwrap().home, PathBuf::from("/root"));
+        assert_eq!(
+            User::resolve_in(p, "4242").unwrap().home,
+            PathBuf::from("/home/user")
+        );
+        assert!(User::resolve_in(p, "nobody").is_err());
     }
 
     #[test]

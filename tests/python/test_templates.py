@@ -1,0 +1,311 @@
+"""Templates from OCI images and the template build API with the official SDK's `Template`
+builder (docs/templates.md): a real registry on loopback holds images this module makes
+(oci_images.py), and a daemon started with `--registry-mirror docker.io=<that registry>`
+resolves Docker short names such as `tiny:1` there."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+from e2b import Sandbox, Template, wait_for_file
+from e2b.exceptions import BuildException
+
+import oci_images
+import sandboxd_daemon
+
+
+@pytest.fixture(scope="module")
+def images_daemon(sandboxd):
+    """A daemon whose docker.io mirror is a loopback registry with the test images; E2B_*
+    point at it during this module."""
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
+    work = tempfile.mkdtemp(prefix="sandboxd-images-")
+    registry = oci_images.Registry()
+    daemon = None
+    try:
+        oci_images.push_all(registry, oci_images.make_images(work))
+        daemon = sandboxd_daemon.Daemon(["--registry-mirror", f"docker.io={registry.url}"])
+        sandboxd_daemon._set_env(daemon.url, daemon.key)
+        yield daemon
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if daemon is not None:
+            daemon.stop()
+        registry.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _name(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _build(template, name, **kw):
+    logs = []
+    Template.build(template, name, on_build_logs=lambda l: logs.append(l.message), **kw)
+    return logs
+
+
+def test_a_sandbox_of_an_image_has_the_image_and_nothing_of_the_host(images_daemon):
+    name = _name("tiny")
+    logs = _build(Template().from_image("tiny:1"), name)
+    assert any("Pulling docker.io/library/tiny:1" in l for l in logs), logs
+    s = Sandbox.create(name)
+    try:
+        r = s.commands.run("echo $TINY; id -un; echo $HOME; ls /usr 2>&1; cat /etc/remove-me 2>&1; ls /data/old")
+        out = r.stdout.splitlines()
+        assert out[0] == "1", r.stdout  # the image's Env
+        assert out[1] == "user" and out[2] == "/home/user", r.stdout
+        assert "No such file" in out[3], "the host's /usr is not mounted: " + r.stdout
+        assert "No such file" in out[4], "layer 2's whiteout hides /etc/remove-me: " + r.stdout
+        assert out[5:] == ["b"], "layer 2 replaced /data/old/a by b: " + r.stdout
+        assert s.files.read("/data/old/b") == "new\n"
+        # the sandbox is writable and its files stay its own
+        s.files.write("/data/new.txt", "mine")
+        assert s.commands.run("cat /data/new.txt").stdout == "mine"
+    finally:
+        s.kill()
+    s2 = Sandbox.create(name)
+    try:
+        assert not s2.files.exists("/data/new.txt")
+    finally:
+        s2.kill()
+
+
+def test_every_step_kind_builds_with_the_sdk(images_daemon, tmp_path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.sh").write_text("echo app")
+    (tmp_path / "app" / "sub").mkdir()
+    (tmp_path / "app" / "sub" / "deep.txt").write_text("deep")
+    os.symlink("main.sh", tmp_path / "app" / "link.sh")
+    (tmp_path / "tool").write_text("#!/bin/sh\necho tool-ran\n")
+    (tmp_path / "notes.txt").write_text("notes")
+    name = _name("steps")
+    t = (
+        Template(file_context_path=str(tmp_path))
+        .from_image("tiny:1")
+        .copy("app", "/home/user/app")
+        .copy("tool", "/usr/local/bin/tool", mode=0o755, user="root")
+        .copy("notes.txt", "/home/user/")
+        .set_envs({"GREETING": "hi there", "MODE": "test"})
+        .run_cmd("echo \"$GREETING\" > /home/user/greeting && id -un > /home/user/ran-as")
+        .run_cmd("touch /root-only", user="root")
+        .make_dir("/opt/data", user="root")
+        .make_symlink("/home/user/notes.txt", "/home/user/notes-link")
+        .rename("/home/user/greeting", "/home/user/greeting.txt")
+        .remove("/home/user/ran-as-not-there", force=True)
+        .set_workdir("/opt/work")
+        .run_cmd("pwd > /tmp/workdir", user="root")
+        .set_user("root")
+        .run_cmd("id -u > /tmp/uid")
+        .set_user("user")
+        .set_start_cmd("sh -c 'sleep 0.5; echo started > /tmp/started; sleep 1000'", wait_for_file("/tmp/started"))
+    )
+    logs = _build(t, name)
+    assert any("[5] RUN" in l for l in logs), logs
+    s = Sandbox.create(name)
+    try:
+        read = s.files.read
+        assert read("/home/user/app/main.sh") == "echo app"
+        assert read("/home/user/app/sub/deep.txt") == "deep"
+        assert s.commands.run("readlink /home/user/app/link.sh").stdout.strip() == "main.sh"
+        assert s.commands.run("tool").stdout.strip() == "tool-ran"
+        assert s.commands.run("stat -c '%a %U' /usr/local/bin/tool").stdout.strip() == "755 root"
+        assert s.commands.run("stat -c '%U' /home/user/app/main.sh /home/user /home/user/notes.txt").stdout.split() == [
+            "user",
+            "user",
+            "user",
+        ]
+        assert read("/home/user/notes-link") == "notes"
+        assert read("/home/user/greeting.txt") == "hi there\n"
+        assert read("/home/user/ran-as") == "user\n"
+        assert s.files.exists("/root-only")
+        assert s.commands.run("stat -c %U /opt/data").stdout.strip() == "root"
+        assert read("/tmp/workdir").strip() == "/opt/work"
+        assert read("/tmp/uid").strip() == "0"
+        # the template's environment reaches sandbox commands; the start command ran
+        assert s.commands.run("echo $MODE").stdout.strip() == "test"
+        assert read("/tmp/started").strip() == "started"
+    finally:
+        s.kill()
+
+
+def test_an_unchanged_rebuild_is_cached_and_a_changed_step_rebuilds_what_follows(images_daemon):
+    name = _name("cache")
+
+    def template(last):
+        return (
+            Template()
+            .from_image("tiny:1")
+            .run_cmd("echo one > /home/user/one")
+            .run_cmd("echo two > /home/user/two")
+            .run_cmd(f"echo {last} > /home/user/last")
+        )
+
+    first = _build(template("a"), name)
+    assert not any(l.startswith("CACHED") for l in first), first
+    t0 = time.monotonic()
+    second = _build(template("a"), name)
+    took = time.monotonic() - t0
+    assert sum(l.startswith("CACHED") for l in second) == 3, second
+    assert took < 5, f"an unchanged rebuild took {took:.1f} s"
+    third = _build(template("b"), name)
+    cached = [l for l in third if l.startswith("CACHED")]
+    assert len(cached) == 2 and "last" not in " ".join(cached), third
+    s = Sandbox.create(name)
+    try:
+        assert s.files.read("/home/user/last") == "b\n"
+    finally:
+        s.kill()
+    forced = _build(template("b"), name, skip_cache=True)
+    assert not any(l.startswith("CACHED") for l in forced), forced
+
+
+def test_templates_build_on_templates(images_daemon):
+    parent = _name("parent")
+    _build(Template().from_image("tiny:1").set_envs({"LAYER": "parent"}).run_cmd("echo p > /home/user/p"), parent)
+    child = _name("child")
+    _build(Template().from_template(parent).run_cmd("echo c-$LAYER > /home/user/c"), child)
+    on_base = _name("onbase")
+    _build(Template().from_template("base").run_cmd("echo b > /home/user/b"), on_base)
+    s, b = Sandbox.create(child), Sandbox.create(on_base)
+    try:
+        assert s.files.read("/home/user/p") == "p\n"
+        assert s.files.read("/home/user/c") == "c-parent\n", "the parent's ENV reaches the child's steps"
+        assert s.commands.run("echo $LAYER").stdout.strip() == "parent"
+        assert b.files.read("/home/user/b") == "b\n"
+        # on base, the host's /usr is there as in every base sandbox
+        assert b.commands.run("test -x /usr/bin/python3 && echo yes").stdout.strip() == "yes"
+    finally:
+        s.kill()
+        b.kill()
+
+
+def test_a_failing_step_says_which_step_and_what_it_printed(images_daemon):
+    t = Template().from_image("tiny:1").run_cmd("echo fine").run_cmd("echo boom-on-stderr >&2; exit 3")
+    with pytest.raises(BuildException) as e:
+        _build(t, _name("fails"))
+    msg = str(e.value)
+    assert "step 2" in msg and "exited with 3" in msg and "boom-on-stderr" in msg, msg
+
+
+def test_an_image_that_does_not_exist_fails_the_build_clearly(images_daemon):
+    with pytest.raises(BuildException) as e:
+        _build(Template().from_image("no-such-image:9"), _name("missing"))
+    assert "not found" in str(e.value), str(e.value)
+
+
+def test_background_builds_tags_exists_and_delete(images_daemon):
+    name = _name("bg")
+    info = Template.build_in_background(Template().from_image("tiny:1").run_cmd("echo v1 > /home/user/v"), name)
+    deadline = time.monotonic() + 30
+    while True:
+        st = Template.get_build_status(info)
+        if st.status.value in ("ready", "error"):
+            break
+        assert time.monotonic() < deadline, "the build did not end"
+        time.sleep(0.2)
+    assert st.status.value == "ready", st
+    assert Template.exists(name)
+    assert not Template.exists(_name("never-built"))
+    Template.assign_tags(f"{name}:default", ["stable"])
+    tags = {t.tag for t in Template.get_tags(name)}
+    assert {"default", "stable"} <= tags, tags
+    # a second build moves "default" only; "stable" still names the first
+    _build(Template().from_image("tiny:1").run_cmd("echo v2 > /home/user/v"), name)
+    a, b = Sandbox.create(f"{name}:stable"), Sandbox.create(name)
+    try:
+        assert a.files.read("/home/user/v") == "v1\n"
+        assert b.files.read("/home/user/v") == "v2\n"
+        Template.remove_tags(name, ["stable"])
+        with pytest.raises(Exception):
+            Sandbox.create(f"{name}:stable")
+        # deleting the template: new sandboxes cannot start from it, running ones go on
+        status, _ = sandboxd_daemon.call_api("DELETE", f"/templates/{name}")
+        assert status == 204
+        assert not Template.exists(name)
+        assert b.commands.run("cat /home/user/v").stdout == "v2\n"
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_musl_and_shell_less_images(images_daemon):
+    name = _name("musl")
+    _build(Template().from_image("musl:1").run_cmd("/usr/local/bin/hello-musl > /home/user/out"), name)
+    s = Sandbox.create(name)
+    try:
+        assert s.files.read("/home/user/out") == "hello from musl\n"
+    finally:
+        s.kill()
+    # no shell at all: the sandbox starts (the agent needs nothing of the image) and its files
+    # work; commands cannot run since the SDK asks for bash, and a RUN step says it needs /bin/sh
+    bare = _name("static")
+    _build(Template().from_image("static:1"), bare)
+    s = Sandbox.create(bare)
+    try:
+        assert "hello" in [e.name for e in s.files.list("/")]
+        s.files.write("/tmp/x", "ok")
+        assert s.files.read("/tmp/x") == "ok"
+        with pytest.raises(Exception):
+            s.commands.run("echo hi")
+    finally:
+        s.kill()
+    with pytest.raises(BuildException) as e:
+        _build(Template().from_image("static:1").run_cmd("echo hi"), _name("noshell"))
+    assert "/bin/sh" in str(e.value), str(e.value)
+
+
+def test_cpu_and_memory_of_the_template_apply(images_daemon):
+    name = _name("res")
+    _build(Template().from_image("tiny:1"), name, cpu_count=1, memory_mb=256)
+    s = Sandbox.create(name)
+    try:
+        kb = int(s.commands.run("grep MemTotal /proc/meminfo").stdout.split()[1])
+        assert 200 * 1024 <= kb <= 256 * 1024, kb
+        assert s.commands.run("grep -c ^processor /proc/cpuinfo; cat /sys/fs/cgroup/cpu.max 2>/dev/null; true").exit_code == 0
+    finally:
+        s.kill()
+
+
+def test_bad_build_requests_are_refused(images_daemon):
+    call = sandboxd_daemon.call_api
+    status, body = call("POST", "/v3/templates", {"name": "base"})
+    assert status == 409, body
+    status, body = call("POST", "/v3/templates", {"name": "Bad Name!"})
+    assert status == 400, body
+    status, body = call("POST", "/v3/templates", {"name": _name("bad"), "cpuCount": 10_000})
+    assert status == 400, body
+    status, body = call("POST", "/v3/templates", {"name": _name("bad")})
+    assert status == 202, body
+    import json
+
+    b = json.loads(body)
+    tid, bid = b["templateID"], b["buildID"]
+    for steps, want in [
+        ([{"type": "FROM", "args": ["x"]}], "unknown step type"),
+        ([{"type": "COPY", "args": ["a", "/b"]}], "filesHash"),
+        ([{"type": "ENV", "args": ["A"]}], "unexpected arguments"),
+    ]:
+        status, body = call("POST", f"/v2/templates/{tid}/builds/{bid}", {"fromImage": "tiny:1", "steps": steps})
+        assert status == 400 and want.encode() in body, body
+    status, body = call("POST", f"/v2/templates/{tid}/builds/{bid}", {"steps": []})
+    assert status == 400, body
+    status, body = call("GET", f"/templates/{tid}/files/not-a-hash")
+    assert status == 400, body
+    status, body = call("POST", f"/v2/templates/{tid}/builds/nope", {"fromImage": "tiny:1"})
+    assert status == 404, body
+    # an upload link's token is the only credential of its URL
+    req = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "--data", "x",
+         os.environ["E2B_API_URL"] + "/template-files/not-a-token"],
+        capture_output=True, text=True,
+    )
+    assert req.stdout == "404", req.stdout
