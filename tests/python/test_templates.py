@@ -19,15 +19,24 @@ import sandboxd_daemon
 
 
 @pytest.fixture(scope="module")
-def images_daemon(sandboxd):
+def image_layout():
+    """The OCI layout of the test images (made once per module)."""
+    work = tempfile.mkdtemp(prefix="sandboxd-layout-")
+    try:
+        yield oci_images.make_images(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def images_daemon(sandboxd, image_layout):
     """A daemon whose docker.io mirror is a loopback registry with the test images; E2B_*
     point at it during this module."""
     saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
-    work = tempfile.mkdtemp(prefix="sandboxd-images-")
     registry = oci_images.Registry()
     daemon = None
     try:
-        oci_images.push_all(registry, oci_images.make_images(work))
+        oci_images.push_all(registry, image_layout)
         daemon = sandboxd_daemon.Daemon(["--registry-mirror", f"docker.io={registry.url}"])
         sandboxd_daemon._set_env(daemon.url, daemon.key)
         yield daemon
@@ -40,7 +49,6 @@ def images_daemon(sandboxd):
         if daemon is not None:
             daemon.stop()
         registry.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _name(prefix):
@@ -273,6 +281,36 @@ def test_cpu_and_memory_of_the_template_apply(images_daemon):
         assert s.commands.run("grep -c ^processor /proc/cpuinfo; cat /sys/fs/cgroup/cpu.max 2>/dev/null; true").exit_code == 0
     finally:
         s.kill()
+
+
+def test_an_imported_archive_builds_without_a_registry(images_daemon, image_layout, tmp_path):
+    import json
+    import urllib.request
+
+    archive = tmp_path / "musl.tar"
+    subprocess.run(
+        ["skopeo", "copy", f"oci:{image_layout}:musl", f"docker-archive:{archive}:example.org/team/musl-app:7"],
+        check=True, capture_output=True,
+    )
+    req = urllib.request.Request(
+        os.environ["E2B_API_URL"] + "/images/import", data=archive.read_bytes(), method="POST",
+        headers={"X-API-Key": os.environ["E2B_API_KEY"], "Content-Type": "application/x-tar"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 201
+        image = json.loads(r.read())
+    assert image["reference"] == "example.org/team/musl-app:7", image
+    name = _name("imported")
+    logs = _build(Template().from_image(image["reference"]).run_cmd("hello-musl > /home/user/out"), name)
+    assert any("imported from an archive" in l for l in logs), logs
+    s = Sandbox.create(name)
+    try:
+        assert s.files.read("/home/user/out") == "hello from musl\n"
+    finally:
+        s.kill()
+    # not an archive
+    status, body = sandboxd_daemon.call_api("POST", "/images/import", {"not": "a tar"})
+    assert status == 400, body
 
 
 def test_bad_build_requests_are_refused(images_daemon):

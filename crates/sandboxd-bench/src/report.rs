@@ -189,6 +189,9 @@ pub struct Report {
     /// (sandboxes with loopback only), to show what a sandbox's network link costs.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub create_no_network: Option<Summary>,
+    /// Sandboxes of an image template (and its import and builds), next to `create`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub create_image_template: Option<crate::image_template::ImageTemplateSection>,
     pub exec: Option<ExecSection>,
     pub cycle: Option<CycleSection>,
     pub density: Option<DensitySection>,
@@ -318,6 +321,31 @@ impl Report {
                 rows.push(
                     Row::summary("create → ready, sequential, --no-network (baseline)", n)
                         .budget("network adds at most 2 ms p50"),
+                );
+            }
+            if let Some(i) = &self.create_image_template {
+                rows.push(
+                    Row::summary("create → ready, sequential, image template (2 layers)", &i.create)
+                        .vs_value(i.create.p50, c.sequential.p50, "base")
+                        .budget("within 2 ms of base p50"),
+                );
+                rows.push(Row::value(
+                    "image archive import (POST /images/import)",
+                    fmt_num(i.import_ms),
+                    "ms",
+                ));
+                rows.push(Row::value(
+                    "template build from the image",
+                    fmt_num(i.build_ms),
+                    "ms",
+                ));
+                rows.push(
+                    Row::value(
+                        "template rebuild, unchanged (all cached)",
+                        fmt_num(i.rebuild_unchanged_ms),
+                        "ms",
+                    )
+                    .budget("under 1 s"),
                 );
             }
             rows.push(Row::summary("kill (DELETE /sandboxes/{id}), sequential", &c.kill));
@@ -640,6 +668,7 @@ pub(crate) mod tests {
                 latency: None,
             },
             create_no_network: Some(s(4.0, "ms")),
+            create_image_template: None,
             exec: Some(ExecSection {
                 direct_true: s(1.5, "ms"),
                 sdk_bash_echo: s(5.0, "ms"),

@@ -47,7 +47,8 @@ impl Ctx {
         }
     }
 
-    async fn conn(&self) -> Result<Conn, BenchError> {
+    /// A new connection to the daemon.
+    pub async fn conn(&self) -> Result<Conn, BenchError> {
         Conn::connect(self.daemon.addr).await
     }
 
@@ -1013,6 +1014,7 @@ pub async fn run(cfg: Config) -> Report {
             latency: None,
         },
         create_no_network: None,
+        create_image_template: None,
         exec: None,
         cycle: None,
         density: None,
@@ -1092,6 +1094,10 @@ async fn measure_all(ctx: &Ctx, sizes: &[(u64, usize)], report: &mut Report) {
         match create(ctx).await {
             Ok(c) => report.create = Some(c),
             Err(e) => report.errors.push(format!("create: {e}")),
+        }
+        match crate::image_template::image_template(ctx).await {
+            Ok(c) => report.create_image_template = Some(c),
+            Err(e) => report.errors.push(format!("image template: {e}")),
         }
     }
     if want("exec") || want("listdir") || want("watch") {

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 /// The image store's directories under the data dir.
 const BLOBS_DIR: &str = "images";
+/// Largest image archive an import takes.
+pub const MAX_IMPORT_BYTES: u64 = 16 << 30;
 
 /// The runtime template name of an image with this manifest digest.
 pub(crate) fn image_template_name(manifest_digest: &str) -> String {
@@ -60,6 +62,12 @@ impl Daemon {
         log: &(dyn Fn(String) + Send + Sync),
     ) -> Result<(String, ImageConfig), DaemonError> {
         let store = self.image_store()?.clone();
+        // an imported image names no registry: it is used as imported
+        let normalized = sandboxd_image::normalize_reference(reference)?;
+        if let Some(image) = store.local_image(&normalized).filter(|i| i.imported) {
+            log(format!("Using {normalized}, imported from an archive"));
+            return self.image_runtime_template(image).await;
+        }
         let progress = |p: Progress| match p {
             Progress::Resolved {
                 reference,
@@ -81,20 +89,25 @@ impl Daemon {
         let image = match store.pull(reference, credentials, &progress).await {
             Ok(i) => i,
             // the registry is unreachable: an image pulled before still builds
-            Err(ImageError::Registry(e)) => {
-                let normalized = sandboxd_image::normalize_reference(reference)?;
-                match store.local_image(&normalized) {
-                    Some(i) => {
-                        log(format!(
-                            "The registry is unreachable ({e}); using {normalized} as pulled before"
-                        ));
-                        i
-                    }
-                    None => return Err(ImageError::Registry(e).into()),
+            Err(ImageError::Registry(e)) => match store.local_image(&normalized) {
+                Some(i) => {
+                    log(format!(
+                        "The registry is unreachable ({e}); using {normalized} as pulled before"
+                    ));
+                    i
                 }
-            }
+                None => return Err(ImageError::Registry(e).into()),
+            },
             Err(e) => return Err(e.into()),
         };
+        self.image_runtime_template(image).await
+    }
+
+    /// The runtime template of a stored image (made the first time).
+    async fn image_runtime_template(
+        &self,
+        image: sandboxd_image::Image,
+    ) -> Result<(String, ImageConfig), DaemonError> {
         let name = image_template_name(&image.manifest_digest);
         if !self.backend.has_template(&name) {
             let layers: Vec<String> = image
@@ -110,5 +123,51 @@ impl Daemon {
             }
         }
         Ok((name, image.config))
+    }
+
+    /// `POST /images/import`: stores a `docker save` or OCI-layout archive (streamed, bounded)
+    /// and imports it. Its reference then works in `fromImage` without a registry.
+    pub async fn import_image<S, E>(&self, mut body: S) -> Result<sandboxd_image::Image, DaemonError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let store = self.image_store()?.clone();
+        let tmp = self
+            .config
+            .builds
+            .data_dir
+            .join(BLOBS_DIR)
+            .join(format!(".tmp-import-{}", crate::ids::new_token()));
+        let r = async {
+            let mut f = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| DaemonError::Internal(format!("storing an image archive: {e}")))?;
+            let mut total = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk =
+                    chunk.map_err(|e| DaemonError::InvalidInput(format!("reading the archive: {e}")))?;
+                total += chunk.len() as u64;
+                if total > MAX_IMPORT_BYTES {
+                    return Err(DaemonError::InsufficientStorage(format!(
+                        "an image archive may have at most {} MiB",
+                        MAX_IMPORT_BYTES >> 20
+                    )));
+                }
+                f.write_all(&chunk)
+                    .await
+                    .map_err(|e| DaemonError::Internal(format!("storing an image archive: {e}")))?;
+            }
+            f.flush()
+                .await
+                .map_err(|e| DaemonError::Internal(format!("storing an image archive: {e}")))?;
+            let noop = |_p: Progress| {};
+            Ok(store.import_archive(&tmp, &noop).await?)
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        r
     }
 }

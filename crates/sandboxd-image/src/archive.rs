@@ -96,6 +96,16 @@ struct Found {
     layers: Vec<String>,
 }
 
+/// The reference of an imported image that names none: `localhost/<name>:latest`, or
+/// `localhost/imported:<digest prefix>`.
+fn local_name(name: Option<&str>, digest: &str) -> String {
+    name.and_then(|n| crate::reference::normalize_reference(&format!("localhost/{n}")).ok())
+        .unwrap_or_else(|| {
+            let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+            format!("localhost/imported:{}", &hex[..hex.len().min(12)])
+        })
+}
+
 fn docker_save(dir: &Path) -> Result<Found, ImageError> {
     let m = read_json(dir, "manifest.json", 1 << 20)?;
     let first = m
@@ -122,7 +132,7 @@ fn docker_save(dir: &Path) -> Result<Found, ImageError> {
     let digest = format!("sha256:{}", sha256_file(&safe_join(dir, config)?)?);
     let reference = match tag {
         Some(t) => crate::reference::normalize_reference(t)?,
-        None => format!("imported@{digest}"),
+        None => local_name(None, &digest),
     };
     Ok(Found {
         reference,
@@ -245,14 +255,18 @@ impl ImageStore {
                 std::fs::rename(&src, &tmp).map_err(io(&tmp))
             }
         };
-        self.install_image(
-            found.reference,
-            found.manifest_digest,
-            &config,
-            found.layers.len(),
-            progress,
-            fetch,
-        )
-        .await
+        let mut image = self
+            .install_image(
+                found.reference,
+                found.manifest_digest,
+                &config,
+                found.layers.len(),
+                progress,
+                fetch,
+            )
+            .await?;
+        image.imported = true;
+        self.save_record(&image)?;
+        Ok(image)
     }
 }

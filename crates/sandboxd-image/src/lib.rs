@@ -82,6 +82,9 @@ pub struct Image {
     pub layers: Vec<Layer>,
     /// What the image config says about running it.
     pub config: ImageConfig,
+    /// Imported from an archive (not pulled): its reference names no registry to pull from.
+    #[serde(default)]
+    pub imported: bool,
 }
 
 /// One unpacked layer.

@@ -283,6 +283,7 @@ impl ImageStore {
             manifest_digest,
             layers,
             config,
+            imported: false,
         };
         self.save_record(&image)?;
         Ok(image)

@@ -12,6 +12,7 @@
 
 pub mod extract;
 pub mod idempotency;
+pub mod images;
 pub mod logs;
 pub mod metrics;
 pub mod network;
@@ -59,6 +60,7 @@ pub fn router(daemon: Arc<Daemon>, api_key: &str, max_body: usize) -> Router {
         .route("/sandboxes/{id}/network", put(network::update))
         .route("/templates/aliases/{alias}", get(templates::alias))
         .route("/templates", get(template_builds::list))
+        .route("/images/import", post(images::import))
         .route("/v3/templates", post(template_builds::request))
         .route("/templates/{id}/files/{hash}", get(template_builds::upload_link))
         .route("/template-files/{token}", put(template_builds::upload))
