@@ -313,6 +313,68 @@ def test_an_imported_archive_builds_without_a_registry(images_daemon, image_layo
     assert status == 400, body
 
 
+def _unique_archive(path):
+    """A docker-save archive of a one-layer image whose layer no other test has."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    def tar_bytes(files):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for name, data in files:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    layer = tar_bytes([("unique.txt", uuid.uuid4().hex.encode())])
+    diff = hashlib.sha256(layer).hexdigest()
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff}"]}, "config": {}}).encode()
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": [f"localhost/gc-{diff[:8]}:1"], "Layers": ["l/layer.tar"]}]).encode()
+    path.write_bytes(tar_bytes([("manifest.json", manifest), ("config.json", config), ("l/layer.tar", layer)]))
+    return diff
+
+
+def _import(archive):
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        os.environ["E2B_API_URL"] + "/images/import", data=archive.read_bytes(), method="POST",
+        headers={"X-API-Key": os.environ["E2B_API_KEY"]},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())["reference"]
+
+
+def test_deleting_a_template_frees_its_image_layers_but_not_a_running_sandboxs(images_daemon, tmp_path):
+    layers = os.path.join(images_daemon.data_dir, "templates", "_image-layers")
+    diff = _unique_archive(tmp_path / "a.tar")
+    name = _name("gc")
+    _build(Template().from_image(_import(tmp_path / "a.tar")), name)
+    assert os.path.isdir(os.path.join(layers, diff))
+    s = Sandbox.create(name)
+    try:
+        assert sandboxd_daemon.call_api("DELETE", f"/templates/{name}")[0] == 204
+        time.sleep(1)
+        # the sandbox still runs on its layers
+        assert os.path.isdir(os.path.join(layers, diff))
+        assert len(s.files.read("/unique.txt")) == 32
+    finally:
+        s.kill()
+    diff2 = _unique_archive(tmp_path / "b.tar")
+    name2 = _name("gc")
+    _build(Template().from_image(_import(tmp_path / "b.tar")), name2)
+    assert os.path.isdir(os.path.join(layers, diff2))
+    assert sandboxd_daemon.call_api("DELETE", f"/templates/{name2}")[0] == 204
+    deadline = time.monotonic() + 10
+    while os.path.isdir(os.path.join(layers, diff2)) or os.path.isdir(os.path.join(layers, diff)):
+        assert time.monotonic() < deadline, "unused image layers were not removed"
+        time.sleep(0.1)
+
+
 def test_bad_build_requests_are_refused(images_daemon):
     call = sandboxd_daemon.call_api
     status, body = call("POST", "/v3/templates", {"name": "base"})

@@ -14,8 +14,10 @@
 //! - `runner.rs`: running a build's steps.
 //! - `copy_step.rs`: staging the files of a `COPY` step.
 //! - `logs.rs`: build logs.
+//! - `gc.rs`: removing what deleted templates leave.
 
 mod copy_step;
+pub mod gc;
 mod logs;
 mod requests;
 mod runner;

@@ -464,7 +464,7 @@ impl Daemon {
     /// Deletes a built template (its builds and tags); `Ok(false)` if no built template has
     /// the name. Sandboxes running from it keep their layers; the runtime templates stay as
     /// the build cache.
-    pub async fn delete_built_template(&self, raw: &str) -> Result<bool, DaemonError> {
+    pub async fn delete_built_template(self: &Arc<Self>, raw: &str) -> Result<bool, DaemonError> {
         let Ok((name, _)) = crate::templates::parse_template_ref(raw) else {
             return Ok(false);
         };
@@ -476,6 +476,12 @@ impl Daemon {
             .call(move |s| s.delete_built_template(&template_id))
             .await?;
         tracing::info!(template = %name, "built template deleted");
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.collect_template_garbage().await {
+                tracing::warn!("clean-up after a template delete: {e}");
+            }
+        });
         Ok(true)
     }
 

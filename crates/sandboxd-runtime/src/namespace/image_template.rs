@@ -254,6 +254,25 @@ impl NamespaceBackend {
     }
 }
 
+/// The image layers (diff ids) some template under `templates` stacks: those that must stay.
+pub fn image_layers_in_use(templates: &Path) -> std::collections::BTreeSet<String> {
+    let mut keep = std::collections::BTreeSet::new();
+    let Ok(rd) = std::fs::read_dir(templates) else {
+        return keep;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Ok(Some(l)) = super::snapshot::read_layers(templates, &name) {
+            for layer in l.root.iter().chain(&l.usr) {
+                if let Some(d) = layer.strip_prefix(IMAGE_LAYERS).and_then(|r| r.strip_prefix('/')) {
+                    keep.insert(d.to_string());
+                }
+            }
+        }
+    }
+    keep
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
