@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 
 import pytest
-from e2b import Sandbox
+from e2b import Sandbox, Template
 from e2b.exceptions import InvalidArgumentException, SandboxException
 
 import fake_internet as inet
@@ -160,5 +160,32 @@ def test_domain_allow_list_installs_from_an_allowed_index_only(egress_daemon):
         sbx.update_network({"allow_out": ["web.test"], "deny_out": ["0.0.0.0/0"]})
         assert sbx.commands.run("curl -sS --max-time 5 http://web.test/hello.txt").stdout == inet.HELLO
         assert sbx.commands.run(status + "http://pypi.test/simple/").stdout == "403"
+    finally:
+        sbx.kill()
+
+
+def test_a_template_build_installs_from_the_package_index(egress_daemon):
+    """The SDK's `pip_install` step in a template build reaches the (fake) internet's package
+    index like any sandbox (docs/templates.md)."""
+    name = f"pip-{os.urandom(4).hex()}"
+    t = (
+        Template()
+        .from_template("base")
+        .run_cmd("python3 -m venv /opt/venv", user="root")
+        .set_envs({
+            "PATH": "/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PIP_INDEX_URL": "http://pypi.test/simple",
+            "PIP_TRUSTED_HOST": "pypi.test",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        })
+        .pip_install(inet.PACKAGE)
+    )
+    logs = []
+    Template.build(t, name, on_build_logs=lambda l: logs.append(l.message))
+    assert any("pip install" in l for l in logs), logs
+    sbx = Sandbox.create(name, timeout=60)
+    try:
+        r = sbx.commands.run(f"/opt/venv/bin/python -c 'import {inet.PACKAGE}; print({inet.PACKAGE}.GREETING)'")
+        assert r.stdout.strip() == "installed from the fake internet"
     finally:
         sbx.kill()
