@@ -5,6 +5,7 @@ resolves Docker short names such as `tiny:1` there."""
 
 import os
 import shutil
+import urllib.error
 import subprocess
 import tempfile
 import time
@@ -373,6 +374,84 @@ def test_deleting_a_template_frees_its_image_layers_but_not_a_running_sandboxs(i
     while os.path.isdir(os.path.join(layers, diff2)) or os.path.isdir(os.path.join(layers, diff)):
         assert time.monotonic() < deadline, "unused image layers were not removed"
         time.sleep(0.1)
+
+
+def _evil_layer(canary):
+    """A layer tar that tries to write `canary` (an absolute host path) every way a layer can."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        def add(info, data=b""):
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+        add(tarfile.TarInfo("ok.txt"), b"fine")
+        i = tarfile.TarInfo("escape")
+        i.type, i.linkname = tarfile.SYMTYPE, os.path.dirname(canary)
+        add(i)
+        add(tarfile.TarInfo("escape/" + os.path.basename(canary)), b"pwned")
+        add(tarfile.TarInfo("../../../../../.." + canary), b"pwned")
+        i = tarfile.TarInfo("hard")
+        i.type, i.linkname = tarfile.LNKTYPE, canary
+        add(i)
+        i = tarfile.TarInfo("dev/sda")
+        i.type, i.devmajor, i.devminor = tarfile.BLKTYPE, 8, 0
+        add(i)
+    return buf.getvalue()
+
+
+def test_hostile_layers_and_uploads_write_nothing_outside(images_daemon, tmp_path):
+    import hashlib
+    import io
+    import json
+    import tarfile
+    import urllib.request
+
+    canary = str(tmp_path / "canary")
+    layer = _evil_layer(canary)
+    diff = hashlib.sha256(layer).hexdigest()
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff}"]}}).encode()
+    manifest = json.dumps([{"Config": "c.json", "RepoTags": ["localhost/evil:1"], "Layers": ["l.tar"]}]).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in [("manifest.json", manifest), ("c.json", config), ("l.tar", layer)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    req = urllib.request.Request(
+        os.environ["E2B_API_URL"] + "/images/import", data=buf.getvalue(), method="POST",
+        headers={"X-API-Key": os.environ["E2B_API_KEY"]},
+    )
+    try:
+        urllib.request.urlopen(req, timeout=30)
+        raise AssertionError("a hostile image was imported")
+    except urllib.error.HTTPError as e:
+        msg = e.read()
+        assert e.code == 400 and b"bad image" in msg, msg
+    assert not os.path.exists(canary)
+    # the same tar as a COPY step's upload
+    call = sandboxd_daemon.call_api
+    status, body = call("POST", "/v3/templates", {"name": _name("evil")})
+    b = json.loads(body)
+    files_hash = hashlib.sha256(b"evil upload").hexdigest()
+    status, body = call("GET", f"/templates/{b['templateID']}/files/{files_hash}")
+    url = json.loads(body)["url"]
+    urllib.request.urlopen(urllib.request.Request(url, data=layer, method="PUT"), timeout=30)
+    start = {"fromImage": "tiny:1", "steps": [{"type": "COPY", "args": ["ok.txt", "/x/"], "filesHash": files_hash}]}
+    status, body = call("POST", f"/v2/templates/{b['templateID']}/builds/{b['buildID']}", start)
+    assert status == 202, body
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = call("GET", f"/templates/{b['templateID']}/builds/{b['buildID']}/status")
+        st = json.loads(body)
+        if st["status"] in ("ready", "error"):
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert st["status"] == "error" and st["reason"]["step"] == "1", st
+    assert not os.path.exists(canary)
 
 
 def test_bad_build_requests_are_refused(images_daemon):
