@@ -3,7 +3,8 @@ harness (crates/sandboxd/tests/fake_internet/mod.rs), so no test traffic leaves 
 
 - transit link: host `fkinet0` 198.18.0.1/30 <-> namespace `eth0` 198.18.0.2/30
 - the host routes 198.51.100.0/24 and 203.0.113.0/24 into the namespace
-- HTTP on port 80 of WEB and OTHER (docroot: hello.txt, and a package index under /simple)
+- HTTP on port 80 of WEB and OTHER (docroot: hello.txt, a package index under /simple, and a
+  git repository `demo.git` served over git's dumb HTTP protocol)
 - DNS (dnsmasq) on DNS: web.test and pypi.test -> WEB, other.test -> OTHER
 
 One at a time per host: an exclusive flock on /run/sandboxd-fake-internet.lock while it exists.
@@ -25,6 +26,7 @@ WEB, DNS, OTHER = "198.51.100.10", "198.51.100.53", "203.0.113.10"
 HOST_TRANSIT = "198.18.0.1"
 HELLO = "hello from the fake internet"
 PACKAGE = "sbxdemo"
+GIT_FILE_TEXT = "cloned from the fake internet\n"
 
 
 def _sh(cmd: str, check: bool = True) -> None:
@@ -66,6 +68,21 @@ def _wheel(root: str) -> None:
         f.write(f'<html><body><a href="{PACKAGE}/">{PACKAGE}</a></body></html>\n')
 
 
+def _git_repo(root: str) -> None:
+    """A bare repository `demo.git` (branch `main`, one commit with README) for dumb HTTP."""
+    work = tempfile.mkdtemp(prefix="sandboxd-fake-git-")
+    git = ["git", "-c", "user.name=fake", "-c", "user.email=fake@web.test", "-c", "init.defaultBranch=main"]
+    subprocess.run(git + ["init", "-q", work], check=True)
+    with open(os.path.join(work, "README"), "w") as f:
+        f.write(GIT_FILE_TEXT)
+    subprocess.run(git + ["-C", work, "add", "README"], check=True)
+    subprocess.run(git + ["-C", work, "commit", "-q", "-m", "first"], check=True)
+    bare = os.path.join(root, "demo.git")
+    subprocess.run(git + ["clone", "-q", "--bare", work, bare], check=True)
+    subprocess.run(["git", "-C", bare, "update-server-info"], check=True)
+    subprocess.run(["rm", "-rf", work], check=True)
+
+
 class FakeInternet:
     def __init__(self):
         self._lock = open("/run/sandboxd-fake-internet.lock", "a")
@@ -85,6 +102,7 @@ class FakeInternet:
         with open(os.path.join(root, "hello.txt"), "w") as f:
             f.write(HELLO)
         _wheel(root)
+        _git_repo(root)
         run = ["ip", "netns", "exec", NETNS]
         quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._procs = [

@@ -164,9 +164,9 @@ def test_domain_allow_list_installs_from_an_allowed_index_only(egress_daemon):
         sbx.kill()
 
 
-def test_a_template_build_installs_from_the_package_index(egress_daemon):
-    """The SDK's `pip_install` step in a template build reaches the (fake) internet's package
-    index like any sandbox (docs/templates.md)."""
+def test_a_template_build_installs_from_the_package_index_and_clones(egress_daemon):
+    """The SDK's `pip_install` and `git_clone` steps in a template build reach the (fake)
+    internet's package index and git server like any sandbox (docs/templates.md)."""
     name = f"pip-{os.urandom(4).hex()}"
     t = (
         Template()
@@ -179,6 +179,7 @@ def test_a_template_build_installs_from_the_package_index(egress_daemon):
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         })
         .pip_install(inet.PACKAGE)
+        .git_clone("http://web.test/demo.git", "/home/user/demo", branch="main")
     )
     logs = []
     Template.build(t, name, on_build_logs=lambda l: logs.append(l.message))
@@ -187,5 +188,6 @@ def test_a_template_build_installs_from_the_package_index(egress_daemon):
     try:
         r = sbx.commands.run(f"/opt/venv/bin/python -c 'import {inet.PACKAGE}; print({inet.PACKAGE}.GREETING)'")
         assert r.stdout.strip() == "installed from the fake internet"
+        assert sbx.files.read("/home/user/demo/README") == inet.GIT_FILE_TEXT
     finally:
         sbx.kill()
