@@ -66,6 +66,9 @@ def test_a_sandbox_of_an_image_has_the_image_and_nothing_of_the_host(images_daem
     name = _name("tiny")
     logs = _build(Template().from_image("tiny:1"), name)
     assert any("Pulling docker.io/library/tiny:1" in l for l in logs), logs
+    metrics = sandboxd_daemon.call_api("GET", "/metrics")[1].decode()
+    layer_bytes = [l for l in metrics.splitlines() if l.startswith("sandboxd_image_layer_bytes ")]
+    assert layer_bytes and int(layer_bytes[0].split()[1]) > 1_000_000, layer_bytes
     s = Sandbox.create(name)
     try:
         r = s.commands.run("echo $TINY; id -un; echo $HOME; ls /usr 2>&1; cat /etc/remove-me 2>&1; ls /data/old")
@@ -223,6 +226,10 @@ def test_background_builds_tags_exists_and_delete(images_daemon):
         time.sleep(0.2)
     assert st.status.value == "ready", st
     assert Template.exists(name)
+    import json
+
+    listed = [t for t in json.loads(sandboxd_daemon.call_api("GET", "/templates")[1]) if name in t["names"]]
+    assert len(listed) == 1 and listed[0]["sizeBytes"] > 1_000_000 and listed[0]["spawnCount"] == 0, listed
     assert not Template.exists(_name("never-built"))
     Template.assign_tags(f"{name}:default", ["stable"])
     tags = {t.tag for t in Template.get_tags(name)}
@@ -233,6 +240,8 @@ def test_background_builds_tags_exists_and_delete(images_daemon):
     try:
         assert a.files.read("/home/user/v") == "v1\n"
         assert b.files.read("/home/user/v") == "v2\n"
+        listed = [t for t in json.loads(sandboxd_daemon.call_api("GET", "/templates")[1]) if name in t["names"]]
+        assert listed[0]["spawnCount"] == 2 and listed[0]["lastSpawnedAt"], listed
         Template.remove_tags(name, ["stable"])
         with pytest.raises(Exception):
             Sandbox.create(f"{name}:stable")

@@ -31,7 +31,18 @@ impl Daemon {
         let (template_id, alias) = self.resolve_template(&params.template).await?;
         let mut defaults = self.config.template_defaults.for_template(&template_id);
         // a built template's resources, environment and start command (template_builds/)
-        let built = self.resolve_built(&params.template).await?.map(|(_, c, _)| c);
+        let built = self.resolve_built(&params.template).await?;
+        if let Some(b) = &built {
+            let (id, now) = (b.template_id.clone(), chrono::Utc::now().timestamp_micros());
+            if let Err(e) = self
+                .registry
+                .call(move |s| s.record_template_spawn(&id, now))
+                .await
+            {
+                tracing::warn!("counting a template spawn: {e}");
+            }
+        }
+        let built = built.map(|b| b.config);
         if let Some(c) = &built {
             defaults.cpu_count = c.cpu_count.unwrap_or(defaults.cpu_count);
             defaults.memory_mb = c.memory_mb.unwrap_or(defaults.memory_mb);

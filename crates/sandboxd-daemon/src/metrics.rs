@@ -47,7 +47,22 @@ impl Daemon {
         let states: Vec<(&str, usize)> = counts.into_iter().collect();
         let mut text = self.counters.render(&states, self.metrics.len());
         self.render_network(&mut text);
+        self.render_image_store(&mut text);
         text
+    }
+
+    /// The image store's layers and their size (`docs/templates.md`).
+    fn render_image_store(&self, o: &mut String) {
+        use std::fmt::Write;
+        let (layers, bytes) = self.builds.images.get().map(|s| s.usage()).unwrap_or((0, 0));
+        let _ = writeln!(
+            o,
+            "# HELP sandboxd_image_layers Unpacked image layers in the store.\n# TYPE sandboxd_image_layers gauge\nsandboxd_image_layers {layers}"
+        );
+        let _ = writeln!(
+            o,
+            "# HELP sandboxd_image_layer_bytes Bytes the image layers in the store unpacked to.\n# TYPE sandboxd_image_layer_bytes gauge\nsandboxd_image_layer_bytes {bytes}"
+        );
     }
 
     /// Per-sandbox traffic of the sandboxes' network links, from their latest samples.

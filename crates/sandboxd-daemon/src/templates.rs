@@ -44,8 +44,8 @@ impl Daemon {
             _ => return Err(DaemonError::TemplateNotFound(raw.trim().to_string())),
         }
         // templates of the template build API (template_builds/): a tag's ready build
-        if let Some((runtime, _, alias)) = self.resolve_built(raw).await? {
-            return Ok((runtime, alias));
+        if let Some(b) = self.resolve_built(raw).await? {
+            return Ok((b.runtime, b.name));
         }
         if tag.as_deref().is_some_and(|t| t != "default") || !self.backend.has_template(&name) {
             // a known template whose host layer is missing: say how to install it

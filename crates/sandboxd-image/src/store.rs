@@ -289,6 +289,17 @@ impl ImageStore {
         Ok(image)
     }
 
+    /// Layers in the store and the bytes they unpacked to (as recorded at unpack).
+    pub fn usage(&self) -> (usize, u64) {
+        let Ok(rd) = std::fs::read_dir(&self.layers) else {
+            return (0, 0);
+        };
+        rd.flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| is_hex64(n))
+            .fold((0, 0), |(n, b), d| (n + 1, b + self.stored_layer(&d).size))
+    }
+
     /// Removes unpacked layers not in `keep` (diff-id hexes) and the records of images that
     /// lost a layer; returns the bytes freed (as recorded at unpack).
     pub fn collect_garbage(&self, keep: &BTreeSet<String>) -> Result<u64, ImageError> {

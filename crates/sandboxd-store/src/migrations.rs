@@ -103,6 +103,12 @@ const MIGRATIONS: &[&str] = &[
          created_at_us INTEGER NOT NULL,
          PRIMARY KEY (template_id, tag)
      );",
+    // 6: how often and when sandboxes of each built template were created
+    "CREATE TABLE IF NOT EXISTS template_usage (
+         template_id TEXT PRIMARY KEY,
+         spawn_count INTEGER NOT NULL,
+         last_spawned_at_us INTEGER NOT NULL
+     );",
 ];
 
 /// The schema version this build writes.

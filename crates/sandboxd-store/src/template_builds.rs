@@ -260,6 +260,30 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Counts a sandbox created from a built template.
+    pub fn record_template_spawn(&self, template_id: &str, now_us: i64) -> Result<(), StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO template_usage (template_id, spawn_count, last_spawned_at_us) VALUES (?1, 1, ?2) \
+             ON CONFLICT (template_id) DO UPDATE SET spawn_count = spawn_count + 1, last_spawned_at_us = excluded.last_spawned_at_us",
+            params![template_id, now_us],
+        )?;
+        Ok(())
+    }
+
+    /// `(spawn count, last spawn µs)` of a built template.
+    pub fn template_usage(&self, template_id: &str) -> Result<(i64, Option<i64>), StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT spawn_count, last_spawned_at_us FROM template_usage WHERE template_id = ?1",
+                params![template_id],
+                |r| Ok((r.get(0)?, Some(r.get(1)?))),
+            )
+            .optional()?
+            .unwrap_or((0, None)))
+    }
+
     /// Deletes a template: its builds and tags. Returns the runtime templates its builds used.
     pub fn delete_built_template(&self, template_id: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn();
@@ -277,6 +301,10 @@ impl Store {
         )?;
         tx.execute(
             "DELETE FROM template_builds WHERE template_id = ?1",
+            params![template_id],
+        )?;
+        tx.execute(
+            "DELETE FROM template_usage WHERE template_id = ?1",
             params![template_id],
         )?;
         tx.commit()?;
@@ -343,7 +371,12 @@ mod tests {
         s.assign_tags("t1", "b1", &["stable".into()], 7).unwrap();
         assert_eq!(s.list_tags("t1").unwrap().len(), 3);
         assert_eq!(s.remove_tags("t1", &["stable".into(), "nope".into()]).unwrap(), 1);
+        s.record_template_spawn("t1", 10).unwrap();
+        s.record_template_spawn("t1", 11).unwrap();
+        assert_eq!(s.template_usage("t1").unwrap(), (2, Some(11)));
+        assert_eq!(s.template_usage("t2").unwrap(), (0, None));
         assert_eq!(s.delete_built_template("t1").unwrap(), vec!["bld-1".to_string()]);
+        assert_eq!(s.template_usage("t1").unwrap(), (0, None));
         assert_eq!(s.built_template_id("app").unwrap(), None);
         assert!(s.list_tags("t1").unwrap().is_empty());
     }

@@ -25,7 +25,7 @@ pub mod spec;
 mod start_command;
 
 pub use logs::LogLine;
-pub use requests::{BuildStatusView, RequestedBuild, TemplateSummary, UploadLink};
+pub use requests::{BuildStatusView, BuiltTemplate, RequestedBuild, TemplateSummary, UploadLink};
 pub use spec::{BuildRequest, BuildStart, StepSpec};
 
 use std::collections::HashMap;

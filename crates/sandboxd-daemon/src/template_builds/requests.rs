@@ -60,6 +60,19 @@ pub struct BuildStatusView {
     pub reason: Option<(String, Option<String>, Vec<LogLine>)>,
 }
 
+/// A ready build a template reference resolved to.
+#[derive(Debug, Clone)]
+pub struct BuiltTemplate {
+    /// The runtime template sandboxes are made from.
+    pub runtime: String,
+    /// The build's configuration.
+    pub config: BuildConfig,
+    /// The template's name.
+    pub name: String,
+    /// The template's stable id.
+    pub template_id: String,
+}
+
 /// A built template, for listings.
 #[derive(Debug, Clone)]
 pub struct TemplateSummary {
@@ -71,8 +84,12 @@ pub struct TemplateSummary {
     pub latest: BuildRow,
     /// Number of builds.
     pub builds: usize,
-    /// Its configuration (of the newest ready build).
+    /// Its configuration (of the newest build).
     pub config: BuildConfig,
+    /// Sandboxes created from it.
+    pub spawn_count: i64,
+    /// When the last one was (µs).
+    pub last_spawned_at_us: Option<i64>,
 }
 
 fn now_us() -> i64 {
@@ -367,12 +384,9 @@ impl Daemon {
         })
     }
 
-    /// The ready build a reference (`name[:tag]`, or the template id) names: its runtime
-    /// template, its configuration and the name. `None` when no built template has the name.
-    pub async fn resolve_built(
-        &self,
-        raw: &str,
-    ) -> Result<Option<(String, BuildConfig, String)>, DaemonError> {
+    /// The ready build a reference (`name[:tag]`, or the template id) names. `None` when no
+    /// built template has the name.
+    pub async fn resolve_built(&self, raw: &str) -> Result<Option<BuiltTemplate>, DaemonError> {
         let Ok((name, tag)) = crate::templates::parse_template_ref(raw) else {
             return Ok(None);
         };
@@ -382,21 +396,19 @@ impl Daemon {
             return Ok(None);
         };
         let tag = tag.unwrap_or_else(|| "default".into());
-        let t2 = tag.clone();
-        let row = self
-            .registry
-            .call(move |s| s.tagged_build(&template_id, &t2))
-            .await?;
+        let (t2, tag2) = (template_id.clone(), tag.clone());
+        let row = self.registry.call(move |s| s.tagged_build(&t2, &tag2)).await?;
         match row {
             Some(BuildRow {
-                runtime_template: Some(rt),
+                runtime_template: Some(runtime),
                 config,
                 ..
-            }) => Ok(Some((
-                rt,
-                serde_json::from_str(&config).unwrap_or_default(),
-                real_name,
-            ))),
+            }) => Ok(Some(BuiltTemplate {
+                runtime,
+                config: serde_json::from_str(&config).unwrap_or_default(),
+                name: real_name,
+                template_id,
+            })),
             _ => Err(DaemonError::TemplateNotFound(format!(
                 "{real_name}:{tag} (the template has no ready build with this tag)"
             ))),
@@ -501,7 +513,14 @@ impl Daemon {
                 latest: r,
                 builds: 1,
                 config,
+                spawn_count: 0,
+                last_spawned_at_us: None,
             });
+        }
+        for t in &mut out {
+            let id = t.template_id.clone();
+            (t.spawn_count, t.last_spawned_at_us) =
+                self.registry.call(move |s| s.template_usage(&id)).await?;
         }
         Ok(out)
     }

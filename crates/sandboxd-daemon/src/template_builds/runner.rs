@@ -43,7 +43,14 @@ impl Daemon {
         let outcome = self.build_steps(&build, config, &start).await;
         let now = chrono::Utc::now().timestamp_micros();
         let r = match outcome {
-            Ok((runtime, config)) => {
+            Ok((runtime, mut config)) => {
+                let templates = self.config.builds.data_dir.join("templates");
+                let rt = runtime.clone();
+                config.size_bytes = tokio::task::spawn_blocking(move || {
+                    sandboxd_runtime::namespace::image_template::template_layers_bytes(&templates, &rt)
+                })
+                .await
+                .ok();
                 self.log(
                     &build,
                     "finalize",
@@ -117,13 +124,13 @@ impl Daemon {
         } else {
             let t = start.from_template.clone().unwrap_or_default();
             match self.resolve_built(&t).await {
-                Ok(Some((runtime, parent, _))) => {
-                    ctx.envs = parent.envs;
-                    ctx.workdir = parent.workdir;
-                    if let Some(u) = parent.user {
+                Ok(Some(parent)) => {
+                    ctx.envs = parent.config.envs;
+                    ctx.workdir = parent.config.workdir;
+                    if let Some(u) = parent.config.user {
                         ctx.user = u;
                     }
-                    runtime
+                    parent.runtime
                 }
                 Ok(None) => {
                     let (id, _) = self

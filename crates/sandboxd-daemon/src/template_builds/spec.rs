@@ -85,6 +85,9 @@ pub struct BuildConfig {
     pub start_cmd: Option<String>,
     /// Passes once the start command is ready.
     pub ready_cmd: Option<String>,
+    /// Bytes of the layers the template stacks (set when the build is ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
 }
 
 /// Most steps of one build.

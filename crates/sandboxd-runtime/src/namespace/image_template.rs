@@ -254,6 +254,34 @@ impl NamespaceBackend {
     }
 }
 
+/// Bytes on disk of the layers template `name` stacks (its own, its images', other templates'
+/// it shares), each file counted once; the skeleton under them and the host `/usr` are not
+/// counted. Blocking: it walks the layers.
+pub fn template_layers_bytes(templates: &Path, name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(Some(l)) = super::snapshot::read_layers(templates, name) else {
+        return 0;
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut stack: Vec<std::path::PathBuf> = l.root.iter().chain(&l.usr).map(|x| templates.join(x)).collect();
+    while let Some(p) = stack.pop() {
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !seen.insert((md.dev(), md.ino())) {
+            continue;
+        }
+        total += md.blocks() * 512;
+        if md.is_dir()
+            && let Ok(rd) = std::fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    total
+}
+
 /// The image layers (diff ids) some template under `templates` stacks: those that must stay.
 pub fn image_layers_in_use(templates: &Path) -> std::collections::BTreeSet<String> {
     let mut keep = std::collections::BTreeSet::new();

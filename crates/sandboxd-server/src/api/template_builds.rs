@@ -199,7 +199,8 @@ pub(super) async fn tags(
     Ok(json(StatusCode::OK, &out))
 }
 
-/// `GET /templates`: the built templates (newest first) and the built-in ones.
+/// `GET /templates`: the built templates (newest first; with the size of their layers and
+/// their last use) and the built-in ones.
 pub(super) async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Response, ApiError> {
     let built = daemon.list_built_templates().await?;
     let t = |us: i64| format_time(DateTime::from_timestamp_micros(us).unwrap_or_default());
@@ -212,14 +213,15 @@ pub(super) async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Response, 
                 "buildStatus": s.latest.status,
                 "cpuCount": s.config.cpu_count.unwrap_or(2),
                 "memoryMB": s.config.memory_mb.unwrap_or(512),
-                "diskSizeMB": 0,
+                "diskSizeMB": s.config.size_bytes.unwrap_or(0).div_ceil(1 << 20),
+                "sizeBytes": s.config.size_bytes,
                 "public": false,
                 "aliases": [s.name.clone()],
                 "names": [s.name],
                 "createdAt": t(s.latest.created_at_us),
                 "updatedAt": t(s.latest.finished_at_us.unwrap_or(s.latest.created_at_us)),
-                "lastSpawnedAt": serde_json::Value::Null,
-                "spawnCount": 0,
+                "lastSpawnedAt": s.last_spawned_at_us.map(t),
+                "spawnCount": s.spawn_count,
                 "buildCount": s.builds,
                 "envdVersion": sandboxd_protocol::ENVD_VERSION,
             })
