@@ -107,7 +107,7 @@ async fn call(
 }
 
 /// One build of `name` from `image` (no steps); returns when it is ready.
-async fn build(ctx: &Ctx, name: &str, image: &str) -> Result<Duration, BenchError> {
+pub async fn build_from_image(ctx: &Ctx, name: &str, image: &str) -> Result<Duration, BenchError> {
     let t0 = Instant::now();
     let fail = |m: String| BenchError::Create(format!("template build: {m}"));
     let (s, v) = call(
@@ -174,8 +174,8 @@ pub async fn image_template(ctx: &Ctx) -> Result<ImageTemplateSection, BenchErro
     let import_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let reference = v["reference"].as_str().unwrap_or_default().to_string();
     let name = "sandboxd-bench-image";
-    let first = build(ctx, name, &reference).await?;
-    let again = build(ctx, name, &reference).await?;
+    let first = build_from_image(ctx, name, &reference).await?;
+    let again = build_from_image(ctx, name, &reference).await?;
     let body = serde_json::json!({"templateID": name});
     let mut conn = ctx.conn().await?;
     for _ in 0..3 {

@@ -18,6 +18,7 @@ pub mod api;
 pub mod baseline;
 pub mod daemon;
 pub mod http;
+pub mod image_pull;
 pub mod image_template;
 pub mod machine;
 pub mod procfs;

@@ -192,6 +192,9 @@ pub struct Report {
     /// Sandboxes of an image template (and its import and builds), next to `create`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub create_image_template: Option<crate::image_template::ImageTemplateSection>,
+    /// Pulling an image from a registry on loopback into a template.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub image_pull: Option<crate::image_pull::PullSection>,
     pub exec: Option<ExecSection>,
     pub cycle: Option<CycleSection>,
     pub density: Option<DensitySection>,
@@ -346,6 +349,19 @@ impl Report {
                         "ms",
                     )
                     .budget("under 1 s"),
+                );
+            }
+            if let Some(p) = &self.image_pull {
+                rows.push(
+                    Row::value(
+                        format!(
+                            "image pull from a loopback registry ({} MiB layer): fetch, unpack, template",
+                            p.bytes >> 20
+                        ),
+                        fmt_num(p.mb_per_s),
+                        "MB/s",
+                    )
+                    .budget("≥ 200 MB/s"),
                 );
             }
             rows.push(Row::summary("kill (DELETE /sandboxes/{id}), sequential", &c.kill));
@@ -669,6 +685,7 @@ pub(crate) mod tests {
             },
             create_no_network: Some(s(4.0, "ms")),
             create_image_template: None,
+            image_pull: None,
             exec: Some(ExecSection {
                 direct_true: s(1.5, "ms"),
                 sdk_bash_echo: s(5.0, "ms"),

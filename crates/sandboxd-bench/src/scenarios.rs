@@ -853,6 +853,35 @@ pub async fn no_network_creates(cfg: &Config, scratch: &Path) -> Result<Summary,
     Ok(s)
 }
 
+/// Image pull throughput (`image_pull.rs`): a daemon of its own whose `docker.io` mirror is a
+/// registry on loopback. `None` when `docker-registry` is not installed.
+pub async fn image_pull(
+    cfg: &Config,
+    scratch: &Path,
+) -> Result<Option<crate::image_pull::PullSection>, BenchError> {
+    let dir = scratch.join("registry");
+    let Some(registry) = crate::image_pull::LocalRegistry::start(&dir)? else {
+        return Ok(None);
+    };
+    let serve = vec![
+        "--registry-mirror".to_string(),
+        format!("docker.io=http://{}", registry.addr),
+        "--max-sandboxes".to_string(),
+        cfg.max_sandboxes.to_string(),
+    ];
+    let d = Daemon::start(&cfg.exe, scratch, "data-pull", &serve).await?;
+    let ctx = Ctx::new(d, cfg.clone());
+    let r = crate::image_pull::pull(&ctx, registry.addr).await;
+    let cleanup = finish_daemon(ctx, cfg.keep).await;
+    drop(registry);
+    let _ = std::fs::remove_dir_all(&dir);
+    let p = r?;
+    if let Some(e) = cleanup.first() {
+        return Err(BenchError::Daemon(e.clone()));
+    }
+    Ok(Some(p))
+}
+
 /// Kills the sandboxes, stops the daemon, removes its cgroup root and (unless `keep`) its data
 /// dir. Returns what went wrong.
 async fn finish_daemon(ctx: Ctx, keep: bool) -> Vec<String> {
@@ -1015,6 +1044,7 @@ pub async fn run(cfg: Config) -> Report {
         },
         create_no_network: None,
         create_image_template: None,
+        image_pull: None,
         exec: None,
         cycle: None,
         density: None,
@@ -1040,6 +1070,13 @@ pub async fn run(cfg: Config) -> Report {
                 match no_network_creates(&cfg, &scratch).await {
                     Ok(s) => report.create_no_network = Some(s),
                     Err(e) => report.errors.push(format!("create without network: {e}")),
+                }
+                match image_pull(&cfg, &scratch).await {
+                    Ok(Some(p)) => report.image_pull = Some(p),
+                    Ok(None) => report
+                        .notes
+                        .push("image pull not measured: docker-registry is not installed".into()),
+                    Err(e) => report.errors.push(format!("image pull: {e}")),
                 }
             }
             if cfg.wants("pool") {

@@ -82,7 +82,12 @@ impl Daemon {
                 index + 1,
                 total as f64 / 1e6
             )),
-            Progress::Layer { .. } => {}
+            Progress::Layer { index, bytes, total } => log(format!(
+                "Layer {}: {:.1} of {:.1} MB",
+                index + 1,
+                bytes as f64 / 1e6,
+                total as f64 / 1e6
+            )),
             Progress::Unpacked { index } => log(format!("Layer {}: unpacked", index + 1)),
             Progress::Cached { index } => log(format!("Layer {}: already in the store", index + 1)),
         };

@@ -119,7 +119,9 @@ pub(crate) fn docker_config_auth(path: &Path, hosts: &[&str]) -> Option<Credenti
 
 /// A file writer that counts bytes, refuses more than `limit`, and reports progress.
 struct CountingFile<'a> {
-    file: tokio::fs::File,
+    /// Buffered: each write of a tokio file is a trip to the blocking pool, and response
+    /// chunks are small.
+    file: tokio::io::BufWriter<tokio::fs::File>,
     written: &'a AtomicU64,
     limit: u64,
 }
@@ -253,7 +255,7 @@ async fn fetch_blob(
         let written = AtomicU64::new(0);
         let file = tokio::fs::File::create(path).await.map_err(io(path))?;
         let out = CountingFile {
-            file,
+            file: tokio::io::BufWriter::with_capacity(1 << 20, file),
             written: &written,
             limit: total,
         };
@@ -263,7 +265,12 @@ async fn fetch_blob(
         let outcome = loop {
             tokio::select! {
                 done = &mut pull => break done,
-                _ = tick.tick() => progress(Progress::Layer { index, bytes: written.load(Ordering::Relaxed), total }),
+                _ = tick.tick() => {
+                    let bytes = written.load(Ordering::Relaxed);
+                    if bytes < total {
+                        progress(Progress::Layer { index, bytes, total });
+                    }
+                }
             }
         };
         match outcome {
