@@ -19,6 +19,34 @@ use std::time::Duration;
 /// Attempts per blob before a pull gives up.
 const BLOB_ATTEMPTS: u32 = 3;
 
+/// Registry clients by source and credentials: making one loads the system's TLS roots, and a
+/// client keeps the registry's tokens, so a client is never shared between credentials.
+#[derive(Clone, Default)]
+pub(crate) struct Clients(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Client>>>);
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clients")
+    }
+}
+
+impl Clients {
+    fn get(&self, source: &Source, auth: &RegistryAuth) -> Client {
+        use sha2::Digest;
+        let who = match auth {
+            RegistryAuth::Anonymous => String::new(),
+            RegistryAuth::Basic(u, p) => hex::encode(sha2::Sha256::digest(format!("{u}\0{p}"))),
+            RegistryAuth::Bearer(t) => hex::encode(sha2::Sha256::digest(t)),
+        };
+        let key = format!("{}|{}|{who}", source.host, source.insecure);
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() > 64 {
+            g.clear();
+        }
+        g.entry(key).or_insert_with(|| client_for(source)).clone()
+    }
+}
+
 fn client_for(source: &Source) -> Client {
     let protocol = if source.insecure {
         oci_client::client::ClientProtocol::HttpsExcept(vec![source.host.clone()])
@@ -184,9 +212,9 @@ impl ImageStore {
         let normalized = r.whole();
         let mut last = ImageError::Registry(format!("{normalized}: no registry to pull from"));
         for source in sources(&r, &self.registry) {
-            let client = client_for(&source);
             let at_source = at(&r, &source.host);
             let auth = self.auth_for(&source, r.registry(), &credentials);
+            let client = self.clients.get(&source, &auth);
             let fetched = client.pull_manifest_and_config(&at_source, &auth).await;
             let (manifest, digest, config) = match fetched {
                 Ok(x) => x,

@@ -19,6 +19,8 @@ pub struct ImageStore {
     pub(crate) layers: PathBuf,
     pub(crate) registry: RegistryConfig,
     pub(crate) limits: StoreLimits,
+    /// Registry clients, kept across pulls (`registry.rs`).
+    pub(crate) clients: crate::registry::Clients,
 }
 
 pub(crate) fn io(p: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
@@ -125,6 +127,7 @@ impl ImageStore {
             layers: layers_dir.to_path_buf(),
             registry,
             limits,
+            clients: Default::default(),
         })
     }
 
