@@ -113,6 +113,23 @@ fn quick_bench_reports_every_section() {
     // Create: sequential, kill, and the concurrency levels 4, 16, 64.
     check_positive_latency(&v, "/create/sequential", 10_000.0);
     check_positive_latency(&v, "/create/kill", 10_000.0);
+    // Image templates: creates from an imported two-layer image, its builds; the pull row
+    // whenever docker-registry is installed (setup.sh --tests installs it, so CI has it).
+    check_positive_latency(&v, "/create_image_template/create", 10_000.0);
+    assert!(
+        num(&v, "/create_image_template/rebuild_unchanged_ms") < 1000.0,
+        "{v:#}"
+    );
+    let have_registry = Command::new("sh")
+        .args(["-c", "command -v docker-registry"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have_registry {
+        assert!(num(&v, "/image_pull/mb_per_s") > 0.0, "{v:#}");
+        assert!(stdout.contains("image pull from a loopback registry"), "{stdout}");
+    } else {
+        assert!(v["image_pull"].is_null());
+    }
     let levels = v["create"]["concurrency"].as_array().unwrap();
     let got: Vec<u64> = levels
         .iter()
