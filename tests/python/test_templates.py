@@ -361,6 +361,9 @@ def _import(archive):
 
 def test_deleting_a_template_frees_its_image_layers_but_not_a_running_sandboxs(images_daemon, tmp_path):
     layers = os.path.join(images_daemon.data_dir, "templates", "_image-layers")
+    keeper = _name("keep")
+    kept = Template().from_image("tiny:1").run_cmd("echo 1 > /home/user/a").run_cmd("echo 2 > /home/user/b")
+    _build(kept, keeper)
     diff = _unique_archive(tmp_path / "a.tar")
     name = _name("gc")
     _build(Template().from_image(_import(tmp_path / "a.tar")), name)
@@ -383,6 +386,9 @@ def test_deleting_a_template_frees_its_image_layers_but_not_a_running_sandboxs(i
     while os.path.isdir(os.path.join(layers, diff2)) or os.path.isdir(os.path.join(layers, diff)):
         assert time.monotonic() < deadline, "unused image layers were not removed"
         time.sleep(0.1)
+    # the other templates keep their cached steps
+    again = _build(kept, keeper)
+    assert sum(l.startswith("CACHED") for l in again) == 2, again
 
 
 def _evil_layer(canary):

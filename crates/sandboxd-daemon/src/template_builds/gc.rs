@@ -1,7 +1,7 @@
 //! Removing what deleted templates leave (`docs/templates.md`): the runtime templates of builds
-//! and images (`b…`, `i…`) that no ready build and no sandbox uses, then the image layers no
-//! remaining template stacks. Intermediate step results of remaining templates go too, so
-//! their next rebuild runs those steps again; their final templates stay.
+//! and images (`b…`, `i…`) that no remaining build made (its base, its steps' results) and no
+//! sandbox uses, then the image layers no remaining template stacks. The cached steps of the
+//! remaining templates stay, so their rebuilds stay instant.
 
 use crate::daemon::Daemon;
 use crate::error::DaemonError;
@@ -54,7 +54,12 @@ impl Daemon {
         let (builds, sandboxes) = self.registry.call(|s| Ok((s.list_builds()?, s.list()?))).await?;
         let used: HashSet<String> = builds
             .into_iter()
-            .filter_map(|b| b.runtime_template)
+            .flat_map(|b| {
+                let chain = serde_json::from_str::<super::spec::BuildConfig>(&b.config)
+                    .map(|c| c.runtime_templates)
+                    .unwrap_or_default();
+                chain.into_iter().chain(b.runtime_template)
+            })
             .chain(sandboxes.into_iter().map(|r| r.template_id))
             .chain(self.sandboxes.all().iter().map(|s| s.rec.template_id.clone()))
             .collect();

@@ -155,6 +155,7 @@ impl Daemon {
                     .unwrap_or_default()
             ),
         );
+        config.runtime_templates = vec![cur.clone()];
         let mut forced = start.force;
         for (i, step) in start.steps.iter().enumerate() {
             let n = (i + 1).to_string();
@@ -215,6 +216,7 @@ impl Daemon {
                 ctx.workdir = Some(step.args[0].clone());
             }
             cur = name;
+            config.runtime_templates.push(cur.clone());
         }
         config.envs = ctx.envs;
         config.workdir = ctx.workdir;

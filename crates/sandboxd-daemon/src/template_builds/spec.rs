@@ -88,6 +88,10 @@ pub struct BuildConfig {
     /// Bytes of the layers the template stacks (set when the build is ready).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
+    /// The runtime templates of its base and of each step, in order: the cache the clean-up
+    /// keeps while the build exists (`gc.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_templates: Vec<String>,
 }
 
 /// Most steps of one build.
