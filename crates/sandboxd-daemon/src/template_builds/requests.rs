@@ -136,12 +136,9 @@ impl Daemon {
             .or(req.alias)
             .ok_or_else(|| DaemonError::InvalidInput("a build needs the template's name".into()))?;
         let (name, tag) = split_name(&raw)?;
-        if RESERVED.contains(&name.as_str())
-            || name.starts_with('b') && name.len() == 25
-            || name.starts_with('i') && name.len() == 25
-        {
+        if RESERVED.contains(&name.as_str()) || super::gc::is_build_runtime_template(&name) {
             return Err(DaemonError::Conflict(format!(
-                "'{name}' is the name of a template built into sandboxd"
+                "'{name}' is the name of a template built into sandboxd or of a build's runtime template"
             )));
         }
         let n2 = name.clone();
