@@ -82,7 +82,7 @@ async function killAll(url, key) {
   }
 }
 
-async function startDaemon() {
+async function startDaemon(extraArgs = []) {
   const extUrl = process.env.SANDBOXD_TEST_URL
   const extKey = process.env.SANDBOXD_TEST_KEY
   if (extUrl && extKey) {
@@ -96,7 +96,7 @@ async function startDaemon() {
   const url = `http://127.0.0.1:${port}`
   const key = 'e2b_' + randomBytes(20).toString('hex')
   const log = fs.openSync(logPath, 'w')
-  const proc = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir], {
+  const proc = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir, ...extraArgs], {
     env: { ...process.env, SANDBOXD_API_KEY: key, RUST_LOG: process.env.RUST_LOG || 'info' },
     stdio: ['ignore', 'ignore', log],
   })
@@ -133,12 +133,42 @@ async function startDaemon() {
   }
 }
 
-/** Starts the daemon before the file's tests and stops it after them; returns {url, key}. */
-export function useDaemon() {
+/** Starts the daemon before the file's tests and stops it after them; returns {url, key}.
+ * `extraArgs` (an async function) gives more `serve` flags, made in the same `before` hook. */
+export function useDaemon(extraArgs = async () => []) {
   const daemon = {}
-  before(async () => Object.assign(daemon, await startDaemon()), { timeout: 60_000 })
+  before(async () => Object.assign(daemon, await startDaemon(await extraArgs())), { timeout: 60_000 })
   after(async () => daemon.stop?.(), { timeout: 60_000 })
   return daemon
+}
+
+/** A loopback registry with the template tests' images (tests/python/oci_images.py), started
+ * before the file's daemon and stopped after it; `url` is set once it serves. */
+export function useImageRegistry() {
+  const registry = { url: null, proc: null }
+  registry.start = async () => {
+    const py = fs.existsSync(path.join(ROOT, '.venv', 'bin', 'python')) ? path.join(ROOT, '.venv', 'bin', 'python') : 'python3'
+    const proc = spawn(py, [path.join(ROOT, 'tests', 'python', 'oci_images.py'), 'serve'], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    })
+    registry.proc = proc
+    registry.url = await new Promise((resolve, reject) => {
+      let out = ''
+      proc.stdout.on('data', (d) => {
+        out += d
+        if (out.includes('\n')) resolve(out.trim())
+      })
+      proc.on('exit', (code) => reject(new Error(`oci_images.py serve exited with ${code}`)))
+    })
+    return registry.url
+  }
+  after(async () => {
+    if (!registry.proc) return
+    const exited = new Promise((resolve) => registry.proc.on('exit', resolve))
+    registry.proc.stdin.end()
+    await exited
+  }, { timeout: 30_000 })
+  return registry
 }
 
 /** Runs `fn(sandbox)` with a fresh sandbox of `Sandbox` (any row's class), killed afterwards. */

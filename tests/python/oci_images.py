@@ -186,3 +186,21 @@ def push_all(registry, layout):
     registry.push(layout, "tiny", "library/tiny:1")
     registry.push(layout, "static", "library/static:1")
     registry.push(layout, "musl", "library/musl:1")
+
+
+if __name__ == "__main__":
+    # `python3 oci_images.py serve`: for the JS tests (tests/js/templates.test.mjs): makes the
+    # images, starts a registry with them, prints its URL, and serves until stdin closes.
+    import sys
+
+    if sys.argv[1:] != ["serve"]:
+        sys.exit("usage: oci_images.py serve")
+    work = tempfile.mkdtemp(prefix="sandboxd-images-js-")
+    registry = Registry()
+    try:
+        push_all(registry, make_images(work))
+        print(registry.url, flush=True)
+        sys.stdin.read()
+    finally:
+        registry.stop()
+        shutil.rmtree(work, ignore_errors=True)
