@@ -266,6 +266,14 @@ impl Daemon {
                 .backend
                 .derive_template(parent, name, &stage, &leading)
                 .await
+                // the same step of a concurrent build made it meanwhile
+                .or_else(|e| {
+                    if self.backend.has_template(name) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
                 .map_err(|e| format!("saving the step's files: {e}")),
             Err(e) => Err(e),
         };
