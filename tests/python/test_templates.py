@@ -91,6 +91,29 @@ def test_a_sandbox_of_an_image_has_the_image_and_nothing_of_the_host(images_daem
         s2.kill()
 
 
+def test_a_sandbox_of_an_image_snapshots_and_pauses(images_daemon):
+    name = _name("snap")
+    _build(Template().from_image("tiny:1"), name)
+    s = Sandbox.create(name)
+    try:
+        s.files.write("/data/mine.txt", "kept")
+        s.commands.run("rm /data/old/b", user="root")
+        snap = s.create_snapshot()
+        s.pause()
+        s2 = Sandbox.connect(s.sandbox_id)
+        assert s2.files.read("/data/mine.txt") == "kept"
+    finally:
+        s.kill()
+    c = Sandbox.create(snap.snapshot_id)
+    try:
+        assert c.files.read("/data/mine.txt") == "kept"
+        assert not c.files.exists("/data/old/b"), "a deletion in the image's layer stays deleted"
+        assert c.commands.run("echo $TINY").stdout.strip() == "1"
+        assert "No such file" in c.commands.run("ls /usr 2>&1; true").stdout
+    finally:
+        c.kill()
+
+
 def test_every_step_kind_builds_with_the_sdk(images_daemon, tmp_path):
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "main.sh").write_text("echo app")
