@@ -108,7 +108,6 @@ def test_a_sandbox_of_an_image_snapshots_and_pauses(images_daemon):
     try:
         assert c.files.read("/data/mine.txt") == "kept"
         assert not c.files.exists("/data/old/b"), "a deletion in the image's layer stays deleted"
-        assert c.commands.run("echo $TINY").stdout.strip() == "1"
         assert "No such file" in c.commands.run("ls /usr 2>&1; true").stdout
     finally:
         c.kill()
