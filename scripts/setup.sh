@@ -17,7 +17,8 @@ want_tests=0
 apt_pkgs=(sudo python3 python-is-python3 python3-venv git curl ncurses-bin vim attr libcap2-bin iproute2 bubblewrap procps nftables dnsmasq-base openssl iperf3)
 # The template tests' own registry and images (docs/templates.md): a real registry on loopback,
 # images made with umoci from busybox and programs built with gcc/musl-gcc, pushed with skopeo.
-[ "$want_tests" = 1 ] && apt_pkgs+=(docker-registry skopeo umoci busybox-static musl-tools gcc libc6-dev)
+# mmdebstrap and dpkg-dev: the Debian image and the apt repository of the apt_install test.
+[ "$want_tests" = 1 ] && apt_pkgs+=(docker-registry skopeo umoci busybox-static musl-tools gcc libc6-dev mmdebstrap dpkg-dev)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -81,6 +82,20 @@ if [ "$want_tests" = 1 ]; then
     echo "setup: installing tests/js/node_modules (npm ci)" >&2
     (cd tests/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
     echo "$want" >tests/js/node_modules/.sandboxd-lock
+  fi
+fi
+
+# The Debian root file system of the apt_install test (tests/python/oci_images.py), made once
+# from the Debian mirror with mmdebstrap (about 40 s, 160 MiB) and kept; the tests themselves
+# never reach the internet. SANDBOXD_TEST_CACHE moves the cache.
+if [ "$want_tests" = 1 ]; then
+  cache="${SANDBOXD_TEST_CACHE:-/var/cache/sandboxd-tests}"
+  rootfs="$cache/debian-bookworm-apt.tar"
+  if [ ! -s "$rootfs" ]; then
+    echo "setup: making $rootfs (mmdebstrap)" >&2
+    mkdir -p "$cache"
+    mmdebstrap --quiet --variant=apt --skip=output/dev --format=tar bookworm "$rootfs.tmp" >/dev/null
+    mv "$rootfs.tmp" "$rootfs"
   fi
 fi
 

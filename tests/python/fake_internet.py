@@ -4,7 +4,8 @@ harness (crates/sandboxd/tests/fake_internet/mod.rs), so no test traffic leaves 
 - transit link: host `fkinet0` 198.18.0.1/30 <-> namespace `eth0` 198.18.0.2/30
 - the host routes 198.51.100.0/24 and 203.0.113.0/24 into the namespace
 - HTTP on port 80 of WEB and OTHER (docroot: hello.txt, a package index under /simple, and a
-  git repository `demo.git` served over git's dumb HTTP protocol)
+  git repository `demo.git` served over git's dumb HTTP protocol, and a flat apt repository
+  under /debian with the package `sbxdemo-deb`)
 - DNS (dnsmasq) on DNS: web.test and pypi.test -> WEB, other.test -> OTHER
 
 One at a time per host: an exclusive flock on /run/sandboxd-fake-internet.lock while it exists.
@@ -27,6 +28,9 @@ HOST_TRANSIT = "198.18.0.1"
 HELLO = "hello from the fake internet"
 PACKAGE = "sbxdemo"
 GIT_FILE_TEXT = "cloned from the fake internet\n"
+DEB_PACKAGE = "sbxdemo-deb"
+DEB_FILE = "/usr/share/sbxdemo/hello.txt"
+DEB_FILE_TEXT = "installed by apt from the fake internet\n"
 
 
 def _sh(cmd: str, check: bool = True) -> None:
@@ -83,6 +87,33 @@ def _git_repo(root: str) -> None:
     subprocess.run(["rm", "-rf", work], check=True)
 
 
+def _apt_repo(root: str) -> None:
+    """A flat apt repository `debian/` (use with `deb [trusted=yes] http://web.test/debian ./`)
+    holding one package that installs DEB_FILE."""
+    repo = os.path.join(root, "debian")
+    pkg = tempfile.mkdtemp(prefix="sandboxd-fake-deb-")
+    os.makedirs(os.path.join(pkg, "DEBIAN"))
+    with open(os.path.join(pkg, "DEBIAN", "control"), "w") as f:
+        f.write(f"Package: {DEB_PACKAGE}\nVersion: 1.0\nArchitecture: all\nMaintainer: sandboxd tests <t@web.test>\n"
+                "Description: a package of the sandboxd tests\n")
+    target = os.path.join(pkg, DEB_FILE.lstrip("/"))
+    os.makedirs(os.path.dirname(target))
+    with open(target, "w") as f:
+        f.write(DEB_FILE_TEXT)
+    os.makedirs(repo)
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", pkg, os.path.join(repo, f"{DEB_PACKAGE}_1.0_all.deb")],
+                   check=True, capture_output=True)
+    subprocess.run(["rm", "-rf", pkg], check=True)
+    packages = subprocess.run(["dpkg-scanpackages", "--multiversion", "."], cwd=repo, check=True,
+                              capture_output=True).stdout
+    with open(os.path.join(repo, "Packages"), "wb") as f:
+        f.write(packages)
+    digest = hashlib.sha256(packages).hexdigest()
+    with open(os.path.join(repo, "Release"), "w") as f:
+        f.write(f"Origin: sandboxd-tests\nLabel: sandboxd-tests\nArchitectures: all amd64\n"
+                f"SHA256:\n {digest} {len(packages)} Packages\n")
+
+
 class FakeInternet:
     def __init__(self):
         self._lock = open("/run/sandboxd-fake-internet.lock", "a")
@@ -103,6 +134,7 @@ class FakeInternet:
             f.write(HELLO)
         _wheel(root)
         _git_repo(root)
+        _apt_repo(root)
         run = ["ip", "netns", "exec", NETNS]
         quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._procs = [

@@ -182,6 +182,41 @@ def make_images(work):
     return layout
 
 
+#: Where scripts/setup.sh --tests keeps the Debian root file system the apt tests use
+#: (made with mmdebstrap from the Debian mirror once; tests never fetch it themselves).
+DEBIAN_ROOTFS = os.path.join(os.environ.get("SANDBOXD_TEST_CACHE", "/var/cache/sandboxd-tests"), "debian-bookworm-apt.tar")
+
+
+def debian_archive(dst):
+    """A `docker save` archive at `dst` of a one-layer Debian bookworm image (apt variant), the
+    layer being setup.sh's mmdebstrap tar. Returns its reference."""
+    import hashlib
+    import io
+    import tarfile
+
+    if not os.path.exists(DEBIAN_ROOTFS):
+        raise RuntimeError(f"{DEBIAN_ROOTFS} is missing: run scripts/setup.sh --tests")
+    h = hashlib.sha256()
+    with open(DEBIAN_ROOTFS, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    diff = h.hexdigest()
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff}"]},
+    }).encode()
+    ref = "localhost/debian-apt:bookworm"
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": [ref], "Layers": ["rootfs/layer.tar"]}]).encode()
+    with tarfile.open(dst, "w") as t:
+        for name, data in (("manifest.json", manifest), ("config.json", config)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        t.add(DEBIAN_ROOTFS, arcname="rootfs/layer.tar")
+    return ref
+
+
 def push_all(registry, layout):
     registry.push(layout, "tiny", "library/tiny:1")
     registry.push(layout, "static", "library/static:1")

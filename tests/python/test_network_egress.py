@@ -191,3 +191,43 @@ def test_a_template_build_installs_from_the_package_index_and_clones(egress_daem
         assert sbx.files.read("/home/user/demo/README") == inet.GIT_FILE_TEXT
     finally:
         sbx.kill()
+
+
+@pytest.mark.timeout(300)
+def test_apt_install_in_a_build_from_a_debian_image(egress_daemon, tmp_path):
+    """The SDK's `apt_install` in a build from a Debian image (setup.sh's mmdebstrap root file
+    system, imported as an archive) installs from the fake internet's apt repository."""
+    import json
+    import urllib.request
+
+    import oci_images
+
+    archive = tmp_path / "debian.tar"
+    ref = oci_images.debian_archive(str(archive))
+    req = urllib.request.Request(
+        os.environ["E2B_API_URL"] + "/images/import", data=open(archive, "rb"), method="POST",
+        headers={"X-API-Key": os.environ["E2B_API_KEY"], "Content-Length": str(archive.stat().st_size)},
+    )
+    with urllib.request.urlopen(req, timeout=240) as r:
+        assert json.loads(r.read())["reference"] == ref
+    name = f"apt-{os.urandom(4).hex()}"
+    t = (
+        Template()
+        .from_image(ref)
+        .run_cmd(
+            "rm -f /etc/apt/sources.list.d/* && "
+            "echo 'deb [trusted=yes] http://web.test/debian ./' > /etc/apt/sources.list",
+            user="root",
+        )
+        .apt_install([inet.DEB_PACKAGE])
+    )
+    logs = []
+    Template.build(t, name, on_build_logs=lambda l: logs.append(l.message))
+    assert any("apt-get install" in l for l in logs), logs
+    sbx = Sandbox.create(name, timeout=60)
+    try:
+        assert sbx.files.read(inet.DEB_FILE) == inet.DEB_FILE_TEXT
+        r = sbx.commands.run(f"dpkg -s {inet.DEB_PACKAGE} | grep Status; cat /etc/debian_version")
+        assert "install ok installed" in r.stdout, r.stdout
+    finally:
+        sbx.kill()
