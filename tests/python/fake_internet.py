@@ -5,7 +5,7 @@ harness (crates/sandboxd/tests/fake_internet/mod.rs), so no test traffic leaves 
 - the host routes 198.51.100.0/24 and 203.0.113.0/24 into the namespace
 - HTTP on port 80 of WEB and OTHER (docroot: hello.txt, a package index under /simple, and a
   git repository `demo.git` served over git's dumb HTTP protocol, and a flat apt repository
-  under /debian with the package `sbxdemo-deb`)
+  under /debian with the package `sbxdemo-deb`, and the npm package tarball NPM_TARBALL)
 - DNS (dnsmasq) on DNS: web.test and pypi.test -> WEB, other.test -> OTHER
 
 One at a time per host: an exclusive flock on /run/sandboxd-fake-internet.lock while it exists.
@@ -31,6 +31,9 @@ GIT_FILE_TEXT = "cloned from the fake internet\n"
 DEB_PACKAGE = "sbxdemo-deb"
 DEB_FILE = "/usr/share/sbxdemo/hello.txt"
 DEB_FILE_TEXT = "installed by apt from the fake internet\n"
+NPM_PACKAGE = "sbxdemo-npm"
+NPM_TARBALL = "sbxdemo-npm-1.0.0.tgz"
+NPM_TEXT = "installed by npm from the fake internet"
 
 
 def _sh(cmd: str, check: bool = True) -> None:
@@ -114,6 +117,24 @@ def _apt_repo(root: str) -> None:
                 f"SHA256:\n {digest} {len(packages)} Packages\n")
 
 
+def _npm_tarball(root: str) -> None:
+    """An npm package tarball (`npm install http://web.test/<NPM_TARBALL>` needs no registry)."""
+    import io
+    import json
+    import tarfile
+
+    files = {
+        "package/package.json": json.dumps({"name": NPM_PACKAGE, "version": "1.0.0", "main": "index.js"}).encode(),
+        "package/index.js": f"module.exports = {json.dumps(NPM_TEXT)};\n".encode(),
+    }
+    with tarfile.open(os.path.join(root, NPM_TARBALL), "w:gz") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            t.addfile(info, io.BytesIO(data))
+
+
 class FakeInternet:
     def __init__(self):
         self._lock = open("/run/sandboxd-fake-internet.lock", "a")
@@ -135,6 +156,7 @@ class FakeInternet:
         _wheel(root)
         _git_repo(root)
         _apt_repo(root)
+        _npm_tarball(root)
         run = ["ip", "netns", "exec", NETNS]
         quiet = dict(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._procs = [

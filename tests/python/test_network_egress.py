@@ -165,8 +165,9 @@ def test_domain_allow_list_installs_from_an_allowed_index_only(egress_daemon):
 
 
 def test_a_template_build_installs_from_the_package_index_and_clones(egress_daemon):
-    """The SDK's `pip_install` and `git_clone` steps in a template build reach the (fake)
-    internet's package index and git server like any sandbox (docs/templates.md)."""
+    """The SDK's `pip_install`, `npm_install` and `git_clone` steps in a template build reach
+    the (fake) internet's package index, package tarball and git server like any sandbox
+    (docs/templates.md)."""
     name = f"pip-{os.urandom(4).hex()}"
     t = (
         Template()
@@ -177,9 +178,15 @@ def test_a_template_build_installs_from_the_package_index_and_clones(egress_daem
             "PIP_INDEX_URL": "http://pypi.test/simple",
             "PIP_TRUSTED_HOST": "pypi.test",
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            # npm's audit and update checks would ask the public registry
+            "npm_config_audit": "false",
+            "npm_config_fund": "false",
+            "npm_config_update_notifier": "false",
         })
         .pip_install(inet.PACKAGE)
         .git_clone("http://web.test/demo.git", "/home/user/demo", branch="main")
+        .set_workdir("/home/user/app")
+        .npm_install([f"http://web.test/{inet.NPM_TARBALL}"])
     )
     logs = []
     Template.build(t, name, on_build_logs=lambda l: logs.append(l.message))
@@ -189,6 +196,8 @@ def test_a_template_build_installs_from_the_package_index_and_clones(egress_daem
         r = sbx.commands.run(f"/opt/venv/bin/python -c 'import {inet.PACKAGE}; print({inet.PACKAGE}.GREETING)'")
         assert r.stdout.strip() == "installed from the fake internet"
         assert sbx.files.read("/home/user/demo/README") == inet.GIT_FILE_TEXT
+        r = sbx.commands.run(f"cd /home/user/app && node -e 'console.log(require(\"{inet.NPM_PACKAGE}\"))'")
+        assert r.stdout.strip() == inet.NPM_TEXT
     finally:
         sbx.kill()
 

@@ -195,7 +195,16 @@ impl Daemon {
                             .map_err(fail)?;
                     }
                     "WORKDIR" => {
-                        let cmd = format!("mkdir -p -- {}", shell_quote(&step.args[0]));
+                        // a new directory belongs to the steps' user (who works in it next)
+                        let dir = shell_quote(&step.args[0]);
+                        let cmd = if ctx.user == "root" {
+                            format!("mkdir -p -- {dir}")
+                        } else {
+                            format!(
+                                "[ -d {dir} ] || {{ mkdir -p -- {dir} && chown -- {}: {dir}; }}",
+                                shell_quote(&ctx.user)
+                            )
+                        };
                         self.run_step(build, &n, &cur, &name, &cmd, "root", &ctx, &config)
                             .await
                             .map_err(fail)?;
