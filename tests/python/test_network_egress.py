@@ -238,5 +238,8 @@ def test_apt_install_in_a_build_from_a_debian_image(egress_daemon, tmp_path):
         assert sbx.files.read(inet.DEB_FILE) == inet.DEB_FILE_TEXT
         r = sbx.commands.run(f"dpkg -s {inet.DEB_PACKAGE} | grep Status; cat /etc/debian_version")
         assert "install ok installed" in r.stdout, r.stdout
+        # the image template's own top layer holds the egress proxy's CA (header rules on HTTPS)
+        r = sbx.commands.run("head -1 /etc/sandboxd/egress-ca.pem; echo $NODE_EXTRA_CA_CERTS")
+        assert r.stdout == "-----BEGIN CERTIFICATE-----\n/etc/sandboxd/egress-ca.pem\n", r.stdout
     finally:
         sbx.kill()

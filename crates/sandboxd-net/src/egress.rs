@@ -33,6 +33,8 @@ pub struct NetworkConfig {
     pub allow_private: bool,
     /// One small file per connected sandbox (its slot), for re-adoption after a restart.
     pub state_dir: PathBuf,
+    /// TLS termination for HTTPS header rules (`None`: such TLS is spliced, rules unapplied).
+    pub interception: Option<crate::interception::Interception>,
 }
 
 struct Entry {
@@ -131,6 +133,7 @@ impl Network {
             net.cfg.dns_upstreams.clone(),
             net.cfg.allow_private,
             HostProtection::new(net.cfg.plan.cidr(), net.cfg.allow_private, &net.lan),
+            net.cfg.interception.clone(),
         ));
         let _ = net.proxy.set(proxy.clone());
         tokio::spawn(proxy.serve(proxy_listener));

@@ -112,6 +112,25 @@ fn plain(status: StatusCode, msg: String) -> Response<ProxyBody> {
     r
 }
 
+/// Answers every request of the sandbox's HTTP/1 connection `client` with `502` and `msg`
+/// (the upstream could not be reached as the rules require), until it closes.
+pub async fn answer_all<C>(client: C, msg: String)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let msg = msg.clone();
+        async move { Ok::<_, hyper::Error>(plain(StatusCode::BAD_GATEWAY, msg)) }
+    });
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        hyper::server::conn::http1::Builder::new()
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(client), service),
+    )
+    .await;
+}
+
 /// Serves the sandbox's HTTP/1 connection `client` (its first bytes already read into
 /// `head`), forwarding each request over `upstream` with `transforms` applied. Ends when
 /// either side closes.

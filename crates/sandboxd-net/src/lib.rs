@@ -1,13 +1,14 @@
 //! Sandbox networking (`docs/network.md`): the egress policy model ([`policy`]), the address
 //! plan ([`plan`]), veth links over rtnetlink ([`link`]), the nftables packet filter
 //! ([`filter`]), the DNS forwarder ([`dns`]), the transparent egress proxy for domain rules
-//! ([`proxy`]) and its header rules ([`header_rules`]), bandwidth limits ([`shaping`]), and the
+//! ([`proxy`]) and its header rules ([`header_rules`], on HTTPS through [`interception`]), bandwidth limits ([`shaping`]), and the
 //! daemon-side manager and backend decorator ([`egress`]).
 
 pub mod dns;
 pub mod egress;
 pub mod filter;
 pub mod header_rules;
+pub mod interception;
 pub mod link;
 pub mod plan;
 pub mod policy;

@@ -22,14 +22,18 @@
 //! reset. Connections are bounded per sandbox and in all.
 //!
 //! For an HTTP request to a name with `rules`, the proxy speaks HTTP with both sides and sets
-//! the rules' headers on every request ([`crate::header_rules`]). Not here yet: the same for
-//! HTTPS (it needs TLS interception).
+//! the rules' headers on every request ([`crate::header_rules`]). For TLS to such a name it
+//! terminates TLS with a certificate from the daemon's CA (which sandboxes trust), verifies the
+//! real server's certificate on its own TLS connection, and does the same
+//! ([`crate::interception`]); TLS to every other name is spliced untouched.
 //!
 //! A sandbox with `egressProxy` has all its TCP redirected here, and the proxy connects
 //! through the given SOCKS5 proxy (`tokio-socks`) instead of directly
 //! (`EgressProxy::connect_chained`); TLS to that proxy is not supported yet.
 
+use crate::header_rules::Prefixed;
 use crate::header_rules::SecretSource;
+use crate::interception::Interception;
 use crate::policy::{self, Policy, Transform, Verdict};
 use crate::{PolicyLookup, SandboxPolicy};
 use hickory_resolver::TokioResolver;
@@ -299,6 +303,8 @@ pub struct EgressProxy {
     proxied: AtomicU64,
     /// Where `${e2b.secrets.<name>}` placeholders of header rules get their values.
     secrets: std::sync::OnceLock<Arc<dyn SecretSource>>,
+    /// TLS termination for names with header rules; without it their TLS is spliced.
+    interception: Option<Interception>,
 }
 
 /// Why a connection was not proxied.
@@ -318,8 +324,10 @@ impl EgressProxy {
         upstreams: Vec<SocketAddr>,
         allow_private: bool,
         protection: HostProtection,
+        interception: Option<Interception>,
     ) -> Self {
         Self {
+            interception,
             lookup,
             resolver: resolver_for(&upstreams),
             upstreams,
@@ -474,22 +482,50 @@ impl EgressProxy {
                 now.sandbox_id == sp.sandbox_id && route(&now.policy, name.as_deref(), *dst.ip()) == target
             })
         };
-        // HTTP to a name with header rules: spoken, not spliced
-        let transforms: Vec<Transform> = match (&head, &name) {
-            (Head::Http(_), Some(n)) => sp.policy.transforms_for(n).cloned().collect(),
+        // HTTP and intercepted TLS to a name with header rules: spoken, not spliced
+        let transforms: Vec<Transform> = match (&head, &name, &self.interception) {
+            (Head::Http(_), Some(n), _) | (Head::Tls(_), Some(n), Some(_)) => {
+                sp.policy.transforms_for(n).cloned().collect()
+            }
             _ => Vec::new(),
         };
-        let cut = if transforms.is_empty() {
-            upstream
-                .write_all(&buf)
-                .await
-                .map_err(|e| Refusal::Failed(format!("writing upstream: {e}")))?;
-            let copy = tokio::io::copy_bidirectional(client, &mut upstream);
-            until_cut(copy, still_allowed).await
-        } else {
-            let secrets = self.secrets.get().cloned();
-            let serve = crate::header_rules::serve(&mut *client, buf, upstream, transforms, secrets);
-            until_cut(serve, still_allowed).await
+        let secrets = self.secrets.get().cloned();
+        let cut = match (&head, &name, &self.interception) {
+            _ if transforms.is_empty() => {
+                upstream
+                    .write_all(&buf)
+                    .await
+                    .map_err(|e| Refusal::Failed(format!("writing upstream: {e}")))?;
+                let copy = tokio::io::copy_bidirectional(client, &mut upstream);
+                until_cut(copy, still_allowed).await
+            }
+            (Head::Tls(_), Some(n), Some(tls)) => {
+                // the real server is verified first; a failure is told to the sandbox over its
+                // own TLS connection, as an HTTP error naming the cause
+                let server = tls.upstream.connect(n, upstream).await;
+                let sandbox = crate::interception::accept(&tls.ca, n, Prefixed::new(buf, &mut *client))
+                    .await
+                    .map_err(Refusal::Failed)?;
+                match server {
+                    Ok(server) => {
+                        let serve =
+                            crate::header_rules::serve(sandbox, Vec::new(), server, transforms, secrets);
+                        until_cut(serve, still_allowed).await
+                    }
+                    Err(why) => {
+                        crate::header_rules::answer_all(
+                            sandbox,
+                            format!("sandboxd: the egress proxy could not reach {n} securely: {why}\n"),
+                        )
+                        .await;
+                        return Err(Refusal::Failed(why));
+                    }
+                }
+            }
+            _ => {
+                let serve = crate::header_rules::serve(&mut *client, buf, upstream, transforms, secrets);
+                until_cut(serve, still_allowed).await
+            }
         };
         if cut {
             let _ = reset(client);

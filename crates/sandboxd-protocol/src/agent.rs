@@ -41,6 +41,17 @@ pub struct AgentConfig {
     pub services: Vec<String>,
 }
 
+/// Where templates keep the egress proxy's CA certificate (the daemon's, for HTTPS header
+/// rules; `docs/network.md`). When it exists the agent points `NODE_EXTRA_CA_CERTS` at it, as
+/// Node.js reads only its own bundled roots otherwise.
+pub const EGRESS_CA_PATH: &str = "/etc/sandboxd/egress-ca.pem";
+
+/// Whether this sandbox's root has [`EGRESS_CA_PATH`] (checked once per process).
+fn egress_ca_present() -> bool {
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PRESENT.get_or_init(|| std::path::Path::new(EGRESS_CA_PATH).is_file())
+}
+
 impl AgentConfig {
     /// A config with the standard template defaults (`user`, `/home/user`).
     pub fn new(sandbox_id: impl Into<String>, template_id: impl Into<String>) -> Self {
@@ -65,6 +76,9 @@ impl AgentConfig {
         env.insert("E2B_SANDBOX".to_string(), "true".to_string());
         env.insert("E2B_SANDBOX_ID".to_string(), self.sandbox_id.clone());
         env.insert("E2B_TEMPLATE_ID".to_string(), self.template_id.clone());
+        if egress_ca_present() {
+            env.insert("NODE_EXTRA_CA_CERTS".to_string(), EGRESS_CA_PATH.to_string());
+        }
         for (k, v) in &self.env_vars {
             env.insert(k.clone(), v.clone());
         }

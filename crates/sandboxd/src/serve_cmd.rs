@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// host itself, loopback, link-local or other sandboxes.
     #[arg(long)]
     pub allow_private_egress: bool,
+    /// Extra certificates (PEM file; repeatable) trusted, beside the host's, for the real
+    /// servers of names whose HTTPS the egress proxy intercepts to apply `rules` headers.
+    #[arg(long = "egress-upstream-ca", value_name = "FILE")]
+    pub egress_upstream_ca: Vec<PathBuf>,
     /// Sandboxes get loopback only: no link, no egress (E2B's network settings are stored).
     #[arg(long)]
     pub no_network: bool,
@@ -190,10 +194,11 @@ fn cgroup_root_for(data_dir: &Path) -> String {
 
 /// The namespace backend, or (when it cannot run here, for example without root) a backend
 /// that answers every create with 501 and the reason.
-fn backend(data_dir: &Path) -> anyhow::Result<Arc<dyn SandboxBackend>> {
+fn backend(data_dir: &Path, egress_ca_pem: Option<String>) -> anyhow::Result<Arc<dyn SandboxBackend>> {
     let exe = std::env::current_exe().context("locating the sandboxd executable")?;
     let mut cfg = sandboxd_runtime::namespace::NamespaceConfig::new(data_dir, exe);
     cfg.cgroup_root = cgroup_root_for(data_dir);
+    cfg.egress_ca_pem = egress_ca_pem;
     match sandboxd_runtime::namespace::NamespaceBackend::new(cfg) {
         Ok(b) => Ok(Arc::new(b)),
         Err(sandboxd_runtime::RuntimeError::Unsupported(reason)) => {
@@ -275,8 +280,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        // the CA of HTTPS header rules: sandboxes trust it through their templates
+        let interception = if args.no_network {
+            None
+        } else {
+            let ca = sandboxd_net::interception::EgressCa::load_or_create(&data_dir.join("egress-ca"))?;
+            let upstream = sandboxd_net::interception::UpstreamTls::new(&args.egress_upstream_ca)?;
+            Some(sandboxd_net::interception::Interception {
+                ca: Arc::new(ca),
+                upstream,
+            })
+        };
+        let ca_pem = interception.as_ref().map(|i| i.ca.cert_pem().to_string());
         let dir = data_dir.clone();
-        let backend = tokio::task::spawn_blocking(move || backend(&dir))
+        let backend = tokio::task::spawn_blocking(move || backend(&dir, ca_pem))
             .await
             .context("backend start-up task")??;
         let mut network = None;
@@ -293,6 +310,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 dns_upstreams: args.dns_upstream.clone(),
                 allow_private: args.allow_private_egress,
                 state_dir: data_dir.join("network"),
+                interception,
             })
             .await
             .context(

@@ -844,6 +844,128 @@ async fn header_rules_inject_secrets_the_sandbox_never_sees() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
+async fn https_header_rules_through_the_daemons_ca() {
+    require_root("https_header_rules_through_the_daemons_ca");
+    let inet = FakeInternet::up();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = Daemon::start_in(
+        &data,
+        Opts {
+            key: Some(test_key()),
+            args: vec![
+                "--dns-upstream".into(),
+                fake_internet::DNS.into(),
+                "--egress-upstream-ca".into(),
+                inet.ca_cert().to_string_lossy().into_owned(),
+            ],
+        },
+    )
+    .expect("daemon");
+    let value = format!("sk-{}", test_key());
+    let (s, v) = d
+        .post("/secrets", json!({"name": "web-key", "value": value}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (id, tok) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 300,
+               "network": {"allowOut": ["web.test", "other.test", "api.web.test"], "denyOut": ["0.0.0.0/0"],
+                           "rules": {
+                               "web.test": [{"transform": {"headers": {
+                                   "Authorization": "Bearer ${e2b.secrets.web-key}"}}}],
+                               "api.web.test": [{"transform": {"headers": {"X-Static": "plain"}}}]}}}),
+    )
+    .await;
+    let expected = format!("Bearer {value}");
+    // curl verifies the certificate with the system bundle (no -k): the daemon's CA is in it;
+    // a forged header is replaced on every request of the connection
+    let out = sh(
+        &d,
+        &id,
+        &tok,
+        "curl -sS --max-time 10 -H 'Authorization: Bearer forged' https://web.test/headers https://web.test/headers 2>&1",
+    )
+    .await;
+    assert_eq!(out.matches(&expected).count(), 2, "{out}");
+    assert!(
+        !out.contains("forged") && out.contains(&format!("\"served-by\": \"{WEB}\"")),
+        "{out}"
+    );
+    // Python's ssl and Node.js (NODE_EXTRA_CA_CERTS, set by the agent) verify it too
+    let out = sh(
+        &d,
+        &id,
+        &tok,
+        "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"https://web.test/headers\", timeout=10).read().decode())' 2>&1",
+    )
+    .await;
+    assert!(out.contains(&expected), "python: {out}");
+    let out = sh(
+        &d,
+        &id,
+        &tok,
+        "node -e 'fetch(\"https://web.test/headers\").then(r => r.text()).then(t => console.log(t), e => console.log(String(e.cause || e)))' 2>&1",
+    )
+    .await;
+    assert!(out.contains(&expected), "node: {out}");
+    // the certificate the sandbox sees is the daemon's, the one in the template's trust store
+    let ca = std::fs::read_to_string(data.join("egress-ca/ca.pem")).unwrap();
+    let out = sh(&d, &id, &tok, "cat /etc/sandboxd/egress-ca.pem").await;
+    assert_eq!(out.trim(), ca.trim());
+    let out = sh(
+        &d,
+        &id,
+        &tok,
+        "echo | openssl s_client -connect web.test:443 -servername web.test 2>/dev/null | grep -i '^issuer' ; echo",
+    )
+    .await;
+    assert!(out.contains("sandboxd egress CA"), "{out}");
+    // names without rules are spliced: the real server's certificate (signed by the test CA)
+    let test_ca = std::fs::read_to_string(inet.ca_cert()).unwrap();
+    let script = format!(
+        "cat > /tmp/test-ca.pem <<'EOF'\n{test_ca}EOF\n\
+         curl -sS --max-time 10 --cacert /tmp/test-ca.pem https://other.test/headers 2>&1; echo; \
+         curl -sS --max-time 10 --cacert /tmp/test-ca.pem https://web.test/headers >/dev/null 2>&1 || echo intercepted"
+    );
+    let out = sh(&d, &id, &tok, &script).await;
+    assert!(
+        out.contains(&format!("\"served-by\": \"{OTHER}\""))
+            && !out.contains("Bearer")
+            && out.contains("intercepted"),
+        "{out}"
+    );
+    // a name whose real server cannot be verified: no request reaches it, and the answer says why
+    let out = sh(
+        &d,
+        &id,
+        &tok,
+        "curl -s --max-time 10 -w ' %{http_code}' https://api.web.test/headers",
+    )
+    .await;
+    assert!(
+        out.ends_with(" 502")
+            && out.contains("could not reach api.web.test securely")
+            && !out.contains("plain"),
+        "{out}"
+    );
+    // the secret and the CA's key are nowhere in the sandbox
+    let key = std::fs::read_to_string(data.join("egress-ca/ca.key")).unwrap();
+    let key_line = key.lines().nth(1).unwrap().to_string();
+    let script = format!(
+        "(env; cat /proc/*/environ 2>/dev/null; grep -rsl -e '{value}' -e '{key_line}' /home /root /tmp /etc /var /run /opt /srv /dev/shm 2>/dev/null) | grep -c -e '{value}' -e '{key_line}' || true"
+    );
+    let out = sh(&d, &id, &tok, &script).await;
+    assert_eq!(
+        out.trim(),
+        "0",
+        "the secret or the CA key is visible inside the sandbox"
+    );
+    d.kill_all_sandboxes();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn egress_chained_through_a_socks5_proxy() {
     require_root("egress_chained_through_a_socks5_proxy");
     let (inet, _tmp, d) = daemon_on_fake_internet();

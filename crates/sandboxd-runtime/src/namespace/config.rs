@@ -28,6 +28,10 @@ pub struct NamespaceConfig {
     /// Sandbox directories (and, on cgroup v1, cgroups) prepared ahead of time by a
     /// background thread, so `create` only renames them. 0 disables the pool.
     pub pool_size: usize,
+    /// The egress proxy's CA certificate (PEM), added to every template's trust store
+    /// (`/etc/sandboxd/egress-ca.pem` and the system bundles), so sandboxes trust the
+    /// certificates of HTTPS the proxy intercepts for header rules.
+    pub egress_ca_pem: Option<String>,
 }
 
 impl NamespaceConfig {
@@ -43,6 +47,7 @@ impl NamespaceConfig {
             ready_timeout: Duration::from_secs(10),
             mount_sys: true,
             pool_size: 4,
+            egress_ca_pem: None,
         }
     }
 }

@@ -5,16 +5,17 @@
 //! generated [`SCRATCH`] skeleton (only the mount points a sandbox needs), with the image's
 //! layers (`_image-layers/<diff id>`, shared by every template of every image that has them)
 //! and one small layer of the template's own on top, `top/`: `/etc/passwd` and `/etc/group` of
-//! the image with the sandbox's `user` (uid 1000) added, and `/home/user`. The agent is the
+//! the image with the sandbox's `user` (uid 1000) added, `/home/user`, and the egress proxy's
+//! CA in the image's trust stores ([`super::trust`]). The agent is the
 //! statically linked sandboxd binary, exec'd by fd, so the image needs no libc and no shell.
 
 use super::names::valid_template;
 use super::snapshot::{IMAGE_LAYERS, LAYERS_FILE, TMP_PREFIX, TemplateLayers, valid_layer_path};
 use super::template::{MARKER, USER_ID};
-use super::{NamespaceBackend, step};
+use super::{NamespaceBackend, step, trust};
 use crate::RuntimeError;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The generated empty skeleton under every image template.
 pub const SCRATCH: &str = "scratch";
@@ -24,6 +25,8 @@ const SCRATCH_VERSION: u32 = 1;
 
 /// Largest `/etc/passwd` or `/etc/group` of an image that is read.
 const MAX_ACCOUNT_FILE: u64 = 1 << 20;
+/// Largest CA bundle of an image that is copied into the top layer with the CA appended.
+const MAX_BUNDLE: u64 = 4 << 20;
 
 fn io_step(what: &'static str) -> impl Fn(std::io::Error) -> RuntimeError {
     move |e| step("image template", format!("{what}: {e}"))
@@ -239,6 +242,25 @@ impl NamespaceBackend {
             std::os::unix::fs::lchown(&p, Some(host(0)), Some(host(0)))
                 .map_err(io_step("writing the account files"))?;
         }
+        if let Some(pem) = &self.inner.cfg.egress_ca_pem {
+            let layers: Vec<PathBuf> = image_top_first.iter().map(|l| templates.join(l)).collect();
+            let files = trust_files(&layers, pem);
+            for (rel, text) in &files {
+                let mut dir = top.clone();
+                for c in rel.parent().into_iter().flat_map(Path::components) {
+                    dir.push(c);
+                    if std::fs::symlink_metadata(&dir).is_err() {
+                        mkdir(&dir, 0o755, 0)?;
+                    }
+                }
+                let p = top.join(rel);
+                std::fs::write(&p, text).map_err(io_step("writing the CA files"))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+                    .map_err(io_step("writing the CA files"))?;
+                std::os::unix::fs::lchown(&p, Some(host(0)), Some(host(0)))
+                    .map_err(io_step("writing the CA files"))?;
+            }
+        }
         let manifest = TemplateLayers {
             base: SCRATCH.to_string(),
             root: std::iter::once(format!("{name}/top"))
@@ -252,6 +274,56 @@ impl NamespaceBackend {
         let json = serde_json::to_vec(&manifest).map_err(|e| step("image template", e))?;
         std::fs::write(tmp.join(LAYERS_FILE), json).map_err(io_step("writing the manifest"))
     }
+}
+
+/// The files an image template's top layer holds so its sandboxes trust the egress proxy's CA
+/// `pem` (paths relative to the root): the certificate at [`trust::EGRESS_CA_PATH`], in
+/// `/usr/local/share/ca-certificates` where the image has that directory (so a later
+/// `update-ca-certificates` keeps it), and each system bundle of the image, resolved through its
+/// links, with the certificate appended. An `/etc` that is not a directory gets nothing.
+fn trust_files(layers_top_first: &[PathBuf], pem: &str) -> Vec<(PathBuf, String)> {
+    use std::io::Read;
+    let opaque = |p: &Path| xattr_is_y(p, "user.overlay.opaque");
+    let mut out: Vec<(PathBuf, String)> = Vec::new();
+    let is_dir_or_absent = |rel: &str| {
+        matches!(
+            trust::image_entry(layers_top_first, Path::new(rel), &opaque),
+            trust::ImageEntry::Dir | trust::ImageEntry::Missing
+        )
+    };
+    if !is_dir_or_absent("etc") || !is_dir_or_absent("etc/sandboxd") {
+        return out;
+    }
+    let cert = format!("{}\n", pem.trim());
+    out.push((
+        PathBuf::from(trust::EGRESS_CA_PATH.trim_start_matches('/')),
+        cert.clone(),
+    ));
+    if trust::image_entry(
+        layers_top_first,
+        Path::new("usr/local/share/ca-certificates"),
+        &opaque,
+    ) == trust::ImageEntry::Dir
+    {
+        out.push((
+            PathBuf::from("usr/local/share/ca-certificates/sandboxd-egress-ca.crt"),
+            cert,
+        ));
+    }
+    for rel in trust::BUNDLES {
+        let Some((path, at, len)) = trust::resolve(layers_top_first, Path::new(rel), &opaque) else {
+            continue;
+        };
+        if len > MAX_BUNDLE || out.iter().any(|(p, _)| *p == path) {
+            continue;
+        }
+        let mut text = String::new();
+        let read = std::fs::File::open(&at).and_then(|f| f.take(MAX_BUNDLE).read_to_string(&mut text));
+        if read.is_ok() {
+            out.push((path, trust::with_ca(&text, pem)));
+        }
+    }
+    out
 }
 
 /// Bytes on disk of the layers template `name` stacks (its own, its images', other templates'
@@ -358,5 +430,45 @@ mod tests {
         assert!(valid_layer_path(&p));
         assert!(super::super::snapshot::is_image_layer(&p));
         assert!(!super::super::snapshot::is_image_layer("_image-layersx/a"));
+    }
+
+    #[test]
+    fn trust_files_follow_the_images_bundles() {
+        let d = tempfile::tempdir().unwrap();
+        let (top, low) = (d.path().join("top"), d.path().join("low"));
+        // Debian-like: the bundle in the lower layer, a newer copy in the upper one, and a
+        // local-certificates directory; /etc/ssl/cert.pem links to the bundle
+        std::fs::create_dir_all(low.join("etc/ssl/certs")).unwrap();
+        std::fs::create_dir_all(low.join("usr/local/share/ca-certificates")).unwrap();
+        std::fs::write(low.join("etc/ssl/certs/ca-certificates.crt"), "OLD\n").unwrap();
+        std::fs::create_dir_all(top.join("etc/ssl/certs")).unwrap();
+        std::fs::write(top.join("etc/ssl/certs/ca-certificates.crt"), "NEW\n").unwrap();
+        std::os::unix::fs::symlink("certs/ca-certificates.crt", low.join("etc/ssl/cert.pem")).unwrap();
+        let files = trust_files(&[top.clone(), low.clone()], "PEM");
+        let get = |p: &str| {
+            files
+                .iter()
+                .find(|(r, _)| r == Path::new(p))
+                .map(|(_, t)| t.as_str())
+        };
+        assert_eq!(get("etc/sandboxd/egress-ca.pem"), Some("PEM\n"));
+        assert_eq!(
+            get("usr/local/share/ca-certificates/sandboxd-egress-ca.crt"),
+            Some("PEM\n")
+        );
+        let bundle = get("etc/ssl/certs/ca-certificates.crt").unwrap();
+        assert!(
+            bundle.starts_with("NEW\n") && bundle.ends_with("PEM\n"),
+            "{bundle}"
+        );
+        // the link resolves to the same bundle: written once, the link left alone
+        assert_eq!(files.len(), 3, "{files:?}");
+        // an image without any bundle still gets the certificate file; an /etc that is a file
+        // gets nothing
+        let bare = d.path().join("bare");
+        std::fs::create_dir_all(&bare).unwrap();
+        assert_eq!(trust_files(std::slice::from_ref(&bare), "PEM").len(), 1);
+        std::fs::write(bare.join("etc"), "").unwrap();
+        assert!(trust_files(std::slice::from_ref(&bare), "PEM").is_empty());
     }
 }

@@ -35,6 +35,7 @@ pub mod stats;
 pub mod sys;
 mod teardown;
 pub mod template;
+pub mod trust;
 pub mod userns;
 pub mod volumes;
 

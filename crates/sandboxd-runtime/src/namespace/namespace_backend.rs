@@ -95,6 +95,7 @@ impl NamespaceBackend {
             &template::SkeletonSource {
                 host_root: cfg.host_root.clone(),
                 chown: true,
+                egress_ca_pem: cfg.egress_ca_pem.clone(),
             },
         )?;
         image_template::ensure_scratch(&d.join("templates"))?;

@@ -108,6 +108,9 @@ pub struct SkeletonSource {
     pub host_root: PathBuf,
     /// Set owners (0 or 1000). Off only in unprivileged unit tests.
     pub chown: bool,
+    /// The egress proxy's CA certificate, added to the skeleton's trust store
+    /// ([`super::trust`]); a different one regenerates the skeleton.
+    pub egress_ca_pem: Option<String>,
 }
 
 impl Default for SkeletonSource {
@@ -115,6 +118,7 @@ impl Default for SkeletonSource {
         Self {
             host_root: PathBuf::from("/"),
             chown: true,
+            egress_ca_pem: None,
         }
     }
 }
@@ -124,7 +128,7 @@ impl Default for SkeletonSource {
 pub fn ensure_base(templates: &Path, src: &SkeletonSource) -> Result<PathBuf, RuntimeError> {
     let dir = templates.join(BASE);
     let marker = dir.join(MARKER);
-    let want = marker_json();
+    let want = marker_json(src.egress_ca_pem.as_deref());
     match std::fs::read_to_string(&marker) {
         Ok(s) if s == want => return Ok(dir.join("rootfs")),
         Ok(_) => {
@@ -172,8 +176,14 @@ fn unique() -> String {
     format!("{}-{nanos}", std::process::id())
 }
 
-fn marker_json() -> String {
-    format!("{{\"version\":{BASE_VERSION},\"kind\":\"generated-base\"}}\n")
+fn marker_json(egress_ca_pem: Option<&str>) -> String {
+    match egress_ca_pem {
+        None => format!("{{\"version\":{BASE_VERSION},\"kind\":\"generated-base\"}}\n"),
+        Some(pem) => format!(
+            "{{\"version\":{BASE_VERSION},\"kind\":\"generated-base\",\"egressCa\":\"{}\"}}\n",
+            super::trust::fingerprint(pem)
+        ),
+    }
 }
 
 fn mkdir_mode(p: &Path, mode: u32) -> Result<(), RuntimeError> {
@@ -253,6 +263,9 @@ fn build(dir: &Path, src: &SkeletonSource) -> Result<(), RuntimeError> {
         copy_tree(&host_etc.join(name), &etc.join(name), Path::new(name), src.chown)?;
     }
     write_etc(&etc, src.chown)?;
+    if let Some(pem) = &src.egress_ca_pem {
+        super::trust::install_in_root(&root, pem)?;
+    }
     // home directories from /etc/skel
     let home = root.join("home/user");
     mkdir_mode(&home, 0o750)?;
@@ -267,7 +280,11 @@ fn build(dir: &Path, src: &SkeletonSource) -> Result<(), RuntimeError> {
         }
     }
     chown(&home, USER_ID, USER_ID, src.chown)?;
-    write_mode(&dir.join(MARKER), &marker_json(), 0o644)?;
+    write_mode(
+        &dir.join(MARKER),
+        &marker_json(src.egress_ca_pem.as_deref()),
+        0o644,
+    )?;
     Ok(())
 }
 
@@ -531,6 +548,7 @@ mod tests {
         let src = SkeletonSource {
             host_root: host.path().to_path_buf(),
             chown: is_root(),
+            egress_ca_pem: None,
         };
         let root = ensure_base(out.path(), &src).unwrap();
         assert_eq!(root, out.path().join("base/rootfs"));
@@ -619,6 +637,7 @@ mod tests {
         let src = SkeletonSource {
             host_root: host.path().to_path_buf(),
             chown: is_root(),
+            egress_ca_pem: None,
         };
         let root = ensure_base(out.path(), &src).unwrap();
         let id1 = std::fs::read_to_string(root.join("etc/machine-id")).unwrap();
@@ -635,12 +654,43 @@ mod tests {
             id1,
             "regenerated"
         );
+        // a CA is added to the trust store; another CA regenerates the skeleton
+        std::fs::write(
+            host.path().join("etc/ssl/certs/ca-certificates.crt"),
+            "HOST ROOTS\n",
+        )
+        .unwrap();
+        let with_ca = |pem: &str| SkeletonSource {
+            egress_ca_pem: Some(pem.to_string()),
+            ..src.clone()
+        };
+        ensure_base(out.path(), &with_ca("CA ONE")).unwrap();
+        let bundle = std::fs::read_to_string(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+        assert!(
+            bundle.starts_with("HOST ROOTS\n") && bundle.ends_with("CA ONE\n"),
+            "{bundle}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/sandboxd/egress-ca.pem")).unwrap(),
+            "CA ONE\n"
+        );
+        ensure_base(out.path(), &with_ca("CA TWO")).unwrap();
+        let bundle = std::fs::read_to_string(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+        assert!(
+            bundle.ends_with("CA TWO\n") && !bundle.contains("CA ONE"),
+            "{bundle}"
+        );
+        // the host's own bundle is untouched
+        assert_eq!(
+            std::fs::read_to_string(host.path().join("etc/ssl/certs/ca-certificates.crt")).unwrap(),
+            "HOST ROOTS\n"
+        );
         let stale: Vec<_> = std::fs::read_dir(out.path())
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with(".stale-base-"))
             .collect();
-        assert_eq!(stale.len(), 1);
+        assert_eq!(stale.len(), 3);
         assert!(
             !out.path()
                 .read_dir()
@@ -659,6 +709,7 @@ mod tests {
         let src = SkeletonSource {
             host_root: host.path().to_path_buf(),
             chown: false,
+            egress_ca_pem: None,
         };
         assert!(matches!(
             ensure_base(out.path(), &src),

@@ -9,9 +9,11 @@
 //!   `served-by` the server's own address
 //! - a line echo server on port 9000 of both (for connections held open), and on port 2222 a
 //!   server that speaks first (a greeting line, then close)
-//! - a TLS line server on port 443 of both (a self-signed certificate for `web.test` and
-//!   `other.test`): after the handshake it answers each line with `tls <its address> <line>`,
-//!   so a client sees which server it reached
+//! - a TLS server on port 443 of both (a certificate for `web.test` and `other.test` signed
+//!   by a test CA, [`FakeInternet::ca_cert`]): after the handshake it answers each line with
+//!   `tls <its address> <line>`, so a client sees which server it reached, or, when the first
+//!   line is an HTTP request, answers each request with its headers as JSON (`served-by` its
+//!   address, `path` the request's path)
 //! - an `iperf3` server on port 5201 of [`WEB`] (rate tests)
 //! - SOCKS5 proxies on [`OTHER`]: port 1080 without authentication, port 1081 with user `u`
 //!   and password `p`; they resolve only the test names, and log each CONNECT target as a line
@@ -178,9 +180,22 @@ threading.Event().wait()
 "#;
 
 const TLS_SERVER: &str = r#"
-import socket, ssl, sys, threading
+import json, socket, ssl, sys, threading
 cert, key = sys.argv[1], sys.argv[2]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert, key)
+def http(f, first, addr):
+    while first:
+        h = {}
+        line = f.readline()
+        while line not in (b'\r\n', b'\n', b''):
+            k, _, v = line.decode().partition(':')
+            h[k.strip().lower()] = v.strip()
+            line = f.readline()
+        h['served-by'] = addr
+        h['path'] = first.split(b' ')[1].decode()
+        body = json.dumps(h).encode()
+        f.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n' % len(body) + body)
+        first = f.readline()
 def serve(addr):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, 443)); s.listen(64)
@@ -190,8 +205,12 @@ def serve(addr):
             try:
                 t = ctx.wrap_socket(c, server_side=True)
                 f = t.makefile('rwb', buffering=0)
-                for line in f:
+                line = f.readline()
+                if line.split(b' ')[0] in (b'GET', b'POST', b'HEAD'):
+                    return http(f, line, addr)
+                while line:
                     f.write(b'tls ' + addr.encode() + b' ' + line)
+                    line = f.readline()
             except Exception:
                 pass
         threading.Thread(target=h, daemon=True).start()
@@ -238,12 +257,15 @@ impl FakeInternet {
         let http = netns(&["python3", "-c", HTTP_SERVER, docroot.path().to_str().unwrap()]);
         let echo = netns(&["python3", "-c", ECHO_SERVER, WEB, OTHER]);
         let (cert, key) = (docroot.path().join("tls.crt"), docroot.path().join("tls.key"));
+        // a test CA and a leaf for both names, signed by it (the file holds the chain)
         sh(&format!(
-            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=web.test \
-             -addext subjectAltName=DNS:web.test,DNS:other.test \
-             -keyout {} -out {} 2>/dev/null",
-            key.display(),
-            cert.display()
+            "cd {dir} && openssl req -x509 -newkey rsa:2048 -nodes -days 2 \
+             -subj '/CN=fake internet test CA' -keyout ca.key -out ca.crt 2>/dev/null && \
+             openssl req -newkey rsa:2048 -nodes -subj /CN=web.test -keyout tls.key -out tls.csr 2>/dev/null && \
+             printf 'subjectAltName=DNS:web.test,DNS:other.test\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > leaf.ext && \
+             openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+             -extfile leaf.ext -out leaf.crt 2>/dev/null && cat leaf.crt ca.crt > tls.crt",
+            dir = docroot.path().display()
         ));
         let tls = netns(&[
             "python3",
@@ -282,6 +304,11 @@ impl FakeInternet {
         };
         me.wait_ready();
         me
+    }
+
+    /// The test CA that signed the TLS servers' certificate (PEM file).
+    pub fn ca_cert(&self) -> std::path::PathBuf {
+        self.docroot.path().join("ca.crt")
     }
 
     fn wait_ready(&self) {
