@@ -63,7 +63,8 @@ echo "== Python SDK tests: oldest supported SDKs (.venv), whole suite"
 .venv/bin/python -m pytest tests/python "${pytest_args[@]}" --ignore=tests/python/attack "$@" || status=1
 
 echo "== Python SDK tests: newest SDKs (.venv-newest), representative subset"
-# create, commands, files, PTY, watch, pause/resume, snapshots, volumes, network, templates, code interpreter,
+# create, commands, files, PTY, watch, pause/resume, snapshots, volumes, network, templates, HTTPS ingress,
+# code interpreter,
 # the README
 newest_subset=(
   tests/python/test_quickstart.py tests/python/test_control_plane.py
@@ -72,7 +73,7 @@ newest_subset=(
   tests/python/envd/test_watch_sync.py tests/python/envd/test_watch_async.py
   tests/python/test_pause.py tests/python/test_snapshot_api.py tests/python/test_volumes.py
   tests/python/test_network_egress.py tests/python/test_network_settings.py tests/python/test_secrets.py
-  tests/python/test_templates.py
+  tests/python/test_templates.py tests/python/test_tls_ingress.py
   tests/python/interpreter/test_execution.py tests/python/interpreter/test_contexts.py
   tests/python/interpreter/test_parity.py
   tests/python/test_readme.py

@@ -10,6 +10,7 @@ pub mod filter;
 pub mod header_rules;
 pub mod interception;
 pub mod link;
+pub mod local_ca;
 pub mod plan;
 pub mod policy;
 pub mod proxy;

@@ -6,17 +6,21 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The default domain with TLS (no `--domain`): its wildcard has two labels, which every TLS
+/// client accepts, and its names resolve to loopback wherever `*.localhost` does.
+pub const TLS_DEFAULT_DOMAIN: &str = "sandbox.localhost";
+
 /// Everything the [`crate::Server`] needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Address of the one listener (HTTP/1.1 and h2c).
+    /// Address of the one listener (HTTP/1.1 and h2c, and TLS when [`Self::tls`] is set).
     pub listen: SocketAddr,
     /// Data directory: registry, API key, sandbox dirs.
     pub data_dir: PathBuf,
     /// The API key every control-plane call must carry in `X-API-Key`.
     pub api_key: String,
     /// Domain returned to SDKs (`sandbox.get_host(port)` is `<port>-<id>.<domain>`);
-    /// `None` means `localhost:<bound port>`.
+    /// `None` means `localhost:<bound port>`, or [`TLS_DEFAULT_DOMAIN`]`:<bound port>` with TLS.
     pub domain: Option<String>,
     pub limits: DaemonLimits,
     pub template_defaults: TemplateDefaults,
@@ -32,6 +36,8 @@ pub struct ServerConfig {
     pub pool: Vec<sandboxd_daemon::PoolSpec>,
     /// Where image pulls go: mirrors, plain-HTTP registries, credentials (`docs/templates.md`).
     pub registry: sandboxd_image::RegistryConfig,
+    /// TLS on the listener's port beside plain HTTP (`docs/network.md`, "HTTPS ingress").
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl ServerConfig {
@@ -50,6 +56,7 @@ impl ServerConfig {
             max_body_bytes: 1 << 20,
             pool: Vec::new(),
             registry: sandboxd_image::RegistryConfig::default(),
+            tls: None,
         }
     }
 }

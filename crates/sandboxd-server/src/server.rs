@@ -1,4 +1,5 @@
-//! The listener: one TCP socket, HTTP/1.1 and h2c, a routing decision per request.
+//! The listener: one TCP socket, HTTP/1.1 and h2c, and TLS (HTTP/1.1 and HTTP/2 by ALPN) on the
+//! same port when configured; a routing decision per request.
 
 use crate::config::ServerConfig;
 use crate::conn::{ConnCtl, ConnTable, GuardedBody, MIN_IDLE, TrackedStream};
@@ -40,6 +41,8 @@ struct Shared {
     first_request_timeout: Duration,
     /// Open client connections (for making room at the budget).
     conns: ConnTable,
+    /// TLS on the same port (`--tls`, `--tls-cert`): connections starting with a handshake.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The data dir's lock and the bound listener ([`Server::claim`]).
@@ -130,10 +133,12 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|e| ServerError::io("reading the listen address", e))?;
-        let domain = config
-            .domain
-            .clone()
-            .unwrap_or_else(|| format!("localhost:{}", local_addr.port()));
+        let domain = config.domain.clone().unwrap_or_else(|| match config.tls {
+            // OpenSSL takes no wildcard of a single label (`*.localhost`); one level down
+            // still resolves to loopback wherever `*.localhost` does
+            Some(_) => format!("{}:{}", crate::config::TLS_DEFAULT_DOMAIN, local_addr.port()),
+            None => format!("localhost:{}", local_addr.port()),
+        });
         let keepalive_idle = config.keepalive_idle;
         let first_request_timeout = config.first_request_timeout;
         let daemon = Arc::new(Daemon::new(config.daemon_config(), domain, backend, store));
@@ -149,6 +154,7 @@ impl Server {
                 keepalive_idle,
                 first_request_timeout,
                 conns: ConnTable::default(),
+                tls: config.tls.clone().map(tokio_rustls::TlsAcceptor::from),
             }),
             listener,
             local_addr,
@@ -251,7 +257,42 @@ async fn serve_connection(
     let ctl = ConnCtl::new();
     shared.conns.insert(&ctl);
     let _registered = Registered(&shared.conns, ctl.id);
-    let io = TokioIo::new(TrackedStream::new(stream, ctl.clone()));
+    let tls = match &shared.tls {
+        // TLS and plain HTTP share the port: a TLS record starts with a handshake byte
+        Some(acceptor) => {
+            match tokio::time::timeout(shared.first_request_timeout, starts_with_tls(&stream)).await {
+                Ok(true) => Some(acceptor.clone()),
+                Ok(false) => None,
+                Err(_) => return,
+            }
+        }
+        None => None,
+    };
+    let stream = TrackedStream::new(stream, ctl.clone());
+    match tls {
+        Some(acceptor) => {
+            match tokio::time::timeout(shared.first_request_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http(shared.clone(), TokioIo::new(tls), ctl, drain).await,
+                Ok(Err(e)) => tracing::debug!(conn = ctl.id, "TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(conn = ctl.id, "TLS handshake timed out"),
+            }
+        }
+        None => serve_http(shared.clone(), TokioIo::new(stream), ctl, drain).await,
+    }
+}
+
+/// Whether the client's first byte is a TLS handshake record (0x16; an HTTP request starts
+/// with a method's letter, an h2c preface with `P`).
+async fn starts_with_tls(stream: &TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(stream.peek(&mut b).await, Ok(1) if b[0] == 0x16)
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on an accepted connection (plain or TLS).
+async fn serve_http<I>(shared: Arc<Shared>, io: TokioIo<I>, ctl: Arc<ConnCtl>, drain: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc_ctl = ctl.clone();
     let svc_shared = shared.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {

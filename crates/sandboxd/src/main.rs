@@ -6,6 +6,7 @@ mod bench_cmd;
 mod interpreter_cmd;
 mod logging;
 mod serve_cmd;
+mod tls_ca_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +31,9 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Run the code-interpreter server (port 49999) inside a sandbox; supervised by the agent.
     Interpreter(interpreter_cmd::InterpreterArgs),
+    /// Print where the CA of `serve --tls` is and how to trust it.
+    #[command(name = "tls-ca")]
+    TlsCa(tls_ca_cmd::TlsCaArgs),
     /// Internal: the runtime's single-threaded spawn helper.
     #[command(name = "__spawn-helper", hide = true)]
     SpawnHelper,
@@ -42,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(args) => agent_cmd::run(args),
         Command::Interpreter(args) => interpreter_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
+        Command::TlsCa(args) => tls_ca_cmd::run(args),
         Command::SpawnHelper => {
             // Owned by the runtime crate: it must stay single-threaded (no tokio here).
             sandboxd_runtime::namespace::spawn_helper::run_spawn_helper()?;

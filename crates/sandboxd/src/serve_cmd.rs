@@ -90,6 +90,17 @@ pub struct ServeArgs {
     /// Sandboxes get loopback only: no link, no egress (E2B's network settings are stored).
     #[arg(long)]
     pub no_network: bool,
+    /// Serve TLS on the listener's port too (beside plain HTTP), with a certificate from a
+    /// CA the daemon makes in its data dir (`sandboxd tls-ca` prints how to trust it), for
+    /// `https://<port>-<id>.<domain>`. See docs/network.md, "HTTPS ingress".
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub tls: bool,
+    /// Serve TLS with this certificate chain (PEM; a wildcard for `*.<domain>`), with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Pull images of REGISTRY from this mirror first (repeatable; like containerd's mirrors):
     /// `docker.io=http://127.0.0.1:5000`. A mirror's "not found" is final. See docs/templates.md.
     #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", value_parser = parse_mirror)]
@@ -122,7 +133,52 @@ fn parse_dns_upstream(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an IP address or IP:PORT"))
 }
 
-fn default_data_dir() -> anyhow::Result<PathBuf> {
+/// Where the ingress CA lives in a data dir.
+pub const INGRESS_CA_DIR: &str = "ingress-ca";
+
+/// The listener's TLS config: the user's certificate, or one for the domain (and `localhost`,
+/// its subdomains and the listen address) from the data dir's ingress CA.
+fn ingress_tls(args: &ServeArgs, data_dir: &Path) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    use sandboxd_net::local_ca;
+    let key = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            local_ca::certified_key_from_files(cert, key).context("--tls-cert/--tls-key")?
+        }
+        _ if args.tls => {
+            let ca = local_ca::LocalCa::load_or_create(&data_dir.join(INGRESS_CA_DIR), "ingress")
+                .context("the ingress CA")?;
+            let default = sandboxd_server::config::TLS_DEFAULT_DOMAIN;
+            let mut names: Vec<String> = vec![
+                default.into(),
+                format!("*.{default}"),
+                "localhost".into(),
+                "*.localhost".into(),
+            ];
+            if let Some(d) = &args.domain {
+                let host = d
+                    .rsplit_once(':')
+                    .map_or(d.as_str(), |(h, _)| h)
+                    .to_ascii_lowercase();
+                if !host.is_empty() && !names.contains(&host) && host != "localhost" {
+                    names.push(format!("*.{host}"));
+                    names.push(host);
+                }
+            }
+            names.extend(["127.0.0.1".to_string(), "::1".to_string()]);
+            if !args.listen.ip().is_unspecified() && !args.listen.ip().is_loopback() {
+                names.push(args.listen.ip().to_string());
+            }
+            tracing::info!(ca = %ca.cert_path().display(), ?names, "TLS with a certificate of the ingress CA (`sandboxd tls-ca` shows how to trust it)");
+            ca.mint(&names, 397)
+                .context("minting the listener's certificate")?
+        }
+        _ => return Ok(None),
+    };
+    let config = local_ca::server_config(key, vec![b"h2".to_vec(), b"http/1.1".to_vec()])?;
+    Ok(Some(Arc::new(config)))
+}
+
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
     if nix::unistd::geteuid().is_root() {
         return Ok(PathBuf::from("/var/lib/sandboxd"));
     }
@@ -231,7 +287,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_bytes: args.log_max_mb.saturating_mul(1024 * 1024),
         keep: args.log_keep,
     })?;
-    let data_dir = match args.data_dir {
+    let data_dir = match args.data_dir.clone() {
         Some(d) => d,
         None => default_data_dir()?,
     };
@@ -247,6 +303,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--max-timeout, --max-sandboxes and --max-cpu must be greater than 0");
     }
     let mut config = ServerConfig::new(args.listen, data_dir.clone(), key.clone());
+    config.tls = ingress_tls(&args, &data_dir)?;
     config.domain = args.domain;
     config.limits = DaemonLimits {
         max_cpu: args.max_cpu,
@@ -271,7 +328,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.registry.insecure = args.insecure_registry;
     config.registry.docker_config = args.docker_config;
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().is_loopback() && config.tls.is_none() {
         tracing::warn!(
             "listening on {} (not loopback) without TLS: the API key and sandbox traffic travel in clear text",
             args.listen
@@ -284,7 +341,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let interception = if args.no_network {
             None
         } else {
-            let ca = sandboxd_net::interception::EgressCa::load_or_create(&data_dir.join("egress-ca"))?;
+            let ca = sandboxd_net::local_ca::LocalCa::load_or_create(&data_dir.join("egress-ca"), "egress")?;
             let upstream = sandboxd_net::interception::UpstreamTls::new(&args.egress_upstream_ca)?;
             Some(sandboxd_net::interception::Interception {
                 ca: Arc::new(ca),
