@@ -95,6 +95,49 @@ impl UpstreamTls {
     }
 }
 
+/// TLS to an `egressProxy` with `tls.enabled`, its certificate verified for `name` against
+/// `tls.caCert` when given (only those certificates), else the host's trust store.
+pub async fn proxy_tls<S>(
+    tls: &crate::policy::ProxyTls,
+    name: &str,
+    stream: S,
+) -> Result<tokio_rustls::client::TlsStream<S>, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca_cert {
+        Some(pem) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .filter_map(Result::ok)
+                .collect();
+            roots.add_parsable_certificates(certs);
+        }
+        None => {
+            // read once: the host's store is a few hundred files
+            static HOST: std::sync::OnceLock<rustls::RootCertStore> = std::sync::OnceLock::new();
+            roots = HOST
+                .get_or_init(|| {
+                    let mut r = rustls::RootCertStore::empty();
+                    r.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                    r
+                })
+                .clone();
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server = ServerName::try_from(name.to_string()).map_err(|e| format!("TLS name {name:?}: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    connector
+        .connect(server, stream)
+        .await
+        .map_err(|e| format!("TLS with the proxy as {name}: {e}"))
+}
+
 /// Accepts the sandbox's TLS connection `stream` (its ClientHello not yet consumed) with a
 /// certificate for `name` from `ca`.
 pub async fn accept<S>(

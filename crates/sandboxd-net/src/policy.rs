@@ -20,6 +20,20 @@ use std::net::{IpAddr, Ipv4Addr};
 
 /// Largest number of entries in `allowOut`, `denyOut`, `dnsServers`, `httpsPorts`, `rules`.
 pub const MAX_ENTRIES: usize = 1024;
+/// Whether `pem` holds PEM certificates, every one of them well formed.
+fn has_certificates(pem: &str) -> bool {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut n = 0;
+    for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        match c {
+            Ok(c) if !c.is_empty() => n += 1,
+            _ => return false,
+        }
+    }
+    n > 0
+}
+
 /// Largest `egressProxy.tls.caCert` (PEM).
 pub const MAX_CA_CERT: usize = 64 * 1024;
 /// Largest number of headers in one rule's transform, and of bytes in one header value.
@@ -488,7 +502,7 @@ fn parse_egress_proxy(v: Option<&Value>) -> Result<Option<EgressProxy>, PolicyEr
             }
             if ca_cert
                 .as_ref()
-                .is_some_and(|ca| ca.len() > MAX_CA_CERT || !ca.contains("-----BEGIN CERTIFICATE-----"))
+                .is_some_and(|ca| ca.len() > MAX_CA_CERT || !has_certificates(ca))
             {
                 return Err(err(
                     "egressProxy.tls.caCert",
@@ -686,6 +700,11 @@ mod tests {
             ),
             (
                 json!({"egressProxy": {"address": "h:1", "tls": {"enabled": true, "caCert": "nope"}}}),
+                "egressProxy.tls.caCert",
+            ),
+            (
+                json!({"egressProxy": {"address": "h:1", "tls": {"enabled": true,
+                    "caCert": "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n"}}}),
                 "egressProxy.tls.caCert",
             ),
             (json!({"egressProxy": 5}), "egressProxy"),

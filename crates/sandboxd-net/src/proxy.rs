@@ -29,7 +29,7 @@
 //!
 //! A sandbox with `egressProxy` has all its TCP redirected here, and the proxy connects
 //! through the given SOCKS5 proxy (`tokio-socks`) instead of directly
-//! (`EgressProxy::connect_chained`); TLS to that proxy is not supported yet.
+//! (`EgressProxy::connect_chained`), over TLS when its `tls.enabled` says so.
 
 use crate::header_rules::Prefixed;
 use crate::header_rules::SecretSource;
@@ -307,6 +307,11 @@ pub struct EgressProxy {
     interception: Option<Interception>,
 }
 
+/// A connection to where the sandbox's traffic goes: TCP, or TLS to an `egressProxy`.
+pub trait UpstreamIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> UpstreamIo for T {}
+type Upstream = Box<dyn UpstreamIo>;
+
 /// Why a connection was not proxied.
 #[derive(Debug)]
 enum Refusal {
@@ -475,7 +480,6 @@ impl EgressProxy {
                 return Err(Refusal::Failed(format!("connecting for {}: {why}", what())));
             }
         };
-        let _ = upstream.set_nodelay(true);
         self.proxied.fetch_add(1, Ordering::Relaxed);
         let still_allowed = || {
             self.lookup.by_source(src).is_some_and(|now| {
@@ -541,7 +545,7 @@ impl EgressProxy {
         target: &Route,
         dst: SocketAddrV4,
         policy: &Policy,
-    ) -> Result<TcpStream, Refusal> {
+    ) -> Result<Upstream, Refusal> {
         let addrs = match target {
             Route::Name(n) => self.resolve(n, policy).await,
             _ => vec![*dst.ip()],
@@ -563,7 +567,10 @@ impl EgressProxy {
         let mut last = String::from("no address");
         for ip in addrs.iter().take(4) {
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((*ip, dst.port()))).await {
-                Ok(Ok(s)) => return Ok(s),
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(Box::new(s));
+                }
                 Ok(Err(e)) => last = format!("{ip}: {e}"),
                 Err(_) => last = format!("{ip}: timed out"),
             }
@@ -571,22 +578,17 @@ impl EgressProxy {
         Err(Refusal::Failed(last))
     }
 
-    /// Connects through the sandbox's `egressProxy` (SOCKS5, optional username and password):
-    /// an allowed name is handed to the proxy as a name (it resolves it), any other target as
-    /// the original address. The proxy's own address and an original address must pass the
-    /// host protections.
+    /// Connects through the sandbox's `egressProxy` (SOCKS5, optional username and password,
+    /// optionally over TLS): an allowed name is handed to the proxy as a name (it resolves it),
+    /// any other target as the original address. The proxy's own address and an original
+    /// address must pass the host protections.
     async fn connect_chained(
         &self,
         chain: &policy::EgressProxy,
         target: &Route,
         dst: SocketAddrV4,
         policy: &Policy,
-    ) -> Result<TcpStream, Refusal> {
-        if chain.tls.is_some() {
-            return Err(Refusal::Failed(
-                "egressProxy.tls is not supported yet: not connecting in clear text instead".into(),
-            ));
-        }
+    ) -> Result<Upstream, Refusal> {
         let host = host_addresses();
         let (proxy_host, proxy_port) = chain
             .address
@@ -617,20 +619,27 @@ impl EgressProxy {
             return Err(Refusal::Policy("a protected address".into()));
         }
         let connect = async {
-            let proxies = proxy_addrs.as_slice();
-            let r = match (target, &chain.username) {
-                (Route::Name(n), Some(u)) => {
-                    let pw = chain.password.as_deref().unwrap_or_default();
-                    Socks5Stream::connect_with_password(proxies, (n.as_str(), dst.port()), u, pw).await
+            let mut last = String::from("no address");
+            let mut tcp = None;
+            for a in proxy_addrs.iter().take(4) {
+                match TcpStream::connect(a).await {
+                    Ok(s) => {
+                        tcp = Some(s);
+                        break;
+                    }
+                    Err(e) => last = format!("{a}: {e}"),
                 }
-                (Route::Name(n), None) => Socks5Stream::connect(proxies, (n.as_str(), dst.port())).await,
-                (_, Some(u)) => {
-                    let pw = chain.password.as_deref().unwrap_or_default();
-                    Socks5Stream::connect_with_password(proxies, SocketAddr::V4(dst), u, pw).await
+            }
+            let tcp = tcp.ok_or(last)?;
+            let _ = tcp.set_nodelay(true);
+            match &chain.tls {
+                None => socks5(tcp, chain, target, dst).await,
+                Some(tls) => {
+                    let name = tls.server_name.as_deref().unwrap_or(proxy_host);
+                    let tls = crate::interception::proxy_tls(tls, name, tcp).await?;
+                    socks5(tls, chain, target, dst).await
                 }
-                (_, None) => Socks5Stream::connect(proxies, SocketAddr::V4(dst)).await,
-            };
-            r.map(Socks5Stream::into_inner)
+            }
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(s)) => Ok(s),
@@ -673,6 +682,31 @@ impl EgressProxy {
             }
         }
     }
+}
+
+/// The SOCKS5 handshake over `stream` (to the proxy) for `target`.
+async fn socks5<S>(
+    stream: S,
+    chain: &policy::EgressProxy,
+    target: &Route,
+    dst: SocketAddrV4,
+) -> Result<Upstream, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let pw = chain.password.as_deref().unwrap_or_default();
+    let r = match (target, &chain.username) {
+        (Route::Name(n), Some(u)) => {
+            Socks5Stream::connect_with_password_and_socket(stream, (n.as_str(), dst.port()), u, pw).await
+        }
+        (Route::Name(n), None) => Socks5Stream::connect_with_socket(stream, (n.as_str(), dst.port())).await,
+        (_, Some(u)) => {
+            Socks5Stream::connect_with_password_and_socket(stream, SocketAddr::V4(dst), u, pw).await
+        }
+        (_, None) => Socks5Stream::connect_with_socket(stream, SocketAddr::V4(dst)).await,
+    };
+    r.map(|s| Box::new(s.into_inner()) as Upstream)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs `work` until it ends (false) or `still_allowed` turns false at a re-check (true).

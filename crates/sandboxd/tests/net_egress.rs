@@ -1055,5 +1055,72 @@ async fn egress_chained_through_a_socks5_proxy() {
     )
     .await;
     assert_eq!(out, "403\n");
+
+    // TLS to the proxy (egressProxy.tls): verified against its caCert for serverName
+    let test_ca = std::fs::read_to_string(inet.ca_cert()).unwrap();
+    let tls_proxy = |tls: Value| {
+        json!({"allowOut": ["web.test"], "denyOut": ["0.0.0.0/0"],
+               "egressProxy": {"address": format!("{OTHER}:1443"), "tls": tls}})
+    };
+    let (status, _) = put_network(
+        &d,
+        &named,
+        &tls_proxy(json!({"enabled": true, "serverName": "other.test", "caCert": test_ca})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let out = sh(
+        &d,
+        &named,
+        &named_tok,
+        "curl -sS --max-time 5 http://web.test/hello.txt",
+    )
+    .await;
+    assert_eq!(out, HELLO);
+    assert!(logged().contains("1443 web.test:80"), "{}", logged());
+    // an unverifiable proxy is never used: the host's roots do not have the test CA, a caCert
+    // that did not sign it, a serverName its certificate does not have
+    // (a real CA that did not sign it: the daemon's own egress CA)
+    let other_ca = std::fs::read_to_string(d.data_dir.join("egress-ca/ca.pem")).unwrap();
+    for tls in [
+        json!({"enabled": true, "serverName": "other.test"}),
+        json!({"enabled": true, "serverName": "other.test", "caCert": other_ca}),
+        json!({"enabled": true, "serverName": "wrong.test", "caCert": test_ca}),
+    ] {
+        let (status, body) = put_network(&d, &named, &tls_proxy(tls.clone())).await;
+        assert_eq!(status, 204, "{tls}: {body}");
+        let before = logged().matches("1443 ").count();
+        let out = sh(
+            &d,
+            &named,
+            &named_tok,
+            &http_status("http://web.test/hello.txt", ""),
+        )
+        .await;
+        assert_eq!(out, "000\n", "{tls}");
+        assert_eq!(
+            logged().matches("1443 ").count(),
+            before,
+            "{tls}: a CONNECT went through"
+        );
+    }
+    // the plain SOCKS5 port is not TLS: TLS to it fails instead of falling back to clear text
+    let (status, _) = put_network(
+        &d,
+        &named,
+        &json!({"allowOut": ["web.test"], "denyOut": ["0.0.0.0/0"],
+                "egressProxy": {"address": format!("{OTHER}:1080"),
+                                "tls": {"enabled": true, "serverName": "other.test", "caCert": test_ca}}}),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let out = sh(
+        &d,
+        &named,
+        &named_tok,
+        &http_status("http://web.test/hello.txt", ""),
+    )
+    .await;
+    assert_eq!(out, "000\n");
     d.kill_all_sandboxes();
 }

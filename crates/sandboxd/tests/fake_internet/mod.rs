@@ -16,7 +16,8 @@
 //!   address, `path` the request's path)
 //! - an `iperf3` server on port 5201 of [`WEB`] (rate tests)
 //! - SOCKS5 proxies on [`OTHER`]: port 1080 without authentication, port 1081 with user `u`
-//!   and password `p`; they resolve only the test names, and log each CONNECT target as a line
+//!   and password `p`, port 1443 over TLS (the TLS servers' certificate) without authentication;
+//!   they resolve only the test names, and log each CONNECT target as a line
 //!   `<port> <host>:<port>` to `socks.log` in the docroot
 //! - DNS (dnsmasq) on [`DNS`]: `web.test` → [`WEB`], `other.test` → [`OTHER`]
 //!
@@ -107,7 +108,7 @@ http.server.ThreadingHTTPServer(('0.0.0.0', 80), functools.partial(H, directory=
 "#;
 
 const SOCKS_SERVER: &str = r#"
-import os, socket, struct, sys, threading
+import os, socket, ssl, struct, sys, threading
 names = {'web.test': sys.argv[2], 'other.test': sys.argv[3]}
 log = os.path.join(sys.argv[1], 'socks.log')
 def pipe(a, b):
@@ -168,14 +169,23 @@ def handle(c, port, auth):
         pass
     finally:
         c.close()
-def serve(port, auth):
+def serve(port, auth, tls=None):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((sys.argv[3], port)); s.listen(64)
     while True:
         c, _ = s.accept()
-        threading.Thread(target=handle, args=(c, port, auth), daemon=True).start()
+        def start(c=c):
+            if tls is not None:
+                try:
+                    c = tls.wrap_socket(c, server_side=True)
+                except (OSError, ssl.SSLError):
+                    c.close(); return
+            handle(c, port, auth)
+        threading.Thread(target=start, daemon=True).start()
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(sys.argv[4], sys.argv[5])
 threading.Thread(target=serve, args=(1080, False), daemon=True).start()
 threading.Thread(target=serve, args=(1081, True), daemon=True).start()
+threading.Thread(target=serve, args=(1443, False, ctx), daemon=True).start()
 threading.Event().wait()
 "#;
 
@@ -284,6 +294,8 @@ impl FakeInternet {
             docroot.path().to_str().unwrap(),
             WEB,
             OTHER,
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
         ]);
         let dns = netns(&[
             "dnsmasq",
