@@ -17,6 +17,7 @@
 pub mod api;
 pub mod baseline;
 pub mod daemon;
+pub mod egress;
 pub mod http;
 pub mod image_pull;
 pub mod image_template;
@@ -92,7 +93,7 @@ pub struct Config {
 
 /// Section names for [`Config::only`].
 pub const SECTIONS: &[&str] = &[
-    "create", "exec", "listdir", "watch", "files", "cycle", "density", "pool",
+    "create", "exec", "listdir", "watch", "files", "cycle", "density", "pool", "egress",
 ];
 
 impl Config {

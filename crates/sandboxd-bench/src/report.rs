@@ -195,6 +195,9 @@ pub struct Report {
     /// Pulling an image from a registry on loopback into a template.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub image_pull: Option<crate::image_pull::PullSection>,
+    /// Egress throughput from sandboxes (NAT and proxy paths) next to the host's.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub egress: Option<crate::egress::EgressSection>,
     pub exec: Option<ExecSection>,
     pub cycle: Option<CycleSection>,
     pub density: Option<DensitySection>,
@@ -397,6 +400,29 @@ impl Report {
                 )
                 .budget("p50 2 ms"),
             ),
+        }
+        if let Some(e) = &self.egress {
+            rows.push(Row::value(
+                format!("egress throughput, host → server (baseline, {} s)", e.seconds),
+                fmt_num(e.host_mbps),
+                "Mbit/s",
+            ));
+            rows.push(
+                Row::value(
+                    "egress throughput, sandbox, NAT path",
+                    fmt_num(e.nat_mbps),
+                    "Mbit/s",
+                )
+                .vs_value(e.nat_mbps, e.host_mbps, "host"),
+            );
+            rows.push(
+                Row::value(
+                    "egress throughput, sandbox, through the egress proxy",
+                    fmt_num(e.proxy_mbps),
+                    "Mbit/s",
+                )
+                .vs_value(e.proxy_mbps, e.host_mbps, "host"),
+            );
         }
         if let Some(e) = &self.exec {
             rows.push(
@@ -686,6 +712,7 @@ pub(crate) mod tests {
             create_no_network: Some(s(4.0, "ms")),
             create_image_template: None,
             image_pull: None,
+            egress: None,
             exec: Some(ExecSection {
                 direct_true: s(1.5, "ms"),
                 sdk_bash_echo: s(5.0, "ms"),

@@ -1045,6 +1045,7 @@ pub async fn run(cfg: Config) -> Report {
         create_no_network: None,
         create_image_template: None,
         image_pull: None,
+        egress: None,
         exec: None,
         cycle: None,
         density: None,
@@ -1135,6 +1136,15 @@ async fn measure_all(ctx: &Ctx, sizes: &[(u64, usize)], report: &mut Report) {
         match crate::image_template::image_template(ctx).await {
             Ok(c) => report.create_image_template = Some(c),
             Err(e) => report.errors.push(format!("image template: {e}")),
+        }
+    }
+    if want("egress") {
+        match crate::egress::egress(ctx).await {
+            Ok(Some(e)) => report.egress = Some(e),
+            Ok(None) => report
+                .notes
+                .push("egress throughput not measured: iperf3 or ip is not installed".into()),
+            Err(e) => report.errors.push(format!("egress throughput: {e}")),
         }
     }
     if want("exec") || want("listdir") || want("watch") {

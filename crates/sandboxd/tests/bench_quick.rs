@@ -130,6 +130,23 @@ fn quick_bench_reports_every_section() {
     } else {
         assert!(v["image_pull"].is_null());
     }
+    // Egress throughput, whenever iperf3 is installed (setup.sh --tests installs it): the host
+    // baseline, the NAT path and the proxy path, each a real transfer
+    let have_iperf3 = Command::new("sh")
+        .args(["-c", "command -v iperf3"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have_iperf3 {
+        for k in ["host_mbps", "nat_mbps", "proxy_mbps"] {
+            assert!(num(&v, &format!("/egress/{k}")) > 10.0, "{k}: {v:#}");
+        }
+        assert!(
+            stdout.contains("egress throughput, sandbox, through the egress proxy"),
+            "{stdout}"
+        );
+    } else {
+        assert!(v["egress"].is_null());
+    }
     let levels = v["create"]["concurrency"].as_array().unwrap();
     let got: Vec<u64> = levels
         .iter()
