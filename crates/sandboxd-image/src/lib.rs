@@ -8,6 +8,7 @@
 //! `tar`, `flate2` and `zstd`, and unpacked by [`unpack`], which treats them as hostile.
 
 mod archive;
+mod manifest;
 mod reference;
 mod registry;
 mod store;

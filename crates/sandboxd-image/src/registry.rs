@@ -1,6 +1,7 @@
 //! Pulls from registries with `oci-client`: mirrors first, then the registry; credentials from
-//! the caller or a Docker `config.json`; each layer blob is fetched to a temporary file
-//! (digest checked by the client, size bounded here), retried, and unpacked into the store.
+//! the caller or a Docker `config.json`; the manifest and config with bounded reads
+//! (`manifest.rs`); each layer blob is fetched to a temporary file (digest checked by the
+//! client, size bounded here), retried, and unpacked into the store.
 
 use crate::reference::{Source, at, parse, sources};
 use crate::store::{ImageStore, io};
@@ -22,7 +23,11 @@ const BLOB_ATTEMPTS: u32 = 3;
 /// Registry clients by source and credentials: making one loads the system's TLS roots, and a
 /// client keeps the registry's tokens, so a client is never shared between credentials.
 #[derive(Clone, Default)]
-pub(crate) struct Clients(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Client>>>);
+pub(crate) struct Clients {
+    oci: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Client>>>,
+    /// For the bounded manifest fetches (`manifest.rs`); one for all registries.
+    http: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
+}
 
 impl std::fmt::Debug for Clients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -39,11 +44,25 @@ impl Clients {
             RegistryAuth::Bearer(t) => hex::encode(sha2::Sha256::digest(t)),
         };
         let key = format!("{}|{}|{who}", source.host, source.insecure);
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.oci.lock().unwrap_or_else(|p| p.into_inner());
         if g.len() > 64 {
             g.clear();
         }
         g.entry(key).or_insert_with(|| client_for(source)).clone()
+    }
+}
+
+impl Clients {
+    fn http(&self) -> reqwest::Client {
+        self.http
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(60))
+                    .build()
+                    .unwrap_or_else(|_| reqwest::Client::new())
+            })
+            .clone()
     }
 }
 
@@ -63,7 +82,7 @@ fn client_for(source: &Source) -> Client {
 }
 
 /// What went wrong, in our terms; `true` when the next source should be tried.
-fn classify(r: &Reference, e: OciDistributionError) -> (ImageError, bool) {
+pub(crate) fn classify(r: &Reference, e: OciDistributionError) -> (ImageError, bool) {
     let what = r.whole();
     match e {
         OciDistributionError::ImageManifestNotFoundError(_) => (ImageError::NotFound(what), true),
@@ -215,11 +234,13 @@ impl ImageStore {
             let at_source = at(&r, &source.host);
             let auth = self.auth_for(&source, r.registry(), &credentials);
             let client = self.clients.get(&source, &auth);
-            let fetched = client.pull_manifest_and_config(&at_source, &auth).await;
+            let http = self.clients.http();
+            let fetched =
+                crate::manifest::manifest_and_config(&client, &http, source.insecure, &at_source, &auth)
+                    .await;
             let (manifest, digest, config) = match fetched {
                 Ok(x) => x,
-                Err(e) => {
-                    let (err, next) = classify(&at_source, e);
+                Err((err, next)) => {
                     tracing::debug!(source = %source.host, "pull of {normalized}: {err}");
                     // a mirror that answers "no such image" is believed (an air-gapped mirror
                     // must not send the pull out to the registry); one that cannot be reached
