@@ -13,7 +13,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 /// Bump when the skeleton's content changes; an older `base` is set aside and regenerated.
-pub const BASE_VERSION: u32 = 1;
+pub const BASE_VERSION: u32 = 2;
 /// Name of the generated template.
 pub const BASE: &str = "base";
 /// Marker file in a template directory.
@@ -62,7 +62,6 @@ pub const ETC_ALLOW: &[&str] = &[
     "mime.types",
     "nanorc",
     "networks",
-    "nsswitch.conf",
     "os-release",
     "pam.conf",
     "pam.d",
@@ -459,6 +458,7 @@ fn write_etc(etc: &Path, chown_enabled: bool) -> Result<(), RuntimeError> {
     write_mode(&etc.join("hostname"), "sandbox\n", 0o644)?;
     write_mode(&etc.join("hosts"), &hosts_file("sandbox"), 0o644)?;
     write_mode(&etc.join("resolv.conf"), RESOLV_CONF, 0o644)?;
+    write_mode(&etc.join("nsswitch.conf"), NSSWITCH_CONF, 0o644)?;
     if std::fs::symlink_metadata(etc.join("mtab")).is_err() {
         symlink("../proc/self/mounts", etc.join("mtab")).map_err(io_ctx("symlink", &etc.join("mtab")))?;
     }
@@ -471,6 +471,13 @@ fn getrandom(buf: &mut [u8]) {
         let _ = f.read_exact(buf);
     }
 }
+
+/// `/etc/nsswitch.conf` of the skeleton: files and DNS only, whatever the host's says (a host's
+/// `myhostname`, `resolve` or `mymachines` would answer differently in a sandbox, or not at
+/// all), so name lookups behave the same on every host.
+pub const NSSWITCH_CONF: &str = "passwd:         files\ngroup:          files\nshadow:         files\n\
+gshadow:        files\nhosts:          files dns\nnetworks:       files\nprotocols:      files\n\
+services:       files\nethers:         files\nrpc:            files\n";
 
 /// `/etc/resolv.conf` of a sandbox: the gateway of the default `--sandbox-cidr`. Every query to
 /// port 53 reaches the daemon's resolver whatever the address (the packet filter redirects it;
@@ -550,9 +557,20 @@ mod tests {
             chown: is_root(),
             egress_ca_pem: None,
         };
+        std::fs::write(
+            host.path().join("etc/nsswitch.conf"),
+            "hosts: files myhostname resolve [!UNAVAIL=return] dns\n",
+        )
+        .unwrap();
         let root = ensure_base(out.path(), &src).unwrap();
         assert_eq!(root, out.path().join("base/rootfs"));
         let etc = root.join("etc");
+        // name lookups do not depend on the host's NSS modules
+        let nss = std::fs::read_to_string(etc.join("nsswitch.conf")).unwrap();
+        assert!(
+            nss.contains("hosts:          files dns\n") && !nss.contains("myhostname"),
+            "{nss}"
+        );
         // secrets and non-allow-listed files are absent
         assert!(!etc.join("ssh").exists());
         assert!(!etc.join("ssl/private").exists());
