@@ -18,7 +18,8 @@ apt_pkgs=(sudo python3 python-is-python3 python3-venv git curl ncurses-bin vim a
 # The template tests' own registry and images (docs/templates.md): a real registry on loopback,
 # images made with umoci from busybox and programs built with gcc/musl-gcc, pushed with skopeo.
 # mmdebstrap and dpkg-dev: the Debian image and the apt repository of the apt_install test.
-# libnss-myhostname: *.localhost names for the HTTPS ingress test (test_tls_ingress.py).
+# libnss-myhostname: *.localhost names for the HTTPS ingress test (test_tls_ingress.py); its
+# package adds `myhostname` to the host's /etc/nsswitch.conf (sandboxes keep their own).
 [ "$want_tests" = 1 ] && apt_pkgs+=(docker-registry skopeo umoci busybox-static musl-tools gcc libc6-dev mmdebstrap dpkg-dev libnss-myhostname)
 missing=()
 for p in "${apt_pkgs[@]}"; do
