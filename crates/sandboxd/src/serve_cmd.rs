@@ -353,35 +353,49 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let backend = tokio::task::spawn_blocking(move || backend(&dir, ca_pem))
             .await
             .context("backend start-up task")??;
-        let mut network = None;
-        let backend = if args.no_network || backend.name() != "namespace" {
-            backend
-        } else {
-            let plan = sandboxd_net::AddressPlan::new(
-                args.sandbox_cidr,
-                &sandboxd_net::AddressPlan::tag_for(&data_dir.to_string_lossy()),
-            )
-            .map_err(anyhow::Error::msg)?;
-            let net = sandboxd_net::Network::start(sandboxd_net::NetworkConfig {
-                plan,
-                dns_upstreams: args.dns_upstream.clone(),
-                allow_private: args.allow_private_egress,
-                state_dir: data_dir.join("network"),
-                interception,
-            })
-            .await
-            .context(
-                "starting sandbox networking (needs nftables; --no-network for loopback-only sandboxes)",
-            )?;
-            network = Some(net.clone());
-            Arc::new(sandboxd_net::NetworkedBackend::new(backend, net)) as Arc<dyn SandboxBackend>
+        // from here on, a failed start stops the backend's helpers and removes its prepared
+        // slots (their disks are mounted) before the process exits
+        let raw = backend.clone();
+        let started = async {
+            let mut network = None;
+            let backend = if args.no_network || backend.name() != "namespace" {
+                backend
+            } else {
+                let plan = sandboxd_net::AddressPlan::new(
+                    args.sandbox_cidr,
+                    &sandboxd_net::AddressPlan::tag_for(&data_dir.to_string_lossy()),
+                )
+                .map_err(anyhow::Error::msg)?;
+                let net = sandboxd_net::Network::start(sandboxd_net::NetworkConfig {
+                    plan,
+                    dns_upstreams: args.dns_upstream.clone(),
+                    allow_private: args.allow_private_egress,
+                    state_dir: data_dir.join("network"),
+                    interception,
+                })
+                .await
+                .context(
+                    "starting sandbox networking (needs nftables; --no-network for loopback-only sandboxes)",
+                )?;
+                network = Some(net.clone());
+                Arc::new(sandboxd_net::NetworkedBackend::new(backend, net)) as Arc<dyn SandboxBackend>
+            };
+            tracing::info!(backend = backend.name(), data_dir = %data_dir.display(), "starting");
+            sandboxd_daemon::pool::check_templates(backend.as_ref(), &config.pool)
+                .map_err(anyhow::Error::msg)?;
+            let server = Server::bind_claimed(config, backend.clone(), claim).await?;
+            if let Some(net) = &network {
+                net.set_secret_source(Arc::new(DaemonSecrets(server.daemon().clone())));
+            }
+            anyhow::Ok((server, backend))
         };
-        tracing::info!(backend = backend.name(), data_dir = %data_dir.display(), "starting");
-        sandboxd_daemon::pool::check_templates(backend.as_ref(), &config.pool).map_err(anyhow::Error::msg)?;
-        let server = Server::bind_claimed(config, backend.clone(), claim).await?;
-        if let Some(net) = &network {
-            net.set_secret_source(Arc::new(DaemonSecrets(server.daemon().clone())));
-        }
+        let (server, backend) = match started.await {
+            Ok(x) => x,
+            Err(e) => {
+                tokio::task::spawn_blocking(move || raw.shutdown()).await?;
+                return Err(e);
+            }
+        };
         let addr = server.local_addr();
         {
             let mut out = std::io::stdout().lock();

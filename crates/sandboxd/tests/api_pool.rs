@@ -375,6 +375,13 @@ async fn pool_flags_are_checked() {
     } else {
         assert!(err.contains("no such template"), "{err}");
     }
+    // a start that fails after the backend began preparing slots leaves none of them mounted
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let here = tmp.path().to_string_lossy().into_owned();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&here)),
+        "a failed start left mounts under {here}:\n{mounts}"
+    );
     let cfg = tmp.path().join("c.json");
     std::fs::write(&cfg, r#"{"pool":[{"template":"base","min":1,"bogus":true}]}"#).unwrap();
     let err = Daemon::start_in(
