@@ -145,3 +145,119 @@ def test_claims_do_not_share_state_and_pool_is_not_listed(pooled):
     finally:
         a.kill()
         b.kill()
+
+
+def _start(data_dir, extra=()):
+    """A daemon on `data_dir` with `extra` flags; (proc, url, key, log_path)."""
+    port = conftest._free_port()
+    url, key = f"http://127.0.0.1:{port}", "e2b_" + os.urandom(20).hex()
+    log_path = data_dir + f".{port}.log"
+    env = dict(os.environ, SANDBOXD_API_KEY=key, RUST_LOG="info")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [conftest.BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir, *extra],
+            env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )
+    conftest._wait_healthy(url, proc, log_path)
+    return proc, url, key, log_path
+
+
+def _stop(proc, url, key):
+    conftest._kill_all(url, key)
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _pool_of(url, key, name):
+    _, body = conftest._api(url, key, "GET", "/pool")
+    return next((t for t in json.loads(body)["templates"] if t["template"] == name), None)
+
+
+def _wait_pool(url, key, name, claimed_at_least=0, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = _pool_of(url, key, name)
+        if p and p["ready"] >= 1 and p["claimed"] >= claimed_at_least:
+            return p
+        time.sleep(0.05)
+    raise AssertionError(f"pool of {name} not ready: {_pool_of(url, key, name)}")
+
+
+@pytest.mark.timeout(240)
+def test_a_built_template_with_a_start_command_is_pooled(sandboxd):
+    """`--pool NAME=1` of a template built with the SDK: pooled sandboxes boot from its current
+    build with its environment and their start command already running and ready, so a create
+    does not wait for it; after a rebuild, sandboxes of the older build are never handed out."""
+    from e2b import Template, wait_for_file
+
+    if os.environ.get("SANDBOXD_TEST_URL"):
+        pytest.skip("needs daemons of its own (restarted with --pool)")
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
+    data_dir = tempfile.mkdtemp(prefix="sandboxd-pytest-pool-built-")
+    name = f"pooled-{os.urandom(3).hex()}"
+
+    def build(marker):
+        t = (
+            Template()
+            .from_template("base")
+            .set_envs({"FROM_TEMPLATE": "yes"})
+            .run_cmd(f"echo {marker} > /home/user/build.txt")
+            .set_start_cmd("sh -c 'echo $$ > /tmp/start.pid; sleep 1; touch /tmp/ready; exec sleep 1000'",
+                           wait_for_file("/tmp/ready"))
+        )
+        Template.build(t, name)
+
+    proc = None
+    try:
+        proc, url, key, _ = _start(data_dir)
+        conftest._set_env(url, key)
+        build("v1")
+        _stop(proc, url, key)
+        proc, url, key, log_path = _start(data_dir, ["--pool", f"{name}=1"])
+        conftest._set_env(url, key)
+        before = _wait_pool(url, key, name)
+        assert before["claimed"] == 0 and before.get("disabled") is None, before
+        sbx = Sandbox.create(name, envs={"MINE": "1"}, timeout=60)
+        try:
+            after = _pool_of(url, key, name)
+            assert after["claimed"] == 1, after
+            # the start command ran before the claim: ready, and still running
+            r = sbx.commands.run(
+                'test -e /tmp/ready && kill -0 "$(cat /tmp/start.pid)" && echo running; '
+                'echo "$FROM_TEMPLATE|$MINE"; cat /home/user/build.txt'
+            )
+            assert r.stdout.split() == ["running", "yes|1", "v1"], r.stdout
+        finally:
+            sbx.kill()
+        # a rebuild: the pooled sandbox of v1 is discarded, never handed out
+        _wait_pool(url, key, name, claimed_at_least=1)
+        build("v2")
+        for _ in range(2):
+            sbx = Sandbox.create(name, timeout=60)
+            try:
+                r = sbx.commands.run("cat /home/user/build.txt; test -e /tmp/ready && echo ready")
+                assert r.stdout.split() == ["v2", "ready"], r.stdout
+            finally:
+                sbx.kill()
+        # and the pool refills from the new build, which the next create claims
+        claimed = _pool_of(url, key, name)["claimed"]
+        _wait_pool(url, key, name)
+        sbx = Sandbox.create(name, timeout=60)
+        try:
+            assert _pool_of(url, key, name)["claimed"] == claimed + 1
+            assert sbx.commands.run("cat /home/user/build.txt").stdout.strip() == "v2"
+        finally:
+            sbx.kill()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if proc is not None:
+            _stop(proc, url, key)
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -69,19 +69,25 @@ impl Daemon {
                 .claim_pooled(&params, timeout, limits, &template_id, &alias)
                 .await
             {
-                return r;
+                return (r, true);
             }
-            this.create_inner(params, timeout, limits, template_id, alias)
-                .await
+            let r = this
+                .create_inner(params, timeout, limits, template_id, alias)
+                .await;
+            (r, false)
         })
         .await
         {
             Ok(r) => r,
-            Err(e) => Err(DaemonError::Internal(format!("create task failed: {e}"))),
+            Err(e) => (
+                Err(DaemonError::Internal(format!("create task failed: {e}"))),
+                false,
+            ),
         };
+        // a pooled sandbox's start command ran before it joined the pool
         let r = match (r, built) {
-            (Ok(s), Some(c)) if c.start_cmd.is_some() => self.start_template_command(s, &c).await,
-            (r, _) => r,
+            ((Ok(s), false), Some(c)) if c.start_cmd.is_some() => self.start_template_command(s, &c).await,
+            ((r, _), _) => r,
         };
         self.counters.create_done(r.is_ok(), t0.elapsed());
         r

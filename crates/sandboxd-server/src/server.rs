@@ -142,6 +142,10 @@ impl Server {
         let keepalive_idle = config.keepalive_idle;
         let first_request_timeout = config.first_request_timeout;
         let daemon = Arc::new(Daemon::new(config.daemon_config(), domain, backend, store));
+        daemon
+            .check_pool_templates()
+            .await
+            .map_err(|e| ServerError::Config(e.to_string()))?;
         let cleaned = daemon.reconcile_at_start().await?;
         if !cleaned.is_empty() {
             tracing::info!(count = cleaned.len(), "cleaned up sandboxes of an earlier run");

@@ -29,13 +29,23 @@ impl Daemon {
         template_id: &str,
         alias: &str,
     ) -> Option<Result<Arc<LiveSandbox>, DaemonError>> {
-        // pooled sandboxes were booted without volumes
-        if !params.volume_mounts.is_empty() || !self.pool.lock().contains_key(template_id) {
+        // pooled sandboxes were booted without volumes; a pool is named as creates name the
+        // template (`alias`: a built template's name, whose runtime template is `template_id`)
+        if !params.volume_mounts.is_empty() || !self.pool.lock().contains_key(alias) {
             return None;
         }
         let t0 = Instant::now();
         let reservation = self.reserve().ok()?; // at the limit: the cold path answers 429
-        let pooled = self.pool.take(template_id, &limits)?;
+        let pooled = match self.pool.take(alias, &limits, template_id) {
+            Ok(p) => p?,
+            Err(stale) => {
+                for p in stale {
+                    tracing::info!(sandbox = %p.id, template = alias, "discarding a pooled sandbox of an older build");
+                    self.discard(p.id);
+                }
+                return None;
+            }
+        };
         let _refill = ClaimDone(&self.pool);
         let id = pooled.id.clone();
         // the pooled sandbox's link is up already; only its policy changes (docs/network.md)
@@ -102,7 +112,7 @@ impl Daemon {
             (Ok(()), Ok(rec)) => rec,
             (Err(e), row) => {
                 tracing::warn!(sandbox = %id, "pool hand-over failed ({e}); destroying it and booting cold");
-                self.pool.count_failure(template_id);
+                self.pool.count_failure(alias);
                 match row {
                     Ok(_) => self.remove_row_and_discard(id),
                     Err(_) => self.discard(id),

@@ -50,6 +50,8 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub(crate) struct Pooled {
     pub id: String,
+    /// The runtime template it was booted from (a built template's changes with each build).
+    pub runtime: String,
     pub handle: SandboxHandle,
     /// The config it booted with (its placeholder token is replaced at claim).
     pub agent: AgentConfig,
@@ -99,6 +101,9 @@ enum Take {
     Hit(Box<Pooled>),
     Miss,
     LimitsDiffer,
+    /// Booted from an older build of the template: to be destroyed (the pool refills from
+    /// the current build).
+    Stale(Vec<Pooled>),
 }
 
 impl TemplatePool {
@@ -117,8 +122,17 @@ impl TemplatePool {
         }
     }
 
-    /// Takes the most recently booted sandbox (older ones age out first when demand drops).
-    fn take(&mut self, limits: &Limits) -> Take {
+    /// Takes the most recently booted sandbox of runtime template `runtime` (older ones age out
+    /// first when demand drops). Sandboxes of another runtime template (an older build) are
+    /// handed back as stale.
+    fn take(&mut self, limits: &Limits, runtime: &str) -> Take {
+        if self.ready.iter().any(|p| p.runtime != runtime) {
+            let (stale, keep): (Vec<Pooled>, Vec<Pooled>) =
+                self.ready.drain(..).partition(|p| p.runtime != runtime);
+            self.ready = keep.into();
+            self.stats.misses += 1;
+            return Take::Stale(stale);
+        }
         if *limits != self.limits {
             self.stats.limits_mismatch += 1;
             return Take::LimitsDiffer;
@@ -278,19 +292,32 @@ impl Pool {
             .collect()
     }
 
-    fn take(&self, template: &str, limits: &Limits) -> Option<Pooled> {
-        let taken = match self.lock().get_mut(template) {
-            None => return None,
-            Some(t) => t.take(limits),
+    /// A ready sandbox of pool `key` booted from `runtime` with `limits`; `Err` holds stale
+    /// sandboxes (of an older build) for the caller to destroy.
+    fn take(&self, key: &str, limits: &Limits, runtime: &str) -> Result<Option<Pooled>, Vec<Pooled>> {
+        let taken = match self.lock().get_mut(key) {
+            None => return Ok(None),
+            Some(t) => t.take(limits, runtime),
         };
         match taken {
             // the refiller is woken once the claim is done (a boot competes for the CPU)
-            Take::Hit(p) => Some(*p),
+            Take::Hit(p) => Ok(Some(*p)),
             // a miss may have raised the target
             Take::Miss | Take::LimitsDiffer => {
                 self.wake.notify_one();
-                None
+                Ok(None)
             }
+            Take::Stale(old) => {
+                self.wake.notify_one();
+                Err(old)
+            }
+        }
+    }
+
+    /// Sets the limits pooled sandboxes of `key` boot with (a built template's own).
+    fn set_limits(&self, key: &str, limits: Limits) {
+        if let Some(t) = self.lock().get_mut(key) {
+            t.limits = limits;
         }
     }
 
@@ -345,6 +372,7 @@ mod tests {
                 api: AgentEndpoint::Unix("/nonexistent/a.sock".into()),
                 control: AgentEndpoint::Unix("/nonexistent/c.sock".into()),
             },
+            runtime: "base".into(),
             agent: AgentConfig::new(id, "base"),
             born,
             control: Mutex::new(None),
@@ -418,22 +446,30 @@ mod tests {
         t.boot_started();
         assert!(!t.wants_boot(now, 10), "one ready or booting is the target");
         assert!(t.boot_done(Ok(pooled("a", now)), now).is_none());
-        assert!(matches!(t.take(&l), Take::Hit(p) if p.id == "a"));
+        assert!(matches!(t.take(&l, "base"), Take::Hit(p) if p.id == "a"));
         // empty: a miss raises the target, at most to max
         for _ in 0..5 {
-            assert!(matches!(t.take(&l), Take::Miss));
+            assert!(matches!(t.take(&l, "base"), Take::Miss));
         }
         assert_eq!(t.target, 3);
         assert_eq!((t.stats.claimed, t.stats.misses), (1, 5));
         // other limits never take a pooled sandbox
         t.ready.push_back(pooled("b", now));
         let other = Limits { memory_mb: 1024, ..l };
-        assert!(matches!(t.take(&other), Take::LimitsDiffer));
+        assert!(matches!(t.take(&other, "base"), Take::LimitsDiffer));
         assert_eq!(t.ready.len(), 1);
         assert_eq!(t.stats.limits_mismatch, 1);
         // newest first
         t.ready.push_back(pooled("c", now));
-        assert!(matches!(t.take(&l), Take::Hit(p) if p.id == "c"));
+        assert!(matches!(t.take(&l, "base"), Take::Hit(p) if p.id == "c"));
+        // a rebuilt template: sandboxes of the older build are handed back, never claimed
+        t.ready.push_back(pooled("d", now));
+        match t.take(&l, "base-build-2") {
+            Take::Stale(old) => assert_eq!(old.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["b", "d"]),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.ready.is_empty());
+        assert!(matches!(t.take(&l, "base-build-2"), Take::Miss));
     }
 
     #[test]

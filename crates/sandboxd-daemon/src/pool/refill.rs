@@ -6,7 +6,7 @@ use crate::agent::control_connection;
 use crate::daemon::Daemon;
 use crate::ids::{new_sandbox_id, new_token};
 use sandboxd_protocol::agent::AgentConfig;
-use sandboxd_runtime::{AgentEndpoint, Limits, SandboxSpec};
+use sandboxd_runtime::{AgentEndpoint, Limits, RuntimeError, SandboxSpec};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -67,6 +67,21 @@ impl Daemon {
         }
     }
 
+    /// Refuses pools of names that are neither a template of the backend nor a built template
+    /// (`--pool` names are checked at start-up; `check_templates` did the backend's part).
+    pub async fn check_pool_templates(&self) -> Result<(), crate::error::DaemonError> {
+        let names: Vec<String> = self.pool.lock().keys().cloned().collect();
+        for name in names {
+            if self.backend().has_template(&name) || self.resolve_built(&name).await?.is_some() {
+                continue;
+            }
+            return Err(crate::error::DaemonError::InvalidInput(format!(
+                "pool {name}: no such template"
+            )));
+        }
+        Ok(())
+    }
+
     /// A pooled template whose name a snapshot now shadows would never be claimed (creates
     /// resolve the name to the snapshot): disable it.
     async fn disable_shadowed(self: &Arc<Self>) {
@@ -74,6 +89,10 @@ impl Daemon {
         for name in names {
             let why = match self.resolve_template(&name).await {
                 Ok((id, _)) if id == name => continue,
+                // a built template (template_builds/): pooled from its current build
+                Ok((_, alias)) if alias == name && matches!(self.resolve_built(&name).await, Ok(Some(_))) => {
+                    continue;
+                }
                 Ok((id, _)) => format!("'{name}' resolves to the snapshot template {id}"),
                 Err(e) => e.to_string(),
             };
@@ -86,18 +105,64 @@ impl Daemon {
 
     async fn boot_one(self: &Arc<Self>, template: &str, limits: Limits) {
         let id = new_sandbox_id();
-        let mut agent = AgentConfig::new(id.clone(), template.to_string());
+        // a built template boots from its current build, with its limits and environment, and
+        // its start command running and ready (template_builds/start_command.rs)
+        let (runtime, built, limits) = match self.resolve_built(template).await {
+            Ok(Some(b)) => {
+                let mut defaults = self.config().template_defaults.for_template(&b.runtime);
+                defaults.cpu_count = b.config.cpu_count.unwrap_or(defaults.cpu_count);
+                defaults.memory_mb = b.config.memory_mb.unwrap_or(defaults.memory_mb);
+                let limits =
+                    crate::limits::resolve_limits(&defaults, &self.config().limits, None, None, None)
+                        .unwrap_or(limits);
+                self.pool.set_limits(template, limits);
+                (b.runtime, Some(b.config), limits)
+            }
+            _ => (template.to_string(), None, limits),
+        };
+        if built.is_some() && self.backend().template_has_services(&runtime) {
+            let why = format!(
+                "pool {template}: its build derives from a template with services, which cannot be pooled"
+            );
+            tracing::error!("{why}");
+            let e = RuntimeError::Unsupported(why);
+            if let Some(t) = self.pool.lock().get_mut(template) {
+                t.boot_done(Err(&e), Instant::now());
+            }
+            return;
+        }
+        let mut agent = AgentConfig::new(id.clone(), runtime.clone());
         // A placeholder nobody knows: the sandbox answers no request before it is claimed.
         agent.access_token = Some(new_token());
+        if let Some(c) = &built {
+            agent.env_vars = c.envs.clone();
+        }
         let spec = SandboxSpec {
             id: id.clone(),
-            template: template.to_string(),
+            template: runtime.clone(),
             limits,
             agent: agent.clone(),
             volumes: Vec::new(),
         };
         let t0 = Instant::now();
-        let r = self.backend().create(spec).await;
+        let mut r = self.backend().create(spec).await;
+        if let (Ok(handle), Some(c)) = (&r, &built)
+            && c.start_cmd.is_some()
+        {
+            let AgentEndpoint::Unix(sock) = &handle.api;
+            let started =
+                match crate::sessions::envd_calls::Envd::of_handle(sock, &id, agent.access_token.clone()) {
+                    Ok(envd) => self.run_start_command(envd, c).await,
+                    Err(e) => Err(e),
+                };
+            if let Err(e) = started {
+                let _ = self.backend().destroy(&id).await;
+                r = Err(RuntimeError::Step {
+                    step: "template start command",
+                    message: e.to_string(),
+                });
+            }
+        }
         let now = Instant::now();
         let control = match &r {
             Ok(handle) => {
@@ -109,6 +174,7 @@ impl Daemon {
         let outcome = match &r {
             Ok(handle) => Ok(Pooled {
                 id: id.clone(),
+                runtime: runtime.clone(),
                 handle: handle.clone(),
                 agent,
                 born: now,

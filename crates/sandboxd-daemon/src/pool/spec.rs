@@ -122,16 +122,19 @@ pub fn merge_specs(file: Vec<PoolSpec>, flags: Vec<PoolSpec>) -> Vec<PoolSpec> {
     by_template.into_values().collect()
 }
 
-/// Refuses pools of unknown templates and of templates whose sandboxes run services (the
-/// code interpreter reads env vars and the access token once at boot, so a claim could not
-/// hand them over).
+/// Refuses pools of templates the backend knows are missing and of templates whose sandboxes
+/// run services (the code interpreter reads env vars and the access token once at boot, so a
+/// claim could not hand them over). Other unknown names may be built templates:
+/// `Daemon::check_pool_templates` checks them once the registry is open.
 pub fn check_templates(backend: &dyn SandboxBackend, specs: &[PoolSpec]) -> Result<(), String> {
     for p in specs {
         if !backend.has_template(&p.template) {
-            return Err(match backend.template_missing_reason(&p.template) {
-                Some(why) => format!("pool {}: {why}", p.template),
-                None => format!("pool {}: no such template", p.template),
-            });
+            if let Some(why) = backend.template_missing_reason(&p.template) {
+                return Err(format!("pool {}: {why}", p.template));
+            }
+            // perhaps a built template: checked once the registry is open
+            // (`Daemon::check_pool_templates`)
+            continue;
         }
         if backend.template_has_services(&p.template) {
             return Err(format!(

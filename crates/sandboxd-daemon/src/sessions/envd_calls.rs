@@ -98,6 +98,23 @@ impl Envd {
         }
     }
 
+    /// The agent listening on `socket` of sandbox `id` (one not live yet: a pooled sandbox).
+    pub fn of_handle(
+        socket: &std::path::Path,
+        id: &str,
+        access_token: Option<String>,
+    ) -> Result<Self, DaemonError> {
+        Ok(Self {
+            connector: UnixConnector::new(socket).map_err(|e| DaemonError::AgentFailed {
+                sandbox_id: id.to_string(),
+                reason: format!("the agent's socket: {e}"),
+            })?,
+            access_token,
+            sandbox_id: id.to_string(),
+            user: SESSION_USER.to_string(),
+        })
+    }
+
     /// The same agent, with calls made as `user` (template builds run steps as root).
     pub fn as_user(mut self, user: &str) -> Self {
         self.user = user.to_string();

@@ -25,11 +25,30 @@ impl Daemon {
         s: Arc<LiveSandbox>,
         config: &BuildConfig,
     ) -> Result<Arc<LiveSandbox>, DaemonError> {
+        match self.run_start_command(Envd::of(&s), config).await {
+            Ok(()) => Ok(s),
+            Err(e) => {
+                let id = s.id().to_string();
+                if let Err(k) = self.kill(&id, "template start command failed").await {
+                    tracing::warn!(sandbox = %id, "removing a sandbox whose start command failed: {k}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts `config`'s start command through `envd` and waits for its ready command (also
+    /// for pooled sandboxes, before they join the pool: `pool/refill.rs`).
+    pub(crate) async fn run_start_command(
+        &self,
+        envd: Envd,
+        config: &BuildConfig,
+    ) -> Result<(), DaemonError> {
         let Some(start) = &config.start_cmd else {
-            return Ok(s);
+            return Ok(());
         };
         let user = config.user.clone().unwrap_or_else(|| "user".into());
-        let envd = Envd::of(&s).as_user(&user);
+        let envd = envd.as_user(&user);
         let base = ExecSpec {
             cmd: "/bin/sh".into(),
             args: Vec::new(),
@@ -48,7 +67,7 @@ impl Daemon {
             ],
             ..base.clone()
         };
-        let r = async {
+        let r: Result<(), DaemonError> = async {
             let out = envd.run(&launch).await?;
             if out.exit_code != 0 {
                 return Err(DaemonError::InvalidInput(format!(
@@ -87,15 +106,6 @@ impl Daemon {
             }
         }
         .await;
-        match r {
-            Ok(()) => Ok(s),
-            Err(e) => {
-                let id = s.id().to_string();
-                if let Err(k) = self.kill(&id, "template start command failed").await {
-                    tracing::warn!(sandbox = %id, "removing a sandbox whose start command failed: {k}");
-                }
-                Err(e)
-            }
-        }
+        r
     }
 }
