@@ -44,6 +44,10 @@ pub struct TemplateDefaults {
     pub memory_mb: u64,
     pub disk_mb: u64,
     pub pids: u64,
+    /// Rate limits (kbit/s; `network.bandwidth`, `docs/network.md`) of sandboxes whose
+    /// create does not set `bandwidth`: what they send, what they receive.
+    pub egress_kbit: Option<u64>,
+    pub ingress_kbit: Option<u64>,
 }
 
 impl Default for TemplateDefaults {
@@ -53,6 +57,8 @@ impl Default for TemplateDefaults {
             memory_mb: 512,
             disk_mb: 1024,
             pids: 1024,
+            egress_kbit: None,
+            ingress_kbit: None,
         }
     }
 }
@@ -63,6 +69,32 @@ impl Default for TemplateDefaults {
 pub const INTERPRETER_MEMORY_MB: u64 = 1024;
 
 impl TemplateDefaults {
+    /// `network` with the default `bandwidth` added when it sets none (an explicit
+    /// `"bandwidth": null` means no limit and is kept).
+    pub fn with_default_bandwidth(&self, network: Option<serde_json::Value>) -> Option<serde_json::Value> {
+        if self.egress_kbit.is_none() && self.ingress_kbit.is_none() {
+            return network;
+        }
+        let mut net = match network {
+            Some(serde_json::Value::Object(m)) => m,
+            None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+            // not an object: left for the check to refuse
+            Some(other) => return Some(other),
+        };
+        if !net.contains_key("bandwidth") {
+            let mbps = |k: Option<u64>| k.map(|k| serde_json::json!(k as f64 / 1000.0));
+            let mut b = serde_json::Map::new();
+            if let Some(v) = mbps(self.egress_kbit) {
+                b.insert("egressMbps".into(), v);
+            }
+            if let Some(v) = mbps(self.ingress_kbit) {
+                b.insert("ingressMbps".into(), v);
+            }
+            net.insert("bandwidth".into(), serde_json::Value::Object(b));
+        }
+        Some(serde_json::Value::Object(net))
+    }
+
     /// The defaults of one template (resolved id): the base defaults, with more memory for the
     /// code-interpreter templates.
     pub fn for_template(&self, template_id: &str) -> Self {
@@ -110,5 +142,41 @@ mod tests {
         assert_eq!(d.for_template("code-interpreter").cpu_count, d.cpu_count);
         let big = TemplateDefaults { memory_mb: 4096, ..d };
         assert_eq!(big.for_template("code-interpreter-v1").memory_mb, 4096);
+    }
+
+    #[test]
+    fn default_bandwidth_fills_in_only_what_the_create_leaves_out() {
+        use serde_json::json;
+        let none = TemplateDefaults::default();
+        assert_eq!(none.with_default_bandwidth(None), None);
+        let d = TemplateDefaults {
+            egress_kbit: Some(1000),
+            ingress_kbit: Some(2500),
+            ..none
+        };
+        assert_eq!(
+            d.with_default_bandwidth(None),
+            Some(json!({"bandwidth": {"egressMbps": 1.0, "ingressMbps": 2.5}}))
+        );
+        assert_eq!(
+            d.with_default_bandwidth(Some(json!({"allowOut": ["a.test"]}))),
+            Some(json!({"allowOut": ["a.test"], "bandwidth": {"egressMbps": 1.0, "ingressMbps": 2.5}}))
+        );
+        // the create's own limits, or an explicit null (no limit), win
+        let own = json!({"bandwidth": {"egressMbps": 7}});
+        assert_eq!(d.with_default_bandwidth(Some(own.clone())), Some(own));
+        let off = json!({"bandwidth": null});
+        assert_eq!(d.with_default_bandwidth(Some(off.clone())), Some(off));
+        // one direction only
+        let up = TemplateDefaults {
+            egress_kbit: Some(64),
+            ..none
+        };
+        assert_eq!(
+            up.with_default_bandwidth(None),
+            Some(json!({"bandwidth": {"egressMbps": 0.064}}))
+        );
+        // not an object: left for the check to refuse
+        assert_eq!(d.with_default_bandwidth(Some(json!([1]))), Some(json!([1])));
     }
 }

@@ -26,6 +26,10 @@ impl Daemon {
             ));
         }
         let timeout = validate_timeout(params.timeout_secs, &self.config.limits)?;
+        params.network = self
+            .config
+            .template_defaults
+            .with_default_bandwidth(params.network.take());
         crate::network::check_network(params.network.as_ref(), params.allow_internet_access, true)?;
         self.check_secret_references(params.network.as_ref()).await?;
         let (template_id, alias) = self.resolve_template(&params.template).await?;

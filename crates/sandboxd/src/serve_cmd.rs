@@ -83,6 +83,14 @@ pub struct ServeArgs {
     /// host itself, loopback, link-local or other sandboxes.
     #[arg(long)]
     pub allow_private_egress: bool,
+    /// Rate limit of what each sandbox sends, in Mbit/s, unless its create sets
+    /// `network.bandwidth` (docs/network.md, "Bandwidth").
+    #[arg(long, value_name = "MBPS", value_parser = parse_mbps)]
+    pub default_egress_mbps: Option<f64>,
+    /// Rate limit of what each sandbox receives, in Mbit/s, unless its create sets
+    /// `network.bandwidth`.
+    #[arg(long, value_name = "MBPS", value_parser = parse_mbps)]
+    pub default_ingress_mbps: Option<f64>,
     /// Extra certificates (PEM file; repeatable) trusted, beside the host's, for the real
     /// servers of names whose HTTPS the egress proxy intercepts to apply `rules` headers.
     #[arg(long = "egress-upstream-ca", value_name = "FILE")]
@@ -125,6 +133,14 @@ fn parse_mirror(s: &str) -> Result<(String, String), String> {
         return Err(format!("{s:?}: the mirror must be an http:// or https:// URL"));
     }
     Ok((registry.to_string(), url.to_string()))
+}
+
+fn parse_mbps(s: &str) -> Result<f64, String> {
+    use sandboxd_net::policy::{MAX_MBPS, MIN_MBPS};
+    match s.trim().parse::<f64>() {
+        Ok(v) if (MIN_MBPS..=MAX_MBPS).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: a number of Mbit/s from {MIN_MBPS} to {MAX_MBPS}")),
+    }
 }
 
 fn parse_dns_upstream(s: &str) -> Result<SocketAddr, String> {
@@ -304,6 +320,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut config = ServerConfig::new(args.listen, data_dir.clone(), key.clone());
     config.tls = ingress_tls(&args, &data_dir)?;
+    let kbit = |m: Option<f64>| m.map(|m| (m * 1000.0).round() as u64);
+    config.template_defaults.egress_kbit = kbit(args.default_egress_mbps);
+    config.template_defaults.ingress_kbit = kbit(args.default_ingress_mbps);
     config.domain = args.domain;
     config.limits = DaemonLimits {
         max_cpu: args.max_cpu,

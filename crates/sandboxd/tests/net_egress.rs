@@ -650,6 +650,65 @@ fn host_tbf_rates() -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
+async fn default_bandwidth_applies_unless_the_create_sets_its_own() {
+    require_root("default_bandwidth_applies_unless_the_create_sets_its_own");
+    let tmp = tempfile::tempdir().unwrap();
+    // a bad default stops the start, saying what is allowed
+    let e = Daemon::start_in(
+        &tmp.path().join("bad"),
+        Opts {
+            key: Some(test_key()),
+            args: vec!["--default-egress-mbps".into(), "0".into()],
+        },
+    )
+    .err()
+    .expect("a zero rate was accepted");
+    assert!(e.contains("Mbit/s from"), "{e}");
+    let d = Daemon::start_in(
+        &tmp.path().join("data"),
+        Opts {
+            key: Some(test_key()),
+            args: vec![
+                "--default-egress-mbps".into(),
+                "2.2".into(),
+                "--default-ingress-mbps".into(),
+                "3.3".into(),
+            ],
+        },
+    )
+    .expect("daemon");
+    // unusual rates (275,000 and 412,500 bytes/s), found among the host's qdiscs
+    let (id, _) = create(&d, json!({"templateID": "base", "timeout": 120})).await;
+    let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
+    assert_eq!(
+        info["network"]["bandwidth"],
+        json!({"egressMbps": 2.2, "ingressMbps": 3.3}),
+        "{info}"
+    );
+    let rates = host_tbf_rates();
+    assert!(rates.contains(&275_000) && rates.contains(&412_500), "{rates:?}");
+    // the create's own limits win; an explicit null means none
+    let (own, _) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 120,
+               "network": {"bandwidth": {"egressMbps": 5.1}}}),
+    )
+    .await;
+    let (_, info) = d.get(&format!("/sandboxes/{own}")).await;
+    assert_eq!(info["network"]["bandwidth"], json!({"egressMbps": 5.1}), "{info}");
+    assert!(host_tbf_rates().contains(&637_500));
+    let (none, _) = create(
+        &d,
+        json!({"templateID": "base", "timeout": 120, "network": {"bandwidth": null}}),
+    )
+    .await;
+    let (_, info) = d.get(&format!("/sandboxes/{none}")).await;
+    assert!(info["network"]["bandwidth"].is_null(), "{info}");
+    d.kill_all_sandboxes();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn bandwidth_limits_hold_within_ten_percent() {
     require_root("bandwidth_limits_hold_within_ten_percent");
     let (_inet, _tmp, d) = daemon_on_fake_internet();
