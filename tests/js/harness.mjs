@@ -121,6 +121,8 @@ async function startDaemon(extraArgs = []) {
   return {
     url,
     key,
+    port,
+    dataDir,
     async stop() {
       await killAll(url, key)
       proc.kill('SIGTERM')
