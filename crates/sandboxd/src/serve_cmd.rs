@@ -356,18 +356,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        // the CA of HTTPS header rules: sandboxes trust it through their templates
+        // the CA of HTTPS header rules: sandboxes trust it through their templates (also
+        // with --no-network, so switching networking off and on keeps the same templates)
+        let ca = Arc::new(
+            sandboxd_net::local_ca::LocalCa::load_or_create(&data_dir.join("egress-ca"), "egress")
+                .context("the egress CA")?,
+        );
+        let ca_pem = Some(ca.cert_pem().to_string());
         let interception = if args.no_network {
             None
         } else {
-            let ca = sandboxd_net::local_ca::LocalCa::load_or_create(&data_dir.join("egress-ca"), "egress")?;
-            let upstream = sandboxd_net::interception::UpstreamTls::new(&args.egress_upstream_ca)?;
-            Some(sandboxd_net::interception::Interception {
-                ca: Arc::new(ca),
-                upstream,
-            })
+            let upstream = sandboxd_net::interception::UpstreamTls::new(&args.egress_upstream_ca)
+                .context("--egress-upstream-ca")?;
+            Some(sandboxd_net::interception::Interception { ca, upstream })
         };
-        let ca_pem = interception.as_ref().map(|i| i.ca.cert_pem().to_string());
         let dir = data_dir.clone();
         let backend = tokio::task::spawn_blocking(move || backend(&dir, ca_pem))
             .await
