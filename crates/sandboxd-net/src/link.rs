@@ -3,11 +3,12 @@
 //!
 //! Shape (per sandbox, slot `i`): a veth pair `sx<tag>_<i>` (host) ↔ `eth0` (sandbox). The
 //! host end carries the gateway address `G/32` (the same on every host end; each is its own
-//! link, so sandboxes share no layer 2) and a route `X/32` to the sandbox; the sandbox has `X/32`,
-//! a link route to `G` and a default route via `G`.
+//! link, so sandboxes share no layer 2) and a route `X/32` to the sandbox; the sandbox has `X/32`
+//! with `G` as its peer (so a route to `G`) and a default route via `G`.
 
 use crate::plan::AddressPlan;
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -118,44 +119,85 @@ impl From<io::Error> for AttachError {
     }
 }
 
+/// The interface index asked for the sandbox end (a new network namespace has only `lo`, 1).
+const SANDBOX_IFINDEX: u32 = 2;
+
 /// Connects the network namespace of process `pid` to the host as slot `slot`. On error the
 /// host link is removed again.
+///
+/// Few netlink round trips, since each waits for the kernel's `rtnl` lock, which a booting
+/// sandbox needs too: the pair is made with both ends' indices asked for (no lookups), and the
+/// sandbox's address names the gateway as its peer (the kernel adds the route to it): veth,
+/// host route, gateway address, sandbox address, link up, default route. If the asked indices
+/// are taken, the kernel's are looked up instead.
 pub async fn attach(h: &Handle, plan: &AddressPlan, slot: u32, pid: i32) -> Result<(), AttachError> {
     let name = plan.iface(slot);
-    let peer = LinkUnspec::new_with_name(SANDBOX_IFACE)
-        .setns_by_pid(pid as u32)
-        .build();
-    let msg = LinkVeth::new(&name, SANDBOX_IFACE)
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-        .up()
-        .build();
-    if let Err(e) = h.link().add(msg.clone()).execute().await {
+    let veth = |indices: bool| {
+        // (not up yet: a veth end cannot open before its pair is complete)
+        let peer = LinkUnspec::new_with_name(SANDBOX_IFACE).setns_by_pid(pid as u32);
+        let peer = if indices {
+            peer.index(SANDBOX_IFINDEX)
+        } else {
+            peer
+        };
+        let msg = LinkVeth::new(&name, SANDBOX_IFACE)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .up();
+        if indices {
+            msg.index(plan.host_ifindex(slot)).build()
+        } else {
+            msg.build()
+        }
+    };
+    let mut indices = true;
+    if let Err(e) = h.link().add(veth(true)).execute().await {
+        let busy = errno(&e) == Some(libc::EBUSY);
         let e = nl("veth add", e);
-        if !is_exists(&e) {
+        if busy {
+            indices = false;
+        } else if is_exists(&e) {
+            // a leftover of an earlier run of this daemon: replace it
+            delete(h, &name).await?;
+        } else {
             return Err(e.into());
         }
-        // a leftover of an earlier run of this daemon: replace it
-        delete(h, &name).await?;
-        h.link().add(msg).execute().await.map_err(|e| nl("veth add", e))?;
+        if let Err(e) = h.link().add(veth(indices)).execute().await {
+            if errno(&e) != Some(libc::EBUSY) {
+                return Err(nl("veth add", e).into());
+            }
+            indices = false;
+            h.link()
+                .add(veth(false))
+                .execute()
+                .await
+                .map_err(|e| nl("veth add", e))?;
+        }
     }
-    let r = configure(h, plan, slot, pid, &name).await;
+    let known = indices.then(|| (plan.host_ifindex(slot), SANDBOX_IFINDEX));
+    let r = configure(h, plan, slot, pid, &name, known).await;
     if r.is_err() {
         let _ = delete(h, &name).await;
     }
     r
 }
 
+/// Addresses and routes of slot `slot`'s link `name` (`known`: the host and sandbox ends'
+/// indices, when the pair got the ones asked for).
 async fn configure(
     h: &Handle,
     plan: &AddressPlan,
     slot: u32,
     pid: i32,
     name: &str,
+    known: Option<(u32, u32)>,
 ) -> Result<(), AttachError> {
     let (gw, addr) = (plan.gateway(), plan.address(slot));
-    let idx = index_of(h, name)
-        .await?
-        .ok_or_else(|| io::Error::other(format!("{name} vanished")))?;
+    let idx = match known {
+        Some((i, _)) => i,
+        None => index_of(h, name)
+            .await?
+            .ok_or_else(|| io::Error::other(format!("{name} vanished")))?,
+    };
     // the /32 route to the sandbox is the address's lock across daemons
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(addr, 32)
@@ -177,32 +219,26 @@ async fn configure(
         }
     }
     let inner = netns_handle(pid)?;
-    let sidx = index_of(&inner, SANDBOX_IFACE)
-        .await?
-        .ok_or_else(|| io::Error::other("eth0 missing in the sandbox"))?;
-    inner
-        .address()
-        .add(sidx, IpAddr::V4(addr), 32)
-        .execute()
-        .await
-        .map_err(|e| nl("sandbox address", e))?;
+    let sidx = match known {
+        Some((_, i)) => i,
+        None => index_of(&inner, SANDBOX_IFACE)
+            .await?
+            .ok_or_else(|| io::Error::other("eth0 missing in the sandbox"))?,
+    };
+    // `addr/32 peer gw`: the kernel adds the route to the gateway
+    let mut add = inner.address().add(sidx, IpAddr::V4(addr), 32);
+    for a in &mut add.message_mut().attributes {
+        if let AddressAttribute::Address(x) = a {
+            *x = IpAddr::V4(gw);
+        }
+    }
+    add.execute().await.map_err(|e| nl("sandbox address", e))?;
     inner
         .link()
         .set(LinkUnspec::new_with_index(sidx).up().build())
         .execute()
         .await
         .map_err(|e| nl("sandbox link up", e))?;
-    let to_gw = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(gw, 32)
-        .output_interface(sidx)
-        .scope(RouteScope::Link)
-        .build();
-    inner
-        .route()
-        .add(to_gw)
-        .execute()
-        .await
-        .map_err(|e| nl("sandbox gateway route", e))?;
     let default = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(gw)
         .output_interface(sidx)

@@ -91,6 +91,13 @@ impl AddressPlan {
         format!("{IFACE_PREFIX}{}_{slot}", self.tag)
     }
 
+    /// The interface index asked for the host end of slot `i` (its lookup is then saved): a
+    /// high number of this daemon's tag and the slot; the kernel refuses it only if taken.
+    pub fn host_ifindex(&self, slot: u32) -> u32 {
+        let tag = u32::from_str_radix(&self.tag, 16).unwrap_or(0) % 4096;
+        0x4000_0000 + tag * 0x1_0000 + slot
+    }
+
     /// The shaper (`ifb`) device of slot `i` that carries the sandbox's egress rate limit
     /// (`si<tag>_<i>`; not an `sx` name, so the filter never takes it for a sandbox link).
     pub fn shaper_iface(&self, slot: u32) -> String {
