@@ -152,6 +152,11 @@ mod tests {
         assert_eq!(p.slot_of_iface("sx1a2b_99999"), None);
         assert_eq!(p.iface_wildcard(), "sx1a2b_*");
         assert_eq!(p.table(), "sandboxd_1a2b");
+        // asked interface indices: one per slot, apart from other tags', a valid (positive) int
+        assert_eq!(p.host_ifindex(1), p.host_ifindex(0) + 1);
+        assert!(p.host_ifindex(65532) < i32::MAX as u32);
+        let other = AddressPlan::new("10.213.0.0/16".parse().unwrap(), "1a2c").unwrap();
+        assert!(other.host_ifindex(0) > p.host_ifindex(65532));
         let small = AddressPlan::new("192.0.2.0/30".parse().unwrap(), "0000").unwrap();
         assert_eq!(small.slots(), 1);
         assert!(AddressPlan::new("192.0.2.0/31".parse().unwrap(), "0000").is_err());
