@@ -209,16 +209,19 @@ def test_a_built_template_with_a_start_command_is_pooled(sandboxd):
             .set_start_cmd("sh -c 'echo $$ > /tmp/start.pid; sleep 1; touch /tmp/ready; exec sleep 1000'",
                            wait_for_file("/tmp/ready"))
         )
-        Template.build(t, name)
+        return Template.build(t, name)
 
     proc = None
     try:
         proc, url, key, _ = _start(data_dir)
         conftest._set_env(url, key)
-        build("v1")
+        info = build("v1")
         _stop(proc, url, key)
         proc, url, key, log_path = _start(data_dir, ["--pool", f"{name}=1"])
         conftest._set_env(url, key)
+        # the build's log outlives the daemon that ran it
+        logs = [entry.message for entry in Template.get_build_status(info).log_entries]
+        assert any("is ready" in m for m in logs), logs
         before = _wait_pool(url, key, name)
         assert before["claimed"] == 0 and before.get("disabled") is None, before
         sbx = Sandbox.create(name, envs={"MINE": "1"}, timeout=60)

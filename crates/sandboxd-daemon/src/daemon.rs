@@ -75,6 +75,8 @@ impl Daemon {
         store: Arc<Store>,
     ) -> Self {
         let pool = Pool::new(&config.pool, &config.template_defaults, &config.limits);
+        let builds = crate::template_builds::BuildState::default();
+        builds.logs.keep_in(config.builds.data_dir.join("build-logs"));
         Self {
             config,
             domain,
@@ -90,7 +92,7 @@ impl Daemon {
             sessions: Default::default(),
             run_id: new_token(),
             sealing_key: std::sync::OnceLock::new(),
-            builds: crate::template_builds::BuildState::default(),
+            builds,
             shutting_down: AtomicBool::new(false),
         }
     }

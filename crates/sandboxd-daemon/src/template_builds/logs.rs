@@ -1,8 +1,12 @@
-//! Build logs: kept in memory for the most recent builds, bounded per build.
+//! Build logs: kept in memory for the most recent builds, bounded per build, and written to
+//! `<data>/build-logs/<build>.jsonl` when a build ends, so they outlive the daemon (read back
+//! when asked for a build no longer in memory).
 
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 /// Lines kept per build (the oldest are dropped, and a line says so).
 const MAX_LINES: usize = 20_000;
@@ -10,6 +14,8 @@ const MAX_LINES: usize = 20_000;
 const MAX_BUILDS: usize = 200;
 /// Longest line kept.
 const MAX_LINE: usize = 4096;
+/// Log files kept on disk (the oldest go first).
+const MAX_FILES: usize = 1000;
 
 /// One log line of a build.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -25,17 +31,148 @@ pub struct LogLine {
     pub step: Option<String>,
 }
 
+/// A line as written to disk.
+#[derive(serde::Deserialize)]
+struct StoredLine {
+    timestamp: DateTime<Utc>,
+    level: String,
+    message: String,
+    #[serde(default)]
+    step: Option<String>,
+}
+
+impl From<StoredLine> for LogLine {
+    fn from(l: StoredLine) -> Self {
+        Self {
+            timestamp: l.timestamp,
+            level: match l.level.as_str() {
+                "debug" => "debug",
+                "warn" => "warn",
+                "error" => "error",
+                _ => "info",
+            },
+            message: l.message,
+            step: l.step,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     lines: HashMap<String, Vec<LogLine>>,
     order: VecDeque<String>,
 }
 
+impl Inner {
+    /// Makes room for one more build.
+    fn admit(&mut self, build_id: &str) {
+        self.order.push_back(build_id.to_string());
+        while self.order.len() > MAX_BUILDS {
+            if let Some(old) = self.order.pop_front() {
+                self.lines.remove(&old);
+            }
+        }
+    }
+}
+
 /// The logs of recent builds.
 #[derive(Debug, Default)]
-pub struct BuildLogs(Mutex<Inner>);
+pub struct BuildLogs {
+    inner: Mutex<Inner>,
+    /// Where ended builds' logs are written (unset: memory only).
+    dir: OnceLock<PathBuf>,
+}
+
+/// A build id usable as a file name.
+fn file_name_ok(build_id: &str) -> bool {
+    !build_id.is_empty()
+        && build_id.len() <= 128
+        && build_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 impl BuildLogs {
+    /// Writes ended builds' logs under `dir` from now on (made 0700 if missing).
+    pub fn keep_in(&self, dir: PathBuf) {
+        use std::os::unix::fs::DirBuilderExt;
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            tracing::warn!("build logs stay in memory only: {}: {e}", dir.display());
+            return;
+        }
+        let _ = self.dir.set(dir);
+    }
+
+    fn path_of(&self, build_id: &str) -> Option<PathBuf> {
+        let dir = self.dir.get()?;
+        file_name_ok(build_id).then(|| dir.join(format!("{build_id}.jsonl")))
+    }
+
+    /// Writes a build's log to disk (at its end). Blocking.
+    pub fn persist(&self, build_id: &str) {
+        let Some(path) = self.path_of(build_id) else {
+            return;
+        };
+        let lines = self.lock().lines.get(build_id).cloned().unwrap_or_default();
+        let tmp = path.with_extension("jsonl.tmp");
+        let r = (|| -> std::io::Result<()> {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            for l in &lines {
+                serde_json::to_writer(&mut f, l)?;
+                f.write_all(b"\n")?;
+            }
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(build = %build_id, "writing the build log: {e}");
+            return;
+        }
+        if let Some(dir) = path.parent() {
+            prune(dir, MAX_FILES);
+        }
+    }
+
+    /// A build's log from disk, into memory; `false` when there is none.
+    fn load(&self, build_id: &str) -> bool {
+        let Some(path) = self.path_of(build_id) else {
+            return false;
+        };
+        let Ok(f) = std::fs::File::open(&path) else {
+            return false;
+        };
+        let lines: Vec<LogLine> = std::io::BufReader::new(f)
+            .lines()
+            .take(MAX_LINES + 1)
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str::<StoredLine>(&l).ok())
+            .map(LogLine::from)
+            .collect();
+        let mut g = self.lock();
+        if !g.lines.contains_key(build_id) {
+            g.admit(build_id);
+            g.lines.insert(build_id.to_string(), lines);
+        }
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads a build's log from disk unless it is in memory.
+    fn ensure(&self, build_id: &str) {
+        let known = self.lock().lines.contains_key(build_id);
+        if !known {
+            self.load(build_id);
+        }
+    }
+
     /// Appends a line to a build's log.
     pub fn push(&self, build_id: &str, level: &'static str, step: Option<&str>, message: &str) {
         let mut message: String = message.chars().filter(|c| *c != '\r').collect();
@@ -53,14 +190,9 @@ impl BuildLogs {
             message,
             step: step.map(str::to_string),
         };
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.lock();
         if !g.lines.contains_key(build_id) {
-            g.order.push_back(build_id.to_string());
-            while g.order.len() > MAX_BUILDS {
-                if let Some(old) = g.order.pop_front() {
-                    g.lines.remove(&old);
-                }
-            }
+            g.admit(build_id);
         }
         let v = g.lines.entry(build_id.to_string()).or_default();
         if v.len() < MAX_LINES {
@@ -76,7 +208,8 @@ impl BuildLogs {
 
     /// Lines from `offset`, at most `limit`.
     pub fn page(&self, build_id: &str, offset: usize, limit: usize) -> Vec<LogLine> {
-        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.ensure(build_id);
+        let g = self.lock();
         g.lines
             .get(build_id)
             .map(|v| v.iter().skip(offset).take(limit).cloned().collect())
@@ -85,7 +218,8 @@ impl BuildLogs {
 
     /// The last `n` lines of a step (for a failure's reason).
     pub fn tail_of_step(&self, build_id: &str, step: &str, n: usize) -> Vec<LogLine> {
-        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.ensure(build_id);
+        let g = self.lock();
         let Some(v) = g.lines.get(build_id) else {
             return Vec::new();
         };
@@ -94,6 +228,23 @@ impl BuildLogs {
             .iter()
             .map(|l| (*l).clone())
             .collect()
+    }
+}
+
+/// Removes the oldest `.jsonl` files of `dir` beyond `keep`.
+fn prune(dir: &Path, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if files.len() <= keep {
+        return;
+    }
+    files.sort();
+    for (_, p) in files.iter().take(files.len() - keep) {
+        let _ = std::fs::remove_file(p);
     }
 }
 
@@ -113,5 +264,34 @@ mod tests {
         assert!(l.page("nope", 0, 10).is_empty());
         assert_eq!(l.tail_of_step("b", "1", 2)[1].message, "line 4");
         assert!(l.page("b", 5, 1)[0].message.len() <= MAX_LINE + 3);
+    }
+
+    #[test]
+    fn ended_builds_are_read_back_from_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("build-logs");
+        let a = BuildLogs::default();
+        a.keep_in(dir.clone());
+        a.push("build-1", "info", Some("1"), "first");
+        a.push("build-1", "error", Some("2"), "boom");
+        a.persist("build-1");
+        // a later daemon: not in memory, read from the file
+        let b = BuildLogs::default();
+        b.keep_in(dir.clone());
+        let page = b.page("build-1", 0, 10);
+        assert_eq!(page.len(), 2);
+        assert_eq!((page[1].level, page[1].message.as_str()), ("error", "boom"));
+        assert_eq!(b.tail_of_step("build-1", "2", 5)[0].message, "boom");
+        assert!(b.page("build-2", 0, 10).is_empty());
+        // ids that are not file names are never used as paths
+        a.push("../x", "info", None, "no");
+        a.persist("../x");
+        assert!(!d.path().join("x.jsonl").exists());
+        // the oldest files go beyond the limit
+        for i in 0..5 {
+            std::fs::write(dir.join(format!("old-{i}.jsonl")), "").unwrap();
+        }
+        prune(&dir, 3);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
     }
 }

@@ -81,6 +81,8 @@ impl Daemon {
         if let Err(e) = r {
             tracing::error!(build = %build, "recording the end of a build: {e}");
         }
+        let this = self.clone();
+        let _ = tokio::task::spawn_blocking(move || this.builds.logs.persist(&build)).await;
     }
 
     async fn build_steps(
