@@ -192,64 +192,74 @@ async fn configure(
     known: Option<(u32, u32)>,
 ) -> Result<(), AttachError> {
     let (gw, addr) = (plan.gateway(), plan.address(slot));
-    let idx = match known {
-        Some((i, _)) => i,
-        None => index_of(h, name)
-            .await?
-            .ok_or_else(|| io::Error::other(format!("{name} vanished")))?,
-    };
-    // the /32 route to the sandbox is the address's lock across daemons
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(addr, 32)
-        .output_interface(idx)
-        .scope(RouteScope::Link)
-        .build();
-    if let Err(e) = h.route().add(route).execute().await {
-        let e = nl("route add", e);
-        return Err(if is_exists(&e) {
-            AttachError::AddressTaken
-        } else {
-            e.into()
-        });
-    }
-    if let Err(e) = h.address().add(idx, IpAddr::V4(gw), 32).execute().await {
-        let e = nl("gateway address", e);
-        if !is_exists(&e) {
-            return Err(e.into());
+    // the two ends are configured at once: each end's steps wait on the kernel in turn, but the
+    // round trips of one overlap those of the other
+    let host_end = async {
+        let idx = match known {
+            Some((i, _)) => i,
+            None => index_of(h, name)
+                .await?
+                .ok_or_else(|| io::Error::other(format!("{name} vanished")))?,
+        };
+        // the /32 route to the sandbox is the address's lock across daemons
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(addr, 32)
+            .output_interface(idx)
+            .scope(RouteScope::Link)
+            .build();
+        if let Err(e) = h.route().add(route).execute().await {
+            let e = nl("route add", e);
+            return Err(if is_exists(&e) {
+                AttachError::AddressTaken
+            } else {
+                e.into()
+            });
         }
-    }
-    let inner = netns_handle(pid)?;
-    let sidx = match known {
-        Some((_, i)) => i,
-        None => index_of(&inner, SANDBOX_IFACE)
-            .await?
-            .ok_or_else(|| io::Error::other("eth0 missing in the sandbox"))?,
-    };
-    // `addr/32 peer gw`: the kernel adds the route to the gateway
-    let mut add = inner.address().add(sidx, IpAddr::V4(addr), 32);
-    for a in &mut add.message_mut().attributes {
-        if let AddressAttribute::Address(x) = a {
-            *x = IpAddr::V4(gw);
+        if let Err(e) = h.address().add(idx, IpAddr::V4(gw), 32).execute().await {
+            let e = nl("gateway address", e);
+            if !is_exists(&e) {
+                return Err(e.into());
+            }
         }
-    }
-    add.execute().await.map_err(|e| nl("sandbox address", e))?;
-    inner
-        .link()
-        .set(LinkUnspec::new_with_index(sidx).up().build())
-        .execute()
-        .await
-        .map_err(|e| nl("sandbox link up", e))?;
-    let default = RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(gw)
-        .output_interface(sidx)
-        .build();
-    inner
-        .route()
-        .add(default)
-        .execute()
-        .await
-        .map_err(|e| nl("sandbox default route", e))?;
-    Ok(())
+        Ok(())
+    };
+    let sandbox_end = async {
+        let inner = netns_handle(pid)?;
+        let sidx = match known {
+            Some((_, i)) => i,
+            None => index_of(&inner, SANDBOX_IFACE)
+                .await?
+                .ok_or_else(|| io::Error::other("eth0 missing in the sandbox"))?,
+        };
+        // `addr/32 peer gw`: the kernel adds the route to the gateway
+        let mut add = inner.address().add(sidx, IpAddr::V4(addr), 32);
+        for a in &mut add.message_mut().attributes {
+            if let AddressAttribute::Address(x) = a {
+                *x = IpAddr::V4(gw);
+            }
+        }
+        add.execute().await.map_err(|e| nl("sandbox address", e))?;
+        inner
+            .link()
+            .set(LinkUnspec::new_with_index(sidx).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl("sandbox link up", e))?;
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gw)
+            .output_interface(sidx)
+            .build();
+        inner
+            .route()
+            .add(default)
+            .execute()
+            .await
+            .map_err(|e| nl("sandbox default route", e))?;
+        Ok::<(), AttachError>(())
+    };
+    let (host, sandbox) = tokio::join!(host_end, sandbox_end);
+    host?;
+    sandbox
 }
 
 /// Traffic counters of a host link, from the sandbox's point of view (the host end receives
