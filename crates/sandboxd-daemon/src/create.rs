@@ -26,6 +26,10 @@ impl Daemon {
             ));
         }
         let timeout = validate_timeout(params.timeout_secs, &self.config.limits)?;
+        if let Some(list) = &params.allowed_commands {
+            crate::command_policy::check_allowed_commands(list)?;
+            crate::command_policy::check_support(&crate::command_policy::HostKernel)?;
+        }
         params.network = self
             .config
             .template_defaults

@@ -14,6 +14,7 @@
 )]
 
 pub mod agent;
+pub mod command_policy;
 pub mod config;
 pub mod counters;
 mod create;

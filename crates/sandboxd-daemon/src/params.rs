@@ -23,6 +23,9 @@ pub struct CreateParams {
     /// `maxProcesses`: the workload's task limit (processes and threads; the agent is not
     /// counted), at most the template's default.
     pub max_processes: Option<i64>,
+    /// `allowedCommands`, checked (`command_policy.rs`): the only programs workload processes
+    /// may execute (`docs/command-policy.md`).
+    pub allowed_commands: Option<Vec<String>>,
     /// autoPause / autoPauseMemory / autoResume (`lifecycle.rs`).
     pub lifecycle: Lifecycle,
     /// `volumeMounts`, checked: `(volume name, absolute path)` (`docs/volumes.md`).

@@ -44,6 +44,7 @@ pub(crate) fn new_record(
         end_at,
         agent_pid: None,
         agent_start_time: None,
+        allowed_commands: params.allowed_commands.clone(),
     }
 }
 
@@ -53,6 +54,7 @@ pub(crate) fn spec_of(rec: &SandboxRecord, volumes: Vec<VolumeMount>) -> Sandbox
     let mut agent = AgentConfig::new(rec.id.clone(), rec.template_id.clone());
     agent.env_vars = rec.env_vars.clone();
     agent.access_token = rec.access_token.clone();
+    agent.allowed_commands = rec.allowed_commands.clone();
     SandboxSpec {
         id: rec.id.clone(),
         template: rec.template_id.clone(),

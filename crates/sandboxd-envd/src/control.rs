@@ -3,7 +3,10 @@
 //! - `GET /health`: 204 once the agent serves requests.
 //! - `POST /config`: a full JSON `AgentConfig` that replaces the current one (204). Used to
 //!   hand a warm-pool sandbox to its owner. `workCgroupFds` and `workloadUsernsFd` are kept
-//!   from boot: those descriptors were inherited then and cannot change.
+//!   from boot: those descriptors were inherited then and cannot change; so is the command
+//!   policy.
+//! - `POST /process.Process/Start`: as on the envd API, under the command policy's helper
+//!   ruleset (the daemon's own helper programs, `docs/command-policy.md`).
 
 use crate::connect::read_body_limited;
 use crate::state::AgentState;
@@ -26,6 +29,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/config", post(set_config))
         .route("/logs", get(crate::log::get_logs))
         .route("/logs/oom", post(crate::log::post_oom))
+        .route("/process.Process/Start", post(crate::process::start_helper))
         .with_state(state)
 }
 
@@ -44,6 +48,9 @@ async fn set_config(State(state): State<Arc<AgentState>>, body: Body) -> Respons
     cfg.work_cgroup_fds = boot.work_cgroup_fds.clone();
     cfg.work_counter_fds = boot.work_counter_fds.clone();
     cfg.workload_userns_fd = boot.workload_userns_fd;
+    // the command policy is fixed at boot (its Landlock ruleset and loader guard are built then)
+    cfg.allowed_commands = boot.allowed_commands.clone();
+    cfg.command_policy_fds = boot.command_policy_fds;
     tracing::info!(sandbox_id = %cfg.sandbox_id, "config replaced");
     state.set_config(cfg);
     StatusCode::NO_CONTENT.into_response()

@@ -10,6 +10,7 @@
 )]
 
 pub mod auth;
+pub mod command_policy;
 pub mod connect;
 pub mod control;
 pub mod entry;

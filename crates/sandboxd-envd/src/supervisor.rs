@@ -169,6 +169,7 @@ fn spawn_once(spec: &ServiceSpec, work_fds: &[RawFd]) -> std::io::Result<pid1::S
         .stderr(Stdio::from(out_w));
     let fds = work_fds.to_vec();
     let userns = crate::workload::userns_fd();
+    let ruleset = crate::command_policy::ruleset_fd(false);
     // SAFETY: the closure only makes async-signal-safe syscalls (write, open, close, setsid,
     // setns, seccomp) on data prepared before the fork.
     unsafe {
@@ -188,7 +189,7 @@ fn spawn_once(spec: &ServiceSpec, work_fds: &[RawFd]) -> std::io::Result<pid1::S
             }
             libc::setsid();
             if let Some(fd) = userns {
-                crate::workload::enter(fd)?;
+                crate::workload::enter(fd, ruleset)?;
             }
             Ok(())
         });

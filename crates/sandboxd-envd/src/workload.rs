@@ -75,9 +75,10 @@ static DENY_SETNS: [libc::sock_filter; 7] = [
 ];
 
 /// Between fork and exec, before any credential change (joining needs `CAP_SYS_ADMIN` over
-/// U2, which the agent has as its owner): join `userns` and deny `setns` from then on.
-/// Async-signal-safe: two syscalls on stack data.
-pub fn enter(userns: RawFd) -> io::Result<()> {
+/// U2, which the agent has as its owner): join `userns`, deny `setns` from then on, and when
+/// `ruleset` is given put the process under the sandbox's command policy
+/// ([`crate::command_policy`]). Async-signal-safe: three syscalls on prepared data.
+pub fn enter(userns: RawFd, ruleset: Option<RawFd>) -> io::Result<()> {
     // SAFETY: setns on an fd the agent holds; the caller is a freshly forked, single-threaded
     // child.
     if unsafe { libc::setns(userns, libc::CLONE_NEWUSER) } != 0 {
@@ -98,6 +99,11 @@ pub fn enter(userns: RawFd) -> io::Result<()> {
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
+    }
+    // with CAP_SYS_ADMIN in U2 (just joined), so no_new_privs is not needed and setuid
+    // programs keep working inside the domain
+    if let Some(fd) = ruleset {
+        crate::command_policy::restrict(fd)?;
     }
     Ok(())
 }

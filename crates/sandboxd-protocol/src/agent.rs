@@ -39,7 +39,38 @@ pub struct AgentConfig {
     /// code-interpreter server, `sandboxd interpreter`). Set by the runtime from the template.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
+    /// The sandbox's command policy (`allowedCommands`, `docs/command-policy.md`): the programs
+    /// workload processes may execute, as asked (names resolved on `PATH` by the agent at
+    /// boot, or absolute paths). `None`: any program.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_commands: Option<Vec<String>>,
+    /// Inherited fds of the command policy, set by the runtime with `allowed_commands`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_policy_fds: Option<CommandPolicyFds>,
 }
+
+/// The fds of a command policy, prepared by the sandbox's init (`docs/command-policy.md`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandPolicyFds {
+    /// Keeps the `binfmt_misc` instance alive whose entries refuse a direct `execve` of the
+    /// ELF loader.
+    pub loader_guard: i32,
+    /// The Landlock ruleset of workload processes.
+    pub workload_ruleset: i32,
+    /// The Landlock ruleset of the daemon's helper programs.
+    pub helper_ruleset: i32,
+}
+
+/// The ELF loaders a sandbox's loader guard covers (a `binfmt_misc` entry per loader present
+/// in its root, `docs/command-policy.md`). A command policy whose programs name another
+/// loader is refused by the agent, as that loader could be executed directly.
+pub const GUARDED_LOADERS: &[&str] = &[
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/ld-musl-x86_64.so.1",
+    "/lib/ld-musl-aarch64.so.1",
+];
 
 /// Where templates keep the egress proxy's CA certificate (the daemon's, for HTTPS header
 /// rules; `docs/network.md`). When it exists the agent points `NODE_EXTRA_CA_CERTS` at it, as
@@ -67,6 +98,8 @@ impl AgentConfig {
             work_counter_fds: WorkCounterFds::default(),
             workload_userns_fd: None,
             services: Vec::new(),
+            allowed_commands: None,
+            command_policy_fds: None,
         }
     }
 

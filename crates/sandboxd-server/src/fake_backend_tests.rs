@@ -1244,6 +1244,7 @@ async fn leftovers_are_cleaned_at_start_and_data_dir_is_locked() {
                 end_at: now,
                 agent_pid: Some(1),
                 agent_start_time: Some(1),
+                allowed_commands: None,
             })
             .unwrap();
     }
@@ -1564,6 +1565,7 @@ fn crashed_row(id: &str, state: sandboxd_store::SandboxState) -> sandboxd_store:
         end_at: now + chrono::Duration::seconds(300),
         agent_pid: Some(std::process::id() as i32),
         agent_start_time: Some(1),
+        allowed_commands: None,
     }
 }
 

@@ -166,6 +166,8 @@ pub struct SandboxRecord {
     pub agent_pid: Option<i32>,
     /// Start time of the agent (`/proc/<pid>/stat` field 22) to detect pid reuse.
     pub agent_start_time: Option<u64>,
+    /// The command policy (`allowedCommands`), as asked; `None`: any program.
+    pub allowed_commands: Option<Vec<String>>,
 }
 
 /// Truncates a time to whole microseconds (what the store keeps and the API prints).
@@ -192,7 +194,8 @@ impl std::fmt::Debug for Store {
 }
 
 const COLUMNS: &str = "seq, id, template_id, alias, state, limits, metadata, env_vars, access_token, \
-     traffic_token, allow_internet_access, network, started_at_us, end_at_us, agent_pid, agent_start_time";
+     traffic_token, allow_internet_access, network, started_at_us, end_at_us, agent_pid, agent_start_time, \
+     allowed_commands";
 
 impl Store {
     /// Opens (or creates) the registry in `data_dir`.
@@ -256,7 +259,8 @@ impl Store {
         let res = conn.execute(
             "INSERT INTO sandboxes (id, template_id, alias, state, limits, metadata, env_vars, \
              access_token, traffic_token, allow_internet_access, network, started_at_us, end_at_us, \
-             agent_pid, agent_start_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             agent_pid, agent_start_time, allowed_commands) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 rec.id,
                 rec.template_id,
@@ -273,6 +277,10 @@ impl Store {
                 rec.end_at.timestamp_micros(),
                 rec.agent_pid,
                 rec.agent_start_time.map(|t| t as i64),
+                rec.allowed_commands
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()?,
             ],
         );
         match res {
@@ -444,6 +452,7 @@ struct RawRow {
     end_at_us: i64,
     agent_pid: Option<i32>,
     agent_start_time: Option<i64>,
+    allowed_commands: Option<String>,
 }
 
 impl RawRow {
@@ -465,6 +474,7 @@ impl RawRow {
             end_at_us: r.get(13)?,
             agent_pid: r.get(14)?,
             agent_start_time: r.get(15)?,
+            allowed_commands: r.get(16)?,
         })
     }
 
@@ -489,6 +499,11 @@ impl RawRow {
             end_at: from_micros(self.end_at_us),
             agent_pid: self.agent_pid,
             agent_start_time: self.agent_start_time.map(|t| t as u64),
+            allowed_commands: self
+                .allowed_commands
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()?,
             id: self.id,
         })
     }
@@ -523,6 +538,7 @@ mod tests {
             end_at: now + Duration::seconds(300),
             agent_pid: None,
             agent_start_time: None,
+            allowed_commands: Some(vec!["ls".into(), "/usr/bin/node".into()]),
         }
     }
 
@@ -539,6 +555,7 @@ mod tests {
         assert_eq!(got.started_at.timestamp_subsec_nanos() % 1000, 0);
         assert_eq!(got.metadata["k="], "v&");
         assert_eq!(got.network, rec.network);
+        assert_eq!(got.allowed_commands, rec.allowed_commands);
         assert!(store.get("nope").unwrap().is_none());
     }
 

@@ -109,6 +109,8 @@ const MIGRATIONS: &[&str] = &[
          spawn_count INTEGER NOT NULL,
          last_spawned_at_us INTEGER NOT NULL
      );",
+    // 7: a sandbox's command policy (allowedCommands, a JSON array)
+    "ALTER TABLE sandboxes ADD COLUMN allowed_commands TEXT;",
 ];
 
 /// The schema version this build writes.

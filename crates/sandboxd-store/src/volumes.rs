@@ -237,6 +237,7 @@ mod tests {
             end_at: now,
             agent_pid: None,
             agent_start_time: None,
+            allowed_commands: None,
         })
         .unwrap();
     }

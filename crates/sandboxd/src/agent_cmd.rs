@@ -62,6 +62,16 @@ fn boot() -> anyhow::Result<()> {
     if let Some(fd) = cfg.workload_userns_fd {
         sandboxd_envd::workload::init(fd).with_context(|| format!("workload user namespace fd {fd}"))?;
     }
+    // before any process starts: never run one outside the policy the sandbox was made with
+    match (&cfg.allowed_commands, &cfg.command_policy_fds) {
+        (Some(asked), Some(fds)) => {
+            sandboxd_envd::command_policy::install(asked, fds)
+                .context("the command policy (allowedCommands)")?;
+            tracing::info!(allowed = ?asked, "command policy in force");
+        }
+        (Some(_), None) => anyhow::bail!("allowedCommands without the runtime's policy fds"),
+        _ => {}
+    }
     for fd in cfg.work_cgroup_fds.iter().chain(&cfg.work_counter_fds.fds()) {
         pid1::set_cloexec(*fd).with_context(|| format!("work cgroup fd {fd}"))?;
     }

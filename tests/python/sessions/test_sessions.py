@@ -350,20 +350,126 @@ print("all forked")
 """
 
 
-def test_unenforced_options_are_refused_not_ignored(client):
-    with pytest.raises(SessionRuntimeError) as e:
-        client.create_session(sid(), allowed_commands=["node"])
-    assert e.value.status == 501 and "not enforced" in e.value.message
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+HOSTNAME_CMD = ["cat", "/etc/hostname"]
 
 
-def test_allowed_commands_on_the_e2b_create_is_refused_not_ignored(sandboxd):
+def test_allowed_commands_hold_against_the_bypasses(client):
+    """allowed_commands is enforced by the kernel (Landlock plus the loader guard,
+    docs/command-policy.md): what is not on the list cannot be executed, however it is started."""
+    s = sid()
+    client.create_session(s, allowed_commands=["ls", "python3", "sudo"])
+    try:
+        assert client.execute_command(s, "ls", "-a")["exit_code"] == 0
+        assert client.execute_code(s, "print(6 * 7)")["stdout"] == "42\n"
+
+        def refused(*cmd, shell=False):
+            with pytest.raises(SecurityError) as e:
+                client.execute_command(s, *cmd, shell=shell)
+            assert e.value.status == 403 and e.value.error_code == "security_denied", e.value.body
+            assert "command not allowed" in e.value.message, e.value.message
+            return e.value
+
+        # directly, through env, through sudo (allowed and setuid root, yet in the same domain)
+        refused(*HOSTNAME_CMD)
+        refused("env", *HOSTNAME_CMD)
+        assert client.execute_command(s, "sudo", "-n", "ls", "/root")["exit_code"] == 0
+        r = client.execute_command(s, "sudo", "-n", *HOSTNAME_CMD)
+        assert r["exit_code"] == 1 and r["stdout"] == "", r
+        assert r["stderr"] == "sudo: unable to execute /usr/bin/cat: Permission denied\n", r
+        # through a shell: bash itself runs (every SDK command needs it), what it starts does not
+        e = refused(" ".join(HOSTNAME_CMD), shell=True)
+        assert "/usr/bin/cat: Permission denied" in e.message
+        assert "sandboxd: command not allowed" in e.stderr
+        # an allowed interpreter cannot execute another program either
+        r = client.execute_command(s, "python3", "-c",
+                                   "import os; os.execv('/usr/bin/cat', ['cat', '/etc/hostname'])")
+        assert r["exit_code"] == 1 and "PermissionError" in r["stderr"], r
+        # a copied binary is a new file without the right: uploaded, or copied by python
+        client.create_file(s, "mycat", pathlib.Path("/usr/bin/cat").read_bytes(), mode="0755")
+        refused("./mycat", "/etc/hostname")
+        r = client.execute_command(s, "python3", "-c", (
+            "import os, shutil, subprocess\n"
+            "shutil.copy('/usr/bin/ls', '/tmp/ls2'); os.chmod('/tmp/ls2', 0o755)\n"
+            "subprocess.run(['/tmp/ls2'])"))
+        assert r["exit_code"] == 1 and "PermissionError" in r["stderr"], r
+        # the ELF loader (executable for the allowed programs) refuses to run a program itself,
+        # also as a copy
+        e = refused(LOADER, *HOSTNAME_CMD)
+        assert "ELF loader" in e.message
+        for loader in (LOADER, "/tmp/ld"):
+            r = client.execute_command(s, "python3", "-c", (
+                "import os, shutil, subprocess, sys\n"
+                f"shutil.copy('{LOADER}', '/tmp/ld'); os.chmod('/tmp/ld', 0o755)\n"
+                f"subprocess.run(['{loader}', '/usr/bin/cat', '/etc/hostname'])"))
+            assert r["exit_code"] == 1 and r["stdout"] == "", r
+            assert "FileNotFoundError" in r["stderr"] or "PermissionError" in r["stderr"], r
+        # the allowed programs cannot be rewritten in place: bound read-only,
+        # as root (sudo), nor replaced by a rename
+        r = client.execute_command(s, "sudo", "-n", "python3", "-c", "open('/usr/bin/ls', 'r+b').write(b'x')")
+        assert r["exit_code"] == 1 and "Read-only file system" in r["stderr"], r
+        r = client.execute_command(s, "sudo", "-n", "python3", "-c", (
+            "import os, shutil; shutil.copy('/usr/bin/cat', '/usr/bin/cat2'); os.rename('/usr/bin/cat2', '/usr/bin/ls')"))
+        assert r["exit_code"] == 1 and "Device or resource busy" in r["stderr"], r
+        # the session API's own helper programs still work: paths, listings, status, chmod
+        client.create_file(s, "sub/a.txt", "x", mode="0700")
+        assert [f["name"] for f in client.list_files(s, "sub")] == ["a.txt"]
+        assert client.download_file(s, "sub/a.txt") == b"x"
+        assert client.get_status(s)["state"] == "running"
+        with pytest.raises(SessionTimeoutError):
+            client.execute_command(s, "python3", "-c", "import time; time.sleep(30)", timeout=1)
+    finally:
+        client.delete_session(s)
+
+
+def test_allowed_commands_bad_input_is_refused_and_creates_nothing(client, sandboxd):
     url, key = sandboxd
     before = httpx.get(f"{url}/sandboxes", headers={"X-API-Key": key}).json()
-    r = httpx.post(f"{url}/sandboxes", json={"templateID": "base", "allowedCommands": ["ls"], "timeout": 60},
-                   headers={"X-API-Key": key})
-    assert r.status_code == 501, r.text
-    assert "allowedCommands is not enforced" in r.json()["message"]
+    for bad in (["no-such-program"], [], ["ls -l"], ["bin/ls"], ["/etc/hostname"], ["x"] * 65):
+        with pytest.raises(InvalidRequestError) as e:
+            client.create_session(sid(), allowed_commands=bad)
+        assert e.value.status == 400, e.value.body
+    with pytest.raises(InvalidRequestError) as e:
+        client.create_session(sid(), allowed_commands=["no-such-program"])
+    assert "'no-such-program' is not an executable file on this sandbox's PATH" in e.value.message
+    for body in ({"allowedCommands": "ls"}, {"allowedCommands": [1]},
+                 {"allowedCommands": ["ls"], "templateID": "code-interpreter"}):
+        r = httpx.post(f"{url}/sandboxes", json={"templateID": "base", "timeout": 60, **body},
+                       headers={"X-API-Key": key})
+        assert r.status_code == 400 and r.json()["error_code"] == "invalid_request", r.text
+    assert "code interpreter" in r.json()["message"]
     assert httpx.get(f"{url}/sandboxes", headers={"X-API-Key": key}).json() == before, "nothing created"
+
+
+def test_allowed_commands_on_the_e2b_create(sandboxd):
+    """`allowedCommands` is a sandboxd-only create field: SDK commands run through bash, which
+    runs only the allowed programs, also as root."""
+    from e2b import CommandExitException, Sandbox
+
+    url, key = sandboxd
+    r = httpx.post(f"{url}/sandboxes", json={"templateID": "base", "allowedCommands": ["ls", "node"],
+                                             "timeout": 120}, headers={"X-API-Key": key})
+    assert r.status_code == 201, r.text
+    sbx = Sandbox.connect(r.json()["sandboxID"])
+    try:
+        out = sbx.commands.run("ls /usr/bin > /dev/null; echo done")
+        assert out.stdout.endswith("done\n") and out.stderr == "", out
+        assert sbx.commands.run("node -e 'console.log(1 + 1)'").stdout == "2\n"
+        for user in ("user", "root"):
+            with pytest.raises(CommandExitException) as e:
+                sbx.commands.run("cat /etc/hostname", user=user)
+            assert e.value.exit_code == 126 and "/usr/bin/cat: Permission denied" in e.value.stderr
+            assert e.value.error.startswith("command not allowed"), e.value.error
+            assert "(ls, node)" in e.value.error
+        # root cannot rewrite an allowed program (bound read-only)
+        with pytest.raises(CommandExitException) as e:
+            sbx.commands.run("echo x > /usr/bin/ls", user="root")
+        assert "Read-only file system" in e.value.stderr
+        # files still work through the SDK (the agent itself is not restricted)
+        sbx.files.write("/home/user/a.txt", "content")
+        assert sbx.files.read("/home/user/a.txt") == "content"
+    finally:
+        sbx.kill()
 
 
 def test_process_limit_with_a_fork_loop(client):

@@ -29,9 +29,13 @@ impl Daemon {
         template_id: &str,
         alias: &str,
     ) -> Option<Result<Arc<LiveSandbox>, DaemonError>> {
-        // pooled sandboxes were booted without volumes; a pool is named as creates name the
-        // template (`alias`: a built template's name, whose runtime template is `template_id`)
-        if !params.volume_mounts.is_empty() || !self.pool.lock().contains_key(alias) {
+        // pooled sandboxes were booted without volumes or a command policy (which the agent
+        // installs at boot); a pool is named as creates name the template (`alias`: a built
+        // template's name, whose runtime template is `template_id`)
+        if !params.volume_mounts.is_empty()
+            || params.allowed_commands.is_some()
+            || !self.pool.lock().contains_key(alias)
+        {
             return None;
         }
         let t0 = Instant::now();

@@ -81,6 +81,11 @@ pub struct ExecOutcome {
 #[derive(Debug, Clone)]
 pub struct Envd {
     connector: UnixConnector,
+    /// The agent's control socket, where processes start under the command policy's helper
+    /// ruleset instead of the workload's.
+    control: std::path::PathBuf,
+    /// Send calls to [`Envd::control`] ([`Envd::for_helpers`]).
+    helpers: bool,
     access_token: Option<String>,
     sandbox_id: String,
     /// The user calls run as ([`SESSION_USER`] unless [`Envd::as_user`] says otherwise).
@@ -92,6 +97,10 @@ impl Envd {
     pub fn of(s: &LiveSandbox) -> Self {
         Self {
             connector: s.agent.connector().clone(),
+            control: match &s.handle.control {
+                sandboxd_runtime::AgentEndpoint::Unix(p) => p.clone(),
+            },
+            helpers: false,
             access_token: s.rec.access_token.clone(),
             sandbox_id: s.rec.id.clone(),
             user: SESSION_USER.to_string(),
@@ -109,6 +118,8 @@ impl Envd {
                 sandbox_id: id.to_string(),
                 reason: format!("the agent's socket: {e}"),
             })?,
+            control: socket.with_file_name("control.sock"),
+            helpers: false,
             access_token,
             sandbox_id: id.to_string(),
             user: SESSION_USER.to_string(),
@@ -118,6 +129,15 @@ impl Envd {
     /// The same agent, with calls made as `user` (template builds run steps as root).
     pub fn as_user(mut self, user: &str) -> Self {
         self.user = user.to_string();
+        self
+    }
+
+    /// The same agent, with processes started on its control socket, where a command policy
+    /// lets only the daemon's own helper programs run (`realpath`, `ps`, `chmod`, `kill`;
+    /// `docs/command-policy.md`). Never for a command a request names; only [`Envd::run`] may
+    /// be called on it.
+    pub fn for_helpers(mut self) -> Self {
+        self.helpers = true;
         self
     }
 
@@ -142,11 +162,15 @@ impl Envd {
     }
 
     async fn send(&self, req: Request<CallBody>) -> Result<Response<Incoming>, DaemonError> {
-        let stream = self
-            .connector
-            .connect()
-            .await
-            .map_err(|e| self.failed(format!("cannot connect: {e}")))?;
+        let stream = if self.helpers {
+            UnixConnector::new(&self.control)
+                .map_err(|e| self.failed(format!("the agent's control socket: {e}")))?
+                .connect()
+                .await
+        } else {
+            self.connector.connect().await
+        }
+        .map_err(|e| self.failed(format!("cannot connect: {e}")))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.failed(format!("handshake: {e}")))?;

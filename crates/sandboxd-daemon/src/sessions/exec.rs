@@ -84,7 +84,27 @@ async fn run_checked(
         }
         .with_details(result.details()));
     }
+    // a shell's "cannot execute" (126) under a command policy: the kernel refused a program
+    if let Some(allowed) = &s.rec.allowed_commands
+        && o.exit_code == 126
+        && let Some(line) = denied_line(&o.stderr)
+    {
+        return Err(DaemonError::SecurityDenied(format!(
+            "command not allowed: {line} (the session's allowed commands: {})",
+            allowed.join(", ")
+        ))
+        .with_details(result.details()));
+    }
     Ok(result)
+}
+
+/// The first `Permission denied` line of a shell's stderr (`bash: line 1: /usr/bin/id:
+/// Permission denied`), trimmed.
+fn denied_line(stderr: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .find(|l| l.ends_with(": Permission denied"))
+        .map(|l| l.chars().take(512).collect())
 }
 
 fn process_limit_reached(limit: u64, cmd: &str) -> DaemonError {
@@ -175,5 +195,18 @@ impl Daemon {
             },
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn denied_lines_of_a_shell() {
+        let e = b"hello\nbash: line 1: /usr/bin/id: Permission denied\nmore";
+        assert_eq!(
+            super::denied_line(e).as_deref(),
+            Some("bash: line 1: /usr/bin/id: Permission denied")
+        );
+        assert_eq!(super::denied_line(b"bash: x: command not found"), None);
     }
 }

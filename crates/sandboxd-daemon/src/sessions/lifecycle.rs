@@ -91,6 +91,7 @@ impl Daemon {
             env_vars: opts.env,
             disk_mb: Some(size_mb as i64),
             max_processes: opts.max_processes,
+            allowed_commands: opts.allowed_commands,
             ..Default::default()
         };
         let s = self.create(params).await?;

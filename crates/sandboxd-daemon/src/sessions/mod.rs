@@ -49,6 +49,8 @@ pub struct SessionOptions {
     pub env: BTreeMap<String, String>,
     /// The workload's task limit (`maxProcesses`).
     pub max_processes: Option<i64>,
+    /// The command policy (`docs/command-policy.md`).
+    pub allowed_commands: Option<Vec<String>>,
 }
 
 /// What a session is, as the API shows it.
@@ -187,7 +189,10 @@ pub(super) fn info(session_id: &str, s: &LiveSandbox) -> SessionInfo {
 
 /// Runs one of the daemon's helper commands in a session (path checks, process listing).
 pub(super) async fn helper(envd: &Envd, cmd: &str, args: &[&str]) -> Result<ExecOutcome, DaemonError> {
+    // the daemon's programs, not the session's: a command policy lets them run
     let o = envd
+        .clone()
+        .for_helpers()
         .run(&ExecSpec {
             cmd: cmd.into(),
             args: args.iter().map(|s| s.to_string()).collect(),

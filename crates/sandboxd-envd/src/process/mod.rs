@@ -85,6 +85,17 @@ fn deadline_exceeded() -> ConnectError {
 /// `Start` (server stream): spawn the process, send `start{pid}` at once, then output,
 /// keepalives and the `end` event.
 async fn start(state: Arc<AgentState>, headers: HeaderMap, body: Body) -> Response {
+    start_as(state, headers, body, false).await
+}
+
+/// `POST /process.Process/Start` on the control socket: the same, under the command policy's
+/// helper ruleset (only `realpath`, `ps`, `chmod`, `kill`) instead of the workload's. Only the
+/// daemon reaches that socket; the session API runs its own helper programs this way.
+pub async fn start_helper(State(state): State<Arc<AgentState>>, headers: HeaderMap, body: Body) -> Response {
+    start_as(state, headers, body, true).await
+}
+
+async fn start_as(state: Arc<AgentState>, headers: HeaderMap, body: Body, helper: bool) -> Response {
     let t0 = Instant::now();
     let deadline = match deadline(&headers) {
         Ok(d) => d,
@@ -94,7 +105,7 @@ async fn start(state: Arc<AgentState>, headers: HeaderMap, body: Body) -> Respon
         Ok(r) => r,
         Err(e) => return stream_error(e),
     };
-    let (proc, rx) = match start_process(&state, &headers, req, deadline.map(|d| t0 + d)) {
+    let (proc, rx) = match start_process(&state, &headers, req, deadline.map(|d| t0 + d), helper) {
         Ok(v) => v,
         Err(e) => return stream_error(e),
     };
@@ -115,6 +126,7 @@ fn start_process(
     headers: &HeaderMap,
     req: StartRequest,
     kill_at: Option<Instant>,
+    helper: bool,
 ) -> Result<(Arc<Proc>, mpsc::Receiver<Out>), ConnectError> {
     let user = crate::auth::rpc_user(headers, state)?;
     let config = req
@@ -169,6 +181,7 @@ fn start_process(
         pty: pty_size,
         stdin: req.stdin.unwrap_or(true),
         cgroup_fds: cfg.work_cgroup_fds.clone(),
+        helper,
     };
     let cmdline = crate::log::command_line(&config.cmd, &config.args);
     let started = spawn::start(&spec).map_err(|e| {
@@ -176,6 +189,27 @@ fn start_process(
             .processes
             .log
             .process_start_failed(&cmdline, &user.name, &e.to_string());
+        if !helper && crate::command_policy::current().is_some() {
+            match e.raw_os_error() {
+                Some(libc::EACCES) => {
+                    return ConnectError::new(
+                        Code::PermissionDenied,
+                        format!("{} (os error 13)", crate::command_policy::not_allowed_message(&config.cmd)),
+                    );
+                }
+                // the loader guard answers ENOENT for a loader run directly
+                Some(libc::ENOENT) if crate::command_policy::is_guarded_loader(&config.cmd, &spec.env) => {
+                    return ConnectError::new(
+                        Code::PermissionDenied,
+                        format!(
+                            "command not allowed: '{}' is the ELF loader, which a command policy never lets run directly (os error 13)",
+                            config.cmd
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
         ConnectError::internal(format!("error starting process '{}': {e}", config.cmd))
     })?;
     tracing::debug!(pid = started.pid, cmd = %config.cmd, "process started");

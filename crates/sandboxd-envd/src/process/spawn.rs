@@ -35,6 +35,9 @@ pub struct SpawnSpec {
     pub stdin: bool,
     /// Inherited `cgroup.procs` descriptors of the `work` cgroup.
     pub cgroup_fds: Vec<RawFd>,
+    /// Started for the daemon on the control socket: under the helpers' ruleset of the command
+    /// policy, not the workload's.
+    pub helper: bool,
 }
 
 /// The environment of a process (`docs/contract.md` §4): `PATH` from the agent, then
@@ -118,6 +121,8 @@ struct PreExec {
     cgroup_fds: Vec<RawFd>,
     /// The workload user namespace to join (inside a sandbox).
     userns: Option<RawFd>,
+    /// The command policy's Landlock ruleset to restrict the process with.
+    ruleset: Option<RawFd>,
     uid: libc::uid_t,
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
@@ -182,7 +187,7 @@ impl PreExec {
             }
         }
         if let Some(fd) = self.userns {
-            crate::workload::enter(fd)?;
+            crate::workload::enter(fd, self.ruleset)?;
         }
         // SAFETY: plain credential syscalls on prepared values.
         unsafe {
@@ -247,6 +252,7 @@ pub fn start(spec: &SpawnSpec) -> io::Result<Started> {
     let pre = PreExec {
         cgroup_fds: spec.cgroup_fds.clone(),
         userns: crate::workload::userns_fd(),
+        ruleset: crate::command_policy::ruleset_fd(spec.helper),
         uid: spec.uid,
         gid: spec.gid,
         groups: spec.groups.clone(),

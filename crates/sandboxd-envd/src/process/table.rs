@@ -237,9 +237,12 @@ impl ProcessTable {
             let cmdline = crate::log::command_line(&p.info.config.cmd, &p.info.config.args);
             log.process_exited(p.pid, &cmdline, status, at_deadline, t0.elapsed());
             let mut end = end_event(status);
-            if let (Some(c), Some(before)) = (counters.as_deref(), before)
-                && let Some(why) = crate::work_counters::explain(c, before, status)
-            {
+            let why = match (counters.as_deref(), before) {
+                (Some(c), Some(before)) => crate::work_counters::explain(c, before, status),
+                _ => None,
+            }
+            .or_else(|| crate::command_policy::explain_exit(status));
+            if let Some(why) = why {
                 // also as the last line of stderr: the Python SDK's CommandExitException
                 // message shows stderr, the JS SDK's CommandExitError shows `error`
                 let line = match p.pty {

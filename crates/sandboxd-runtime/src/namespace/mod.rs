@@ -8,6 +8,7 @@
 pub mod adopt;
 mod agent_boot;
 pub mod cgroup;
+pub mod command_policy;
 pub mod config;
 pub mod cpus;
 mod derived_template;
@@ -15,6 +16,7 @@ pub mod disk_usage;
 pub mod idmap;
 pub mod image_template;
 pub mod layered_template;
+pub mod loader_guard;
 pub mod meminfo;
 pub mod mounts;
 pub mod names;

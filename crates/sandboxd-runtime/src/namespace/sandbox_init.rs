@@ -72,6 +72,8 @@ pub struct ChildCtx<'a> {
     pub agent_seccomp: &'a SeccompProgram,
     /// Number of ids mapped into the sandbox (the workload namespace maps them all, 1:1).
     pub workload_ids: u32,
+    /// The command policy to prepare (loader_guard.rs, command_policy.rs).
+    pub command_policy: Option<&'a super::spawn_protocol::PolicyRequest>,
     /// Print per-step timings to stderr (`SANDBOXD_RUNTIME_TIMING`).
     pub timing: Option<std::time::Instant>,
 }
@@ -219,7 +221,19 @@ fn setup_and_exec(ctx: &ChildCtx<'_>) -> StepResult<std::convert::Infallible> {
     // 8b. The workload user namespace, and the sandbox's caps on kernel counters (userns.rs).
     let workload_userns = super::userns::prepare_in_child(ctx.workload_ids)?;
     mark(ctx, "workload userns");
-    let fds = arrange_fds(ctx, api, control, &workload_userns)?;
+    // 8c. A command policy: the loader guard, read-only granted files and the rulesets, in the
+    //     new root, before seccomp denies fsopen and mount.
+    let policy = match ctx.command_policy {
+        Some(p) => {
+            let guard = super::loader_guard::install().map_err(os("loader guard"))?;
+            let rulesets = super::command_policy::prepare_in_child(&p.allowed, &p.path)
+                .map_err(|m| ("command policy", io::Error::other(m)))?;
+            Some([guard, rulesets.workload, rulesets.helpers])
+        }
+        None => None,
+    };
+    mark(ctx, "command policy");
+    let fds = arrange_fds(ctx, api, control, &workload_userns, policy.as_ref())?;
     mark(ctx, "fds");
     reset_signals();
     exec_init(ctx, &fds)
@@ -536,10 +550,12 @@ fn arrange_fds(
     api: RawFd,
     control: RawFd,
     workload_userns: &std::os::fd::OwnedFd,
+    policy: Option<&[std::os::fd::OwnedFd; 3]>,
 ) -> StepResult<PlacedFds> {
     // 9. File descriptors (boot_fds): 0 /dev/null, 1+2 agent log, 3 config, 4 agent.sock,
-    //    5 control.sock, 6 the workload user namespace, 7.. work cgroup.procs; then
-    //    (close-on-exec) the exe fd and the error pipe.
+    //    5 control.sock, 6 the workload user namespace, 7.. work cgroup.procs and counters,
+    //    the command policy's three fds if any; then (close-on-exec) the exe fd and the error
+    //    pipe.
     let null = open_path(c"/dev/null", libc::O_RDWR).map_err(os("open /dev/null"))?;
     let n_work = ctx.work_fds.len();
     let program = matches!(ctx.exec, ExecTarget::Program { .. });
@@ -555,7 +571,12 @@ fn arrange_fds(
     for (i, fd) in ctx.work_fds.iter().enumerate() {
         plan.push((*fd, boot_fds::FIRST_WORK_CGROUP + i as RawFd, false));
     }
-    let exe_target = boot_fds::FIRST_WORK_CGROUP + n_work as RawFd;
+    let mut exe_target = boot_fds::FIRST_WORK_CGROUP + n_work as RawFd;
+    // the command policy's loader guard, workload and helper rulesets (CommandPolicyFds)
+    for fd in policy.into_iter().flatten() {
+        plan.push((fd.as_raw_fd(), exe_target, false));
+        exe_target += 1;
+    }
     let err_target = exe_target + 1;
     plan.push((ctx.exe_fd, exe_target, true));
     plan.push((ctx.err_wr, err_target, true));

@@ -159,6 +159,14 @@ impl Inner {
                 }
             }
         }
+        if spec.agent.allowed_commands.is_some() && !spec.agent.services.is_empty() {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "allowedCommands cannot be used with template '{}': its services ({}) run code that \
+                 executes programs of its own (the code interpreter's kernels)",
+                spec.template,
+                spec.agent.services.join(", ")
+            )));
+        }
         let tc = std::time::Instant::now();
         let files = if have_cgroups {
             self.cgroups.files(&id)
@@ -214,6 +222,23 @@ impl Inner {
             memory_max: counter(&c.memory_max),
         };
         spec.agent.workload_userns_fd = Some(boot_fds::WORKLOAD_USERNS);
+        // the command policy's fds follow the work fds (sandbox_init.rs, arrange_fds)
+        let command_policy = spec.agent.allowed_commands.as_ref().map(|allowed| {
+            let first = boot_fds::FIRST_WORK_CGROUP + work_fds.len() as i32;
+            spec.agent.command_policy_fds = Some(sandboxd_protocol::agent::CommandPolicyFds {
+                loader_guard: first,
+                workload_ruleset: first + 1,
+                helper_ruleset: first + 2,
+            });
+            super::spawn_protocol::PolicyRequest {
+                allowed: allowed.clone(),
+                path: spec.agent.env_vars.get("PATH").cloned().unwrap_or_else(|| {
+                    super::sandbox_init::AGENT_PATH_ENV
+                        .trim_start_matches("PATH=")
+                        .to_string()
+                }),
+            }
+        });
         let json = serde_json::to_vec(&spec.agent).map_err(|e| step("config", e))?;
         let config = sys::memfd_with(c"sandboxd-agent-config", &json).map_err(|e| step("config", e))?;
         let log = std::fs::OpenOptions::new()
@@ -252,6 +277,7 @@ impl Inner {
             agent_procs: agent_fds.len(),
             work_procs: work_fds.len(),
             timeout_ms: 10_000,
+            command_policy,
         };
         let mut fds: Vec<RawFd> = vec![config.as_raw_fd(), log.as_raw_fd()];
         fds.extend(agent_fds.iter().map(|f| f.as_raw_fd()));
@@ -294,6 +320,10 @@ impl Inner {
                     start_time,
                     pidfd,
                 })
+            }
+            // an allowed command that is not in the template is the caller's error
+            HelperReply::Failed { step: s, message } if s == "command policy" => {
+                Err(RuntimeError::InvalidSpec(message))
             }
             HelperReply::Failed { step: s, message } => {
                 let log = tail(&sbx.join("agent.log"), 2000);

@@ -270,6 +270,7 @@ impl Helper {
             seccomp: &self.seccomp,
             agent_seccomp: &self.agent_seccomp,
             workload_ids: self.id_count,
+            command_policy: req.command_policy.as_ref(),
             timing: self.timing.then(std::time::Instant::now),
         };
         let flags = libc::CLONE_NEWUSER

@@ -76,6 +76,19 @@ pub struct SpawnRequest {
     pub work_procs: usize,
     /// How long the init may take until exec.
     pub timeout_ms: u64,
+    /// The command policy (`command_policy.rs`): the allowed names and the `PATH` they are
+    /// resolved on. Its three fds follow the work cgroup fds (`AgentConfig::command_policy_fds`).
+    #[serde(default)]
+    pub command_policy: Option<PolicyRequest>,
+}
+
+/// The command policy part of a [`SpawnRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyRequest {
+    /// `allowedCommands` as asked.
+    pub allowed: Vec<String>,
+    /// The `PATH` the names are resolved on.
+    pub path: String,
 }
 
 /// The helper's answer. `Spawned` carries the init's pidfd.
@@ -149,6 +162,8 @@ pub fn static_step(s: &str) -> &'static str {
         "sandbox ucount limits",
         "enter workload user namespace",
         "rlimits",
+        "loader guard",
+        "command policy",
         "open /dev/null",
         "arrange fds",
         "seccomp",

@@ -43,8 +43,8 @@ pub(super) struct NewSandbox {
     disk_size_mb: Option<i64>,
     /// sandboxd-only: the workload's task limit (`docs/limits.md`).
     max_processes: Option<i64>,
-    /// sandboxd-only, not enforced yet (`docs/sessions.md`, "Not yet"): refused, never ignored.
-    allowed_commands: Option<serde_json::Value>,
+    /// sandboxd-only: the command policy (`docs/command-policy.md`).
+    allowed_commands: Option<Vec<String>>,
 }
 
 fn check_map(name: &str, m: &BTreeMap<String, String>, env: bool) -> Result<(), ApiError> {
@@ -117,12 +117,6 @@ impl NewSandbox {
                 .map(super::volumes::VolumeMountIn::into_pair)
                 .collect(),
         )?;
-        if self.allowed_commands.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::NotSupportedHere(
-                "allowedCommands is not enforced by this sandboxd yet; it is refused rather than ignored"
-                    .into(),
-            ));
-        }
         if self
             .iam
             .as_ref()
@@ -166,6 +160,7 @@ impl NewSandbox {
             memory_mb: self.memory_mb,
             disk_mb: self.disk_size_mb,
             max_processes: self.max_processes,
+            allowed_commands: self.allowed_commands,
             lifecycle,
             volume_mounts,
         })
@@ -628,6 +623,7 @@ mod tests {
             end_at: t,
             agent_pid: None,
             agent_start_time: None,
+            allowed_commands: None,
         };
         let v = SandboxView {
             rec,

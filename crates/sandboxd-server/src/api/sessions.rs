@@ -40,7 +40,7 @@ pub struct CreateSessionBody {
     template: Option<String>,
     env: BTreeMap<String, String>,
     #[serde(alias = "allowedCommands")]
-    allowed_commands: Option<serde_json::Value>,
+    allowed_commands: Option<Vec<String>>,
     #[serde(alias = "maxProcesses")]
     max_processes: Option<i64>,
 }
@@ -63,17 +63,13 @@ pub async fn create_session(
     req: Request,
 ) -> Result<Response, ApiError> {
     let body: CreateSessionBody = optional_json(req).await?;
-    if body.allowed_commands.is_some() {
-        return Err(ApiError::NotSupportedHere(
-            "allowed_commands is not enforced by this sandboxd yet; it is refused rather than ignored".into(),
-        ));
-    }
     let opts = SessionOptions {
         size_mb: body.size.as_ref().map(sessions::parse_size_mb).transpose()?,
         timeout_secs: body.timeout,
         template: body.template,
         env: body.env,
         max_processes: body.max_processes,
+        allowed_commands: body.allowed_commands,
     };
     let info = daemon.create_session(&session_id, opts).await?;
     Ok(json(StatusCode::CREATED, &info))
