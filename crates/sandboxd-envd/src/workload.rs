@@ -51,6 +51,9 @@ const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_JEQ_K: u16 = 0x15;
 const BPF_RET_K: u16 = 0x06;
+const BPF_JSET_K: u16 = 0x45;
+/// `MFD_NOEXEC_SEAL` (`<linux/memfd.h>`).
+const MFD_NOEXEC_SEAL: u32 = 0x0008;
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 #[cfg(target_arch = "x86_64")]
@@ -74,21 +77,29 @@ static DENY_SETNS: [libc::sock_filter; 7] = [
     insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
 ];
 
-/// Between fork and exec, before any credential change (joining needs `CAP_SYS_ADMIN` over
-/// U2, which the agent has as its owner): join `userns`, deny `setns` from then on, and when
-/// `ruleset` is given put the process under the sandbox's command policy
-/// ([`crate::command_policy`]). Async-signal-safe: three syscalls on prepared data.
-pub fn enter(userns: RawFd, ruleset: Option<RawFd>) -> io::Result<()> {
-    // SAFETY: setns on an fd the agent holds; the caller is a freshly forked, single-threaded
-    // child.
-    if unsafe { libc::setns(userns, libc::CLONE_NEWUSER) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+/// Under a command policy: `memfd_create` fails with `EPERM` unless `MFD_NOEXEC_SEAL` is
+/// asked. Landlock does not check executions of files on internal mounts, and a memfd is one:
+/// without this, an `fexecve` of a memfd holding any program's bytes would run it. A sealed
+/// memfd can never be made executable.
+static DENY_EXECUTABLE_MEMFD: [libc::sock_filter; 9] = [
+    insn(BPF_LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+    insn(BPF_JEQ_K, 1, 0, AUDIT_ARCH),
+    insn(BPF_RET_K, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
+    insn(BPF_LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+    insn(BPF_JEQ_K, 0, 3, libc::SYS_memfd_create as u32),
+    insn(BPF_LD_W_ABS, 0, 0, 24), // the low half of seccomp_data.args[1], the flags
+    insn(BPF_JSET_K, 1, 0, MFD_NOEXEC_SEAL),
+    insn(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::EPERM as u32),
+    insn(BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+];
+
+fn install_filter(filter: &[libc::sock_filter]) -> io::Result<()> {
     let prog = libc::sock_fprog {
-        len: DENY_SETNS.len() as u16,
-        filter: DENY_SETNS.as_ptr() as *mut libc::sock_filter,
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
     };
-    // SAFETY: `prog` points to a valid static BPF program; the kernel only reads (copies) it. Allowed without no_new_privs: the caller has CAP_SYS_ADMIN in U2.
+    // SAFETY: `prog` points to a valid static BPF program; the kernel only reads (copies) it.
+    // Allowed without no_new_privs: the caller has CAP_SYS_ADMIN in U2.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_seccomp,
@@ -100,9 +111,25 @@ pub fn enter(userns: RawFd, ruleset: Option<RawFd>) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Between fork and exec, before any credential change (joining needs `CAP_SYS_ADMIN` over
+/// U2, which the agent has as its owner): join `userns`, deny `setns` from then on, and when
+/// `ruleset` is given put the process under the sandbox's command policy
+/// ([`crate::command_policy`], with [`DENY_EXECUTABLE_MEMFD`]). Async-signal-safe: a few
+/// syscalls on prepared data.
+pub fn enter(userns: RawFd, ruleset: Option<RawFd>) -> io::Result<()> {
+    // SAFETY: setns on an fd the agent holds; the caller is a freshly forked, single-threaded
+    // child.
+    if unsafe { libc::setns(userns, libc::CLONE_NEWUSER) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    install_filter(&DENY_SETNS)?;
     // with CAP_SYS_ADMIN in U2 (just joined), so no_new_privs is not needed and setuid
     // programs keep working inside the domain
     if let Some(fd) = ruleset {
+        install_filter(&DENY_EXECUTABLE_MEMFD)?;
         crate::command_policy::restrict(fd)?;
     }
     Ok(())
@@ -114,14 +141,44 @@ mod tests {
 
     #[test]
     fn filter_jumps_stay_in_the_program() {
-        let p = &DENY_SETNS;
-        for (i, ins) in p.iter().enumerate() {
-            if ins.code == BPF_JEQ_K {
-                assert!(i + 1 + (ins.jt.max(ins.jf) as usize) < p.len());
+        for p in [&DENY_SETNS[..], &DENY_EXECUTABLE_MEMFD[..]] {
+            for (i, ins) in p.iter().enumerate() {
+                if ins.code == BPF_JEQ_K || ins.code == BPF_JSET_K {
+                    assert!(i + 1 + (ins.jt.max(ins.jf) as usize) < p.len());
+                }
             }
+            assert_eq!(p[p.len() - 1].k, SECCOMP_RET_ALLOW);
         }
-        assert_eq!(p[p.len() - 1].k, SECCOMP_RET_ALLOW);
-        assert_eq!(p[4].k, libc::SYS_setns as u32);
+        assert_eq!(DENY_SETNS[4].k, libc::SYS_setns as u32);
+        assert_eq!(DENY_EXECUTABLE_MEMFD[4].k, libc::SYS_memfd_create as u32);
+    }
+
+    #[test]
+    fn memfd_filter_refuses_executable_memfds_only() {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args([
+            "-c",
+            "import os\n\
+             try:\n    os.memfd_create('x')\nexcept PermissionError:\n    print('refused')\n\
+             fd = os.memfd_create('y', 8)\nprint('sealed', oct(os.fstat(fd).st_mode & 0o777))",
+        ]);
+        // SAFETY: prctl and seccomp on prepared static data, async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                install_filter(&DENY_EXECUTABLE_MEMFD)
+            });
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout,
+            "refused\nsealed 0o666\n",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

@@ -393,6 +393,13 @@ def test_allowed_commands_hold_against_the_bypasses(client):
             "shutil.copy('/usr/bin/ls', '/tmp/ls2'); os.chmod('/tmp/ls2', 0o755)\n"
             "subprocess.run(['/tmp/ls2'])"))
         assert r["exit_code"] == 1 and "PermissionError" in r["stderr"], r
+        # a memfd (which Landlock does not check): refused unless sealed non-executable
+        for flags in (0, 8):  # 8: MFD_NOEXEC_SEAL
+            r = client.execute_command(s, "python3", "-c", (
+                "import os\n"
+                f"fd = os.memfd_create('x', {flags}); os.write(fd, open('/usr/bin/cat', 'rb').read())\n"
+                "os.execve(fd, ['cat', '/etc/hostname'], {})"))
+            assert r["exit_code"] == 1 and "PermissionError" in r["stderr"], r
         # the ELF loader (executable for the allowed programs) refuses to run a program itself,
         # also as a copy
         e = refused(LOADER, *HOSTNAME_CMD)
