@@ -4,7 +4,7 @@ import { after, before, describe, test } from 'node:test'
 
 import { ROWS, useDaemon, waitFor } from './harness.mjs'
 
-useDaemon()
+const daemon = useDaemon()
 
 for (const { label, e2b } of ROWS) {
   describe(label, { timeout: 120_000 }, () => {
@@ -73,6 +73,43 @@ for (const { label, e2b } of ROWS) {
 
     test('a command over its timeout raises TimeoutError', async () => {
       await assert.rejects(sbx.commands.run('sleep 10', { timeoutMs: 1000 }), e2b.TimeoutError)
+    })
+  })
+}
+
+// allowedCommands is a sandboxd-only create field (docs/command-policy.md): created with the raw
+// API, then used through the SDK, whose commands all run through bash.
+for (const { label, e2b } of ROWS) {
+  describe(`${label}: allowedCommands`, { timeout: 120_000 }, () => {
+    let sbx
+    before(async () => {
+      const r = await fetch(daemon.url + '/sandboxes', {
+        method: 'POST',
+        headers: { 'X-API-Key': daemon.key, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ templateID: 'base', timeout: 120, allowedCommands: ['ls', 'node'] }),
+      })
+      assert.equal(r.status, 201, await r.clone().text())
+      sbx = await e2b.Sandbox.connect((await r.json()).sandboxID)
+    })
+    after(async () => sbx?.kill())
+
+    test('allowed programs run, others raise CommandExitError saying why', async () => {
+      assert.equal((await sbx.commands.run("node -e 'console.log(6 * 7)'")).stdout, '42\n')
+      assert.equal((await sbx.commands.run('ls / > /dev/null; echo ok')).stdout, 'ok\n')
+      for (const user of ['user', 'root']) {
+        await assert.rejects(sbx.commands.run('cat /etc/hostname', { user }), (e) => {
+          assert.ok(e instanceof e2b.CommandExitError, String(e))
+          assert.equal(e.exitCode, 126)
+          assert.match(e.stderr, /\/usr\/bin\/cat: Permission denied/)
+          assert.match(e.error, /^command not allowed: .*\(ls, node\)$/)
+          return true
+        })
+      }
+      // node may not start another program either
+      await assert.rejects(
+        sbx.commands.run(`node -e "require('child_process').execFileSync('/usr/bin/cat', ['/etc/hostname'])"`),
+        (e) => e instanceof e2b.CommandExitError && /EACCES/.test(e.stderr)
+      )
     })
   })
 }

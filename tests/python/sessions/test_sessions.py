@@ -576,8 +576,17 @@ def test_sessions_survive_a_daemon_restart(daemons):
         s = sid("restart")
         before = c.create_session(s)
         c.create_file(s, "kept.txt", "still here")
+        limited = sid("restart-policy")
+        c.create_session(limited, allowed_commands=["cat"])
         d.stop()
         d.start()
+        # the command policy lives in the sandbox: kept, and the daemon's helpers still run
+        assert c.execute_command(limited, "cat", "/etc/hostname")["exit_code"] == 0
+        with pytest.raises(SecurityError):
+            c.execute_command(limited, "ls")
+        c.create_file(limited, "sub/x.txt", "x", mode="0600")
+        assert c.get_status(limited)["state"] == "running"
+        c.delete_session(limited)
         st = c.get_status(s)
         assert st["sandbox_id"] == before["sandbox_id"] and st["state"] == "running"
         assert c.download_file(s, "kept.txt") == b"still here"
