@@ -3,8 +3,8 @@
 //!
 //! - the asked names are resolved on the sandbox's `PATH`, with what they need to start: bash
 //!   and `id` (the SDKs run every command as `bash -l -c`, whose profile runs `id -u`), the
-//!   `#!` interpreters of scripts and the
-//!   ELF loader of programs (a loader only when the loader guard covers it, `loader_guard.rs`);
+//!   `#!` interpreters of scripts and the ELF loader of programs (a loader only when the
+//!   loader guard covers it, `loader_guard.rs`);
 //! - every granted file is bound read-only onto itself, so no workload — root in its user
 //!   namespace included — can rewrite it in place, rename over it or delete it (the mounts
 //!   belong to the init's user namespace, out of the workload's reach);
@@ -66,9 +66,8 @@ pub struct PolicyRulesets {
 /// file read-only onto itself and build both rulesets.
 pub fn prepare_in_child(asked: &[String], path_var: &str) -> Result<PolicyRulesets, String> {
     let granted = resolve(asked, path_var)?;
-    let names: Vec<String> = HELPER_PROGRAMS.iter().map(|s| s.to_string()).collect();
     let mut helpers = BTreeSet::new();
-    for name in &names {
+    for name in HELPER_PROGRAMS {
         // a template without one of them loses only that session API feature
         if let Some(p) = lookup(name, path_var) {
             grant(&p, path_var, &mut helpers, 0)?;
