@@ -250,6 +250,25 @@ def test_background_builds_tags_exists_and_delete(images_daemon):
     assert Template.exists(name)
     import json
 
+    # the paged log route: by time, both directions, by level; bad parameters are 400s
+    logs_path = f"/templates/{info.template_id}/builds/{info.build_id}/logs"
+    status, body = sandboxd_daemon.call_api("GET", logs_path)
+    assert status == 200, body
+    forward = json.loads(body)["logs"]
+    assert forward and all({"timestamp", "level", "message"} <= set(e) for e in forward), forward
+    assert any("echo v1" in e["message"] for e in forward), forward
+    newest = json.loads(sandboxd_daemon.call_api("GET", logs_path + "?direction=backward&limit=2")[1])["logs"]
+    assert [e["message"] for e in newest] == [e["message"] for e in forward[::-1][:2]], newest
+    late = json.loads(sandboxd_daemon.call_api("GET", logs_path + "?cursor=99999999999999")[1])["logs"]
+    assert late == [], late
+    errors_only = json.loads(sandboxd_daemon.call_api("GET", logs_path + "?level=error")[1])["logs"]
+    assert all(e["level"] == "error" for e in errors_only), errors_only
+    for bad in ("limit=101", "limit=-1", "cursor=x", "direction=up", "level=loud", "source=elsewhere"):
+        status, body = sandboxd_daemon.call_api("GET", f"{logs_path}?{bad}")
+        assert status == 400, (bad, body)
+    status, _ = sandboxd_daemon.call_api("GET", f"/templates/{info.template_id}/builds/no-such-build/logs")
+    assert status == 404
+
     listed = [t for t in json.loads(sandboxd_daemon.call_api("GET", "/templates")[1]) if name in t["names"]]
     assert len(listed) == 1 and listed[0]["sizeBytes"] > 1_000_000 and listed[0]["spawnCount"] == 0, listed
     assert not Template.exists(_name("never-built"))

@@ -31,6 +31,29 @@ pub struct LogLine {
     pub step: Option<String>,
 }
 
+/// What `GET /templates/{id}/builds/{build}/logs` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogQuery {
+    /// Milliseconds since the epoch: forward, lines at or after it; backward, at or before it.
+    pub cursor_ms: Option<i64>,
+    /// Most lines answered.
+    pub limit: usize,
+    /// Newest first, from the cursor back.
+    pub backward: bool,
+    /// The lowest level answered (`debug` < `info` < `warn` < `error`).
+    pub min_level: &'static str,
+}
+
+/// The order of a level (unknown levels count as `info`).
+pub fn level_rank(level: &str) -> u8 {
+    match level {
+        "debug" => 0,
+        "warn" => 2,
+        "error" => 3,
+        _ => 1,
+    }
+}
+
 /// A line as written to disk.
 #[derive(serde::Deserialize)]
 struct StoredLine {
@@ -216,6 +239,30 @@ impl BuildLogs {
             .unwrap_or_default()
     }
 
+    /// The lines `q` selects, in its direction.
+    pub fn query(&self, build_id: &str, q: LogQuery) -> Vec<LogLine> {
+        self.ensure(build_id);
+        let g = self.lock();
+        let Some(v) = g.lines.get(build_id) else {
+            return Vec::new();
+        };
+        let min = level_rank(q.min_level);
+        let wanted = |l: &&LogLine| {
+            let ms = l.timestamp.timestamp_millis();
+            level_rank(l.level) >= min
+                && match (q.cursor_ms, q.backward) {
+                    (None, _) => true,
+                    (Some(c), false) => ms >= c,
+                    (Some(c), true) => ms <= c,
+                }
+        };
+        if q.backward {
+            v.iter().rev().filter(wanted).take(q.limit).cloned().collect()
+        } else {
+            v.iter().filter(wanted).take(q.limit).cloned().collect()
+        }
+    }
+
     /// The last `n` lines of a step (for a failure's reason).
     pub fn tail_of_step(&self, build_id: &str, step: &str, n: usize) -> Vec<LogLine> {
         self.ensure(build_id);
@@ -264,6 +311,36 @@ mod tests {
         assert!(l.page("nope", 0, 10).is_empty());
         assert_eq!(l.tail_of_step("b", "1", 2)[1].message, "line 4");
         assert!(l.page("b", 5, 1)[0].message.len() <= MAX_LINE + 3);
+    }
+
+    #[test]
+    fn queries_by_time_direction_and_level() {
+        let l = BuildLogs::default();
+        l.push("b", "debug", Some("1"), "d");
+        l.push("b", "info", Some("1"), "i");
+        l.push("b", "error", Some("2"), "e");
+        let q = |cursor_ms, limit, backward, min_level| LogQuery {
+            cursor_ms,
+            limit,
+            backward,
+            min_level,
+        };
+        let msgs = |v: Vec<LogLine>| v.into_iter().map(|l| l.message).collect::<Vec<_>>();
+        assert_eq!(msgs(l.query("b", q(None, 100, false, "debug"))), ["d", "i", "e"]);
+        assert_eq!(msgs(l.query("b", q(None, 100, true, "info"))), ["e", "i"]);
+        assert_eq!(msgs(l.query("b", q(None, 1, true, "debug"))), ["e"]);
+        assert_eq!(
+            msgs(l.query("b", q(None, 0, false, "debug"))),
+            Vec::<String>::new()
+        );
+        let first = l.page("b", 0, 1)[0].timestamp.timestamp_millis();
+        assert_eq!(l.query("b", q(Some(first), 100, false, "debug")).len(), 3);
+        assert_eq!(
+            msgs(l.query("b", q(Some(first - 1), 100, true, "debug"))),
+            Vec::<String>::new()
+        );
+        assert_eq!(l.query("b", q(Some(i64::MAX), 100, false, "debug")).len(), 0);
+        assert!(l.query("nope", q(None, 10, false, "debug")).is_empty());
     }
 
     #[test]

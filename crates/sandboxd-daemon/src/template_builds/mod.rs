@@ -24,7 +24,7 @@ mod runner;
 pub mod spec;
 mod start_command;
 
-pub use logs::LogLine;
+pub use logs::{LogLine, LogQuery};
 pub use requests::{BuildStatusView, BuiltTemplate, RequestedBuild, TemplateSummary, UploadLink};
 pub use spec::{BuildRequest, BuildStart, StepSpec};
 

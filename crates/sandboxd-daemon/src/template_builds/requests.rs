@@ -351,6 +351,21 @@ impl Daemon {
         Ok(())
     }
 
+    /// `GET /templates/{id}/builds/{build}/logs`: lines by time, direction and level.
+    pub async fn build_logs(
+        &self,
+        template_id: &str,
+        build_id: &str,
+        query: super::logs::LogQuery,
+    ) -> Result<Vec<LogLine>, DaemonError> {
+        let row = self.build_of(template_id, build_id).await?;
+        let query = super::logs::LogQuery {
+            limit: query.limit.min(MAX_LOG_PAGE),
+            ..query
+        };
+        Ok(self.builds.logs.query(&row.build_id, query))
+    }
+
     /// `GET /templates/{id}/builds/{build}/status`.
     pub async fn build_status(
         &self,

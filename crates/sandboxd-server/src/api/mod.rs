@@ -69,6 +69,7 @@ pub fn router(daemon: Arc<Daemon>, api_key: &str, max_body: usize) -> Router {
             "/templates/{id}/builds/{build}/status",
             get(template_builds::status),
         )
+        .route("/templates/{id}/builds/{build}/logs", get(template_builds::logs))
         .route(
             "/templates/tags",
             post(template_builds::assign_tags).delete(template_builds::remove_tags),

@@ -83,7 +83,7 @@ pub fn public_view(network: &Value) -> Value {
     v
 }
 
-/// `PUT /sandboxes/{id}/network`: replace the egress settings (stored; not enforced yet).
+/// `PUT /sandboxes/{id}/network`: replace the egress settings, enforced at once (`docs/network.md`).
 pub(super) async fn update(
     State(daemon): State<Arc<Daemon>>,
     SandboxId(id): SandboxId,

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::DateTime;
 use futures::TryStreamExt;
 use sandboxd_daemon::Daemon;
-use sandboxd_daemon::template_builds::{BuildRequest, BuildStart, LogLine};
+use sandboxd_daemon::template_builds::{BuildRequest, BuildStart, LogLine, LogQuery};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -143,6 +143,71 @@ pub(super) async fn status(
         out["reason"] = reason;
     }
     Ok(json(StatusCode::OK, &out))
+}
+
+/// `GET /templates/{id}/builds/{build}/logs?cursor=&limit=&direction=&level=&source=`:
+/// `{logs: [BuildLogEntry]}`.
+pub(super) async fn logs(
+    State(daemon): State<Arc<Daemon>>,
+    Path((template_id, build_id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let q = first_values(raw.as_deref());
+    let bad = |k: &str, v: &str, want: &str| ApiError::BadRequest(format!("invalid {k} '{v}': {want}"));
+    let cursor_ms = q
+        .get("cursor")
+        .map(|v| {
+            v.parse::<i64>()
+                .ok()
+                .filter(|c| *c >= 0)
+                .ok_or_else(|| bad("cursor", v, "milliseconds since the epoch"))
+        })
+        .transpose()?;
+    let limit = q
+        .get("limit")
+        .map(|v| {
+            v.parse::<usize>()
+                .ok()
+                .filter(|l| *l <= 100)
+                .ok_or_else(|| bad("limit", v, "0 to 100"))
+        })
+        .transpose()?
+        .unwrap_or(100);
+    let backward = match q.get("direction").map(String::as_str) {
+        None | Some("forward") => false,
+        Some("backward") => true,
+        Some(v) => return Err(bad("direction", v, "forward or backward")),
+    };
+    let min_level = match q.get("level").map(String::as_str) {
+        None | Some("debug") => "debug",
+        Some("info") => "info",
+        Some("warn") => "warn",
+        Some("error") => "error",
+        Some(v) => return Err(bad("level", v, "debug, info, warn or error")),
+    };
+    // one log per build here: both sources answer the same lines
+    if let Some(v) = q
+        .get("source")
+        .filter(|v| !matches!(v.as_str(), "temporary" | "persistent"))
+    {
+        return Err(bad("source", v, "temporary or persistent"));
+    }
+    let lines = daemon
+        .build_logs(
+            &template_id,
+            &build_id,
+            LogQuery {
+                cursor_ms,
+                limit,
+                backward,
+                min_level,
+            },
+        )
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"logs": lines.into_iter().map(log_out).collect::<Vec<_>>()}),
+    ))
 }
 
 /// `AssignTemplateTagsRequest`.
