@@ -98,16 +98,21 @@ class Daemon:
         self.log_path = self.data_dir + ".log"
         port = _free_port()
         self.url, self.key = f"http://127.0.0.1:{port}", "e2b_" + os.urandom(20).hex()
-        full_env = dict(os.environ, SANDBOXD_API_KEY=self.key, RUST_LOG=os.environ.get("RUST_LOG", "info"))
-        full_env.update(env or {})
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", self.data_dir, *extra_args],
-                env=full_env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
+        self._env = dict(os.environ, SANDBOXD_API_KEY=self.key, RUST_LOG=os.environ.get("RUST_LOG", "info"))
+        self._env.update(env or {})
+        self._argv = [BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", self.data_dir, *extra_args]
+        self._start()
+
+    def _start(self):
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self._argv, env=self._env, stdout=subprocess.DEVNULL, stderr=log)
         _wait_healthy(self.url, self.proc, self.log_path)
+
+    def restart(self):
+        """SIGTERM (sandboxes keep running and are re-adopted), then the same daemon again."""
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self._start()
 
     def stop(self):
         import shutil

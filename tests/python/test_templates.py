@@ -544,3 +544,36 @@ def test_bad_build_requests_are_refused(images_daemon):
         capture_output=True, text=True,
     )
     assert req.stdout == "404", req.stdout
+
+
+def test_an_interrupted_build_keeps_the_log_of_its_finished_steps():
+    """A restart fails the running build; its log still has the steps it finished (written
+    after each step), readable through status and the log route."""
+    import json
+
+    import httpx
+
+    d = sandboxd_daemon.Daemon()
+    try:
+        h = {"X-API-Key": d.key}
+        b = httpx.post(f"{d.url}/v3/templates", json={"name": _name("interrupted")}, headers=h).json()
+        base = f"{d.url}/templates/{b['templateID']}/builds/{b['buildID']}"
+        start = {"fromTemplate": "base", "steps": [
+            {"type": "RUN", "args": ["echo first-step-output"]},
+            {"type": "RUN", "args": ["sleep 300"]},
+        ]}
+        r = httpx.post(f"{d.url}/v2/templates/{b['templateID']}/builds/{b['buildID']}", json=start, headers=h)
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 60
+        while not any("[2]" in e["message"] for e in httpx.get(base + "/logs", headers=h).json()["logs"]):
+            assert time.monotonic() < deadline, "step 2 never started"
+            time.sleep(0.2)
+        d.restart()
+        st = httpx.get(base + "/status", headers=h).json()
+        assert st["status"] == "error" and "stopped during the build" in st["reason"]["message"], st
+        logs = [e["message"] for e in httpx.get(base + "/logs", headers=h).json()["logs"]]
+        assert any("first-step-output" in m for m in logs), logs
+        assert any(m.startswith("[1] done in") for m in logs), logs
+    finally:
+        d.stop()
+

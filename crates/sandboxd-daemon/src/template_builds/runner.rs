@@ -26,6 +26,13 @@ impl Daemon {
         self.builds.logs.push(build, level, Some(step), message);
     }
 
+    /// Writes the build's log so far to disk: at its end, and after each step, so a build
+    /// interrupted by a restart keeps the log of the steps it finished.
+    async fn persist_log(self: &Arc<Self>, build: &str) {
+        let (this, build) = (self.clone(), build.to_string());
+        let _ = tokio::task::spawn_blocking(move || this.builds.logs.persist(&build)).await;
+    }
+
     /// Runs a started build to its end and records the outcome.
     pub(super) async fn run_build(self: Arc<Self>, row: BuildRow, config: BuildConfig, start: BuildStart) {
         let build = row.build_id.clone();
@@ -81,8 +88,7 @@ impl Daemon {
         if let Err(e) = r {
             tracing::error!(build = %build, "recording the end of a build: {e}");
         }
-        let this = self.clone();
-        let _ = tokio::task::spawn_blocking(move || this.builds.logs.persist(&build)).await;
+        self.persist_log(&build).await;
     }
 
     async fn build_steps(
@@ -222,6 +228,7 @@ impl Daemon {
                     "debug",
                     &format!("[{n}] done in {:.2} s", t.elapsed().as_secs_f64()),
                 );
+                self.persist_log(build).await;
             }
             if step.kind == "WORKDIR" {
                 ctx.workdir = Some(step.args[0].clone());
