@@ -202,6 +202,33 @@ def test_an_unchanged_rebuild_is_cached_and_a_changed_step_rebuilds_what_follows
     assert not any(l.startswith("CACHED") for l in forced), forced
 
 
+def test_a_failed_builds_finished_steps_stay_cached_through_a_clean_up(images_daemon):
+    """The steps a failed build finished are recorded with it, so the clean-up after another
+    template's delete keeps them and the next attempt starts from the cache."""
+    name, other = _name("retry"), _name("other")
+    unique = uuid.uuid4().hex
+
+    def template(last):
+        return Template().from_image("tiny:1").run_cmd(f"echo {unique} > /home/user/one").run_cmd(last)
+
+    with pytest.raises(BuildException):
+        _build(template("exit 1"), name)
+    _build(Template().from_image("tiny:1").run_cmd(f"echo {unique} > /home/user/other"), other)
+    with open(images_daemon.log_path, "rb") as f:
+        seen = f.read().count(b"unused template builds and image layers removed")
+    status, _ = sandboxd_daemon.call_api("DELETE", f"/templates/{other}")
+    assert status == 204
+    deadline = time.monotonic() + 30
+    while True:  # the clean-up runs in the background after the delete
+        with open(images_daemon.log_path, "rb") as f:
+            if f.read().count(b"unused template builds and image layers removed") > seen:
+                break
+        assert time.monotonic() < deadline, "no clean-up after the delete"
+        time.sleep(0.1)
+    retried = _build(template("echo fixed"), name)
+    assert any(l.startswith("CACHED [1]") for l in retried), retried
+
+
 def test_templates_build_on_templates(images_daemon):
     parent = _name("parent")
     _build(Template().from_image("tiny:1").set_envs({"LAYER": "parent"}).run_cmd("echo p > /home/user/p"), parent)

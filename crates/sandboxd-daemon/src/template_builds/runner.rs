@@ -47,10 +47,11 @@ impl Daemon {
             "info",
             &format!("Building template {} (build {build})", row.name),
         );
-        let outcome = self.build_steps(&build, config, &start).await;
+        let mut config = config;
+        let outcome = self.build_steps(&build, &mut config, &start).await;
         let now = chrono::Utc::now().timestamp_micros();
         let r = match outcome {
-            Ok((runtime, mut config)) => {
+            Ok(runtime) => {
                 let templates = self.config.builds.data_dir.join("templates");
                 let rt = runtime.clone();
                 config.size_bytes = tokio::task::spawn_blocking(move || {
@@ -79,9 +80,15 @@ impl Daemon {
             }
             Err(Failure(message, step)) => {
                 self.log(&build, &step, "error", &message);
+                // the steps it finished are recorded too: a template delete's clean-up keeps
+                // them as cache for the next attempt
+                let json = serde_json::to_string(&config).unwrap_or_default();
                 let b = build.clone();
                 self.registry
-                    .call(move |s| s.finish_build(&b, Err((&message, Some(&step))), &[], now))
+                    .call(move |s| {
+                        s.update_build_config(&b, &json)?;
+                        s.finish_build(&b, Err((&message, Some(&step))), &[], now)
+                    })
                     .await
             }
         };
@@ -94,9 +101,9 @@ impl Daemon {
     async fn build_steps(
         self: &Arc<Self>,
         build: &str,
-        mut config: BuildConfig,
+        config: &mut BuildConfig,
         start: &BuildStart,
-    ) -> Result<(String, BuildConfig), Failure> {
+    ) -> Result<String, Failure> {
         let base = |m: String| Failure(m, "base".into());
         let mut ctx = StepContext {
             user: "user".into(),
@@ -198,7 +205,7 @@ impl Daemon {
                 match step.kind.as_str() {
                     "RUN" => {
                         let user = step.args.get(1).cloned().unwrap_or_else(|| ctx.user.clone());
-                        self.run_step(build, &n, &cur, &name, &step.args[0], &user, &ctx, &config)
+                        self.run_step(build, &n, &cur, &name, &step.args[0], &user, &ctx, config)
                             .await
                             .map_err(fail)?;
                     }
@@ -213,7 +220,7 @@ impl Daemon {
                                 shell_quote(&ctx.user)
                             )
                         };
-                        self.run_step(build, &n, &cur, &name, &cmd, "root", &ctx, &config)
+                        self.run_step(build, &n, &cur, &name, &cmd, "root", &ctx, config)
                             .await
                             .map_err(fail)?;
                     }
@@ -239,7 +246,7 @@ impl Daemon {
         config.envs = ctx.envs;
         config.workdir = ctx.workdir;
         config.user = (ctx.user != "user").then_some(ctx.user);
-        Ok((cur, config))
+        Ok(cur)
     }
 
     /// A `RUN` step: a build sandbox of `parent`, the command as `user`, then its writable
