@@ -304,20 +304,8 @@ impl ImageStore {
     }
 
     /// Removes unpacked layers not in `keep` (diff-id hexes) and the records of images that
-    /// lost a layer; returns the bytes freed (as recorded at unpack). The layers of imported
-    /// images are always kept: unlike a pulled image, an archive cannot be fetched again.
+    /// lost a layer; returns the bytes freed (as recorded at unpack).
     pub fn collect_garbage(&self, keep: &BTreeSet<String>) -> Result<u64, ImageError> {
-        let images = self.blobs.join("images");
-        let mut keep = keep.clone();
-        for e in std::fs::read_dir(&images).map_err(io(&images))?.flatten() {
-            if let Some(image) = std::fs::read(e.path())
-                .ok()
-                .and_then(|t| serde_json::from_slice::<Image>(&t).ok())
-                .filter(|i| i.imported)
-            {
-                keep.extend(image.layers.into_iter().map(|l| l.diff_id));
-            }
-        }
         let mut freed = 0;
         for e in std::fs::read_dir(&self.layers)
             .map_err(io(&self.layers))?
@@ -331,6 +319,7 @@ impl ImageStore {
             std::fs::remove_dir_all(e.path()).map_err(io(&e.path()))?;
             let _ = std::fs::remove_file(self.size_file(&name));
         }
+        let images = self.blobs.join("images");
         for e in std::fs::read_dir(&images).map_err(io(&images))?.flatten() {
             let keep_record = std::fs::read(e.path())
                 .ok()
@@ -347,46 +336,6 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn garbage_collection_keeps_kept_and_imported_layers() {
-        let d = tempfile::tempdir().unwrap();
-        let store = ImageStore::open(
-            &d.path().join("blobs"),
-            &d.path().join("layers"),
-            RegistryConfig::default(),
-            StoreLimits::default(),
-        )
-        .unwrap();
-        let layer = |c: char| {
-            let id: String = std::iter::repeat_n(c, 64).collect();
-            std::fs::create_dir(store.layer_dir(&id)).unwrap();
-            std::fs::write(store.size_file(&id), "10").unwrap();
-            id
-        };
-        let (used, pulled, imported) = (layer('a'), layer('b'), layer('c'));
-        let image = |reference: &str, id: &str, imported: bool| Image {
-            reference: reference.into(),
-            manifest_digest: format!("sha256:{id}"),
-            layers: vec![Layer {
-                diff_id: id.into(),
-                size: 10,
-            }],
-            config: ImageConfig::default(),
-            imported,
-        };
-        store
-            .save_record(&image("docker.io/library/pulled:1", &pulled, false))
-            .unwrap();
-        store
-            .save_record(&image("localhost/imported:1", &imported, true))
-            .unwrap();
-        let freed = store.collect_garbage(&BTreeSet::from([used.clone()])).unwrap();
-        assert_eq!(freed, 10);
-        assert!(store.has_layer(&used) && store.has_layer(&imported) && !store.has_layer(&pulled));
-        assert!(store.local_image("localhost/imported:1").is_some());
-        assert!(store.local_image("docker.io/library/pulled:1").is_none());
-    }
 
     #[test]
     fn config_parts() {
