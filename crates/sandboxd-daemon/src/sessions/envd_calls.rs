@@ -402,6 +402,13 @@ impl Envd {
     /// executed `security_denied`, a full process table `resource_exhausted`.
     fn start_failure(&self, cmd: &str, e: ConnectError) -> DaemonError {
         let m = &e.message;
+        // a command policy's refusal already says what and why (sandboxd_envd::command_policy)
+        if let Some(why) = m.strip_prefix("command not allowed: ") {
+            return DaemonError::SecurityDenied(format!(
+                "command not allowed: {}",
+                why.trim_end_matches(" (os error 13)")
+            ));
+        }
         if m.contains("(os error 2)") {
             DaemonError::NotFound(format!("command '{cmd}' not found in the sandbox ({m})"))
         } else if m.contains("(os error 13)") {

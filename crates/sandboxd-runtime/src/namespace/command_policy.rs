@@ -66,11 +66,12 @@ pub struct PolicyRulesets {
 /// file read-only onto itself and build both rulesets.
 pub fn prepare_in_child(asked: &[String], path_var: &str) -> Result<PolicyRulesets, String> {
     let granted = resolve(asked, path_var)?;
+    let guarded = guarded_loaders();
     let mut helpers = BTreeSet::new();
     for name in HELPER_PROGRAMS {
         // a template without one of them loses only that session API feature
         if let Some(p) = lookup(name, path_var) {
-            grant(&p, path_var, &mut helpers, 0)?;
+            grant(&p, path_var, &guarded, &mut helpers, 0)?;
         }
     }
     for file in granted.union(&helpers) {
@@ -202,20 +203,29 @@ pub fn resolve(asked: &[String], path_var: &str) -> Result<BTreeSet<PathBuf>, St
     if asked.len() > MAX_COMMANDS {
         return Err(format!("at most {MAX_COMMANDS} allowed commands"));
     }
+    let guarded = guarded_loaders();
     let mut granted = BTreeSet::new();
     for name in asked {
         let found = lookup(name, path_var).ok_or_else(|| {
             format!("allowed command '{name}' is not an executable file on this sandbox's PATH ({path_var})")
         })?;
-        grant(&found, path_var, &mut granted, 0)?;
+        grant(&found, path_var, &guarded, &mut granted, 0)?;
     }
     // the SDKs run every command as `/bin/bash -l -c <cmd>`, whose login profile runs `id`
     for name in SDK_PROGRAMS {
         if let Some(p) = lookup(name, path_var) {
-            grant(&p, path_var, &mut granted, 0)?;
+            grant(&p, path_var, &guarded, &mut granted, 0)?;
         }
     }
     Ok(granted)
+}
+
+/// The canonical paths of the loaders the loader guard covers that this root has.
+fn guarded_loaders() -> Vec<PathBuf> {
+    GUARDED_LOADERS
+        .iter()
+        .filter_map(|l| std::fs::canonicalize(l).ok())
+        .collect()
 }
 
 /// `name` on `path_var` (or `name` itself when it has a `/`), if it is an executable file.
@@ -239,7 +249,13 @@ pub fn lookup(name: &str, path_var: &str) -> Option<PathBuf> {
         .find(|p| is_exe(p))
 }
 
-fn grant(path: &Path, path_var: &str, granted: &mut BTreeSet<PathBuf>, depth: usize) -> Result<(), String> {
+fn grant(
+    path: &Path,
+    path_var: &str,
+    guarded: &[PathBuf],
+    granted: &mut BTreeSet<PathBuf>,
+    depth: usize,
+) -> Result<(), String> {
     let real = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if !granted.insert(real.clone()) {
         return Ok(());
@@ -253,10 +269,7 @@ fn grant(path: &Path, path_var: &str, granted: &mut BTreeSet<PathBuf>, depth: us
         // the kernel opens PT_INTERP with an execute check too; a loader is only granted when
         // the sandbox's loader guard covers it (else it could run any program directly)
         if let Ok(p) = std::fs::canonicalize(&interp) {
-            let guarded = GUARDED_LOADERS
-                .iter()
-                .any(|l| std::fs::canonicalize(l).is_ok_and(|c| c == p));
-            if !guarded {
+            if !guarded.contains(&p) {
                 return Err(format!(
                     "{}: its ELF loader {interp} is not one sandboxd guards ({})",
                     real.display(),
@@ -275,13 +288,13 @@ fn grant(path: &Path, path_var: &str, granted: &mut BTreeSet<PathBuf>, depth: us
                 real.display()
             )
         })?;
-        grant(&interp_path, path_var, granted, depth + 1)?;
+        grant(&interp_path, path_var, guarded, granted, depth + 1)?;
         // `#!/usr/bin/env node`: env then executes node from PATH
         if Path::new(&interp).file_name().is_some_and(|f| f == "env")
             && let Some(prog) = arg.filter(|a| !a.starts_with('-'))
             && let Some(p) = lookup(&prog, path_var)
         {
-            grant(&p, path_var, granted, depth + 1)?;
+            grant(&p, path_var, guarded, granted, depth + 1)?;
         }
     }
     Ok(())

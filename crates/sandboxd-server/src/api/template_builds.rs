@@ -99,6 +99,24 @@ fn log_out(l: LogLine) -> LogOut {
     }
 }
 
+/// Query parameter `k` as a number that `ok` accepts; absent is `None`, anything else a 400
+/// saying what is wanted.
+fn number_param<T: std::str::FromStr>(
+    q: &std::collections::HashMap<String, String>,
+    k: &str,
+    ok: impl Fn(&T) -> bool,
+    want: &str,
+) -> Result<Option<T>, ApiError> {
+    q.get(k)
+        .map(|v| {
+            v.parse::<T>()
+                .ok()
+                .filter(|n| ok(n))
+                .ok_or_else(|| ApiError::BadRequest(format!("invalid {k} '{v}': {want}")))
+        })
+        .transpose()
+}
+
 /// `GET /templates/{id}/builds/{build}/status?logsOffset=&limit=`.
 pub(super) async fn status(
     State(daemon): State<Arc<Daemon>>,
@@ -106,17 +124,8 @@ pub(super) async fn status(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let q = first_values(raw.as_deref());
-    let num = |k: &str, default: usize| -> Result<usize, ApiError> {
-        q.get(k)
-            .map(|v| {
-                v.parse::<usize>()
-                    .map_err(|_| ApiError::BadRequest(format!("invalid {k} '{v}'")))
-            })
-            .transpose()
-            .map(|v| v.unwrap_or(default))
-    };
-    let offset = num("logsOffset", 0)?;
-    let limit = num("limit", 100)?;
+    let offset = number_param(&q, "logsOffset", |_: &usize| true, "a non-negative integer")?.unwrap_or(0);
+    let limit = number_param(&q, "limit", |_: &usize| true, "a non-negative integer")?.unwrap_or(100);
     let s = daemon
         .build_status(&template_id, &build_id, offset, limit)
         .await?;
@@ -154,25 +163,8 @@ pub(super) async fn logs(
 ) -> Result<Response, ApiError> {
     let q = first_values(raw.as_deref());
     let bad = |k: &str, v: &str, want: &str| ApiError::BadRequest(format!("invalid {k} '{v}': {want}"));
-    let cursor_ms = q
-        .get("cursor")
-        .map(|v| {
-            v.parse::<i64>()
-                .ok()
-                .filter(|c| *c >= 0)
-                .ok_or_else(|| bad("cursor", v, "milliseconds since the epoch"))
-        })
-        .transpose()?;
-    let limit = q
-        .get("limit")
-        .map(|v| {
-            v.parse::<usize>()
-                .ok()
-                .filter(|l| *l <= 100)
-                .ok_or_else(|| bad("limit", v, "0 to 100"))
-        })
-        .transpose()?
-        .unwrap_or(100);
+    let cursor_ms = number_param(&q, "cursor", |c: &i64| *c >= 0, "milliseconds since the epoch")?;
+    let limit = number_param(&q, "limit", |l: &usize| *l <= 100, "0 to 100")?.unwrap_or(100);
     let backward = match q.get("direction").map(String::as_str) {
         None | Some("forward") => false,
         Some("backward") => true,
