@@ -6,7 +6,8 @@
 //! is set by the daemon ([`SandboxBackend::set_egress`]) before the create returns, at a pool
 //! claim, on `PUT /sandboxes/{id}/network` and at re-adoption; a policy that is not wide open
 //! rewrites the packet filter table at once. The host link goes away with the sandbox's network
-//! namespace; destroy removes it and the slot explicitly.
+//! namespace (the kernel's namespace clean-up, batched and off the create path); its slot is
+//! reused only once the link is gone.
 
 use crate::filter::{self, Enforced, Ruleset};
 use crate::link::{self, AttachError, Traffic};
@@ -68,6 +69,32 @@ struct Persisted {
 struct State {
     by_id: HashMap<String, Entry>,
     by_slot: BTreeMap<u32, String>,
+    /// Slots of stopped sandboxes whose host link the kernel has not removed yet.
+    draining: BTreeMap<u32, std::time::Instant>,
+}
+
+/// Whether the host has a network device called `name`.
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// How long a stopped sandbox's host link may outlive it before it is deleted explicitly
+/// (something still holds the namespace).
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl State {
+    /// Frees the draining slots whose host link and shaper device are gone (`sysfs` lookups:
+    /// no netlink, no `rtnl` lock).
+    fn release_drained(&mut self, plan: &AddressPlan) {
+        self.draining
+            .retain(|slot, _| link_exists(&plan.iface(*slot)) || link_exists(&plan.shaper_iface(*slot)));
+    }
+
+    /// The lowest slot that no sandbox holds, no link still occupies and `skip` leaves out.
+    fn free_slot(&self, plan: &AddressPlan, skip: &std::collections::BTreeSet<u32>) -> Option<u32> {
+        (0..plan.slots())
+            .find(|s| !self.by_slot.contains_key(s) && !self.draining.contains_key(s) && !skip.contains(s))
+    }
 }
 
 /// The sandbox networking of one daemon.
@@ -368,8 +395,11 @@ impl Network {
         loop {
             let slot = {
                 let mut st = self.lock();
-                let slot = (0..self.cfg.plan.slots())
-                    .find(|s| !st.by_slot.contains_key(s) && !skip.contains(s))
+                if !st.draining.is_empty() {
+                    st.release_drained(&self.cfg.plan);
+                }
+                let slot = st
+                    .free_slot(&self.cfg.plan, &skip)
                     .ok_or_else(|| io_step("network", "no free address in --sandbox-cidr"))?;
                 st.by_slot.insert(slot, id.to_string());
                 slot
@@ -418,9 +448,15 @@ impl Network {
         self.attach(id, pid).await
     }
 
-    /// Disconnects a sandbox; `forget` also drops its policy (destroy), else it is kept for
-    /// the next boot (filesystem-only pause). The host link is removed in the background (the
-    /// kernel takes tens of milliseconds to unregister a link); its slot stays taken until then.
+    /// Disconnects a sandbox whose processes are gone; `forget` also drops its policy (destroy),
+    /// else it is kept for the next boot (filesystem-only pause).
+    ///
+    /// The host link is left to the kernel, which removes it with the sandbox's network
+    /// namespace. Deleting it here would cost the next create: unregistering a veth pair holds
+    /// the `rtnl` lock for milliseconds, and the namespace clean-up does the same work once more
+    /// for the namespace's own devices (batched over namespaces, in a kernel worker). The slot
+    /// is reused only once its link is gone; a link still there after [`DRAIN_DEADLINE`] is
+    /// deleted explicitly.
     pub async fn detach(self: &Arc<Self>, id: &str, forget: bool) {
         let (slot, enforced, shaped) = {
             let mut st = self.lock();
@@ -438,6 +474,12 @@ impl Network {
                     p.forget(id);
                 }
             }
+            if let Some(slot) = slot
+                && st.by_slot.get(&slot).map(String::as_str) == Some(id)
+            {
+                st.by_slot.remove(&slot);
+                st.draining.insert(slot, std::time::Instant::now());
+            }
             (slot, enforced, shaped)
         };
         let _ = std::fs::remove_file(self.cfg.state_dir.join(id));
@@ -447,15 +489,23 @@ impl Network {
         }
         let (this, id) = (self.clone(), id.to_string());
         tokio::spawn(async move {
-            if let Err(e) = link::delete(&this.host, &this.cfg.plan.iface(slot)).await {
-                tracing::warn!(sandbox = %id, "removing host link: {e}");
-            }
             if shaped {
                 crate::shaping::remove_shaper(&this.cfg.plan.shaper_iface(slot)).await;
             }
+            tokio::time::sleep(DRAIN_DEADLINE).await;
+            let name = this.cfg.plan.iface(slot);
+            let since = this.lock().draining.get(&slot).copied();
+            let Some(since) = since else { return };
+            if link_exists(&name) {
+                tracing::warn!(sandbox = %id, link = %name, "the host link outlived its sandbox; deleting it");
+                if let Err(e) = link::delete(&this.host, &name).await {
+                    tracing::warn!(sandbox = %id, "removing host link: {e}");
+                    return;
+                }
+            }
             let mut st = this.lock();
-            if st.by_slot.get(&slot) == Some(&id) {
-                st.by_slot.remove(&slot);
+            if st.draining.get(&slot) == Some(&since) {
+                st.draining.remove(&slot);
             }
         });
     }

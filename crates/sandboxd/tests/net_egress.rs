@@ -1183,3 +1183,113 @@ async fn egress_chained_through_a_socks5_proxy() {
     assert_eq!(out, "000\n");
     d.kill_all_sandboxes();
 }
+
+/// The host link routing to sandbox address `ip` (`sx…`).
+fn host_link_of(ip: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "route", "get", ip])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let dev = out
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(dev.starts_with("sx"), "route to {ip}: {out}");
+    dev
+}
+
+fn link_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// The network namespace of the host process whose command line is exactly `argv`.
+fn netns_of_process(argv: &[&str]) -> Option<std::fs::File> {
+    let want = argv.join("\0") + "\0";
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline == want.as_bytes() {
+            return std::fs::File::open(e.path().join("ns/net")).ok();
+        }
+    }
+    None
+}
+
+async fn address_of(d: &Daemon, id: &str) -> String {
+    let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
+    info["networkAddress"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
+async fn host_links_go_with_their_namespaces_and_slots_wait_for_them() {
+    require_root("host_links_go_with_their_namespaces_and_slots_wait_for_them");
+    let (_inet, _tmp, d) = daemon_on_fake_internet();
+
+    // a deleted sandbox's host link goes with its namespace, without the daemon deleting it
+    let (a, _) = create(&d, json!({"templateID": "base"})).await;
+    let link_a = host_link_of(&address_of(&d, &a).await);
+    assert_eq!(d.delete(&format!("/sandboxes/{a}")).await, 204);
+    assert!(
+        common::wait_until(Duration::from_secs(3), || async { !link_exists(&link_a) }).await,
+        "{link_a} outlived its sandbox"
+    );
+
+    // back-to-back creates and deletes: every sandbox is connected, on a slot whose link is gone
+    for round in 0..8 {
+        let (id, tok) = create(&d, json!({"templateID": "base"})).await;
+        let out = sh(
+            &d,
+            &id,
+            &tok,
+            "curl -sS --max-time 5 http://web.test/hello.txt 2>&1",
+        )
+        .await;
+        assert_eq!(out, HELLO, "round {round}");
+        assert_eq!(d.delete(&format!("/sandboxes/{id}")).await, 204);
+    }
+
+    // a namespace something else still holds: its slot is not reused while the link is there,
+    // and the daemon deletes the link after its deadline
+    let (b, b_tok) = create(&d, json!({"templateID": "base"})).await;
+    let b_ip = address_of(&d, &b).await;
+    let link_b = host_link_of(&b_ip);
+    sh(&d, &b, &b_tok, "nohup sleep 7654321 >/dev/null 2>&1 &").await;
+    let mut held = None;
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            held = held.take().or_else(|| netns_of_process(&["sleep", "7654321"]));
+            std::future::ready(held.is_some())
+        })
+        .await,
+        "the sandbox's sleep is not visible on the host"
+    );
+    assert_eq!(d.delete(&format!("/sandboxes/{b}")).await, 204);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(link_exists(&link_b), "a held namespace keeps its link");
+    let (c, c_tok) = create(&d, json!({"templateID": "base"})).await;
+    assert_ne!(
+        address_of(&d, &c).await,
+        b_ip,
+        "a slot reused while its link exists"
+    );
+    assert_eq!(
+        sh(
+            &d,
+            &c,
+            &c_tok,
+            "curl -sS --max-time 5 http://web.test/hello.txt 2>&1"
+        )
+        .await,
+        HELLO
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || async { !link_exists(&link_b) }).await,
+        "the daemon did not delete a link that outlived its sandbox"
+    );
+    assert!(d.logs().contains("outlived its sandbox"), "{}", d.logs());
+    drop(held);
+    d.kill_all_sandboxes();
+}
