@@ -30,10 +30,6 @@ impl Daemon {
             crate::command_policy::check_allowed_commands(list)?;
             crate::command_policy::check_support(&crate::command_policy::HostKernel)?;
         }
-        params.network = self
-            .config
-            .template_defaults
-            .with_default_bandwidth(params.network.take());
         crate::network::check_network(params.network.as_ref(), params.allow_internet_access, true)?;
         self.check_secret_references(params.network.as_ref()).await?;
         let (template_id, alias) = self.resolve_template(&params.template).await?;
@@ -50,6 +46,15 @@ impl Daemon {
                 tracing::warn!("counting a template spawn: {e}");
             }
         }
+        // the template's own rate limits replace the daemon's defaults (template_settings.rs);
+        // a create's own `bandwidth` wins over both
+        let settings_of = built
+            .as_ref()
+            .map_or(template_id.as_str(), |b| b.template_id.as_str());
+        if let Some((egress, ingress)) = self.template_settings(settings_of).await?.bandwidth_kbit() {
+            (defaults.egress_kbit, defaults.ingress_kbit) = (egress, ingress);
+        }
+        params.network = defaults.with_default_bandwidth(params.network.take());
         let built = built.map(|b| b.config);
         if let Some(c) = &built {
             defaults.cpu_count = c.cpu_count.unwrap_or(defaults.cpu_count);

@@ -43,6 +43,7 @@ pub mod sessions;
 pub mod snapshots;
 mod spec;
 pub mod template_builds;
+pub mod template_settings;
 pub mod templates;
 mod timeout;
 pub mod volumes;

@@ -425,7 +425,8 @@ fn parse_transform(domain: &str, rule: &Value) -> Result<Transform, PolicyError>
     Ok(Transform { headers: out })
 }
 
-fn parse_bandwidth(v: Option<&Value>) -> Result<Bandwidth, PolicyError> {
+/// Reads `bandwidth` (`{egressMbps, ingressMbps}`; absent or `null`: no limits).
+pub fn parse_bandwidth(v: Option<&Value>) -> Result<Bandwidth, PolicyError> {
     let obj = match v {
         None | Some(Value::Null) => return Ok(Bandwidth::default()),
         Some(Value::Object(m)) => m,

@@ -1404,7 +1404,7 @@ async fn every_documented_operation_is_routed() {
             .join("/");
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = h.api(m, &concrete);
-        if matches!(method.as_str(), "POST" | "PUT") {
+        if matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
             req = req.json(&json!({}));
         }
         let (unrouted, what) = is_unrouted(req.send().await.unwrap()).await;
@@ -1413,6 +1413,120 @@ async fn every_documented_operation_is_routed() {
             "{method} {path} ({concrete}) is documented but not routed: {what}"
         );
     }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_settings_give_its_sandboxes_their_rate_limits() {
+    let h = Harness::start_with(|c| {
+        c.template_defaults.egress_kbit = Some(5000);
+    })
+    .await;
+    let patch = |path: &str, body: Value| {
+        let r = h.api(reqwest::Method::PATCH, path).json(&body).send();
+        async move {
+            let r = r.await.unwrap();
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let bandwidth_of = |v: &Value| v["network"]["bandwidth"].clone();
+    // the daemon's default first
+    let v = h.create_ok(json!({"templateID": "base"})).await;
+    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
+    assert_eq!(bandwidth_of(&got), json!({"egressMbps": 5.0}));
+    // the template's limits replace it; a create's own still wins; both routes work
+    let (s, body) = patch(
+        "/templates/base",
+        json!({"bandwidth": {"ingressMbps": 2, "egressMbps": 1}}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"templateID": "base", "names": ["base"], "public": null,
+               "bandwidth": {"egressMbps": 1.0, "ingressMbps": 2.0}})
+    );
+    let v = h.create_ok(json!({"templateID": "base"})).await;
+    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
+    assert_eq!(bandwidth_of(&got), json!({"egressMbps": 1.0, "ingressMbps": 2.0}));
+    let v = h
+        .create_ok(json!({"templateID": "base", "network": {"bandwidth": {"egressMbps": 3}}}))
+        .await;
+    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
+    assert_eq!(bandwidth_of(&got), json!({"egressMbps": 3}));
+    // other templates keep the daemon's default
+    let v = h.create_ok(json!({"templateID": "code-interpreter-v1"})).await;
+    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
+    assert_eq!(bandwidth_of(&got), json!({"egressMbps": 5.0}));
+    // `{}`: the template's sandboxes get no limits; `null` goes back to the daemon's
+    let (s, _) = patch("/v2/templates/base", json!({"bandwidth": {}, "public": false})).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = h.create_ok(json!({"templateID": "base"})).await;
+    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
+    assert_eq!(bandwidth_of(&got), Value::Null);
+    let (_, list) = h.get_json("/templates").await;
+    let base = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["templateID"] == "base")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (base["public"].clone(), base["bandwidth"].clone()),
+        (json!(false), json!({}))
+    );
+    let (s, body) = patch("/templates/base", json!({"bandwidth": null})).await;
+    assert_eq!(
+        (s, body["public"].clone()),
+        (StatusCode::OK, json!(false)),
+        "public is kept"
+    );
+    let v = h.create_ok(json!({"templateID": "base"})).await;
+    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
+    assert_eq!(bandwidth_of(&got), json!({"egressMbps": 5.0}));
+    // bad updates: a clear 400 (404 for an unknown template) and nothing changes
+    for (path, body, status, says) in [
+        (
+            "/templates/base",
+            json!({"bandwidth": {"egressMbps": 0}}),
+            400,
+            "bandwidth.egressMbps",
+        ),
+        ("/templates/base", json!({"bandwidth": "fast"}), 400, "bandwidth"),
+        (
+            "/templates/base",
+            json!({"bandwidth": {"egressMbps": 1, "burst": 9}}),
+            400,
+            "burst",
+        ),
+        ("/templates/base", json!({"public": "yes"}), 400, "public"),
+        ("/templates/base", json!({"cpuCount": 4}), 400, "cpuCount"),
+        ("/templates/base", json!([1]), 400, "object"),
+        ("/templates/base:v2", json!({"public": true}), 400, "tag"),
+        ("/templates/nope", json!({"public": true}), 404, "nope"),
+        ("/templates/Bad%20Name", json!({"public": true}), 400, "template"),
+    ] {
+        let (s, body) = patch(path, body.clone()).await;
+        assert_eq!(s.as_u16(), status, "{path}: {body}");
+        assert!(
+            body["message"].as_str().unwrap_or_default().contains(says),
+            "{path}: {body}"
+        );
+    }
+    let (_, list) = h.get_json("/templates").await;
+    let base = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["templateID"] == "base")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (base["public"].clone(), base["bandwidth"].clone()),
+        (json!(false), Value::Null)
+    );
     h.stop().await;
 }
 

@@ -111,6 +111,11 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 7: a sandbox's command policy (allowedCommands, a JSON array)
     "ALTER TABLE sandboxes ADD COLUMN allowed_commands TEXT;",
+    // 8: settings of a template kept across its builds (`PATCH /templates/{id}`, JSON)
+    "CREATE TABLE IF NOT EXISTS template_settings (
+         template_id TEXT PRIMARY KEY,
+         settings TEXT NOT NULL
+     );",
 ];
 
 /// The schema version this build writes.

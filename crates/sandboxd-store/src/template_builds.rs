@@ -1,7 +1,8 @@
 //! The `template_builds` and `template_tags` tables: templates made with the template build
 //! API (`docs/templates.md`). A template is a name with a stable template id; each build is a
 //! row; a tag (`default` unless named) points at one build of the template. The domain keeps
-//! the build's configuration (resources, environment, start command) as JSON.
+//! the build's configuration (resources, environment, start command) as JSON, and a template's
+//! own settings (`template_settings`, kept across its builds) as JSON too.
 
 use super::{Store, StoreError};
 use rusqlite::{OptionalExtension, Row, params};
@@ -307,8 +308,41 @@ impl Store {
             "DELETE FROM template_usage WHERE template_id = ?1",
             params![template_id],
         )?;
+        tx.execute(
+            "DELETE FROM template_settings WHERE template_id = ?1",
+            params![template_id],
+        )?;
         tx.commit()?;
         Ok(runtime)
+    }
+
+    /// The settings (the domain's JSON) of template `template_id`, if any are set.
+    pub fn template_settings(&self, template_id: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                "SELECT settings FROM template_settings WHERE template_id = ?1",
+                params![template_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Replaces the settings of template `template_id` (`None`: removes them).
+    pub fn set_template_settings(&self, template_id: &str, settings: Option<&str>) -> Result<(), StoreError> {
+        let conn = self.conn();
+        match settings {
+            Some(s) => conn.execute(
+                "INSERT INTO template_settings (template_id, settings) VALUES (?1, ?2) \
+                 ON CONFLICT (template_id) DO UPDATE SET settings = excluded.settings",
+                params![template_id, s],
+            )?,
+            None => conn.execute(
+                "DELETE FROM template_settings WHERE template_id = ?1",
+                params![template_id],
+            )?,
+        };
+        Ok(())
     }
 }
 
@@ -375,8 +409,23 @@ mod tests {
         s.record_template_spawn("t1", 11).unwrap();
         assert_eq!(s.template_usage("t1").unwrap(), (2, Some(11)));
         assert_eq!(s.template_usage("t2").unwrap(), (0, None));
+        assert_eq!(s.template_settings("t1").unwrap(), None);
+        s.set_template_settings("t1", Some("{\"public\":true}")).unwrap();
+        s.set_template_settings("t1", Some("{\"public\":false}")).unwrap();
+        assert_eq!(
+            s.template_settings("t1").unwrap().as_deref(),
+            Some("{\"public\":false}")
+        );
+        s.set_template_settings("base", Some("{}")).unwrap();
+        s.set_template_settings("base", None).unwrap();
+        assert_eq!(s.template_settings("base").unwrap(), None);
         assert_eq!(s.delete_built_template("t1").unwrap(), vec!["bld-1".to_string()]);
         assert_eq!(s.template_usage("t1").unwrap(), (0, None));
+        assert_eq!(
+            s.template_settings("t1").unwrap(),
+            None,
+            "settings go with the template"
+        );
         assert_eq!(s.built_template_id("app").unwrap(), None);
         assert!(s.list_tags("t1").unwrap().is_empty());
     }

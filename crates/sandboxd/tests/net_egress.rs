@@ -705,6 +705,36 @@ async fn default_bandwidth_applies_unless_the_create_sets_its_own() {
     let (_, info) = d.get(&format!("/sandboxes/{none}")).await;
     assert!(info["network"]["bandwidth"].is_null(), "{info}");
     d.kill_all_sandboxes();
+
+    // a template's own limits replace the daemon's for its sandboxes, also after a restart
+    let r = d
+        .api(reqwest::Method::PATCH, "/templates/base")
+        .json(&json!({"bandwidth": {"egressMbps": 1.7, "ingressMbps": 2.9}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let data = d.data_dir.clone();
+    let key = d.key.clone();
+    drop(d);
+    let d = Daemon::start_in(
+        &data,
+        Opts {
+            key: Some(key),
+            args: vec!["--default-egress-mbps".into(), "2.2".into()],
+        },
+    )
+    .expect("daemon restart");
+    let (id, _) = create(&d, json!({"templateID": "base", "timeout": 120})).await;
+    let (_, info) = d.get(&format!("/sandboxes/{id}")).await;
+    assert_eq!(
+        info["network"]["bandwidth"],
+        json!({"egressMbps": 1.7, "ingressMbps": 2.9}),
+        "{info}"
+    );
+    let rates = host_tbf_rates();
+    assert!(rates.contains(&212_500) && rates.contains(&362_500), "{rates:?}");
+    d.kill_all_sandboxes();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

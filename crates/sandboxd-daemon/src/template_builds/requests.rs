@@ -90,6 +90,8 @@ pub struct TemplateSummary {
     pub spawn_count: i64,
     /// When the last one was (µs).
     pub last_spawned_at_us: Option<i64>,
+    /// Its own settings (`PATCH /templates/{id}`).
+    pub settings: crate::template_settings::TemplateSettings,
 }
 
 fn now_us() -> i64 {
@@ -527,12 +529,14 @@ impl Daemon {
                 config,
                 spawn_count: 0,
                 last_spawned_at_us: None,
+                settings: Default::default(),
             });
         }
         for t in &mut out {
             let id = t.template_id.clone();
             (t.spawn_count, t.last_spawned_at_us) =
                 self.registry.call(move |s| s.template_usage(&id)).await?;
+            t.settings = self.template_settings(&t.template_id).await?;
         }
         Ok(out)
     }

@@ -80,8 +80,9 @@ pub fn router(daemon: Arc<Daemon>, api_key: &str, max_body: usize) -> Router {
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route(
             "/templates/{id}",
-            axum::routing::delete(snapshots::delete_template),
+            axum::routing::delete(snapshots::delete_template).patch(templates::update),
         )
+        .route("/v2/templates/{id}", axum::routing::patch(templates::update))
         .route("/volumes", post(volumes::create).get(volumes::list))
         .route("/volumes/{id}", get(volumes::get).delete(volumes::delete))
         .route("/secrets", post(secrets::create).get(secrets::list))

@@ -272,7 +272,8 @@ pub(super) async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Response, 
                 "memoryMB": s.config.memory_mb.unwrap_or(512),
                 "diskSizeMB": s.config.size_bytes.unwrap_or(0).div_ceil(1 << 20),
                 "sizeBytes": s.config.size_bytes,
-                "public": false,
+                "public": s.settings.public.unwrap_or(false),
+                "bandwidth": s.settings.bandwidth,
                 "aliases": [s.name.clone()],
                 "names": [s.name],
                 "createdAt": t(s.latest.created_at_us),
@@ -286,11 +287,13 @@ pub(super) async fn list(State(daemon): State<Arc<Daemon>>) -> Result<Response, 
         .collect();
     for name in ["base", "code-interpreter-v1"] {
         if daemon.template_exists(name) {
+            let settings = daemon.template_settings(name).await?;
             out.push(serde_json::json!({
                 "templateID": name,
                 "buildID": name,
                 "buildStatus": "ready",
-                "public": true,
+                "public": settings.public.unwrap_or(true),
+                "bandwidth": settings.bandwidth,
                 "aliases": [name],
                 "names": [name],
                 "buildCount": 1,
