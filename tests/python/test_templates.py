@@ -361,6 +361,50 @@ def test_cpu_and_memory_of_the_template_apply(images_daemon):
         s.kill()
 
 
+def _tbf_rates():
+    """The `tbf` rates (bytes/s) of the host's qdiscs: the sandboxes' rate limits."""
+    import json
+
+    out = subprocess.run(["tc", "-j", "qdisc", "show"], capture_output=True, text=True, check=True).stdout
+    return {q["options"]["rate"] for q in json.loads(out or "[]") if q.get("kind") == "tbf"}
+
+
+def test_a_templates_own_bandwidth_holds_across_its_rebuilds(images_daemon):
+    import json
+
+    name = _name("bw")
+    _build(Template().from_image("tiny:1").run_cmd("echo v1 > /home/user/v"), name)
+    status, body = sandboxd_daemon.call_api("PATCH", f"/templates/{name}", {"bandwidth": {"egressMbps": 1.3}})
+    assert status == 200, body
+    assert json.loads(body)["bandwidth"] == {"egressMbps": 1.3}
+    # a rebuild with the SDK (which knows nothing of the setting) keeps it
+    _build(Template().from_image("tiny:1").run_cmd("echo v2 > /home/user/v"), name)
+    s = Sandbox.create(name)
+    try:
+        assert s.files.read("/home/user/v") == "v2\n"
+        status, body = sandboxd_daemon.call_api("GET", f"/sandboxes/{s.sandbox_id}")
+        assert json.loads(body)["network"]["bandwidth"] == {"egressMbps": 1.3}, body
+        assert 162_500 in _tbf_rates()  # 1.3 Mbit/s, on the sandbox's host link
+        listed = [t for t in json.loads(sandboxd_daemon.call_api("GET", "/templates")[1]) if name in t["names"]]
+        assert listed[0]["bandwidth"] == {"egressMbps": 1.3}, listed
+    finally:
+        s.kill()
+    for path, body, want in [
+        (f"/templates/{name}:default", {"public": True}, 400),
+        (f"/templates/{name}", {"bandwidth": {"egressMbps": 1e9}}, 400),
+        (f"/templates/{name}", {"network": {}}, 400),
+    ]:
+        status, answer = sandboxd_daemon.call_api("PATCH", path, body)
+        assert status == want, (path, body, answer)
+    # the settings go with the template
+    assert sandboxd_daemon.call_api("DELETE", f"/templates/{name}")[0] == 204
+    status, body = sandboxd_daemon.call_api("PATCH", f"/templates/{name}", {"public": True})
+    assert status == 404, body
+    _build(Template().from_image("tiny:1"), name)
+    listed = [t for t in json.loads(sandboxd_daemon.call_api("GET", "/templates")[1]) if name in t["names"]]
+    assert listed[0]["bandwidth"] is None, listed
+
+
 def test_an_imported_archive_builds_without_a_registry(images_daemon, image_layout, tmp_path):
     import json
     import urllib.request
