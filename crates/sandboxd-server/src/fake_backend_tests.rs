@@ -1416,6 +1416,24 @@ async fn every_documented_operation_is_routed() {
     h.stop().await;
 }
 
+/// The `network.bandwidth` a sandbox created with `body` got.
+async fn created_bandwidth(h: &Harness, body: Value) -> Value {
+    let v = h.create_ok(body).await;
+    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
+    got["network"]["bandwidth"].clone()
+}
+
+/// `(public, bandwidth)` of `template` as `GET /templates` lists it.
+async fn listed_settings(h: &Harness, template: &str) -> (Value, Value) {
+    let (_, list) = h.get_json("/templates").await;
+    let t = list
+        .as_array()
+        .and_then(|l| l.iter().find(|t| t["templateID"] == template))
+        .cloned()
+        .unwrap_or_default();
+    (t["public"].clone(), t["bandwidth"].clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn template_settings_give_its_sandboxes_their_rate_limits() {
     let h = Harness::start_with(|c| {
@@ -1430,11 +1448,11 @@ async fn template_settings_give_its_sandboxes_their_rate_limits() {
             (s, r.json::<Value>().await.unwrap_or(Value::Null))
         }
     };
-    let bandwidth_of = |v: &Value| v["network"]["bandwidth"].clone();
     // the daemon's default first
-    let v = h.create_ok(json!({"templateID": "base"})).await;
-    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
-    assert_eq!(bandwidth_of(&got), json!({"egressMbps": 5.0}));
+    assert_eq!(
+        created_bandwidth(&h, json!({"templateID": "base"})).await,
+        json!({"egressMbps": 5.0})
+    );
     // the template's limits replace it; a create's own still wins; both routes work
     let (s, body) = patch(
         "/templates/base",
@@ -1447,45 +1465,41 @@ async fn template_settings_give_its_sandboxes_their_rate_limits() {
         json!({"templateID": "base", "names": ["base"], "public": null,
                "bandwidth": {"egressMbps": 1.0, "ingressMbps": 2.0}})
     );
-    let v = h.create_ok(json!({"templateID": "base"})).await;
-    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
-    assert_eq!(bandwidth_of(&got), json!({"egressMbps": 1.0, "ingressMbps": 2.0}));
-    let v = h
-        .create_ok(json!({"templateID": "base", "network": {"bandwidth": {"egressMbps": 3}}}))
-        .await;
-    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
-    assert_eq!(bandwidth_of(&got), json!({"egressMbps": 3}));
+    assert_eq!(
+        created_bandwidth(&h, json!({"templateID": "base"})).await,
+        json!({"egressMbps": 1.0, "ingressMbps": 2.0})
+    );
+    assert_eq!(
+        created_bandwidth(
+            &h,
+            json!({"templateID": "base", "network": {"bandwidth": {"egressMbps": 3}}})
+        )
+        .await,
+        json!({"egressMbps": 3})
+    );
     // other templates keep the daemon's default
-    let v = h.create_ok(json!({"templateID": "code-interpreter-v1"})).await;
-    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
-    assert_eq!(bandwidth_of(&got), json!({"egressMbps": 5.0}));
+    assert_eq!(
+        created_bandwidth(&h, json!({"templateID": "code-interpreter-v1"})).await,
+        json!({"egressMbps": 5.0})
+    );
     // `{}`: the template's sandboxes get no limits; `null` goes back to the daemon's
     let (s, _) = patch("/v2/templates/base", json!({"bandwidth": {}, "public": false})).await;
     assert_eq!(s, StatusCode::OK);
-    let v = h.create_ok(json!({"templateID": "base"})).await;
-    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
-    assert_eq!(bandwidth_of(&got), Value::Null);
-    let (_, list) = h.get_json("/templates").await;
-    let base = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["templateID"] == "base")
-        .unwrap()
-        .clone();
     assert_eq!(
-        (base["public"].clone(), base["bandwidth"].clone()),
-        (json!(false), json!({}))
+        created_bandwidth(&h, json!({"templateID": "base"})).await,
+        Value::Null
     );
+    assert_eq!(listed_settings(&h, "base").await, (json!(false), json!({})));
     let (s, body) = patch("/templates/base", json!({"bandwidth": null})).await;
     assert_eq!(
         (s, body["public"].clone()),
         (StatusCode::OK, json!(false)),
         "public is kept"
     );
-    let v = h.create_ok(json!({"templateID": "base"})).await;
-    let (_, got) = h.get_json(&format!("/sandboxes/{}", sid(&v))).await;
-    assert_eq!(bandwidth_of(&got), json!({"egressMbps": 5.0}));
+    assert_eq!(
+        created_bandwidth(&h, json!({"templateID": "base"})).await,
+        json!({"egressMbps": 5.0})
+    );
     // bad updates: a clear 400 (404 for an unknown template) and nothing changes
     for (path, body, status, says) in [
         (
@@ -1515,18 +1529,7 @@ async fn template_settings_give_its_sandboxes_their_rate_limits() {
             "{path}: {body}"
         );
     }
-    let (_, list) = h.get_json("/templates").await;
-    let base = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["templateID"] == "base")
-        .unwrap()
-        .clone();
-    assert_eq!(
-        (base["public"].clone(), base["bandwidth"].clone()),
-        (json!(false), Value::Null)
-    );
+    assert_eq!(listed_settings(&h, "base").await, (json!(false), Value::Null));
     h.stop().await;
 }
 
