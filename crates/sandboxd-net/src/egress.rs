@@ -458,6 +458,7 @@ impl Network {
     /// is reused only once its link is gone; a link still there after [`DRAIN_DEADLINE`] is
     /// deleted explicitly.
     pub async fn detach(self: &Arc<Self>, id: &str, forget: bool) {
+        let since = std::time::Instant::now();
         let (slot, enforced, shaped) = {
             let mut st = self.lock();
             let (slot, enforced, shaped) = match st.by_id.get_mut(id) {
@@ -478,7 +479,7 @@ impl Network {
                 && st.by_slot.get(&slot).map(String::as_str) == Some(id)
             {
                 st.by_slot.remove(&slot);
-                st.draining.insert(slot, std::time::Instant::now());
+                st.draining.insert(slot, since);
             }
             (slot, enforced, shaped)
         };
@@ -494,8 +495,10 @@ impl Network {
             }
             tokio::time::sleep(DRAIN_DEADLINE).await;
             let name = this.cfg.plan.iface(slot);
-            let since = this.lock().draining.get(&slot).copied();
-            let Some(since) = since else { return };
+            // still this detach's entry (not released and taken by another sandbox since)
+            if this.lock().draining.get(&slot) != Some(&since) {
+                return;
+            }
             if link_exists(&name) {
                 tracing::warn!(sandbox = %id, link = %name, "the host link outlived its sandbox; deleting it");
                 if let Err(e) = link::delete(&this.host, &name).await {
@@ -761,5 +764,32 @@ impl SandboxBackend for NetworkedBackend {
     }
     fn network_address(&self, id: &str) -> Option<Ipv4Addr> {
         self.net.address_of(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_slots_are_skipped_until_their_link_is_gone() {
+        // a tag no daemon here uses: every draining link counts as gone
+        let plan = AddressPlan::new("10.250.0.0/29".parse().unwrap(), "fe0d").unwrap();
+        let mut st = State::default();
+        let none = std::collections::BTreeSet::new();
+        st.by_slot.insert(0, "a".into());
+        st.draining.insert(1, std::time::Instant::now());
+        assert_eq!(st.free_slot(&plan, &none), Some(2));
+        assert_eq!(st.free_slot(&plan, &[2].into()), Some(3));
+        st.by_slot
+            .extend([(2, "b".into()), (3, "c".into()), (4, "d".into())]);
+        assert_eq!(
+            st.free_slot(&plan, &none),
+            None,
+            "5 slots in a /29, all taken or draining"
+        );
+        st.release_drained(&plan);
+        assert!(st.draining.is_empty());
+        assert_eq!(st.free_slot(&plan, &none), Some(1));
     }
 }
