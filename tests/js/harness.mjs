@@ -66,6 +66,7 @@ async function api(url, key, method, p) {
 function setEnv(url, key) {
   process.env.E2B_API_URL = url
   process.env.E2B_SANDBOX_URL = url
+  process.env.E2B_VOLUME_API_URL = url
   process.env.E2B_API_KEY = key
   process.env.E2B_DOMAIN = url.split('//')[1].replace('127.0.0.1', 'localhost')
   delete process.env.E2B_DEBUG

@@ -60,6 +60,7 @@ def call_api(method: str, path: str, body=None):
 def _set_env(url: str, key: str) -> None:
     os.environ["E2B_API_URL"] = url
     os.environ["E2B_SANDBOX_URL"] = url
+    os.environ["E2B_VOLUME_API_URL"] = url
     os.environ["E2B_API_KEY"] = key
     os.environ["E2B_DOMAIN"] = url.split("//", 1)[1].replace("127.0.0.1", "localhost")
     os.environ.pop("E2B_DEBUG", None)

@@ -29,7 +29,7 @@ def egress_daemon(sandboxd):
     if os.environ.get("SANDBOXD_TEST_URL"):
         pytest.skip("needs its own daemon (--dns-upstream to the fake internet)")
     net = inet.FakeInternet()
-    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN", "E2B_VOLUME_API_URL")}
     data_dir = tempfile.mkdtemp(prefix="sandboxd-pytest-net-")
     log_path = data_dir + ".log"
     port = conftest._free_port()

@@ -41,7 +41,7 @@ def _wait_ready(url, key, n=2, timeout=60.0):
 @pytest.fixture(scope="module")
 def pooled(sandboxd):
     """(url, key) of a daemon with a `base` pool; E2B_* point at it during this module."""
-    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN", "E2B_VOLUME_API_URL")}
     ext_url, ext_key = os.environ.get("SANDBOXD_TEST_URL"), os.environ.get("SANDBOXD_TEST_KEY")
     proc = data_dir = None
     if ext_url and ext_key:
@@ -196,7 +196,7 @@ def test_a_built_template_with_a_start_command_is_pooled(sandboxd):
 
     if os.environ.get("SANDBOXD_TEST_URL"):
         pytest.skip("needs daemons of its own (restarted with --pool)")
-    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN", "E2B_VOLUME_API_URL")}
     data_dir = tempfile.mkdtemp(prefix="sandboxd-pytest-pool-built-")
     name = f"pooled-{os.urandom(3).hex()}"
 

@@ -33,7 +33,7 @@ def image_layout():
 def images_daemon(sandboxd, image_layout):
     """A daemon whose docker.io mirror is a loopback registry with the test images; E2B_*
     point at it during this module."""
-    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN")}
+    saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "E2B_DOMAIN", "E2B_VOLUME_API_URL")}
     registry = oci_images.Registry()
     daemon = None
     try:

@@ -1,11 +1,25 @@
 """Volumes (docs/volumes.md) through the official SDK's Volume API: create, list, get, mount in
-sandboxes (shared, by object and by name), in-use refusal, unknown volumes, destroy."""
+sandboxes (shared, by object and by name), in-use refusal, unknown volumes, destroy; the volume
+content API (read, write, list, make_dir, get_info, update_metadata, remove) without a sandbox,
+also against what a sandbox left in the volume (links out of it, a FIFO)."""
 
+import io
+import json
+import os
+import stat
 import uuid
 
 import pytest
 from e2b import Sandbox, Volume
-from e2b.exceptions import NotFoundException, SandboxException, VolumeException
+from e2b.exceptions import (
+    AuthenticationException,
+    NotFoundException,
+    SandboxException,
+    VolumeException,
+    VolumePathNotFoundException,
+)
+
+import sandboxd_daemon
 
 
 @pytest.fixture
@@ -70,3 +84,100 @@ def test_destroy_after_use_removes_it(volume):
     assert Volume.destroy(volume.volume_id) is True
     assert Volume.destroy(volume.volume_id) is False
     assert all(v.volume_id != volume.volume_id for v in Volume.list())
+
+
+def test_volume_content_without_a_sandbox(volume):
+    e = volume.write_file("/notes/today.txt", "hello volume", force=True)
+    assert (e.name, e.path, e.size, e.mode, e.uid, e.gid) == ("today.txt", "/notes/today.txt", 12, 0o644, 1000, 1000)
+    assert e.type.value == "file"
+    assert volume.read_file("/notes/today.txt") == "hello volume"
+    assert volume.read_file("notes/today.txt", format="bytes") == b"hello volume"
+    assert b"".join(volume.read_file("/notes/today.txt", format="stream")) == b"hello volume"
+    # a rewrite replaces it whole
+    volume.write_file("/notes/today.txt", b"v2")
+    assert volume.read_file("/notes/today.txt") == "v2"
+    d = volume.make_dir("/a/b/c", force=True, mode=0o750)
+    assert (d.type.value, d.path, d.mode) == ("directory", "/a/b/c", 0o750)
+    with pytest.raises(VolumeException, match="409"):
+        volume.make_dir("/a/b/c")
+    with pytest.raises(VolumePathNotFoundException):
+        volume.make_dir("/x/y")  # no parent, no force
+    with pytest.raises(VolumePathNotFoundException):
+        volume.write_file("/missing/dir/f.txt", "x")
+    assert [x.name for x in volume.list("/")] == ["a", "notes"]
+    assert [x.path for x in volume.list("/", depth=3)] == ["/a", "/a/b", "/a/b/c", "/notes", "/notes/today.txt"]
+    assert volume.exists("/a/b") and not volume.exists("/a/nope")
+    info = volume.update_metadata("/notes/today.txt", mode=0o600, uid=0)
+    assert (info.mode, info.uid, info.gid) == (0o600, 0, 1000)
+    with pytest.raises(VolumeException, match="400"):
+        volume.update_metadata("/notes/today.txt", mode=0o4755)  # no set-user-ID
+    with pytest.raises(VolumeException, match="400"):
+        volume.update_metadata("/notes/today.txt", uid=1 << 20)  # outside the sandboxes' ids
+    with pytest.raises(VolumeException, match="400"):
+        volume.read_file("/a")  # a directory
+    volume.remove("/a")
+    assert not volume.exists("/a/b/c")
+    with pytest.raises(VolumePathNotFoundException):
+        volume.remove("/a")
+    # a streamed upload of a file object, and a streamed download
+    big = os.urandom(3 << 20)
+    volume.write_file("/big.bin", io.BytesIO(big))
+    assert b"".join(volume.read_file("/big.bin", format="stream")) == big
+    # the volume's token, not the API key
+    stranger = Volume(volume.volume_id, volume.name, token="not-the-token")
+    with pytest.raises(AuthenticationException):
+        stranger.read_file("/big.bin")
+    status, body = sandboxd_daemon.call_api("GET", f"/volumecontent/{volume.volume_id}/path?path=/big.bin")
+    assert status == 401, body
+
+
+def test_volume_content_and_sandboxes_see_the_same_files(volume, tmp_path):
+    volume.write_file("/from-api.txt", "api")
+    canary = tmp_path / "host-canary"
+    canary.write_text("host secret")
+    canary.chmod(0o600)
+    sbx = Sandbox.create("base", volume_mounts={"/data": volume}, timeout=120)
+    try:
+        assert sbx.commands.run("stat -c '%U %a' /data/from-api.txt; cat /data/from-api.txt").stdout == "user 644\napi"
+        # what a sandbox may leave in a volume: links out of it, a FIFO
+        sbx.commands.run(
+            f"cd /data && echo in-volume > real.txt && ln -s {canary} abs-link && ln -s ../../../../..{canary} rel-link"
+            " && ln -s /real.txt inner-link && mkfifo fifo && mkdir sub && ln -s / sub/root"
+        )
+    finally:
+        sbx.kill()
+    # links resolve inside the volume: never to the host's file
+    assert volume.read_file("/inner-link") == "in-volume\n"
+    for link in ("/abs-link", "/rel-link"):
+        with pytest.raises(VolumePathNotFoundException):
+            volume.read_file(link)
+        entry = volume.get_info(link)
+        assert entry.type.value == "symlink" and entry.target and str(canary) in entry.target
+    with pytest.raises(VolumePathNotFoundException):
+        volume.read_file(f"/sub/root{canary}")
+    with pytest.raises(VolumeException, match="400"):
+        volume.read_file("/fifo")  # answered at once, not a blocked read
+    # a change through a link changes the link, never the host's file
+    volume.update_metadata("/abs-link", uid=0)
+    with pytest.raises(VolumeException, match="400"):
+        volume.update_metadata("/abs-link", mode=0o666)
+    volume.remove("/abs-link")
+    volume.remove("/sub")
+    assert canary.read_text() == "host secret" and stat.S_IMODE(canary.stat().st_mode) == 0o600
+    assert canary.stat().st_uid == os.getuid()
+    assert sorted(x.name for x in volume.list("/")) == ["fifo", "from-api.txt", "inner-link", "real.txt", "rel-link"]
+
+
+def test_a_full_volume_keeps_the_old_file():
+    status, body = sandboxd_daemon.call_api("POST", "/volumes", {"name": f"small-{uuid.uuid4().hex[:8]}", "sizeMB": 8})
+    assert status == 201, body
+    created = json.loads(body)
+    vol = Volume(created["volumeID"], created["name"], token=created["token"])
+    try:
+        vol.write_file("/keep.txt", "old")
+        with pytest.raises(VolumeException, match="507"):
+            vol.write_file("/keep.txt", io.BytesIO(os.urandom(20 << 20)))
+        assert vol.read_file("/keep.txt") == "old"
+        assert [x.name for x in vol.list("/")] == ["keep.txt"], "no half-written file is left"
+    finally:
+        Volume.destroy(created["volumeID"])

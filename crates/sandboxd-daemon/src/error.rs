@@ -72,6 +72,9 @@ pub enum DaemonError {
     /// Refused by a path or command rule.
     #[error("{0}")]
     SecurityDenied(String),
+    /// A credential of its own (a volume's token) is missing or wrong.
+    #[error("{0}")]
+    Unauthorized(String),
     /// An error with more fields for the client (for example a failed execution's output).
     #[error("{error}")]
     WithDetails {

@@ -46,6 +46,7 @@ pub mod template_builds;
 pub mod template_settings;
 pub mod templates;
 mod timeout;
+pub mod volume_content;
 pub mod volumes;
 
 pub use config::{BuildsConfig, DaemonConfig, DaemonLimits, TemplateDefaults};

@@ -754,6 +754,12 @@ impl SandboxBackend for NetworkedBackend {
     async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {
         self.inner.delete_volume(id).await
     }
+    async fn volume_files(
+        &self,
+        id: &str,
+    ) -> Result<sandboxd_runtime::volume_files::VolumeFiles, RuntimeError> {
+        self.inner.volume_files(id).await
+    }
     async fn set_egress(
         &self,
         id: &str,

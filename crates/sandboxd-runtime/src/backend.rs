@@ -303,6 +303,16 @@ pub trait SandboxBackend: Send + Sync + 'static {
         )))
     }
 
+    /// Volumes: the files of volume `id`, for the volume content API (paths resolved inside
+    /// it, owners in the sandboxes' ids; `volume_files.rs`).
+    async fn volume_files(&self, id: &str) -> Result<crate::volume_files::VolumeFiles, RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported(format!(
+            "the {} backend does not support volumes",
+            self.name()
+        )))
+    }
+
     /// Networking (`docs/network.md`): the egress policy of sandbox `id` from its stored
     /// `network` object and `allow_internet_access`, applied at once when it runs and at each
     /// boot. Backends without networking accept it (their sandboxes have loopback only).

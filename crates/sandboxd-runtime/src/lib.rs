@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod error;
 pub mod namespace;
+pub mod volume_files;
 
 pub use backend::{
     Adopted, AgentEndpoint, Limits, NetworkCounters, SandboxBackend, SandboxHandle, SandboxSpec,

@@ -374,6 +374,7 @@ impl From<DaemonError> for ApiError {
                 ApiError::ResourceExhausted { resource, message }
             }
             DaemonError::SecurityDenied(m) => ApiError::SecurityDenied(m),
+            DaemonError::Unauthorized(m) => ApiError::Unauthorized(m),
             DaemonError::WithDetails { error, details } => ApiError::from(*error).with_details(details),
         }
     }

@@ -1,8 +1,9 @@
 //! `sandboxd serve`: the daemon.
 //!
-//! Prints exactly three lines to stdout once it accepts work (logs go to stderr):
+//! Prints exactly four lines to stdout once it accepts work (logs go to stderr):
 //! `export E2B_API_URL=http://<addr>`, `export E2B_SANDBOX_URL=http://<addr>`,
-//! `export E2B_API_KEY=<key>`.
+//! `export E2B_API_KEY=<key>`, `export E2B_VOLUME_API_URL=http://<addr>` (the volume content
+//! API, which the SDK otherwise looks for at `https://api.<domain>`).
 
 use anyhow::Context;
 use sandboxd_runtime::SandboxBackend;
@@ -423,6 +424,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             writeln!(out, "export E2B_API_URL=http://{addr}")?;
             writeln!(out, "export E2B_SANDBOX_URL=http://{addr}")?;
             writeln!(out, "export E2B_API_KEY={key}")?;
+            writeln!(out, "export E2B_VOLUME_API_URL=http://{addr}")?;
             out.flush()?;
         }
         tracing::info!(%addr, domain = server.domain(), "sandboxd is serving");

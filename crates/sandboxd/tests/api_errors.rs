@@ -10,10 +10,14 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn prints_exactly_three_export_lines_and_serves_health() {
     let d = Daemon::start();
-    assert_eq!(d.exports.len(), 3);
+    assert_eq!(d.exports.len(), 4);
     assert_eq!(d.exports[0], format!("export E2B_API_URL=http://{}", d.addr));
     assert_eq!(d.exports[1], format!("export E2B_SANDBOX_URL=http://{}", d.addr));
     assert!(d.exports[2].starts_with("export E2B_API_KEY=e2b_"));
+    assert_eq!(
+        d.exports[3],
+        format!("export E2B_VOLUME_API_URL=http://{}", d.addr)
+    );
     assert!(d.addr.ip().is_loopback() && d.addr.port() != 0);
     let r = d.client().get(format!("{}/health", d.url)).send().await.unwrap();
     assert!(matches!(r.status().as_u16(), 200 | 204));

@@ -29,7 +29,7 @@ def sandboxd(sandboxd):  # noqa: F811 - extends the parent fixture of the same n
     if DEV:
         os.environ["E2B_DEBUG"] = "true"
         os.environ["E2B_API_KEY"] = "e2b_" + "0" * 40
-        for k in ("E2B_SANDBOX_URL", "E2B_API_URL", "E2B_DOMAIN"):
+        for k in ("E2B_SANDBOX_URL", "E2B_API_URL", "E2B_DOMAIN", "E2B_VOLUME_API_URL"):
             os.environ.pop(k, None)
     return sandboxd
 

@@ -155,6 +155,25 @@ impl SandboxBackend for NamespaceBackend {
         .map_err(|e| step("volume", e))?
     }
 
+    async fn volume_files(&self, id: &str) -> Result<crate::volume_files::VolumeFiles, RuntimeError> {
+        if !is_valid_sandbox_id(id) {
+            return Err(RuntimeError::InvalidSpec(format!("bad volume id '{id}'")));
+        }
+        let me = self.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let dir = volumes::source(&me.inner.cfg.data_dir, &id)?;
+            let ids = crate::volume_files::IdRange {
+                base: me.inner.init.uid_base,
+                count: me.inner.init.uid_count,
+                default_owner: template::USER_ID,
+            };
+            crate::volume_files::VolumeFiles::open(&dir, ids).map_err(|e| step("volume", e))
+        })
+        .await
+        .map_err(|e| step("volume", e))?
+    }
+
     async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {
         if !is_valid_sandbox_id(id) {
             return Err(RuntimeError::InvalidSpec(format!("bad volume id '{id}'")));

@@ -2,7 +2,8 @@
 //! URL to handler; each resource has one module whose handlers each call one
 //! [`sandboxd_daemon::Daemon`] method: [`sandboxes`] (create, get, list, kill, timeout,
 //! refresh, connect, pause, resume), [`network`], [`snapshots`] (snapshots, fork, template
-//! delete), [`templates`], [`volumes`], [`secrets`], [`metrics`], [`logs`], [`pool`].
+//! delete), [`templates`], [`volumes`], [`volume_content`], [`secrets`], [`metrics`], [`logs`],
+//! [`pool`].
 //! The session API (`/workspace/se/…`, `api/sessions.yaml`) is [`sessions`], each handler
 //! calling one operation of [`sandboxd_daemon::sessions`].
 //!
@@ -24,6 +25,7 @@ pub mod sessions;
 pub mod snapshots;
 pub mod template_builds;
 pub mod templates;
+pub mod volume_content;
 pub mod volumes;
 
 pub use extract::parse_json_body;
@@ -84,6 +86,20 @@ pub fn router(daemon: Arc<Daemon>, api_key: &str, max_body: usize) -> Router {
         )
         .route("/v2/templates/{id}", axum::routing::patch(templates::update))
         .route("/volumes", post(volumes::create).get(volumes::list))
+        .route(
+            "/volumecontent/{id}/path",
+            get(volume_content::stat)
+                .patch(volume_content::update_metadata)
+                .delete(volume_content::remove),
+        )
+        .route(
+            "/volumecontent/{id}/dir",
+            get(volume_content::list).post(volume_content::make_dir),
+        )
+        .route(
+            "/volumecontent/{id}/file",
+            get(volume_content::read_file).put(volume_content::write_file),
+        )
         .route("/volumes/{id}", get(volumes::get).delete(volumes::delete))
         .route("/secrets", post(secrets::create).get(secrets::list))
         .route(
@@ -136,12 +152,15 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Every control-plane and session call but the two health checks and build-file uploads needs the API key
+/// Every control-plane and session call but the two health checks, build-file uploads and the
+/// volume content API needs the API key
 /// (constant-time comparison).
 async fn require_api_key(State(api_key): State<Arc<str>>, req: Request, next: Next) -> Response {
-    // the upload URL of a template build carries its own one-use token (template_builds.rs)
+    // the upload URL of a template build carries its own one-use token (template_builds.rs);
+    // the volume content API is authorized by each volume's token (volume_content.rs)
     if matches!(req.uri().path(), "/health" | "/workspace/se/healthy")
         || req.uri().path().starts_with("/template-files/")
+        || req.uri().path().starts_with("/volumecontent/")
     {
         return next.run(req).await;
     }

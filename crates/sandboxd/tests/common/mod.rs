@@ -26,7 +26,7 @@ pub struct Daemon {
     pub url: String,
     pub addr: std::net::SocketAddr,
     pub key: String,
-    /// The three lines printed on stdout.
+    /// The four lines printed on stdout.
     pub exports: Vec<String>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -102,7 +102,7 @@ impl Daemon {
         std::thread::spawn(move || {
             let mut lines = Vec::new();
             let mut r = BufReader::new(stdout);
-            for _ in 0..3 {
+            for _ in 0..4 {
                 let mut l = String::new();
                 if r.read_line(&mut l).unwrap_or(0) == 0 {
                     break;
@@ -114,7 +114,7 @@ impl Daemon {
             let _ = std::io::copy(&mut r, &mut std::io::sink());
         });
         let exports = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if l.len() == 3 => l,
+            Ok(l) if l.len() == 4 => l,
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
