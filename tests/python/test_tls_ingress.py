@@ -53,6 +53,14 @@ try:
         raise AssertionError("an untrusted certificate was accepted")
     except httpx.ConnectError as e:
         assert "CERTIFICATE_VERIFY_FAILED" in str(e), e
+    # the volume content API at https://api.<domain>, with the volume's token
+    from e2b import Volume
+    vol = Volume.create("tls-" + sbx.sandbox_id[:8])
+    try:
+        vol.write_file("/over-tls.txt", "volume over https")
+        assert vol.read_file("/over-tls.txt") == "volume over https"
+    finally:
+        Volume.destroy(vol.volume_id)
     print("SDK-OVER-TLS-OK", sbx.sandbox_id)
 finally:
     sbx.kill()
