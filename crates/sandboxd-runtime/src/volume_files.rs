@@ -12,7 +12,7 @@ use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, renameat
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat};
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const MAX_PATH: usize = 4096;
 /// Most entries one listing returns.
 pub const MAX_LISTED: usize = 100_000;
+/// Deepest listing (levels below the listed directory).
+pub const MAX_DEPTH: u32 = 64;
 /// Mode bits a file or directory may be given (no set-user-ID or set-group-ID).
 pub const ALLOWED_MODE: u32 = 0o1777;
 
@@ -307,8 +309,10 @@ impl VolumeFiles {
 
     /// `GET …/dir`: the entries below directory `path`, `depth` levels deep (1: its own).
     pub fn list(&self, path: &VolumePath, depth: u32) -> Result<Vec<Entry>> {
-        if depth == 0 {
-            return Err(VolumeFileError::Invalid("depth: at least 1".into()));
+        if !(1..=MAX_DEPTH).contains(&depth) {
+            return Err(VolumeFileError::Invalid(format!(
+                "depth {depth}: 1 to {MAX_DEPTH}"
+            )));
         }
         let dir = self
             .resolve(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
@@ -470,13 +474,7 @@ impl VolumeFiles {
         if kind_of(&st) != EntryKind::Directory {
             return unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir).map_err(|e| io_err("remove", path, e));
         }
-        // std's remove_dir_all opens each level relative to its parent with O_NOFOLLOW (never
-        // leaving the tree); the magic link names the parent this request resolved
-        let tree = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
-        std::fs::remove_dir_all(&tree).map_err(|e| match e.raw_os_error() {
-            Some(n) => io_err("remove", path, Errno::from_raw(n)),
-            None => VolumeFileError::Io(format!("remove {}: {e}", path.display())),
-        })
+        remove_tree(&dir, name).map_err(|e| io_err("remove", path, e))
     }
 
     /// `GET …/file`: opens regular file `path` for reading (links inside the volume followed);
@@ -548,6 +546,68 @@ impl VolumeFiles {
             }
         }
     }
+}
+
+/// Removes directory `name` of `dir` and everything below it. Each level is entered with
+/// `O_NOFOLLOW` from the one above (never leaving the tree), and the levels are kept on the
+/// heap, not the call stack: a sandbox may nest directories thousands deep.
+fn remove_tree(dir: &OwnedFd, name: &str) -> std::result::Result<(), Errno> {
+    use nix::dir::Dir;
+    let open = |parent: BorrowedFd<'_>, n: &str| {
+        Dir::openat(
+            parent,
+            n,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    // the open directories from the tree's top down, with their names in their parents
+    let mut levels: Vec<(Dir, String)> = vec![(open(dir.as_fd(), name)?, name.to_string())];
+    while let Some((top, _)) = levels.last_mut() {
+        let mut names = Vec::new();
+        for ent in top.iter() {
+            let n = ent?.file_name().to_string_lossy().into_owned();
+            if n != "." && n != ".." {
+                names.push(n);
+            }
+        }
+        let fd = top.as_fd();
+        let mut deeper = None;
+        for n in names {
+            match unlinkat(fd, n.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(Errno::EISDIR) => match unlinkat(fd, n.as_str(), UnlinkatFlags::RemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
+                        deeper = Some(n);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
+        }
+        match deeper {
+            Some(n) => {
+                let child = {
+                    let (top, _) = levels.last().ok_or(Errno::EIO)?;
+                    open(top.as_fd(), &n)?
+                };
+                levels.push((child, n));
+            }
+            None => {
+                let (_, done) = levels.pop().ok_or(Errno::EIO)?;
+                let parent = levels.last().map_or(dir.as_fd(), |(d, _)| d.as_fd());
+                match unlinkat(parent, done.as_str(), UnlinkatFlags::RemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    // filled again meanwhile: go through it once more
+                    Err(Errno::ENOTEMPTY | Errno::EEXIST) => levels.push((open(parent, &done)?, done)),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `chmod` of the object `fd` refers to (an `O_PATH` descriptor: through its `/proc` link,
@@ -638,6 +698,86 @@ mod tests {
         assert_eq!(ids.sandbox_id_of(101_000), 1000);
         assert_eq!(ids.sandbox_id_of(0), 65534, "host root shows as nobody");
         assert_eq!(ids.sandbox_id_of(165_536), 65534);
+    }
+
+    fn volume(dir: &Path) -> VolumeFiles {
+        let ids = IdRange {
+            base: 0,
+            count: 65536,
+            default_owner: 0,
+        };
+        VolumeFiles::open(dir, ids).unwrap()
+    }
+
+    #[test]
+    fn links_resolve_inside_the_volume_and_are_never_followed_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let canary = tmp.path().join("canary");
+        std::fs::write(&canary, "host").unwrap();
+        let root = tmp.path().join("vol");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::write(root.join("inside"), "vol").unwrap();
+        std::os::unix::fs::symlink(&canary, root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../canary", root.join("d/rel")).unwrap();
+        std::os::unix::fs::symlink("/inside", root.join("d/ok")).unwrap();
+        let v = volume(&root);
+        let p = |s: &str| VolumePath::parse(s).unwrap();
+        let read = |s: &str| {
+            v.open_read(&p(s)).map(|(mut f, _)| {
+                let mut out = String::new();
+                std::io::Read::read_to_string(&mut f, &mut out).unwrap();
+                out
+            })
+        };
+        assert_eq!(read("/d/ok").unwrap(), "vol");
+        assert!(matches!(read("/abs"), Err(VolumeFileError::NotFound(_))));
+        assert!(matches!(read("/d/rel"), Err(VolumeFileError::NotFound(_))));
+        let link = v.stat(&p("/abs")).unwrap();
+        assert_eq!(
+            (link.kind, link.target.as_deref()),
+            (EntryKind::Symlink, canary.to_str())
+        );
+        assert!(matches!(read("/d"), Err(VolumeFileError::Invalid(_))));
+        v.remove(&p("/abs")).unwrap();
+        assert_eq!(std::fs::read_to_string(&canary).unwrap(), "host");
+        assert!(matches!(v.remove(&p("/")), Err(VolumeFileError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_deep_tree_is_removed_without_recursion_and_without_leaving_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let canary = tmp.path().join("canary");
+        std::fs::create_dir(&canary).unwrap();
+        std::fs::write(canary.join("keep"), "host").unwrap();
+        let root = tmp.path().join("vol");
+        // 3000 levels, a file and a link out of the volume at the bottom
+        let deep = root.join("t");
+        std::fs::create_dir_all(&deep).unwrap();
+        let mut dir = std::fs::File::open(&deep).unwrap();
+        for _ in 0..3000 {
+            nix::sys::stat::mkdirat(&dir, "n", Mode::from_bits_truncate(0o755)).unwrap();
+            dir = File::from(openat(&dir, "n", OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap());
+        }
+        let f = openat(
+            &dir,
+            "f",
+            OFlag::O_WRONLY | OFlag::O_CREAT,
+            Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        drop(f);
+        nix::unistd::symlinkat(&canary, &dir, "out").unwrap();
+        let v = volume(&root);
+        let listed = v.list(&VolumePath::parse("/t").unwrap(), MAX_DEPTH).unwrap();
+        assert_eq!(
+            listed.len(),
+            MAX_DEPTH as usize,
+            "one directory per level, down to the cap"
+        );
+        assert!(v.list(&VolumePath::parse("/t").unwrap(), MAX_DEPTH + 1).is_err());
+        v.remove(&VolumePath::parse("/t").unwrap()).unwrap();
+        assert!(!root.join("t").exists());
+        assert_eq!(std::fs::read_to_string(canary.join("keep")).unwrap(), "host");
     }
 
     #[test]
