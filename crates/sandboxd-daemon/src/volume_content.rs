@@ -48,6 +48,20 @@ impl Daemon {
         Ok(self.backend.volume_files(&row.id).await?)
     }
 
+    /// Runs `op` on `path` of volume `volume`, off the async workers, once `token` is its
+    /// token and `path` is well-formed.
+    async fn on_volume_path<T: Send + 'static>(
+        &self,
+        volume: &str,
+        token: Option<&str>,
+        path: &str,
+        op: impl FnOnce(&VolumeFiles, &VolumePath) -> Result<T, VolumeFileError> + Send + 'static,
+    ) -> Result<T, DaemonError> {
+        let files = self.volume_files(volume, token).await?;
+        let path = VolumePath::parse(path)?;
+        blocking(move || op(&files, &path)).await
+    }
+
     /// `GET /volumecontent/{id}/path`: what `path` is (a link is shown, not followed).
     pub async fn volume_stat(
         &self,
@@ -55,9 +69,7 @@ impl Daemon {
         token: Option<&str>,
         path: &str,
     ) -> Result<Entry, DaemonError> {
-        let files = self.volume_files(volume, token).await?;
-        let path = VolumePath::parse(path)?;
-        blocking(move || files.stat(&path)).await
+        self.on_volume_path(volume, token, path, |f, p| f.stat(p)).await
     }
 
     /// `GET /volumecontent/{id}/dir`: the entries below directory `path`, `depth` levels deep
@@ -69,9 +81,8 @@ impl Daemon {
         path: &str,
         depth: Option<u32>,
     ) -> Result<Vec<Entry>, DaemonError> {
-        let files = self.volume_files(volume, token).await?;
-        let path = VolumePath::parse(path)?;
-        blocking(move || files.list(&path, depth.unwrap_or(1))).await
+        self.on_volume_path(volume, token, path, move |f, p| f.list(p, depth.unwrap_or(1)))
+            .await
     }
 
     /// `POST /volumecontent/{id}/dir`: makes directory `path` (`force`: its missing parents
@@ -84,9 +95,8 @@ impl Daemon {
         owner: Ownership,
         force: bool,
     ) -> Result<Entry, DaemonError> {
-        let files = self.volume_files(volume, token).await?;
-        let path = VolumePath::parse(path)?;
-        blocking(move || files.make_dir(&path, &owner, force)).await
+        self.on_volume_path(volume, token, path, move |f, p| f.make_dir(p, &owner, force))
+            .await
     }
 
     /// `PATCH /volumecontent/{id}/path`: changes the owner, group or mode of `path`.
@@ -97,9 +107,8 @@ impl Daemon {
         path: &str,
         change: Ownership,
     ) -> Result<Entry, DaemonError> {
-        let files = self.volume_files(volume, token).await?;
-        let path = VolumePath::parse(path)?;
-        blocking(move || files.set_metadata(&path, &change)).await
+        self.on_volume_path(volume, token, path, move |f, p| f.set_metadata(p, &change))
+            .await
     }
 
     /// `DELETE /volumecontent/{id}/path`: removes a file, a link or a directory tree.
@@ -109,9 +118,7 @@ impl Daemon {
         token: Option<&str>,
         path: &str,
     ) -> Result<(), DaemonError> {
-        let files = self.volume_files(volume, token).await?;
-        let path = VolumePath::parse(path)?;
-        blocking(move || files.remove(&path)).await
+        self.on_volume_path(volume, token, path, |f, p| f.remove(p)).await
     }
 
     /// `GET /volumecontent/{id}/file`: regular file `path`, opened for streaming, and its size.
@@ -121,9 +128,9 @@ impl Daemon {
         token: Option<&str>,
         path: &str,
     ) -> Result<(tokio::fs::File, u64), DaemonError> {
-        let files = self.volume_files(volume, token).await?;
-        let path = VolumePath::parse(path)?;
-        let (file, size) = blocking(move || files.open_read(&path)).await?;
+        let (file, size) = self
+            .on_volume_path(volume, token, path, |f, p| f.open_read(p))
+            .await?;
         Ok((tokio::fs::File::from_std(file), size))
     }
 
@@ -143,10 +150,10 @@ impl Daemon {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let files = self.volume_files(volume, token).await?;
-        let path = VolumePath::parse(path)?;
-        let shown = path.display();
-        let (file, pending) = blocking(move || files.begin_write(&path, &owner, force)).await?;
+        let (file, pending) = self
+            .on_volume_path(volume, token, path, move |f, p| f.begin_write(p, &owner, force))
+            .await?;
+        let shown = VolumePath::parse(path).map(|p| p.display()).unwrap_or_default();
         let mut file = tokio::fs::File::from_std(file);
         let write_err = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {

@@ -6,7 +6,7 @@ use super::extract::{JsonBody, json};
 use crate::error::ApiError;
 use crate::ids::format_time;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
@@ -56,6 +56,37 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// What every content route reads of its request: the volume, the query, the token.
+pub(super) struct VolumeCall {
+    id: String,
+    query: ContentQuery,
+    token: Option<String>,
+}
+
+impl VolumeCall {
+    fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for VolumeCall {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::BadRequest("invalid volume id".into()))?;
+        Ok(Self {
+            id,
+            query: ContentQuery::of(&parts.uri)?,
+            token: bearer(&parts.headers).map(str::to_string),
+        })
+    }
+}
+
 /// `VolumeEntryStat`.
 fn entry_json(e: &Entry) -> serde_json::Value {
     let t = |s: std::time::SystemTime| format_time(chrono::DateTime::<chrono::Utc>::from(s));
@@ -83,44 +114,27 @@ fn entry_json(e: &Entry) -> serde_json::Value {
 }
 
 /// `GET /volumecontent/{id}/path?path=`: 200 `VolumeEntryStat`.
-pub(super) async fn stat(
-    State(daemon): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let q = ContentQuery::of(&uri)?;
-    let e = daemon.volume_stat(&id, bearer(&headers), q.path()?).await?;
+pub(super) async fn stat(State(daemon): State<Arc<Daemon>>, c: VolumeCall) -> Result<Response, ApiError> {
+    let e = daemon.volume_stat(&c.id, c.token(), c.query.path()?).await?;
     Ok(json(StatusCode::OK, &entry_json(&e)))
 }
 
 /// `GET /volumecontent/{id}/dir?path=&depth=`: 200 `[VolumeEntryStat]`.
-pub(super) async fn list(
-    State(daemon): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let q = ContentQuery::of(&uri)?;
+pub(super) async fn list(State(daemon): State<Arc<Daemon>>, c: VolumeCall) -> Result<Response, ApiError> {
     let entries = daemon
-        .volume_list(&id, bearer(&headers), q.path()?, q.depth)
+        .volume_list(&c.id, c.token(), c.query.path()?, c.query.depth)
         .await?;
     let out: Vec<serde_json::Value> = entries.iter().map(entry_json).collect();
     Ok(json(StatusCode::OK, &out))
 }
 
 /// `POST /volumecontent/{id}/dir?path=&uid=&gid=&mode=&force=`: 201 `VolumeEntryStat`.
-pub(super) async fn make_dir(
-    State(daemon): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let q = ContentQuery::of(&uri)?;
+pub(super) async fn make_dir(State(daemon): State<Arc<Daemon>>, c: VolumeCall) -> Result<Response, ApiError> {
+    let q = &c.query;
     let e = daemon
         .volume_make_dir(
-            &id,
-            bearer(&headers),
+            &c.id,
+            c.token(),
             q.path()?,
             q.ownership(),
             q.force.unwrap_or(false),
@@ -140,44 +154,32 @@ pub(super) struct MetadataUpdate {
 /// `PATCH /volumecontent/{id}/path?path=` with `{uid?, gid?, mode?}`: 200 `VolumeEntryStat`.
 pub(super) async fn update_metadata(
     State(daemon): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
+    c: VolumeCall,
     JsonBody(body): JsonBody<MetadataUpdate>,
 ) -> Result<Response, ApiError> {
-    let q = ContentQuery::of(&uri)?;
     let change = Ownership {
         uid: body.uid,
         gid: body.gid,
         mode: body.mode,
     };
     let e = daemon
-        .volume_update_metadata(&id, bearer(&headers), q.path()?, change)
+        .volume_update_metadata(&c.id, c.token(), c.query.path()?, change)
         .await?;
     Ok(json(StatusCode::OK, &entry_json(&e)))
 }
 
 /// `DELETE /volumecontent/{id}/path?path=`: 204.
-pub(super) async fn remove(
-    State(daemon): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let q = ContentQuery::of(&uri)?;
-    daemon.volume_remove(&id, bearer(&headers), q.path()?).await?;
+pub(super) async fn remove(State(daemon): State<Arc<Daemon>>, c: VolumeCall) -> Result<Response, ApiError> {
+    daemon.volume_remove(&c.id, c.token(), c.query.path()?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /volumecontent/{id}/file?path=`: 200, the file's bytes, streamed.
 pub(super) async fn read_file(
     State(daemon): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
+    c: VolumeCall,
 ) -> Result<Response, ApiError> {
-    let q = ContentQuery::of(&uri)?;
-    let (file, size) = daemon.volume_read_file(&id, bearer(&headers), q.path()?).await?;
+    let (file, size) = daemon.volume_read_file(&c.id, c.token(), c.query.path()?).await?;
     // what the file held when opened: a sandbox writing to it meanwhile cannot make the body
     // longer than its Content-Length
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::io::AsyncReadExt::take(
@@ -198,18 +200,16 @@ pub(super) async fn read_file(
 /// 201 `VolumeEntryStat`.
 pub(super) async fn write_file(
     State(daemon): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    req: Request,
+    c: VolumeCall,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let q = ContentQuery::of(req.uri())?;
-    let token = bearer(req.headers()).map(str::to_string);
-    let path = q.path()?.to_string();
-    let body = req.into_body().into_data_stream().map_err(|e| e.to_string());
+    let q = &c.query;
+    let body = body.into_data_stream().map_err(|e| e.to_string());
     let e = daemon
         .volume_write_file(
-            &id,
-            token.as_deref(),
-            &path,
+            &c.id,
+            c.token(),
+            q.path()?,
             q.ownership(),
             q.force.unwrap_or(false),
             Box::pin(body),
