@@ -86,6 +86,24 @@ def test_destroy_after_use_removes_it(volume):
     assert all(v.volume_id != volume.volume_id for v in Volume.list())
 
 
+def _content_call(volume, method, query, volume_id=None, data=None):
+    """A raw content API call with the volume's token: (status, body)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"{os.environ['E2B_VOLUME_API_URL']}/volumecontent/{volume_id or volume.volume_id}/{query}",
+        method=method,
+        data=data if data is not None else (b"x" if method == "PUT" else None),
+        headers={"Authorization": f"Bearer {volume.token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
 def test_volume_content_without_a_sandbox(volume):
     e = volume.write_file("/notes/today.txt", "hello volume", force=True)
     assert (e.name, e.path, e.size, e.mode, e.uid, e.gid) == ("today.txt", "/notes/today.txt", 12, 0o644, 1000, 1000)
@@ -129,6 +147,24 @@ def test_volume_content_without_a_sandbox(volume):
         stranger.read_file("/big.bin")
     status, body = sandboxd_daemon.call_api("GET", f"/volumecontent/{volume.volume_id}/path?path=/big.bin")
     assert status == 401, body
+    # bad requests: a JSON 400 (or 404) that says what is wrong, and nothing changes
+    for method, query, want, says in [
+        ("GET", "path", 400, "path"),  # no ?path=
+        ("GET", "path?path=/big.bin&x=1&path=", 400, ""),
+        ("GET", "dir?path=/&depth=deep", 400, "depth"),
+        ("GET", "dir?path=/&depth=0", 400, "depth"),
+        ("GET", "path?path=/a/../../etc", 400, ".."),
+        ("PUT", "file?path=/new.txt&mode=4755", 400, "mode"),
+        ("PUT", "file?path=/new.txt&uid=-1", 400, "uid"),
+        ("DELETE", "path?path=/", 400, "root"),
+        ("GET", "path?path=/nope", 404, "not found"),
+    ]:
+        status, answer = _content_call(volume, method, query)
+        assert status == want, (method, query, answer)
+        assert says in json.loads(answer)["message"], (method, query, answer)
+    status, answer = _content_call(volume, "GET", "path?path=/", volume_id="nosuchvolume")
+    assert status == 404, answer
+    assert not volume.exists("/new.txt")
 
 
 def test_volume_content_and_sandboxes_see_the_same_files(volume, tmp_path):
