@@ -19,6 +19,7 @@ impl From<VolumeFileError> for DaemonError {
             VolumeFileError::Invalid(m) => DaemonError::InvalidInput(m),
             VolumeFileError::Exists(m) => DaemonError::Conflict(m),
             VolumeFileError::NoSpace(m) => DaemonError::InsufficientStorage(m),
+            VolumeFileError::Busy(m) => DaemonError::Conflict(m),
             VolumeFileError::Io(m) => DaemonError::Internal(m),
         }
     }

@@ -41,6 +41,9 @@ pub enum VolumeFileError {
     /// The volume is full.
     #[error("{0}")]
     NoSpace(String),
+    /// The volume kept changing under the path (renames racing its resolution): try again.
+    #[error("{0}")]
+    Busy(String),
     /// Anything else.
     #[error("{0}")]
     Io(String),
@@ -200,6 +203,9 @@ fn io_err(what: &str, path: &VolumePath, e: Errno) -> VolumeFileError {
         Errno::EXDEV => VolumeFileError::Invalid(format!("{what} {p}: it leads out of the volume")),
         Errno::ENXIO | Errno::ENODEV => VolumeFileError::Invalid(format!("{what} {p}: not a regular file")),
         Errno::ENAMETOOLONG => VolumeFileError::Invalid(format!("{what} {p}: name too long")),
+        Errno::EAGAIN => VolumeFileError::Busy(format!(
+            "{what} {p}: the volume kept changing under the path; try again"
+        )),
         e => VolumeFileError::Io(format!("{what} {p}: {}", e.desc())),
     }
 }
@@ -260,9 +266,12 @@ impl VolumeFiles {
         let how = OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
             ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV,
         );
+        // EAGAIN: a rename in the volume raced the resolution (the kernel's guard against `..`
+        // escapes); a few tries, then the caller hears that the volume is busy
+        let mut tries = 0;
         loop {
             match openat2(&self.root, path.relative().as_str(), how) {
-                Err(Errno::EAGAIN) => continue, // a rename raced the resolution: try again
+                Err(Errno::EAGAIN) if tries < 32 => tries += 1,
                 r => return r,
             }
         }
