@@ -1,10 +1,12 @@
 //! `sandboxd`: one binary, several roles. `serve` is the daemon; `agent` runs inside sandboxes
-//! as PID 1; `__spawn-helper` is the runtime's single-threaded spawn helper (never run by hand).
+//! as PID 1; `__spawn-helper` is the runtime's single-threaded spawn helper (never run by hand);
+//! `run`, `exec`, `ls` and `kill` are clients of a running daemon (`docs/cli.md`).
 
 mod agent_cmd;
 mod bench_cmd;
 mod interpreter_cmd;
 mod logging;
+mod sandbox_cmds;
 mod serve_cmd;
 mod tls_ca_cmd;
 
@@ -31,6 +33,14 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Run the code-interpreter server (port 49999) inside a sandbox; supervised by the agent.
     Interpreter(interpreter_cmd::InterpreterArgs),
+    /// Run a command in a new sandbox (killed afterwards), exiting with its exit code.
+    Run(sandbox_cmds::RunArgs),
+    /// Run a command in a running sandbox, exiting with its exit code.
+    Exec(sandbox_cmds::ExecArgs),
+    /// List the running and paused sandboxes.
+    Ls,
+    /// Kill sandboxes.
+    Kill(sandbox_cmds::KillArgs),
     /// Print where the CA of `serve --tls` is and how to trust it.
     #[command(name = "tls-ca")]
     TlsCa(tls_ca_cmd::TlsCaArgs),
@@ -47,10 +57,26 @@ fn main() -> anyhow::Result<()> {
         Command::Interpreter(args) => interpreter_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
         Command::TlsCa(args) => tls_ca_cmd::run(args),
+        Command::Run(args) => exit_with(sandbox_cmds::run(args)),
+        Command::Exec(args) => exit_with(sandbox_cmds::exec(args)),
+        Command::Ls => exit_with(sandbox_cmds::ls()),
+        Command::Kill(args) => exit_with(sandbox_cmds::kill(args)),
         Command::SpawnHelper => {
             // Owned by the runtime crate: it must stay single-threaded (no tokio here).
             sandboxd_runtime::namespace::spawn_helper::run_spawn_helper()?;
             Ok(())
+        }
+    }
+}
+
+/// Ends the process with a client subcommand's exit code; an error is one line on stderr and
+/// exit code 1.
+fn exit_with(r: anyhow::Result<i32>) -> anyhow::Result<()> {
+    match r {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("sandboxd: {e:#}");
+            std::process::exit(1)
         }
     }
 }
