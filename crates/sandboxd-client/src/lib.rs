@@ -201,14 +201,7 @@ impl Client {
         if status.is_success() {
             return Ok(bytes);
         }
-        let message = serde_json::from_slice::<ErrorBody>(&bytes)
-            .ok()
-            .and_then(|b| b.message)
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            message,
-        })
+        Err(api_error(status, &bytes))
     }
 
     /// Creates a sandbox of `template` that lives `timeout_secs` unless killed.
@@ -281,15 +274,7 @@ impl Client {
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         if !status.is_success() {
-            let bytes = resp.bytes().await.unwrap_or_default();
-            let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .ok()
-                .and_then(|b| b.message)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                message,
-            });
+            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
         }
         let mut events = ProcessEvents::default();
         let mut decoder = EnvelopeDecoder::new(MAX_ENVELOPE);
@@ -389,6 +374,18 @@ fn signal_of(status: &str) -> Option<i32> {
         "terminated" => 15,
         _ => return None,
     })
+}
+
+/// An error answer: its JSON `message`, else its text.
+fn api_error(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|b| b.message)
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    ClientError::Api {
+        status: status.as_u16(),
+        message,
+    }
 }
 
 fn check_id(id: &str) -> Result<()> {
