@@ -395,3 +395,48 @@ async fn pool_flags_are_checked() {
     .expect("a bad config file was accepted");
     assert!(err.contains("bogus"), "{err}");
 }
+
+/// The `tbf` rates (bytes/s) of the host's qdiscs: the sandboxes' rate limits.
+fn host_tbf_rates() -> Vec<u64> {
+    let out = std::process::Command::new("tc")
+        .args(["-j", "qdisc", "show"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|q| q["kind"] == "tbf")
+                .filter_map(|q| q["options"]["rate"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+#[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
+async fn a_pooled_sandbox_gets_its_templates_bandwidth_at_the_claim() {
+    require_root("a_pooled_sandbox_gets_its_templates_bandwidth_at_the_claim");
+    let d = Daemon::start_with_args(&["--pool", "base=1:2"]);
+    wait_ready(&d, 1).await;
+    let r = d
+        .api(reqwest::Method::PATCH, "/templates/base")
+        .json(&json!({"bandwidth": {"egressMbps": 2.7, "ingressMbps": 1.9}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (s, v) = d.create(json!({"templateID": "base", "timeout": 60})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(pool(&d).await["claimed"], 1, "served from the pool");
+    let (_, info) = d.get(&format!("/sandboxes/{}", sid(&v))).await;
+    assert_eq!(
+        info["network"]["bandwidth"],
+        json!({"egressMbps": 2.7, "ingressMbps": 1.9}),
+        "{info}"
+    );
+    // 2.7 and 1.9 Mbit/s, on the claimed sandbox's host link
+    let rates = host_tbf_rates();
+    assert!(rates.contains(&337_500) && rates.contains(&237_500), "{rates:?}");
+    d.kill_all_sandboxes();
+}
