@@ -234,6 +234,83 @@ impl Client {
             .map(drop)
     }
 
+    /// A request to envd's HTTP API of `sandbox` through the daemon's proxy, as `user`.
+    fn envd(
+        &self,
+        method: reqwest::Method,
+        sandbox: &SandboxRef,
+        path_and_query: &str,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path_and_query}", self.endpoint.sandbox_url))
+            .header("E2b-Sandbox-Id", &sandbox.id)
+            .header("E2b-Sandbox-Port", "49983");
+        if let Some(t) = &sandbox.token {
+            req = req.header("X-Access-Token", t);
+        }
+        req
+    }
+
+    /// Streams file `path` of `sandbox` (read as `user`) into `to`; returns the bytes written.
+    pub async fn download(
+        &self,
+        sandbox: &SandboxRef,
+        path: &str,
+        user: &str,
+        to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<u64> {
+        use tokio::io::AsyncWriteExt;
+        let q = format!("/files?path={}&username={}", query_value(path), query_value(user));
+        let resp = self
+            .envd(reqwest::Method::GET, sandbox, &q)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
+        }
+        let mut body = resp.bytes_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| self.unreachable(e))?;
+            to.write_all(&chunk)
+                .await
+                .map_err(|e| ClientError::Config(format!("writing the download: {e}")))?;
+            n += chunk.len() as u64;
+        }
+        to.flush()
+            .await
+            .map_err(|e| ClientError::Config(format!("writing the download: {e}")))?;
+        Ok(n)
+    }
+
+    /// Streams `from` into file `path` of `sandbox` (written as `user`, parent directories
+    /// made).
+    pub async fn upload(
+        &self,
+        sandbox: &SandboxRef,
+        path: &str,
+        user: &str,
+        from: impl tokio::io::AsyncRead + Send + 'static,
+    ) -> Result<()> {
+        let q = format!("/files?path={}&username={}", query_value(path), query_value(user));
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(from));
+        let resp = self
+            .envd(reqwest::Method::POST, sandbox, &q)
+            .header("Content-Type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
     /// Runs `cmd` in `sandbox`, handing each chunk of its output to `output` as it comes;
     /// returns how it ended.
     pub async fn run(
@@ -259,19 +336,15 @@ impl Client {
         let payload = serde_json::to_vec(&start).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let user = cmd.user.as_deref().unwrap_or("user");
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
-        let mut req = self
-            .http
-            .post(format!("{}/process.Process/Start", self.endpoint.sandbox_url))
-            .header("E2b-Sandbox-Id", &sandbox.id)
-            .header("E2b-Sandbox-Port", "49983")
+        let resp = self
+            .envd(reqwest::Method::POST, sandbox, "/process.Process/Start")
             .header("Content-Type", "application/connect+json")
             .header("Connect-Protocol-Version", "1")
             .header("Authorization", format!("Basic {basic}"))
-            .body(encode_envelope(0, &payload));
-        if let Some(t) = &sandbox.token {
-            req = req.header("X-Access-Token", t);
-        }
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+            .body(encode_envelope(0, &payload))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
@@ -376,6 +449,18 @@ fn signal_of(status: &str) -> Option<i32> {
     })
 }
 
+/// `v` percent-encoded for a query string (everything but unreserved characters).
+fn query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// An error answer: its JSON `message`, else its text.
 fn api_error(status: reqwest::StatusCode, body: &[u8]) -> ClientError {
     let message = serde_json::from_slice::<ErrorBody>(body)
@@ -476,6 +561,15 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("no such file"), "{err}");
+    }
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(
+            query_value("/home/user/a b&c=d%.txt"),
+            "/home/user/a%20b%26c%3Dd%25.txt"
+        );
+        assert_eq!(query_value("é"), "%C3%A9");
     }
 
     #[test]

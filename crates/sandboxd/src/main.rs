@@ -1,6 +1,6 @@
 //! `sandboxd`: one binary, several roles. `serve` is the daemon; `agent` runs inside sandboxes
 //! as PID 1; `__spawn-helper` is the runtime's single-threaded spawn helper (never run by hand);
-//! `run`, `exec`, `ls` and `kill` are clients of a running daemon (`docs/cli.md`).
+//! `run`, `exec`, `cp`, `ls` and `kill` are clients of a running daemon (`docs/cli.md`).
 
 mod agent_cmd;
 mod bench_cmd;
@@ -37,6 +37,8 @@ enum Command {
     Run(sandbox_cmds::RunArgs),
     /// Run a command in a running sandbox, exiting with its exit code.
     Exec(sandbox_cmds::ExecArgs),
+    /// Copy a file into or out of a sandbox (`<sandbox>:<path>` on one side).
+    Cp(sandbox_cmds::CpArgs),
     /// List the running and paused sandboxes.
     Ls,
     /// Kill sandboxes.
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Command::TlsCa(args) => tls_ca_cmd::run(args),
         Command::Run(args) => exit_with(sandbox_cmds::run(args)),
         Command::Exec(args) => exit_with(sandbox_cmds::exec(args)),
+        Command::Cp(args) => exit_with(sandbox_cmds::cp(args)),
         Command::Ls => exit_with(sandbox_cmds::ls()),
         Command::Kill(args) => exit_with(sandbox_cmds::kill(args)),
         Command::SpawnHelper => {

@@ -1,4 +1,4 @@
-//! The client subcommands (`docs/cli.md`): `run`, `exec`, `ls`, `kill`, talking to a running
+//! The client subcommands (`docs/cli.md`): `run`, `exec`, `cp`, `ls`, `kill`, talking to a running
 //! daemon through `sandboxd-client` with the variables `sandboxd serve` prints.
 
 use anyhow::Context;
@@ -65,6 +65,27 @@ pub struct ExecArgs {
     pub sandbox: String,
     #[command(flatten)]
     pub process: ProcessArgs,
+}
+
+/// Flags of `sandboxd cp`.
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// `<sandbox>:<path>` or a local file (`-`: standard input).
+    pub from: String,
+    /// `<sandbox>:<path>` or a local file (`-`: standard output); exactly one side is in a
+    /// sandbox.
+    pub to: String,
+    /// The user that reads or writes the sandbox's file.
+    #[arg(long, default_value = "user")]
+    pub user: String,
+}
+
+/// `<sandbox>:<path>` split, if `s` names a file in a sandbox (a sandbox id is letters and
+/// digits; a local path with a colon can be written `./a:b`).
+fn in_sandbox(s: &str) -> Option<(&str, &str)> {
+    let (id, path) = s.split_once(':')?;
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()) && !path.is_empty())
+        .then_some((id, path))
 }
 
 /// Flags of `sandboxd kill`.
@@ -140,6 +161,54 @@ pub fn exec(args: ExecArgs) -> anyhow::Result<i32> {
     runtime()?.block_on(async {
         let sandbox = client.get(&args.sandbox).await?;
         Ok(report(run_in(&client, &sandbox, &cmd).await?))
+    })
+}
+
+/// `sandboxd cp`: copies one file into or out of a sandbox, streamed.
+pub fn cp(args: CpArgs) -> anyhow::Result<i32> {
+    let client = client()?;
+    runtime()?.block_on(async {
+        match (in_sandbox(&args.from), in_sandbox(&args.to)) {
+            (Some((id, path)), None) => {
+                let sandbox = client.get(id).await?;
+                if args.to == "-" {
+                    client
+                        .download(&sandbox, path, &args.user, &mut tokio::io::stdout())
+                        .await?;
+                } else {
+                    // to a file beside the target, renamed once complete: a failed copy leaves
+                    // the old file
+                    let target = std::path::Path::new(&args.to);
+                    let name = target.file_name().context("the local target names no file")?;
+                    let tmp = target.with_file_name(format!(".{}.sandboxd-cp", name.to_string_lossy()));
+                    let mut f = tokio::fs::File::create(&tmp)
+                        .await
+                        .with_context(|| format!("creating {}", tmp.display()))?;
+                    let r = client.download(&sandbox, path, &args.user, &mut f).await;
+                    drop(f);
+                    if let Err(e) = r {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e.into());
+                    }
+                    std::fs::rename(&tmp, target).with_context(|| format!("writing {}", target.display()))?;
+                }
+            }
+            (None, Some((id, path))) => {
+                let sandbox = client.get(id).await?;
+                if args.from == "-" {
+                    client
+                        .upload(&sandbox, path, &args.user, tokio::io::stdin())
+                        .await?;
+                } else {
+                    let f = tokio::fs::File::open(&args.from)
+                        .await
+                        .with_context(|| format!("opening {}", args.from))?;
+                    client.upload(&sandbox, path, &args.user, f).await?;
+                }
+            }
+            _ => anyhow::bail!("exactly one of the two must be <sandbox>:<path>"),
+        }
+        Ok(0)
     })
 }
 

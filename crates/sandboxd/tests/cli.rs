@@ -1,5 +1,5 @@
 //! The client subcommands (`docs/cli.md`) against a real daemon: `run` (output, exit codes,
-//! signals, env, cwd, user, the sandbox killed afterwards or kept), `exec`, `ls`, `kill`, and
+//! signals, env, cwd, user, the sandbox killed afterwards or kept), `exec`, `cp`, `ls`, `kill`, and
 //! their errors (no key, a wrong key, an unknown sandbox, a program that does not exist, no
 //! daemon).
 #![allow(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
@@ -99,6 +99,79 @@ fn run_exec_ls_and_kill() {
         &[],
     );
     assert_eq!(big.stdout.len(), 3_000_000, "large output arrives whole");
+    // cp: a file in and out, streamed, as it was; stdin and stdout; a failed copy leaves nothing
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..2_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let local = tmp.path().join("up.bin");
+    std::fs::write(&local, &data).unwrap();
+    let to = format!("{}:/home/user/dir/up.bin", ids[0]);
+    let out = cli(&d, &["cp", local.to_str().unwrap(), &to], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli(
+        &d,
+        &[
+            "exec",
+            &ids[0],
+            "--",
+            "stat",
+            "-c",
+            "%s %U",
+            "/home/user/dir/up.bin",
+        ],
+        &[],
+    );
+    assert_eq!(text(&out.stdout), "2500000 user\n");
+    let back = tmp.path().join("back.bin");
+    let out = cli(&d, &["cp", &to, back.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "the copy came back changed"
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sandboxd"))
+        .args(["cp", "-", &format!("{}:/tmp/from-stdin", ids[0])])
+        .env("E2B_API_URL", &d.url)
+        .env("E2B_SANDBOX_URL", &d.url)
+        .env("E2B_API_KEY", &d.key)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"piped in").unwrap();
+    assert!(child.wait().unwrap().success());
+    let out = cli(&d, &["cp", &format!("{}:/tmp/from-stdin", ids[0]), "-"], &[]);
+    assert_eq!(text(&out.stdout), "piped in");
+    let missing = tmp.path().join("missing");
+    let out = cli(
+        &d,
+        &[
+            "cp",
+            &format!("{}:/no/such/file", ids[0]),
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("sandboxd: "),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        2,
+        "a failed copy left a file"
+    );
+    for args in [vec!["cp", "a", "b"], vec!["cp", &to, &to]] {
+        let out = cli(&d, &args, &[]);
+        assert!(
+            text(&out.stderr).contains("exactly one"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+
     let out = cli(&d, &["exec", &ids[0], "--", "/no/such/program"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
