@@ -195,13 +195,11 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-        if status.is_success() {
-            return Ok(bytes);
-        }
-        Err(api_error(status, &bytes))
+        self.send_ok(req)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(e))
     }
 
     /// Creates a sandbox of `template` that lives `timeout_secs` unless killed.
@@ -252,6 +250,16 @@ impl Client {
         req
     }
 
+    /// Sends `req`; its response if the status is a success, its error otherwise.
+    async fn send_ok(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
+        }
+        Ok(resp)
+    }
+
     /// Streams file `path` of `sandbox` (read as `user`) into `to`; returns the bytes written.
     pub async fn download(
         &self,
@@ -261,17 +269,8 @@ impl Client {
         to: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> Result<u64> {
         use tokio::io::AsyncWriteExt;
-        let q = format!("/files?path={}&username={}", query_value(path), query_value(user));
-        let resp = self
-            .envd(reqwest::Method::GET, sandbox, &q)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
-        }
-        let mut body = resp.bytes_stream();
+        let req = self.envd(reqwest::Method::GET, sandbox, &files_query(path, user));
+        let mut body = self.send_ok(req).await?.bytes_stream();
         let mut n = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| self.unreachable(e))?;
@@ -295,20 +294,12 @@ impl Client {
         user: &str,
         from: impl tokio::io::AsyncRead + Send + 'static,
     ) -> Result<()> {
-        let q = format!("/files?path={}&username={}", query_value(path), query_value(user));
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(from));
-        let resp = self
-            .envd(reqwest::Method::POST, sandbox, &q)
+        let req = self
+            .envd(reqwest::Method::POST, sandbox, &files_query(path, user))
             .header("Content-Type", "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
-        }
-        Ok(())
+            .body(body);
+        self.send_ok(req).await.map(drop)
     }
 
     /// Runs `cmd` in `sandbox`, handing each chunk of its output to `output` as it comes;
@@ -336,19 +327,13 @@ impl Client {
         let payload = serde_json::to_vec(&start).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let user = cmd.user.as_deref().unwrap_or("user");
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:"));
-        let resp = self
+        let req = self
             .envd(reqwest::Method::POST, sandbox, "/process.Process/Start")
             .header("Content-Type", "application/connect+json")
             .header("Connect-Protocol-Version", "1")
             .header("Authorization", format!("Basic {basic}"))
-            .body(encode_envelope(0, &payload))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(api_error(status, &resp.bytes().await.unwrap_or_default()));
-        }
+            .body(encode_envelope(0, &payload));
+        let resp = self.send_ok(req).await?;
         let mut events = ProcessEvents::default();
         let mut decoder = EnvelopeDecoder::new(MAX_ENVELOPE);
         let mut body = resp.bytes_stream();
@@ -447,6 +432,11 @@ fn signal_of(status: &str) -> Option<i32> {
         "terminated" => 15,
         _ => return None,
     })
+}
+
+/// The query of envd's `/files` for `path` as `user`.
+fn files_query(path: &str, user: &str) -> String {
+    format!("/files?path={}&username={}", query_value(path), query_value(user))
 }
 
 /// `v` percent-encoded for a query string (everything but unreserved characters).

@@ -396,23 +396,6 @@ async fn pool_flags_are_checked() {
     assert!(err.contains("bogus"), "{err}");
 }
 
-/// The `tbf` rates (bytes/s) of the host's qdiscs: the sandboxes' rate limits.
-fn host_tbf_rates() -> Vec<u64> {
-    let out = std::process::Command::new("tc")
-        .args(["-j", "qdisc", "show"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .map(|l| {
-            l.iter()
-                .filter(|q| q["kind"] == "tbf")
-                .filter_map(|q| q["options"]["rate"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 #[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn a_pooled_sandbox_gets_its_templates_bandwidth_at_the_claim() {
@@ -436,7 +419,7 @@ async fn a_pooled_sandbox_gets_its_templates_bandwidth_at_the_claim() {
         "{info}"
     );
     // 2.7 and 1.9 Mbit/s, on the claimed sandbox's host link
-    let rates = host_tbf_rates();
+    let rates = common::host_tbf_rates();
     assert!(rates.contains(&337_500) && rates.contains(&237_500), "{rates:?}");
     d.kill_all_sandboxes();
 }

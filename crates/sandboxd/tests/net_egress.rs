@@ -631,23 +631,6 @@ async fn iperf_mbps(d: &Daemon, id: &str, tok: &str, reverse: bool) -> f64 {
         / 1e6
 }
 
-/// The `tbf` rates (bytes/s, as `tc -j` reports them) on the host's links.
-fn host_tbf_rates() -> Vec<u64> {
-    let out = std::process::Command::new("tc")
-        .args(["-j", "qdisc", "show"])
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v.as_array()
-        .map(|l| {
-            l.iter()
-                .filter(|q| q["kind"] == "tbf")
-                .filter_map(|q| q["options"]["rate"].as_u64())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "privileged: needs root; run with --run-ignored all (scripts/test.sh does, as root)"]
 async fn default_bandwidth_applies_unless_the_create_sets_its_own() {
@@ -685,7 +668,7 @@ async fn default_bandwidth_applies_unless_the_create_sets_its_own() {
         json!({"egressMbps": 2.2, "ingressMbps": 3.3}),
         "{info}"
     );
-    let rates = host_tbf_rates();
+    let rates = common::host_tbf_rates();
     assert!(rates.contains(&275_000) && rates.contains(&412_500), "{rates:?}");
     // the create's own limits win; an explicit null means none
     let (own, _) = create(
@@ -696,7 +679,7 @@ async fn default_bandwidth_applies_unless_the_create_sets_its_own() {
     .await;
     let (_, info) = d.get(&format!("/sandboxes/{own}")).await;
     assert_eq!(info["network"]["bandwidth"], json!({"egressMbps": 5.1}), "{info}");
-    assert!(host_tbf_rates().contains(&637_500));
+    assert!(common::host_tbf_rates().contains(&637_500));
     let (none, _) = create(
         &d,
         json!({"templateID": "base", "timeout": 120, "network": {"bandwidth": null}}),
@@ -732,7 +715,7 @@ async fn default_bandwidth_applies_unless_the_create_sets_its_own() {
         json!({"egressMbps": 1.7, "ingressMbps": 2.9}),
         "{info}"
     );
-    let rates = host_tbf_rates();
+    let rates = common::host_tbf_rates();
     assert!(rates.contains(&212_500) && rates.contains(&362_500), "{rates:?}");
     d.kill_all_sandboxes();
 }
@@ -762,7 +745,7 @@ async fn bandwidth_limits_hold_within_ten_percent() {
         "ingress {down:.2} Mbit/s, limit 3.7"
     );
     println!("measured: egress {up:.2} Mbit/s (limit 7.3), ingress {down:.2} Mbit/s (limit 3.7)");
-    let rates = host_tbf_rates();
+    let rates = common::host_tbf_rates();
     assert!(rates.contains(&912_500) && rates.contains(&462_500), "{rates:?}");
 
     // an update that leaves the limits out keeps them; pause and resume keep them
@@ -777,7 +760,7 @@ async fn bandwidth_limits_hold_within_ten_percent() {
             .post(&format!("/sandboxes/{id}/connect"), json!({"timeout": 300}))
             .await;
         assert_eq!(s, 201, "{v}");
-        let rates = host_tbf_rates();
+        let rates = common::host_tbf_rates();
         assert!(
             rates.contains(&912_500) && rates.contains(&462_500),
             "after a pause (memory: {memory}): {rates:?}"
@@ -806,13 +789,13 @@ async fn bandwidth_limits_hold_within_ten_percent() {
         .create(json!({"templateID": "base", "network": {"bandwidth": {"egressMbps": 0.001}}}))
         .await;
     assert_eq!(s, 400);
-    let rates = host_tbf_rates();
+    let rates = common::host_tbf_rates();
     assert!(rates.contains(&912_500) && rates.contains(&462_500), "{rates:?}");
 
     // `null` removes them, shaper device included
     let (status, _) = put_network(&d, &id, &json!({"bandwidth": null})).await;
     assert_eq!(status, 204);
-    let rates = host_tbf_rates();
+    let rates = common::host_tbf_rates();
     assert!(
         !rates.contains(&912_500) && !rates.contains(&462_500),
         "{rates:?}"

@@ -346,3 +346,20 @@ pub fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// The `tbf` rates (bytes/s, as `tc -j` reports them) on the host's links.
+pub fn host_tbf_rates() -> Vec<u64> {
+    let out = std::process::Command::new("tc")
+        .args(["-j", "qdisc", "show"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .map(|l| {
+            l.iter()
+                .filter(|q| q["kind"] == "tbf")
+                .filter_map(|q| q["options"]["rate"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
