@@ -164,7 +164,13 @@ impl Daemon {
         };
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| DaemonError::InvalidInput(format!("reading the upload: {e}")))?;
-            file.write_all(&chunk).await.map_err(write_err)?;
+            if let Err(e) = file.write_all(&chunk).await {
+                // read (and drop) what the client is still sending, for a bounded time, so it
+                // gets this answer rather than a connection reset mid-upload
+                let drain = async { while body.next().await.is_some() {} };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+                return Err(write_err(e));
+            }
         }
         file.flush().await.map_err(write_err)?;
         let file = file.into_std().await;
